@@ -7,6 +7,8 @@ an overlap into :class:`~geoseg.types.TileSpec` cells whose read windows cover t
 
 from __future__ import annotations
 
+import itertools
+
 from geoseg.types import PixelWindow, TileSpec
 
 __all__ = ["make_grid"]
@@ -26,7 +28,7 @@ def _axis(length: int, tile: int, overlap: int) -> list[tuple[int, int, int]]:
     if starts[-1] + tile < length:
         starts.append(length - tile)
     bounds = [0]
-    for prev, cur in zip(starts[:-1], starts[1:], strict=True):
+    for prev, cur in itertools.pairwise(starts):
         bounds.append((cur + prev + tile) // 2)
     bounds.append(length)
     return [(s, bounds[i], bounds[i + 1]) for i, s in enumerate(starts)]
