@@ -18,7 +18,16 @@ from geoseg._version import __version__
 __all__ = ["cli", "main"]
 
 # subcommand name -> (module, one-line help shown in `geoseg --help`)
-_COMMANDS: dict[str, tuple[str, str]] = {}
+_COMMANDS: dict[str, tuple[str, str]] = {
+    "batch": ("geoseg.cli.batch", "Run a model over many scenes on dask, resumably."),
+    "chips": ("geoseg.cli.chips", "Cut training chips + COCO instance labels from a scene."),
+    "count": ("geoseg.cli.count", "Count objects per scene, class, zone and grid cell."),
+    "evaluate": ("geoseg.cli.evaluate", "Score predicted polygons against truth, per class."),
+    "map": ("geoseg.cli.map", "Write an offline HTML map of results over their scene."),
+    "predict": ("geoseg.cli.predict", "Find and outline the objects of one scene with a model."),
+    "synth": ("geoseg.cli.synth", "Write a synthetic scene (GeoTIFF) with exact labels (.gpkg)."),
+    "train": ("geoseg.cli.train", "Train or fine-tune a Mask R-CNN on training chips."),
+}
 
 
 class _LazyGroup(click.Group):

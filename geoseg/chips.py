@@ -1,0 +1,770 @@
+"""Training chips: georeferenced chip GeoTIFFs plus COCO instance labels, from a scene and vectors.
+
+:func:`make_chips` cuts a scene into the same overlapping grid the predictor uses
+(:func:`geoseg.tiling.make_grid`), writes each chip as a GeoTIFF in the scene's own dtype (not
+normalised; selected bands; nodata kept) and writes one COCO file with the labels clipped to
+each chip, in chip pixels. Layout of the output directory ``DIR``::
+
+    DIR/images/<scene-stem>_r<grid row>_c<grid col>.tif
+    DIR/annotations.json     COCO ("images", "annotations", "categories") + a "geoseg" block
+    DIR/class_balance.json   per-class instance/chip counts and object sizes
+
+Decisions (documented here and in ``geoseg chips --help``):
+
+* **One directory per scene.** ``annotations.json`` carries the scene's normalisation
+  statistics, CRS and GSD, so scenes are not merged: writing into a directory that already holds
+  chips is an error unless ``overwrite=True`` (which first removes the chips listed there).
+  Training takes a list of directories.
+* **Segmentations** follow the label's *rasterised footprint* in the chip: the pixels whose
+  centres lie inside the label clipped to the chip. A footprint without holes is stored as COCO
+  polygons tracing its pixel edges (one exterior ring per 4-connected part, chip pixel-edge
+  coordinates); a footprint with holes (courtyards) as compressed COCO RLE. Either way
+  ``pycocotools`` ``COCO.annToMask`` returns exactly the footprint (checked for every
+  annotation while writing; RLE is the fallback). The label's own vertices are not stored:
+  pycocotools rasterises slanted polygon edges differently from the pixel-centre rule.
+  ``area`` is the footprint's pixel count and ``bbox`` its tight pixel-edge box
+  ``[x, y, w, h]``; ``source_index`` (an extra key) is the 0-based row of the object in the
+  labels file.
+* **Slivers**: an object cut by a chip border is clipped to the chip; the clipped part is dropped
+  when it keeps less than ``min_visible_fraction`` (default 25 %) of the object's area *and* is
+  smaller than ``min_visible_pixels`` (default 1024 px, e.g. 32 x 32) -- a large building cut in
+  half still teaches the model. Parts whose footprint has no pixel are dropped too.
+* **Empty chips** (no annotation) are kept with probability ``keep_empty_fraction`` (seeded);
+  chips without a single valid pixel (all nodata) are never written.
+* **Labels** are reprojected to the scene CRS; labels without a CRS are refused (unless the
+  scene has none either: then label coordinates are taken in the scene's own frame). Invalid
+  geometries are repaired with ``shapely.make_valid``; empty and non-polygonal ones are dropped;
+  both are counted in the summary and logged.
+* **Class balance**: a class is flagged as under-represented when it has no instance or fewer
+  than ``1 / imbalance_ratio`` of the instances of the most frequent class.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import numpy as np
+import numpy.typing as npt
+import rasterio
+import shapely
+from affine import Affine
+from rasterio.features import rasterize
+from shapely.affinity import translate
+from shapely.geometry import MultiPolygon, Polygon, box
+from shapely.geometry.base import BaseGeometry
+
+from geoseg._version import __version__
+from geoseg.errors import ConfigError, ExportError, LabelError
+from geoseg.raster import (
+    compute_norm_stats,
+    ground_sample_distance_m,
+    open_scene,
+    read_window_raw,
+    validate_bands,
+)
+from geoseg.tiling import make_grid, tile_transform
+from geoseg.types import NormStats, SceneInfo
+
+__all__ = [
+    "ANNOTATIONS_FILE",
+    "CLASS_BALANCE_FILE",
+    "IMAGES_DIR",
+    "ChipSummary",
+    "ClassBalance",
+    "format_class_balance",
+    "make_chips",
+]
+
+logger = logging.getLogger(__name__)
+
+ANNOTATIONS_FILE: Final = "annotations.json"
+CLASS_BALANCE_FILE: Final = "class_balance.json"
+IMAGES_DIR: Final = "images"
+
+
+@dataclass(frozen=True, slots=True)
+class ClassBalance:
+    """Per-class statistics of the written chips.
+
+    Attributes:
+        name: class name; category id is its 1-based position in the class list.
+        instances: annotations of the class (an object cut by chip borders counts once per
+            chip it appears in).
+        objects: distinct source labels with at least one annotation.
+        chips: chips holding at least one instance of the class.
+        area_px: ``(min, 25th percentile, median, 75th percentile, max)`` annotation area in
+            chip pixels (zeros when there is no instance).
+        area_m2: the same in square metres, ``None`` when the scene has no CRS.
+        under_represented: flagged by the imbalance rule (see module docstring).
+    """
+
+    name: str
+    instances: int
+    objects: int
+    chips: int
+    area_px: tuple[float, float, float, float, float]
+    area_m2: tuple[float, float, float, float, float] | None
+    under_represented: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable form (as written to ``class_balance.json``)."""
+        return {
+            "name": self.name,
+            "instances": self.instances,
+            "objects": self.objects,
+            "chips": self.chips,
+            "area_px": dict(zip(_QUANTILE_KEYS, self.area_px, strict=True)),
+            "area_m2": None
+            if self.area_m2 is None
+            else dict(zip(_QUANTILE_KEYS, self.area_m2, strict=True)),
+            "under_represented": self.under_represented,
+        }
+
+
+_QUANTILE_KEYS: Final = ("min", "p25", "median", "p75", "max")
+
+
+@dataclass(frozen=True, slots=True)
+class ChipSummary:
+    """What :func:`make_chips` wrote and dropped.
+
+    Attributes:
+        out_dir: the output directory.
+        annotations_path: the COCO file; class_balance_path: the class-balance JSON.
+        classes: class names (category ids are 1-based positions).
+        n_chips: chips written; n_empty_chips: of which without annotation.
+        n_annotations: COCO annotations written.
+        n_labels: labels used (polygonal, inside the scene, of a known class).
+        n_repaired: invalid geometries repaired with ``make_valid``.
+        n_dropped_geometry: labels dropped as empty or not polygonal.
+        n_dropped_class: labels dropped because their class is not in ``classes``.
+        n_outside: labels outside the scene.
+        n_slivers: clipped parts dropped by the sliver rule (or without any pixel).
+        class_balance: per-class statistics, in class order.
+        warnings: human-readable warnings (under-represented classes...).
+    """
+
+    out_dir: str
+    annotations_path: str
+    class_balance_path: str
+    classes: tuple[str, ...]
+    n_chips: int
+    n_empty_chips: int
+    n_annotations: int
+    n_labels: int
+    n_repaired: int
+    n_dropped_geometry: int
+    n_dropped_class: int
+    n_outside: int
+    n_slivers: int
+    class_balance: tuple[ClassBalance, ...]
+    warnings: tuple[str, ...]
+
+
+# --------------------------------------------------------------------------- labels
+
+
+@dataclass(frozen=True, slots=True)
+class _Labels:
+    geoms: npt.NDArray[Any]  # shapely geometries in scene pixels
+    class_idx: npt.NDArray[np.int64]  # 0-based
+    source_index: npt.NDArray[np.int64]  # row of each label in the input labels
+    classes: tuple[str, ...]
+    n_repaired: int
+    n_dropped_geometry: int
+    n_dropped_class: int
+    n_outside: int
+
+
+def _polygonal(geom: BaseGeometry | None) -> BaseGeometry | None:
+    """The polygonal part of a geometry (``None`` if it has none)."""
+    if geom is None or geom.is_empty:
+        return None
+    if isinstance(geom, Polygon | MultiPolygon):
+        return geom
+    parts = [
+        p for p in shapely.get_parts(geom) if isinstance(p, Polygon | MultiPolygon) and p.area > 0
+    ]
+    if not parts:
+        return None
+    return shapely.union_all(parts)
+
+
+def _load_labels(
+    labels: str | os.PathLike[str] | Any,
+    info: SceneInfo,
+    *,
+    class_column: str,
+    classes: Sequence[str] | None,
+) -> _Labels:
+    import geopandas as gpd
+
+    name = str(labels) if isinstance(labels, str | os.PathLike) else "labels"
+    if isinstance(labels, str | os.PathLike):
+        if not os.path.exists(labels) and not str(labels).startswith("/vsi"):
+            raise LabelError(f"{name}: no such file; check the labels path.")
+        try:
+            gdf = gpd.read_file(labels)
+        except Exception as err:  # pyogrio/fiona raise a variety of errors
+            raise LabelError(
+                f"{name}: cannot read vector labels ({err}); give a file geopandas reads "
+                "(GeoPackage, GeoJSON, Shapefile, FlatGeobuf, GeoParquet...)."
+            ) from err
+    elif isinstance(labels, gpd.GeoDataFrame):
+        gdf = labels
+    else:
+        raise LabelError(f"labels must be a path or a GeoDataFrame, got {type(labels).__name__}")
+    if len(gdf) == 0:
+        raise LabelError(f"{name}: holds no features; nothing to cut chips for.")
+
+    if gdf.crs is None:
+        if info.crs_wkt is not None:
+            raise LabelError(
+                f"{name}: the labels have no CRS, so they cannot be placed on {info.path}. Set "
+                "it, e.g. `ogr2ogr -a_srs EPSG:xxxx out.gpkg in.gpkg` or gdf.set_crs(...)."
+            )
+        logger.warning(
+            "%s and %s have no CRS: label coordinates are taken in the scene's frame",
+            name,
+            info.path,
+        )
+    elif info.crs_wkt is None:
+        raise LabelError(
+            f"{info.path}: the scene has no CRS but the labels {name} have one ({gdf.crs}); "
+            "georeference the scene first (gdal_edit.py -a_srs ...)."
+        )
+    else:
+        from pyproj import CRS
+
+        scene_crs = CRS.from_wkt(info.crs_wkt)
+        if not CRS(gdf.crs).equals(scene_crs, ignore_axis_order=True):
+            logger.info("reprojecting labels %s from %s to the scene CRS", name, gdf.crs)
+            gdf = gdf.to_crs(scene_crs)
+
+    # classes
+    if class_column in gdf.columns:
+        values = np.asarray([str(v) for v in gdf[class_column]], dtype=object)
+    elif classes is not None and len(classes) == 1:
+        values = np.full(len(gdf), str(classes[0]), dtype=object)
+    else:
+        cols = [c for c in gdf.columns if c != gdf.geometry.name]
+        raise LabelError(
+            f"{name}: no class column {class_column!r} (columns: {cols}); pass class_column / "
+            "--class-column, or a single class name to label every feature with it."
+        )
+    if classes is None:
+        class_names = tuple(sorted(set(values.tolist())))
+    else:
+        class_names = tuple(str(c) for c in classes)
+        if len(set(class_names)) != len(class_names):
+            raise LabelError(f"duplicate class names in {class_names}")
+    lookup = {c: i for i, c in enumerate(class_names)}
+    known = np.asarray([v in lookup for v in values], dtype=bool)
+    n_dropped_class = int((~known).sum())
+    if n_dropped_class:
+        unknown = sorted(set(values[~known].tolist()))
+        logger.warning(
+            "%s: %d labels of classes %s not in %s were skipped",
+            name,
+            n_dropped_class,
+            unknown,
+            list(class_names),
+        )
+
+    # geometries: repair, keep polygonal
+    raw = np.asarray(gdf.geometry.values, dtype=object)
+    n_repaired = 0
+    n_dropped_geometry = 0
+    keep_geoms: list[BaseGeometry] = []
+    keep_cls: list[int] = []
+    keep_rows: list[int] = []
+    for row, (geom, val, ok) in enumerate(zip(raw, values, known, strict=True)):
+        if not ok:
+            continue
+        if geom is not None and not geom.is_empty and not geom.is_valid:
+            geom = shapely.make_valid(geom)
+            n_repaired += 1
+        poly = _polygonal(geom)
+        if poly is None or poly.area <= 0:
+            n_dropped_geometry += 1
+            continue
+        keep_geoms.append(poly)
+        keep_cls.append(lookup[val])
+        keep_rows.append(row)
+    if n_repaired:
+        logger.warning("%s: repaired %d invalid geometries (shapely.make_valid)", name, n_repaired)
+    if n_dropped_geometry:
+        logger.warning("%s: dropped %d empty or non-polygonal geometries", name, n_dropped_geometry)
+    if not keep_geoms:
+        raise LabelError(f"{name}: no usable polygon labels (all empty, non-polygonal or skipped).")
+
+    # to scene pixels
+    inv = ~info.transform
+    geoms = shapely.transform(
+        np.asarray(keep_geoms, dtype=object),
+        lambda xy: np.column_stack(
+            (
+                inv.a * xy[:, 0] + inv.b * xy[:, 1] + inv.c,
+                inv.d * xy[:, 0] + inv.e * xy[:, 1] + inv.f,
+            )
+        ),
+    )
+    inside = shapely.intersects(geoms, box(0, 0, info.width, info.height))
+    n_outside = int((~inside).sum())
+    if not inside.any():
+        bounds = shapely.total_bounds(np.asarray(keep_geoms, dtype=object))
+        t = info.transform
+        x0, x1 = sorted((t.c, t.c + t.a * info.width))
+        y0, y1 = sorted((t.f, t.f + t.e * info.height))
+        raise LabelError(
+            f"{name}: no label overlaps the scene {info.path}. Label bounds (scene CRS) "
+            f"{tuple(round(float(b), 3) for b in bounds)}, scene bounds "
+            f"{(round(x0, 3), round(y0, 3), round(x1, 3), round(y1, 3))}. Check that labels "
+            "and scene cover the same area and that the labels' CRS is declared correctly."
+        )
+    if n_outside:
+        logger.info("%s: %d labels lie outside the scene", name, n_outside)
+    return _Labels(
+        geoms=geoms[inside],
+        class_idx=np.asarray(keep_cls, dtype=np.int64)[inside],
+        source_index=np.asarray(keep_rows, dtype=np.int64)[inside],
+        classes=class_names,
+        n_repaired=n_repaired,
+        n_dropped_geometry=n_dropped_geometry,
+        n_dropped_class=n_dropped_class,
+        n_outside=n_outside,
+    )
+
+
+# ------------------------------------------------------------------ segmentation
+
+
+def _segmentation(mask: npt.NDArray[np.bool_]) -> list[list[float]] | dict[str, Any]:
+    """COCO segmentation that pycocotools decodes to exactly ``mask`` (bool ``[h, w]``).
+
+    Polygons: the pixel-edge outlines of the footprint's 4-connected parts (chip pixels,
+    collinear vertices removed), used when no part has a hole and pycocotools' polygon
+    rasteriser gives back ``mask`` exactly (it does for such axis-aligned outlines). Otherwise
+    compressed RLE of ``mask``. Tracing the footprint, rather than storing the label's own
+    vertices, is what makes the decoded mask exact: pycocotools' rasteriser does not follow the
+    pixel-centre rule on slanted edges.
+    """
+    from pycocotools import mask as mask_utils
+    from rasterio.features import shapes
+    from shapely.geometry import shape
+
+    h, w = mask.shape
+    rings: list[list[float]] = []
+    has_hole = False
+    for geom, _ in shapes(
+        mask.astype(np.uint8), mask=mask, connectivity=4, transform=Affine.identity()
+    ):
+        poly = shape(geom).simplify(0)
+        if not isinstance(poly, Polygon) or len(poly.interiors) > 0:
+            has_hole = True
+            break
+        rings.append([float(v) for v in np.asarray(poly.exterior.coords)[:-1].ravel()])
+    if not has_hole and rings and all(len(r) >= 6 for r in rings):
+        rle = mask_utils.merge(mask_utils.frPyObjects(rings, h, w))
+        if np.array_equal(mask_utils.decode(rle).astype(bool), mask):
+            return rings
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return {"size": [int(h), int(w)], "counts": rle["counts"].decode("ascii")}
+
+
+def _mask_bbox(mask: npt.NDArray[np.bool_]) -> list[float]:
+    rows = np.flatnonzero(mask.any(axis=1))
+    cols = np.flatnonzero(mask.any(axis=0))
+    return [
+        float(cols[0]),
+        float(rows[0]),
+        float(cols[-1] + 1 - cols[0]),
+        float(rows[-1] + 1 - rows[0]),
+    ]
+
+
+# ------------------------------------------------------------------------ writing
+
+
+def _atomic_write_json(path: Path, data: Any) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=1)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _write_chip(
+    path: Path, data: npt.NDArray[Any], profile: dict[str, Any], transform: Affine
+) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tif", dir=path.parent)
+    os.close(fd)
+    try:
+        with rasterio.open(tmp, "w", **profile, transform=transform) as dst:
+            dst.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _prepare_out_dir(out_dir: Path, *, overwrite: bool) -> None:
+    ann = out_dir / ANNOTATIONS_FILE
+    if ann.exists():
+        if not overwrite:
+            raise ExportError(
+                f"{out_dir}: already holds chips ({ANNOTATIONS_FILE}). Use one directory per "
+                "scene (training accepts a list of directories) or pass overwrite=True / "
+                "--overwrite to replace them."
+            )
+        try:
+            old = json.loads(ann.read_text(encoding="utf-8"))
+            names = [im["file_name"] for im in old.get("images", [])]
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise ExportError(f"{ann}: cannot read the existing chips index: {err}") from err
+        images = (out_dir / IMAGES_DIR).resolve()
+        for name in names:
+            p = (out_dir / name).resolve()
+            if p.parent == images:
+                with contextlib.suppress(FileNotFoundError):
+                    p.unlink()
+    try:
+        (out_dir / IMAGES_DIR).mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ExportError(f"{out_dir}: cannot create the output directory: {err}") from err
+
+
+def _quantiles(values: Sequence[float]) -> tuple[float, float, float, float, float]:
+    if not values:
+        return (0.0, 0.0, 0.0, 0.0, 0.0)
+    q = np.percentile(np.asarray(values, dtype=np.float64), [0, 25, 50, 75, 100])
+    return (float(q[0]), float(q[1]), float(q[2]), float(q[3]), float(q[4]))
+
+
+def _class_balance(
+    classes: tuple[str, ...],
+    annotations: list[dict[str, Any]],
+    ann_objects: list[int],
+    pixel_area_m2: float | None,
+    imbalance_ratio: float,
+) -> tuple[tuple[ClassBalance, ...], tuple[str, ...]]:
+    per_areas: list[list[float]] = [[] for _ in classes]
+    per_chips: list[set[int]] = [set() for _ in classes]
+    per_objects: list[set[int]] = [set() for _ in classes]
+    for ann, obj in zip(annotations, ann_objects, strict=True):
+        k = ann["category_id"] - 1
+        per_areas[k].append(float(ann["area"]))
+        per_chips[k].add(ann["image_id"])
+        per_objects[k].add(obj)
+    counts = [len(a) for a in per_areas]
+    top = max(counts) if counts else 0
+    top_name = classes[counts.index(top)] if counts else ""
+    rows: list[ClassBalance] = []
+    warns: list[str] = []
+    for k, name in enumerate(classes):
+        n = counts[k]
+        under = n == 0 or (top > 0 and n * imbalance_ratio < top)
+        if n == 0:
+            warns.append(f"class {name!r} has no instance in the chips")
+        elif under:
+            warns.append(
+                f"class {name!r} is under-represented: {n} instances vs {top} for "
+                f"{top_name!r} (less than 1/{imbalance_ratio:g}); add labels or oversample it"
+            )
+        q = _quantiles(per_areas[k])
+        rows.append(
+            ClassBalance(
+                name=name,
+                instances=n,
+                objects=len(per_objects[k]),
+                chips=len(per_chips[k]),
+                area_px=q,
+                area_m2=None
+                if pixel_area_m2 is None
+                else (
+                    q[0] * pixel_area_m2,
+                    q[1] * pixel_area_m2,
+                    q[2] * pixel_area_m2,
+                    q[3] * pixel_area_m2,
+                    q[4] * pixel_area_m2,
+                ),
+                under_represented=under,
+            )
+        )
+    return tuple(rows), tuple(warns)
+
+
+def format_class_balance(balance: Sequence[ClassBalance]) -> str:
+    """Render the class balance as a plain-text table (what ``geoseg chips`` prints)."""
+    header = (
+        f"{'class':<16} {'instances':>9} {'objects':>8} {'chips':>6} "
+        f"{'area px min':>11} {'median':>8} {'max':>8} {'median m2':>10}"
+    )
+    lines = [header, "-" * len(header)]
+    for b in balance:
+        m2 = "-" if b.area_m2 is None else f"{b.area_m2[2]:.1f}"
+        flag = "  <- under-represented" if b.under_represented else ""
+        lines.append(
+            f"{b.name[:16]:<16} {b.instances:>9} {b.objects:>8} {b.chips:>6} "
+            f"{b.area_px[0]:>11.0f} {b.area_px[2]:>8.0f} {b.area_px[4]:>8.0f} {m2:>10}{flag}"
+        )
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------ main
+
+
+def make_chips(
+    scene: str | os.PathLike[str],
+    labels: str | os.PathLike[str] | Any,
+    out_dir: str | os.PathLike[str],
+    *,
+    size: int = 512,
+    overlap: int = 64,
+    bands: Sequence[int] | None = None,
+    classes: Sequence[str] | None = None,
+    class_column: str = "class",
+    min_visible_fraction: float = 0.25,
+    min_visible_pixels: float = 1024.0,
+    keep_empty_fraction: float = 0.1,
+    seed: int = 0,
+    stats: NormStats | None = None,
+    overwrite: bool = False,
+    imbalance_ratio: float = 10.0,
+    progress: Callable[[int, int], None] | None = None,
+) -> ChipSummary:
+    """Cut training chips and COCO instance labels from a scene and vector labels.
+
+    See the module docstring for the output layout and the rules (segmentation format, slivers,
+    empty chips, label repair, class balance).
+
+    Args:
+        scene: the raster (any path :func:`geoseg.raster.open_scene` accepts).
+        labels: vector labels (a path geopandas reads, or a GeoDataFrame) with polygon
+            geometries and a class column; reprojected to the scene CRS.
+        out_dir: output directory (created); one directory per scene.
+        size: chip side in pixels.
+        overlap: pixels shared by neighbouring chips (``0 <= overlap < size``).
+        bands: 1-based band indexes written to the chips, in model-input order (None = all).
+        classes: class names in category order (category id = position + 1); ``None`` = the
+            sorted distinct values of ``class_column``. Labels of other classes are skipped.
+        class_column: the labels' class attribute. When missing and ``classes`` has one name,
+            every feature gets that class.
+        min_visible_fraction: sliver rule, see the module docstring.
+        min_visible_pixels: sliver rule, in chip pixels.
+        keep_empty_fraction: probability of keeping a chip without annotation (0 = none).
+        seed: seed of the empty-chip draw.
+        stats: normalisation statistics to record (default: the scene's own, computed here).
+        overwrite: replace the chips already in ``out_dir``.
+        imbalance_ratio: class-balance warning threshold, see the module docstring.
+        progress: called as ``progress(done, total)`` after each grid cell.
+
+    Returns:
+        A :class:`ChipSummary` (also see ``class_balance.json``).
+
+    Raises:
+        RasterReadError, UnsupportedTransformError, BandError: the scene is unusable.
+        LabelError: labels unreadable, without CRS, without usable polygons, or not overlapping
+            the scene.
+        ExportError: ``out_dir`` already holds chips (without ``overwrite``) or is unwritable.
+        ConfigError: invalid size/overlap/fractions.
+    """
+    if size <= 0 or not 0 <= overlap < size:
+        raise ConfigError(f"need size > 0 and 0 <= overlap < size, got size={size}, {overlap=}")
+    if not 0.0 <= min_visible_fraction <= 1.0 or not 0.0 <= keep_empty_fraction <= 1.0:
+        raise ConfigError("min_visible_fraction and keep_empty_fraction must be in [0, 1]")
+    if imbalance_ratio < 1.0:
+        raise ConfigError(f"imbalance_ratio must be >= 1, got {imbalance_ratio}")
+
+    info = open_scene(scene)
+    sel = validate_bands(info, bands if bands is not None or stats is None else stats.bands)
+    norm = stats if stats is not None else compute_norm_stats(info, bands=sel)
+    lab = _load_labels(labels, info, class_column=class_column, classes=classes)
+    out = Path(out_dir)
+    _prepare_out_dir(out, overwrite=overwrite)
+
+    gsd_m: tuple[float, float] | None = None
+    if info.crs_wkt is not None:
+        gsd_m = ground_sample_distance_m(info)
+    stem = Path(info.path.rstrip("/")).stem or "scene"
+    profile: dict[str, Any] = {
+        "driver": "GTiff",
+        "width": size,
+        "height": size,
+        "count": len(sel),
+        "dtype": info.dtype,
+        "crs": info.crs_wkt,
+        "nodata": info.nodata,
+        "compress": "deflate",
+    }
+    if size % 16 == 0:
+        profile.update(tiled=True, blockxsize=min(size, 256), blockysize=min(size, 256))
+
+    tree = shapely.STRtree(lab.geoms)
+    areas = shapely.area(lab.geoms)
+    scene_box = box(0, 0, info.width, info.height)
+    specs = make_grid(info.width, info.height, tile_size=size, overlap=overlap)
+    rng = np.random.default_rng(seed)
+    images: list[dict[str, Any]] = []
+    annotations: list[dict[str, Any]] = []
+    ann_objects: list[int] = []
+    n_empty = 0
+    n_slivers = 0
+    with rasterio.open(info.path) as ds:
+        for done, spec in enumerate(specs, start=1):
+            w = spec.window
+            chip_box = box(w.col_off, w.row_off, w.col_end, w.row_end).intersection(scene_box)
+            data, valid = read_window_raw(ds, w, bands=sel, nodata=info.nodata)
+            if not valid.any():
+                if progress is not None:
+                    progress(done, len(specs))
+                continue
+            image_id = len(images) + 1
+            chip_anns: list[tuple[dict[str, Any], int]] = []
+            for i in sorted(int(j) for j in tree.query(chip_box, predicate="intersects")):
+                part = _polygonal(lab.geoms[i].intersection(chip_box))
+                if part is None:
+                    continue
+                visible = part.area
+                if (
+                    visible < min_visible_fraction * areas[i] - 1e-9
+                    and visible < min_visible_pixels
+                ):
+                    n_slivers += 1
+                    continue
+                local = translate(part, -w.col_off, -w.row_off)
+                mask = rasterize(
+                    [(local, 1)],
+                    out_shape=(w.height, w.width),
+                    transform=Affine.identity(),
+                    dtype="uint8",
+                ).astype(bool)
+                if not mask.any():
+                    n_slivers += 1
+                    continue
+                chip_anns.append(
+                    (
+                        {
+                            "id": 0,
+                            "image_id": image_id,
+                            "category_id": int(lab.class_idx[i]) + 1,
+                            "segmentation": _segmentation(mask),
+                            "area": float(mask.sum()),
+                            "bbox": _mask_bbox(mask),
+                            "iscrowd": 0,
+                            "source_index": int(lab.source_index[i]),
+                        },
+                        i,
+                    )
+                )
+            if not chip_anns:
+                if rng.random() >= keep_empty_fraction:
+                    if progress is not None:
+                        progress(done, len(specs))
+                    continue
+                n_empty += 1
+            name = f"{stem}_r{spec.row}_c{spec.col}.tif"
+            _write_chip(out / IMAGES_DIR / name, data, profile, tile_transform(info.transform, w))
+            images.append(
+                {
+                    "id": image_id,
+                    "file_name": f"{IMAGES_DIR}/{name}",
+                    "width": w.width,
+                    "height": w.height,
+                    "scene": info.path,
+                    "window": [w.col_off, w.row_off, w.width, w.height],
+                    "grid": [spec.row, spec.col],
+                }
+            )
+            for ann, obj in chip_anns:
+                ann["id"] = len(annotations) + 1
+                annotations.append(ann)
+                ann_objects.append(obj)
+            if progress is not None:
+                progress(done, len(specs))
+
+    pixel_area_m2 = None if gsd_m is None else gsd_m[0] * gsd_m[1]
+    balance, warns = _class_balance(
+        lab.classes, annotations, ann_objects, pixel_area_m2, imbalance_ratio
+    )
+    for msg in warns:
+        logger.warning("%s", msg)
+    coco = {
+        "info": {"description": f"geoseg training chips of {info.path}", "version": __version__},
+        "images": images,
+        "annotations": annotations,
+        "categories": [
+            {"id": k + 1, "name": c, "supercategory": "object"} for k, c in enumerate(lab.classes)
+        ],
+        "geoseg": {
+            "norm_stats": norm.to_dict(),
+            "classes": list(lab.classes),
+            "bands": list(sel),
+            "gsd": float((gsd_m[0] + gsd_m[1]) / 2) if gsd_m else float(sum(info.gsd) / 2),
+            "gsd_units": "metre" if gsd_m else "pixel-size in scene units (no CRS)",
+            "crs_wkt": info.crs_wkt,
+            "tile_size": size,
+            "overlap": overlap,
+            "scene": info.path,
+            "dtype": info.dtype,
+            "nodata": None if info.nodata is None or math.isnan(info.nodata) else info.nodata,
+            "min_visible_fraction": min_visible_fraction,
+            "min_visible_pixels": min_visible_pixels,
+            "keep_empty_fraction": keep_empty_fraction,
+            "seed": seed,
+        },
+    }
+    ann_path = out / ANNOTATIONS_FILE
+    bal_path = out / CLASS_BALANCE_FILE
+    _atomic_write_json(
+        bal_path,
+        {
+            "scene": info.path,
+            "classes": [b.to_dict() for b in balance],
+            "warnings": list(warns),
+            "n_chips": len(images),
+            "n_empty_chips": n_empty,
+            "n_annotations": len(annotations),
+        },
+    )
+    _atomic_write_json(ann_path, coco)
+    summary = ChipSummary(
+        out_dir=str(out),
+        annotations_path=str(ann_path),
+        class_balance_path=str(bal_path),
+        classes=lab.classes,
+        n_chips=len(images),
+        n_empty_chips=n_empty,
+        n_annotations=len(annotations),
+        n_labels=len(lab.geoms),
+        n_repaired=lab.n_repaired,
+        n_dropped_geometry=lab.n_dropped_geometry,
+        n_dropped_class=lab.n_dropped_class,
+        n_outside=lab.n_outside,
+        n_slivers=n_slivers,
+        class_balance=balance,
+        warnings=warns,
+    )
+    logger.info(
+        "%s: wrote %d chips (%d empty), %d annotations to %s",
+        info.path,
+        summary.n_chips,
+        n_empty,
+        summary.n_annotations,
+        out,
+    )
+    return summary

@@ -1,0 +1,199 @@
+"""``geoseg batch``: run a model over many scenes on dask.distributed, resumably."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+
+from geoseg.cli._common import fail_on_geoseg_error, parse_bands
+
+if TYPE_CHECKING:
+    from geoseg.batch import BatchProgress, BatchReport
+
+__all__ = ["command", "format_report"]
+
+_FORMATS = ("gpkg", "geojson", "shp", "parquet", "fgb", "coco")
+
+
+def format_report(report: BatchReport) -> str:
+    """A short human summary: scenes by outcome, objects per class, where things are."""
+    ran = [r for r in report.records if r.scene not in set(report.skipped)]
+    counts: dict[str, int] = {}
+    for r in report.records:
+        for name, n in r.counts.items():
+            counts[name] = counts.get(name, 0) + n
+    width = max([len(c) for c in counts] + [5])
+    lines = [f"{name:<{width}}  {n:>8d}" for name, n in counts.items()]
+    lines.append(f"{'total':<{width}}  {sum(counts.values()):>8d}")
+    lines.append(
+        f"{len(ran) - report.n_failed} scene(s) done, {report.n_failed} failed, "
+        f"{len(report.skipped)} skipped (already done) in {report.seconds:.1f} s"
+    )
+    for r in report.failed:
+        lines.append(f"FAILED {r.scene}: {r.error}")
+    lines.append(f"manifest: {report.manifest}")
+    lines.append(f"summary:  {report.summary_csv}, {report.summary_parquet.name}")
+    return "\n".join(lines)
+
+
+@click.command("batch")
+@click.argument("inputs", nargs=-1, required=True, metavar="INPUTS...")
+@click.option(
+    "-m",
+    "--model",
+    required=True,
+    metavar="MODEL",
+    help="Checkpoint NAME.safetensors (with its NAME.json sidecar); readable by all workers.",
+)
+@click.option(
+    "-o",
+    "--out-dir",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Output folder: one vector file per scene, manifest.json, summary.csv/.parquet.",
+)
+@click.option(
+    "--scheduler",
+    metavar="tcp://HOST:PORT",
+    help="Use this existing dask scheduler instead of starting a local cluster.",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    help="Worker processes of the local cluster [default: one per GPU, else one per core].",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(_FORMATS),
+    default="gpkg",
+    show_default=True,
+    help="Vector format of the per-scene outputs.",
+)
+@click.option("--force", is_flag=True, help="Redo every scene, even those already done.")
+@click.option("--quicklook", is_flag=True, help="Also write OUTDIR/quicklooks/<scene>.png.")
+@click.option("--config", "config", metavar="C", help="Preset name or YAML (tiling, stitching).")
+@click.option("--bands", metavar="B", help="1-based bands in model order, e.g. 3,2,1.")
+@click.option(
+    "--min-score", type=click.FloatRange(0.0, 1.0), help="Keep detections with score >= S."
+)
+@click.option("--tile-size", type=click.IntRange(min=16), help="Tile side in pixels.")
+@click.option("--overlap", type=click.IntRange(min=0), help="Overlap between tiles in pixels.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True)
+@click.option(
+    "--asset",
+    metavar="KEY",
+    help="STAC asset to read [default: the first image/tiff asset of each item].",
+)
+@click.option(
+    "--split-tiles",
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="Spread each scene of at least N tiles over all workers, then stitch.",
+)
+@click.option(
+    "--retries",
+    type=click.IntRange(min=0),
+    default=1,
+    show_default=True,
+    help="Extra attempts for a scene that failed for a non-input reason.",
+)
+@click.option(
+    "--device",
+    type=click.Choice(["auto", "cuda", "cpu"]),
+    default="auto",
+    show_default=True,
+    help="Where the model runs on each worker (auto: its pinned GPU, else the CPU).",
+)
+@fail_on_geoseg_error
+def command(
+    inputs: tuple[str, ...],
+    model: str,
+    out_dir: Path,
+    scheduler: str | None,
+    workers: int | None,
+    fmt: str,
+    force: bool,
+    quicklook: bool,
+    config: str | None,
+    bands: str | None,
+    min_score: float | None,
+    tile_size: int | None,
+    overlap: int | None,
+    batch_size: int,
+    asset: str | None,
+    split_tiles: int | None,
+    retries: int,
+    device: str,
+) -> None:
+    """Find and outline the objects of many scenes with MODEL, one dask task per scene.
+
+    INPUTS are scene paths, quoted globs ("scenes/**/*.tif"), text files of paths (.txt, one
+    per line, # comments) or STAC ItemCollection JSONs (.json). Rerunning the same command
+    skips the scenes already done with the same model and config; --force redoes them.
+    Exits with status 1 when any scene failed (see OUTDIR/manifest.json).
+    """
+    from tqdm import tqdm
+
+    from geoseg.batch import resolve_inputs, run_batch
+
+    band_sel = parse_bands(bands)
+    n_scenes = len(resolve_inputs(inputs, asset=asset))  # bad INPUTS fail before any work
+    bar = tqdm(total=n_scenes, unit="scene", desc="batch", dynamic_ncols=True)
+
+    def progress(p: BatchProgress) -> None:
+        if p.record is None and p.done == 0:
+            bar.reset(total=p.total)
+            if p.skipped:
+                tqdm.write(
+                    f"skipping {p.skipped} scene(s) already done with the same model and "
+                    "config (--force redoes them)"
+                )
+            return
+        bar.n = p.done
+        top = sorted(p.counts.items(), key=lambda kv: -kv[1])[:4]
+        bar.set_postfix_str(
+            f"ok={p.ok} failed={p.failed} tiles={p.tiles} objects={p.objects} "
+            + " ".join(f"{k}={v}" for k, v in top),
+            refresh=True,
+        )
+        if p.record is not None and p.record.error:
+            tqdm.write(f"FAILED {p.record.scene}: {p.record.error}")
+
+    def on_dashboard(link: str) -> None:
+        tqdm.write(f"dask dashboard: {link}")
+
+    try:
+        report = run_batch(
+            inputs,
+            model=model,
+            out_dir=out_dir,
+            scheduler=scheduler,
+            n_workers=workers,
+            fmt=fmt,
+            force=force,
+            quicklook=quicklook,
+            config=config,
+            bands=band_sel,
+            tile_size=tile_size,
+            overlap=overlap,
+            min_score=min_score,
+            batch_size=batch_size,
+            asset=asset,
+            split_tiles=split_tiles,
+            retries=retries,
+            device=None if device == "auto" else device,
+            progress=progress,
+            on_dashboard=on_dashboard,
+        )
+    finally:
+        bar.close()
+    click.echo(format_report(report))
+    if report.n_failed:
+        raise click.ClickException(
+            f"{report.n_failed} of {len(report.records)} scene(s) failed; their errors are in "
+            f"{report.manifest}. Fix them and rerun the same command to process only those."
+        )

@@ -1,0 +1,151 @@
+"""``geoseg chips``: training chips (GeoTIFF) and COCO instance labels from a scene + labels."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import click
+
+from geoseg.cli._common import fail_on_geoseg_error, parse_bands
+
+__all__ = ["command", "parse_length"]
+
+_LENGTH = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(px|m)?\s*$", re.IGNORECASE)
+
+
+def parse_length(value: str, *, name: str) -> tuple[float, bool]:
+    """Parse ``512``, ``512px`` or ``150m`` into ``(number, is_metres)``."""
+    match = _LENGTH.match(value)
+    if match is None:
+        raise click.BadParameter(f"{value!r}: give pixels (512) or metres (150m)", param_hint=name)
+    return float(match.group(1)), (match.group(2) or "px").lower() == "m"
+
+
+@click.command("chips")
+@click.argument("scene", type=str)
+@click.argument("labels", type=click.Path(exists=True, path_type=Path))
+@click.option(
+    "-o",
+    "--output",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Output directory (one per scene): images/*.tif, annotations.json, class_balance.json.",
+)
+@click.option(
+    "--size", default="512", show_default=True, help="Chip side: pixels, or metres (150m)."
+)
+@click.option(
+    "--overlap", default="64", show_default=True, help="Chip overlap: pixels, or metres (10m)."
+)
+@click.option("--bands", metavar="LIST", help="1-based bands in model order, e.g. 3,2,1 (all).")
+@click.option("--classes", metavar="LIST", help="Class names in category order (default: all).")
+@click.option(
+    "--class-column", default="class", show_default=True, help="Label attribute with the class."
+)
+@click.option(
+    "--min-visible-fraction",
+    type=click.FloatRange(0.0, 1.0),
+    default=0.25,
+    show_default=True,
+    help="Sliver rule: drop an object's clipped part that keeps less than this fraction of its "
+    "area AND is smaller than --min-visible-pixels.",
+)
+@click.option(
+    "--min-visible-pixels",
+    type=click.FloatRange(0.0),
+    default=1024.0,
+    show_default=True,
+    help="Sliver rule: clipped parts at least this large (chip pixels) are always kept.",
+)
+@click.option(
+    "--keep-empty",
+    "keep_empty_fraction",
+    type=click.FloatRange(0.0, 1.0),
+    default=0.1,
+    show_default=True,
+    help="Fraction of chips without objects to keep (0 = skip them all).",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the empty-chip draw.")
+@click.option("--overwrite", is_flag=True, help="Replace chips already in the output directory.")
+@fail_on_geoseg_error
+def command(
+    scene: str,
+    labels: Path,
+    out_dir: Path,
+    size: str,
+    overlap: str,
+    bands: str | None,
+    classes: str | None,
+    class_column: str,
+    min_visible_fraction: float,
+    min_visible_pixels: float,
+    keep_empty_fraction: float,
+    seed: int,
+    overwrite: bool,
+) -> None:
+    """Cut SCENE into overlapping chips with the instance polygons of LABELS in COCO format.
+
+    LABELS (any vector format) are reprojected to the scene CRS; invalid geometries are
+    repaired. Chips keep the scene's dtype (not normalised); annotations.json also records the
+    scene's normalisation statistics. Objects without holes are stored as polygons, objects
+    with holes as RLE. The class balance is printed and written to class_balance.json.
+    """
+    from tqdm import tqdm
+
+    from geoseg.chips import format_class_balance, make_chips
+    from geoseg.raster import open_scene
+    from geoseg.tiling import metres_to_pixels
+
+    band_list = parse_bands(bands)
+    class_list = None
+    if classes:
+        class_list = tuple(c.strip() for c in classes.split(",") if c.strip()) or None
+    size_v, size_m = parse_length(size, name="--size")
+    overlap_v, overlap_m = parse_length(overlap, name="--overlap")
+    if size_m or overlap_m:
+        info = open_scene(scene)
+        size_px = metres_to_pixels(info, size_v) if size_m else round(size_v)
+        overlap_px = metres_to_pixels(info, overlap_v) if overlap_m else round(overlap_v)
+        click.echo(f"chip size {size_px} px, overlap {overlap_px} px", err=True)
+    else:
+        size_px, overlap_px = round(size_v), round(overlap_v)
+    if size_px < 1 or not 0 <= overlap_px < size_px:
+        raise click.BadParameter(
+            f"need 0 <= overlap < size, got size {size_px} px and overlap {overlap_px} px",
+            param_hint="--overlap",
+        )
+
+    with tqdm(total=0, unit="chip", desc="chips", leave=False, disable=None) as bar:
+
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        summary = make_chips(
+            scene,
+            labels,
+            out_dir,
+            size=size_px,
+            overlap=overlap_px,
+            bands=band_list,
+            classes=class_list,
+            class_column=class_column,
+            min_visible_fraction=min_visible_fraction,
+            min_visible_pixels=min_visible_pixels,
+            keep_empty_fraction=keep_empty_fraction,
+            seed=seed,
+            overwrite=overwrite,
+            progress=progress,
+        )
+    click.echo(format_class_balance(summary.class_balance))
+    for msg in summary.warnings:
+        click.echo(f"warning: {msg}", err=True)
+    click.echo(
+        f"wrote {summary.n_chips} chips ({summary.n_empty_chips} without objects) and "
+        f"{summary.n_annotations} annotations to {summary.out_dir}; labels used "
+        f"{summary.n_labels}, repaired {summary.n_repaired}, dropped {summary.n_dropped_geometry} "
+        f"(geometry) + {summary.n_dropped_class} (class), slivers dropped {summary.n_slivers}",
+        err=True,
+    )

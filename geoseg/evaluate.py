@@ -1,0 +1,411 @@
+"""Scene-level evaluation of predicted polygons against truth polygons, in the scene CRS.
+
+Matching is one-to-one and greedy, the SpaceNet / COCO rule: predictions are taken in
+decreasing ``score`` (file order when there is no score column); each is matched to the
+not-yet-matched truth polygon of the same class with the highest IoU, if that IoU reaches the
+threshold. Unmatched predictions are false positives, unmatched truths false negatives.
+IoU is polygon IoU (area of intersection over area of union) computed with shapely; candidate
+pairs come from an STRtree query, so tens of thousands of polygons per class are cheap.
+
+Per class the result has precision, recall and F1 at IoU 0.5, mask AP50 and AP50:95
+(COCO's 101-point interpolated AP over the same greedy matching, at IoU 0.50, 0.55, ...,
+0.95), predicted/true counts and the count error (predicted - true). ``overall`` sums true
+positives, false positives and false negatives over classes (micro average) and averages AP
+over the classes that have truth objects (macro, like COCO's mAP).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
+
+from geoseg.errors import LabelError
+
+if TYPE_CHECKING:
+    import geopandas as gpd
+
+__all__ = [
+    "ClassMetrics",
+    "EvaluationResult",
+    "evaluate",
+    "format_table",
+    "match_polygons",
+    "write_json",
+]
+
+#: IoU thresholds of COCO's AP (0.50:0.05:0.95).
+AP_THRESHOLDS: tuple[float, ...] = tuple(round(0.5 + 0.05 * i, 2) for i in range(10))
+#: Name used when neither file has a class column.
+DEFAULT_CLASS = "object"
+
+
+@dataclass(frozen=True, slots=True)
+class ClassMetrics:
+    """Scores of one class (or of all classes together, for ``overall``).
+
+    Attributes:
+        tp, fp, fn: true/false positives and false negatives at ``iou_threshold``.
+        precision, recall, f1: from tp/fp/fn (0.0 where undefined, e.g. no predictions).
+        ap50: mask (polygon) AP at IoU 0.5; ap: AP averaged over IoU 0.50:0.05:0.95.
+        mean_iou: mean IoU of the matched pairs (0.0 when none).
+        count_pred, count_true: number of predicted / true polygons.
+        count_error: ``count_pred - count_true``.
+    """
+
+    tp: int
+    fp: int
+    fn: int
+    precision: float
+    recall: float
+    f1: float
+    ap50: float
+    ap: float
+    mean_iou: float
+    count_pred: int
+    count_true: int
+    count_error: int
+
+
+@dataclass(frozen=True, slots=True)
+class EvaluationResult:
+    """Everything :func:`evaluate` measured.
+
+    Attributes:
+        per_class: metrics per class name (every class present in either file).
+        overall: micro-averaged counts and F1; AP averaged over classes with truth.
+        iou_threshold: IoU used for tp/fp/fn.
+        crs: the CRS the comparison was made in (WKT-free short form, e.g. ``EPSG:32633``).
+    """
+
+    per_class: Mapping[str, ClassMetrics]
+    overall: ClassMetrics
+    iou_threshold: float
+    crs: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form: ``{"per_class": {"ship": {"f1": ...}}, "overall": {...}, ...}``."""
+        return {
+            "per_class": {k: asdict(v) for k, v in self.per_class.items()},
+            "overall": asdict(self.overall),
+            "iou_threshold": self.iou_threshold,
+            "ap_iou_thresholds": list(AP_THRESHOLDS),
+            "matching": "greedy one-to-one, by decreasing score then IoU (SpaceNet/COCO)",
+            "crs": self.crs,
+        }
+
+
+def _read(value: gpd.GeoDataFrame | str | Path, what: str) -> gpd.GeoDataFrame:
+    import geopandas as gpd
+
+    if isinstance(value, gpd.GeoDataFrame):
+        return value
+    path = Path(value)
+    if not path.exists():
+        raise LabelError(f"{path}: {what} file not found")
+    try:
+        return gpd.read_file(path)
+    except Exception as err:  # pyogrio raises several types
+        raise LabelError(f"{path}: cannot read the {what} vector file ({err})") from err
+
+
+def _polygons(df: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
+    """Keep (multi)polygons, repair invalid ones, drop empties."""
+    import shapely
+
+    geoms = df.geometry.values
+    kinds = shapely.get_type_id(geoms)
+    keep = np.isin(kinds, (3, 6)) & ~shapely.is_empty(geoms)
+    out = df.loc[keep].copy()
+    fixed = shapely.make_valid(out.geometry.values)
+    out = out.set_geometry(fixed)
+    return out
+
+
+def match_polygons(
+    pred: Sequence[Any] | npt.NDArray[Any],
+    truth: Sequence[Any] | npt.NDArray[Any],
+    *,
+    scores: npt.NDArray[np.floating[Any]] | None = None,
+    thresholds: Sequence[float] = (0.5,),
+) -> tuple[list[npt.NDArray[np.intp]], npt.NDArray[np.float64]]:
+    """Greedy one-to-one matching of two polygon sets at several IoU thresholds.
+
+    Args:
+        pred: predicted shapely polygons (one class), any CRS shared with ``truth``.
+        truth: true shapely polygons.
+        scores: float ``[len(pred)]`` confidences; predictions are matched in decreasing score
+            (stable, so file order breaks ties). ``None``: file order.
+        thresholds: IoU thresholds; a pair matches when IoU >= threshold.
+
+    Returns:
+        ``(matches, ious)``: ``matches[k]`` is int ``[len(pred)]`` with the index of the
+        matched truth polygon at ``thresholds[k]`` or -1; ``ious`` is float ``[len(pred)]``,
+        each prediction's best IoU with any truth polygon.
+    """
+    import shapely
+
+    p = np.asarray(pred, dtype=object)
+    t = np.asarray(truth, dtype=object)
+    n_p, n_t = len(p), len(t)
+    matches = [np.full(n_p, -1, np.intp) for _ in thresholds]
+    best = np.zeros(n_p, np.float64)
+    if n_p == 0 or n_t == 0:
+        return matches, best
+    tree = shapely.STRtree(t)
+    pi, ti = tree.query(p, predicate="intersects")
+    if len(pi) == 0:
+        return matches, best
+    inter = shapely.area(shapely.intersection(p[pi], t[ti]))
+    union = shapely.area(p[pi]) + shapely.area(t[ti]) - inter
+    iou = np.where(union > 0, inter / np.maximum(union, 1e-300), 0.0)
+    np.maximum.at(best, pi, iou)
+    # candidates per prediction, best IoU first
+    order = np.lexsort((-iou, pi))
+    pi, ti, iou = pi[order], ti[order], iou[order]
+    starts = np.searchsorted(pi, np.arange(n_p + 1))
+    rank = np.arange(n_p) if scores is None else np.argsort(-np.asarray(scores), kind="stable")
+    for k, thr in enumerate(thresholds):
+        taken = np.zeros(n_t, bool)
+        m = matches[k]
+        for i in rank:
+            for j in range(starts[i], starts[i + 1]):
+                if iou[j] < thr:
+                    break
+                if not taken[ti[j]]:
+                    taken[ti[j]] = True
+                    m[i] = ti[j]
+                    break
+    return matches, best
+
+
+def _average_precision(
+    matched: npt.NDArray[np.bool_], scores: npt.NDArray[np.float64], n_true: int
+) -> float:
+    """COCO's 101-point interpolated AP of predictions ``matched`` (True = tp)."""
+    if n_true == 0:
+        return float("nan")
+    if len(matched) == 0:
+        return 0.0
+    order = np.argsort(-scores, kind="stable")
+    tp = np.cumsum(matched[order])
+    fp = np.cumsum(~matched[order])
+    recall = tp / n_true
+    precision = tp / np.maximum(tp + fp, 1)
+    # make precision monotonically decreasing (right to left maximum)
+    precision = np.maximum.accumulate(precision[::-1])[::-1]
+    points = np.linspace(0.0, 1.0, 101)
+    idx = np.searchsorted(recall, points, side="left")
+    sampled = np.where(idx < len(precision), precision[np.minimum(idx, len(precision) - 1)], 0.0)
+    return float(sampled.mean())
+
+
+def _metrics(
+    tp: int,
+    fp: int,
+    fn: int,
+    ap50: float,
+    ap: float,
+    mean_iou: float,
+    n_pred: int,
+    n_true: int,
+) -> ClassMetrics:
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    if n_pred == 0 and n_true == 0:
+        precision = recall = f1 = 1.0
+    return ClassMetrics(
+        tp=tp,
+        fp=fp,
+        fn=fn,
+        precision=precision,
+        recall=recall,
+        f1=f1,
+        ap50=ap50,
+        ap=ap,
+        mean_iou=mean_iou,
+        count_pred=n_pred,
+        count_true=n_true,
+        count_error=n_pred - n_true,
+    )
+
+
+def evaluate(
+    pred: gpd.GeoDataFrame | str | Path,
+    truth: gpd.GeoDataFrame | str | Path,
+    *,
+    iou_threshold: float = 0.5,
+    class_column: str = "class",
+    score_column: str = "score",
+    min_score: float = 0.0,
+    classes: Sequence[str] | None = None,
+) -> EvaluationResult:
+    """Compare predicted polygons with truth polygons, per class.
+
+    Args:
+        pred: predictions (GeoDataFrame or a vector file), with a ``class_column`` and,
+            optionally, a ``score_column``.
+        truth: truth polygons, with a ``class_column`` (unless neither file has one: then
+            everything is one class, ``"object"``).
+        iou_threshold: IoU at which a match counts for precision/recall/F1.
+        class_column: column holding class names.
+        score_column: column holding confidences; missing: all 1.0 (file order breaks ties).
+        min_score: predictions below this score are ignored.
+        classes: classes to report (default: every class in either input).
+
+    Returns:
+        The metrics; predictions are reprojected to the truth's CRS (geographic truth: both
+        go to the truth's UTM zone so that areas are metric).
+
+    Raises:
+        LabelError: unreadable files, a missing CRS on one side, a class column on one side
+            only, or a threshold outside (0, 1].
+    """
+    if not 0.0 < iou_threshold <= 1.0:
+        raise LabelError(f"iou_threshold must be in (0, 1], got {iou_threshold}")
+    p_df = _read(pred, "prediction")
+    t_df = _read(truth, "truth")
+    if (p_df.crs is None) != (t_df.crs is None) and len(p_df) and len(t_df):
+        side = "prediction" if p_df.crs is None else "truth"
+        raise LabelError(
+            f"the {side} file has no CRS while the other has one; set it (e.g. "
+            "GeoDataFrame.set_crs) so both can be compared in the scene CRS"
+        )
+    crs = t_df.crs if t_df.crs is not None else p_df.crs
+    if crs is not None and crs.is_geographic:
+        crs = (t_df if len(t_df) else p_df).estimate_utm_crs()
+    if crs is not None:
+        if t_df.crs is not None and t_df.crs != crs:
+            t_df = t_df.to_crs(crs)
+        if p_df.crs is not None and p_df.crs != crs:
+            p_df = p_df.to_crs(crs)
+    has_p, has_t = class_column in p_df.columns, class_column in t_df.columns
+    if has_p != has_t:
+        side = "prediction" if not has_p else "truth"
+        raise LabelError(
+            f"the {side} file has no {class_column!r} column; name the class column with "
+            "--class-column"
+        )
+    p_df, t_df = _polygons(p_df), _polygons(t_df)
+    p_cls = (
+        p_df[class_column].astype(str).to_numpy() if has_p else np.full(len(p_df), DEFAULT_CLASS)
+    )
+    t_cls = (
+        t_df[class_column].astype(str).to_numpy() if has_t else np.full(len(t_df), DEFAULT_CLASS)
+    )
+    if score_column in p_df.columns:
+        p_score = p_df[score_column].to_numpy(dtype=np.float64)
+    else:
+        p_score = np.ones(len(p_df), np.float64)
+    keep = p_score >= min_score
+    p_geoms, p_cls, p_score = p_df.geometry.values[keep], p_cls[keep], p_score[keep]
+    t_geoms = t_df.geometry.values
+    names = list(classes) if classes is not None else sorted(set(p_cls) | set(t_cls))
+
+    thresholds = sorted({*AP_THRESHOLDS, float(iou_threshold)})
+    k_main = thresholds.index(float(iou_threshold))
+    per_class: dict[str, ClassMetrics] = {}
+    tot_tp = tot_fp = tot_fn = 0
+    iou_sum, iou_n = 0.0, 0
+    for name in names:
+        pm, tm = p_cls == name, t_cls == name
+        scores = p_score[pm]
+        matches, best = match_polygons(
+            np.asarray(p_geoms[pm]), np.asarray(t_geoms[tm]), scores=scores, thresholds=thresholds
+        )
+        n_pred, n_true = int(pm.sum()), int(tm.sum())
+        main = matches[k_main] >= 0
+        tp = int(main.sum())
+        aps = {
+            thr: _average_precision(m >= 0, scores, n_true)
+            for thr, m in zip(thresholds, matches, strict=True)
+        }
+        ap = float(np.mean([aps[t] for t in AP_THRESHOLDS])) if n_true else float("nan")
+        matched_iou = best[main]
+        per_class[name] = _metrics(
+            tp,
+            n_pred - tp,
+            n_true - tp,
+            aps[0.5],
+            ap,
+            float(matched_iou.mean()) if tp else 0.0,
+            n_pred,
+            n_true,
+        )
+        tot_tp, tot_fp, tot_fn = tot_tp + tp, tot_fp + n_pred - tp, tot_fn + n_true - tp
+        iou_sum, iou_n = iou_sum + float(matched_iou.sum()), iou_n + tp
+    with_truth = [m for m in per_class.values() if m.count_true > 0]
+    overall = _metrics(
+        tot_tp,
+        tot_fp,
+        tot_fn,
+        float(np.mean([m.ap50 for m in with_truth])) if with_truth else float("nan"),
+        float(np.mean([m.ap for m in with_truth])) if with_truth else float("nan"),
+        iou_sum / iou_n if iou_n else 0.0,
+        sum(m.count_pred for m in per_class.values()),
+        sum(m.count_true for m in per_class.values()),
+    )
+    crs_name = None
+    if crs is not None:
+        auth = crs.to_authority()
+        crs_name = f"{auth[0]}:{auth[1]}" if auth else crs.name
+    return EvaluationResult(per_class, overall, float(iou_threshold), crs_name)
+
+
+def _fmt(v: float) -> str:
+    return "  n/a" if isinstance(v, float) and math.isnan(v) else f"{v:5.3f}"
+
+
+def format_table(result: EvaluationResult) -> str:
+    """A fixed-width text table of ``result`` for the terminal."""
+    head = (
+        f"{'class':<14} {'prec':>5} {'rec':>5} {'F1':>5} {'AP50':>5} {'AP':>5} "
+        f"{'mIoU':>5} {'pred':>7} {'true':>7} {'error':>7}"
+    )
+    lines = [f"IoU threshold {result.iou_threshold:g}, CRS {result.crs or 'none'}", head]
+    lines.append("-" * len(head))
+    rows = [*result.per_class.items(), ("overall", result.overall)]
+    for i, (name, m) in enumerate(rows):
+        if i == len(rows) - 1:
+            lines.append("-" * len(head))
+        lines.append(
+            f"{name[:14]:<14} {_fmt(m.precision)} {_fmt(m.recall)} {_fmt(m.f1)} {_fmt(m.ap50)} "
+            f"{_fmt(m.ap)} {_fmt(m.mean_iou)} {m.count_pred:>7d} {m.count_true:>7d} "
+            f"{m.count_error:>+7d}"
+        )
+    return "\n".join(lines)
+
+
+def write_json(result: EvaluationResult, path: str | Path) -> Path:
+    """Write ``result.to_dict()`` as JSON atomically (NaN written as ``null``)."""
+    import os
+    import tempfile
+
+    def clean(v: Any) -> Any:
+        if isinstance(v, float) and math.isnan(v):
+            return None
+        if isinstance(v, Mapping):
+            return {k: clean(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [clean(x) for x in v]
+        return v
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(clean(result.to_dict()), indent=2, allow_nan=False) + "\n"
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

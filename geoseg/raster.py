@@ -1,0 +1,588 @@
+"""Opening, validating and reading scenes: the first stage of the pipeline.
+
+:func:`open_scene` opens any path GDAL reads (GeoTIFF, COG, VRT, ``/vsicurl/`` URLs...), checks
+that it can be used and describes it as a :class:`~geoseg.types.SceneInfo` without reading its
+pixels. :func:`compute_norm_stats` computes the scene-wide per-band percentile stretch once per
+scene, and :func:`read_window` reads one boundless window of pixels plus its valid-pixel mask.
+
+Decisions:
+
+* **Rotated or sheared geotransforms are refused** with :class:`UnsupportedTransformError`
+  (tiles, stitching and vectorisation assume axis-aligned pixels). Resample the scene to
+  north-up first, e.g. ``gdalwarp in.tif out.tif``. Rasters georeferenced only by GCPs are
+  refused the same way.
+* **No CRS** is allowed: a :class:`NoCRSWarning` is issued and logged, ``SceneInfo.crs_wkt`` is
+  ``None``, and later stages mark their outputs as scene-pixel coordinates.
+* **Geographic CRS** is allowed; :func:`ground_sample_distance_m` converts degrees to metres at
+  the scene centre so that metre-based sizes are right.
+* **Normalisation** is a per-band linear stretch between two percentiles of the *whole scene*
+  (from overviews or a sample of windows, nodata and NaN excluded), never per tile. Every scene
+  gets its own statistics by default; pass a saved :class:`~geoseg.types.NormStats` (e.g. the one
+  stored with a model) to normalise prediction exactly as training did.
+* **Valid pixels** follow GDAL's dataset-mask convention: with a nodata value a pixel is invalid
+  when *all* selected bands equal it; internal masks/alpha bands are used when present; NaN in
+  any band makes a pixel invalid; padding outside the scene is invalid.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import math
+import os
+import warnings
+from collections.abc import Sequence
+from typing import Any, Final, Literal
+
+import numpy as np
+import numpy.typing as npt
+import rasterio
+from rasterio.enums import MaskFlags, Resampling
+from rasterio.errors import NotGeoreferencedWarning, RasterioError
+from rasterio.windows import Window
+
+from geoseg.errors import (
+    BandError,
+    ConfigError,
+    RasterReadError,
+    UnsupportedTransformError,
+)
+from geoseg.types import NormStats, PixelWindow, SceneInfo
+
+__all__ = [
+    "FROM_DATASET",
+    "NoCRSWarning",
+    "StatsSource",
+    "compute_norm_stats",
+    "gdal_env",
+    "ground_sample_distance_m",
+    "open_scene",
+    "read_window",
+    "read_window_raw",
+    "validate_bands",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Default sample budget of :func:`compute_norm_stats`, in pixels per band.
+DEFAULT_STATS_PIXELS: Final = 1 << 20
+
+
+class NoCRSWarning(UserWarning):
+    """The scene has no CRS: outputs will be in scene-pixel coordinates."""
+
+
+class StatsSource(enum.StrEnum):
+    """Where :func:`compute_norm_stats` takes its pixels from.
+
+    ``AUTO`` reads the whole scene when it is small, else the best fitting overview when the
+    scene has overviews, else a seeded sample of windows spread over the scene.
+    """
+
+    AUTO = "auto"
+    OVERVIEWS = "overviews"
+    SAMPLE = "sample"
+    FULL = "full"
+
+
+class _FromDataset(enum.Enum):
+    TOKEN = 0
+
+
+#: Default of :func:`read_window`'s ``nodata``: use the dataset's own nodata value.
+FROM_DATASET: Final = _FromDataset.TOKEN
+
+
+def _is_remote(path: str) -> bool:
+    return path.startswith("/vsi") or "://" in path
+
+
+def gdal_env(
+    *, num_threads: int | Literal["ALL_CPUS"] | None = None, cache_mb: int | None = None
+) -> rasterio.Env:
+    """Return a :class:`rasterio.Env` with geoseg's reading options.
+
+    Args:
+        num_threads: ``GDAL_NUM_THREADS`` for multithreaded decoding of compressed blocks
+            (an int or ``"ALL_CPUS"``); ``None`` leaves GDAL's default (one thread).
+        cache_mb: ``GDAL_CACHEMAX`` in MiB; bounding the block cache keeps memory independent of
+            the scene size. ``None`` leaves GDAL's default (5 % of RAM).
+
+    Returns:
+        A context manager; use as ``with gdal_env(num_threads=4): ...``.
+    """
+    options: dict[str, Any] = {}
+    if num_threads is not None:
+        options["GDAL_NUM_THREADS"] = str(num_threads)
+    if cache_mb is not None:
+        options["GDAL_CACHEMAX"] = int(cache_mb) * 1024 * 1024
+    return rasterio.Env(**options)
+
+
+def _check_transform(ds: Any, path: str) -> None:
+    t = ds.transform
+    if t.b != 0.0 or t.d != 0.0:
+        raise UnsupportedTransformError(
+            f"{path}: the geotransform is rotated or sheared ({tuple(t)[:6]}); geoseg needs "
+            "north-up, axis-aligned pixels. Resample it first, e.g. "
+            f"`gdalwarp {path} north_up.tif`."
+        )
+    if t.a == 0.0 or t.e == 0.0:
+        raise UnsupportedTransformError(f"{path}: the geotransform has a zero pixel size ({t}).")
+    gcps, _ = ds.gcps
+    if ds.crs is None and gcps:
+        raise UnsupportedTransformError(
+            f"{path}: georeferenced only by ground control points; warp it to a regular grid "
+            f"first, e.g. `gdalwarp {path} north_up.tif`."
+        )
+
+
+def _probe_last_block(ds: Any, path: str) -> None:
+    """Read the last block of the last band: a truncated file fails here, not mid-run."""
+    rows, cols = ds.block_shapes[-1]
+    r0 = ((ds.height - 1) // rows) * rows
+    c0 = ((ds.width - 1) // cols) * cols
+    window = Window(c0, r0, min(cols, ds.width - c0), min(rows, ds.height - r0))
+    ds.read(ds.count, window=window)
+
+
+def open_scene(path: str | os.PathLike[str], *, check_readable: bool = True) -> SceneInfo:
+    """Open, validate and describe a raster without reading its pixels.
+
+    Args:
+        path: anything GDAL opens: a GeoTIFF/COG/VRT file, a ``/vsicurl/https://...`` URL, ...
+        check_readable: also read the last block of the last band, so that a truncated or
+            corrupt file fails here with a clear message instead of in the middle of a run.
+
+    Returns:
+        The scene's description (size, bands, dtype, CRS, transform from scene pixels to scene
+        CRS, nodata, internal block shape, overviews, driver).
+
+    Raises:
+        RasterReadError: the path does not exist, is not a raster, has no bands, or is
+            truncated/unreadable.
+        UnsupportedTransformError: the geotransform is rotated/sheared or GCP-only.
+
+    Warns:
+        NoCRSWarning: the raster has no CRS (outputs will be in scene-pixel coordinates).
+    """
+    path_str = os.fspath(path)
+    if not _is_remote(path_str) and not os.path.exists(path_str):
+        raise RasterReadError(f"{path_str}: no such file; check the path.")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with rasterio.open(path_str) as ds:
+                if ds.count == 0:
+                    raise RasterReadError(
+                        f"{path_str}: has no raster bands (is it a vector file or a container "
+                        "of subdatasets? open one subdataset instead)."
+                    )
+                _check_transform(ds, path_str)
+                if check_readable:
+                    _probe_last_block(ds, path_str)
+                dtypes = set(ds.dtypes)
+                dtype = (
+                    ds.dtypes[0]
+                    if len(dtypes) == 1
+                    else np.result_type(*[np.dtype(d) for d in ds.dtypes]).name
+                )
+                info = SceneInfo(
+                    path=path_str,
+                    width=int(ds.width),
+                    height=int(ds.height),
+                    count=int(ds.count),
+                    dtype=str(dtype),
+                    crs_wkt=ds.crs.to_wkt() if ds.crs is not None else None,
+                    transform=ds.transform,
+                    nodata=None if ds.nodata is None else float(ds.nodata),
+                    block_shape=(int(ds.block_shapes[0][0]), int(ds.block_shapes[0][1])),
+                    overviews=tuple(int(f) for f in ds.overviews(1)),
+                    driver=str(ds.driver),
+                )
+    except RasterioError as err:
+        cause = f" ({err.__cause__})" if err.__cause__ is not None else ""
+        raise RasterReadError(
+            f"{path_str}: cannot be read as a raster: {err}{cause}. Check that it is a complete "
+            "GeoTIFF/COG/VRT (or another format GDAL reads) and that the URL is reachable."
+        ) from err
+    if info.crs_wkt is None:
+        msg = (
+            f"{path_str}: the raster has no CRS; outputs will be in scene-pixel coordinates. "
+            "Assign one with `gdal_edit.py -a_srs EPSG:xxxx` if it should be georeferenced."
+        )
+        logger.warning(msg)
+        warnings.warn(msg, NoCRSWarning, stacklevel=2)
+    logger.debug("opened %s: %s", path_str, info)
+    return info
+
+
+def validate_bands(info: SceneInfo, bands: Sequence[int] | None) -> tuple[int, ...]:
+    """Check 1-based band indexes against a scene.
+
+    Args:
+        info: the scene.
+        bands: 1-based band indexes in model-input order (e.g. ``(3, 2, 1)``), or ``None`` for
+            all bands in file order.
+
+    Returns:
+        The band indexes as a tuple.
+
+    Raises:
+        BandError: an index does not exist in the scene, or ``bands`` is empty.
+    """
+    if bands is None:
+        return tuple(range(1, info.count + 1))
+    sel = tuple(int(b) for b in bands)
+    if not sel:
+        raise BandError(f"{info.path}: no bands selected; give at least one band, e.g. 1")
+    bad = [b for b in sel if not 1 <= b <= info.count]
+    if bad:
+        raise BandError(
+            f"{info.path}: band(s) {bad} do not exist; the scene has {info.count} band(s), "
+            f"numbered 1..{info.count}. Choose bands in that range (e.g. --bands "
+            f"{','.join(str(b) for b in range(1, min(info.count, 3) + 1))})."
+        )
+    return sel
+
+
+def ground_sample_distance_m(info: SceneInfo) -> tuple[float, float]:
+    """Pixel size ``(x, y)`` in metres.
+
+    Projected CRS: the transform's pixel size times the CRS unit in metres. Geographic CRS:
+    the geodesic length of one pixel step at the scene centre.
+
+    Raises:
+        ConfigError: the scene has no CRS, so metres are unknown (give sizes in pixels).
+    """
+    if info.crs_wkt is None:
+        raise ConfigError(
+            f"{info.path}: the scene has no CRS, so its pixel size in metres is unknown; "
+            "give sizes in pixels instead."
+        )
+    from pyproj import CRS
+
+    crs = CRS.from_wkt(info.crs_wkt)
+    gx, gy = info.gsd
+    if crs.is_geographic:
+        geod = crs.get_geod()
+        if geod is None:  # pragma: no cover - every geographic CRS has an ellipsoid
+            raise ConfigError(f"{info.path}: the CRS has no ellipsoid; cannot measure metres")
+        t = info.transform
+        lon = t.a * info.width / 2.0 + t.b * info.height / 2.0 + t.c
+        lat = t.d * info.width / 2.0 + t.e * info.height / 2.0 + t.f
+        _, _, dx = geod.inv(lon, lat, lon + gx, lat)
+        _, _, dy = geod.inv(lon, lat, lon, lat + gy)
+        return (float(dx), float(dy))
+    factor = 1.0
+    if crs.axis_info:
+        factor = float(crs.axis_info[0].unit_conversion_factor or 1.0)
+    return (gx * factor, gy * factor)
+
+
+def _valid_from_data(data: npt.NDArray[Any], nodata: float | None) -> npt.NDArray[np.bool_] | None:
+    """Valid mask ``[h, w]`` from nodata/NaN, or ``None`` when every pixel is valid."""
+    invalid: npt.NDArray[np.bool_] | None = None
+    if nodata is not None:
+        if math.isnan(nodata):
+            invalid = np.isnan(data).all(axis=0) if data.dtype.kind == "f" else None
+        else:
+            invalid = (data == data.dtype.type(nodata)).all(axis=0)
+    if data.dtype.kind == "f":
+        nan = np.isnan(data).any(axis=0)
+        invalid = nan if invalid is None else invalid | nan
+    if invalid is None or not invalid.any():
+        return None
+    return ~invalid
+
+
+def _uses_mask_band(ds: Any, bands: Sequence[int]) -> bool:
+    flags = ds.mask_flag_enums[bands[0] - 1]
+    return MaskFlags.per_dataset in flags or MaskFlags.alpha in flags
+
+
+def _stretch(data: npt.NDArray[Any], stats: NormStats, out: npt.NDArray[np.float32]) -> None:
+    """``out[:] = stats.apply(data)`` without intermediate copies (same float32 arithmetic)."""
+    lo = np.asarray(stats.low, dtype=np.float32)[:, None, None]
+    hi = np.asarray(stats.high, dtype=np.float32)[:, None, None]
+    scale = np.float32(1.0) / np.maximum(hi - lo, np.float32(1e-6))
+    np.subtract(data, lo, out=out, casting="unsafe")
+    np.multiply(out, scale, out=out)
+    np.clip(out, 0.0, 1.0, out=out)
+
+
+def _read_inner(
+    dataset: Any, inner: PixelWindow, sel: tuple[int, ...], nodata: float | None
+) -> tuple[npt.NDArray[Any], npt.NDArray[np.bool_] | None]:
+    """Raw pixels ``[C, h, w]`` of an in-scene window and its valid mask (``None``: all valid)."""
+    rio_window = inner.to_rasterio()
+    try:
+        data = dataset.read(sel, window=rio_window)
+        mask_valid: npt.NDArray[np.bool_] | None
+        if _uses_mask_band(dataset, sel):
+            mask_valid = dataset.read_masks(sel[0], window=rio_window) > 0
+        else:
+            mask_valid = _valid_from_data(data, nodata)
+    except RasterioError as err:
+        raise RasterReadError(
+            f"{dataset.name}: reading window {inner} failed: {err} ({err.__cause__}). The file "
+            "may be truncated or corrupt, or the connection was lost."
+        ) from err
+    return data, mask_valid
+
+
+def read_window_raw(
+    dataset: Any,
+    window: PixelWindow,
+    *,
+    bands: Sequence[int],
+    nodata: float | Literal[_FromDataset.TOKEN] | None = FROM_DATASET,
+    fill: float | None = None,
+) -> tuple[npt.NDArray[Any], npt.NDArray[np.bool_]]:
+    """Read one window of an open dataset in its own dtype, boundless (for training chips).
+
+    Args:
+        dataset: an open :class:`rasterio.DatasetReader`.
+        window: the window in scene pixels; it may extend past the scene (padding).
+        bands: 1-based band indexes, in output-channel order.
+        nodata: the nodata value; by default the dataset's own. ``None`` = no nodata value.
+        fill: value of padding pixels; by default the nodata value, else 0.
+
+    Returns:
+        ``(data, valid)``: data ``[C, window.height, window.width]`` in the dataset's dtype, raw
+        (nodata pixels keep their value); valid bool ``[window.height, window.width]`` as in
+        :func:`read_window`.
+
+    Raises:
+        RasterReadError: the read failed.
+    """
+    sel = tuple(bands)
+    nd = dataset.nodata if nodata is FROM_DATASET else nodata
+    if fill is None:
+        fill = 0.0 if nd is None else nd
+    dtype = np.dtype(dataset.dtypes[sel[0] - 1])
+    h, w = window.height, window.width
+    valid = np.zeros((h, w), dtype=np.bool_)
+    inner = window.intersection(PixelWindow(0, 0, int(dataset.width), int(dataset.height)))
+    if inner == window:
+        data, mask_valid = _read_inner(dataset, inner, sel, nd)
+        return data, (np.ones((h, w), np.bool_) if mask_valid is None else mask_valid)
+    out = np.full((len(sel), h, w), fill, dtype=dtype)
+    if inner.area == 0:
+        return out, valid
+    ys = slice(inner.row_off - window.row_off, inner.row_end - window.row_off)
+    xs = slice(inner.col_off - window.col_off, inner.col_end - window.col_off)
+    data, mask_valid = _read_inner(dataset, inner, sel, nd)
+    out[:, ys, xs] = data
+    valid[ys, xs] = True if mask_valid is None else mask_valid
+    return out, valid
+
+
+def read_window(
+    dataset: Any,
+    window: PixelWindow,
+    *,
+    bands: Sequence[int],
+    stats: NormStats | None,
+    nodata: float | Literal[_FromDataset.TOKEN] | None = FROM_DATASET,
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.bool_]]:
+    """Read one window of an open dataset, boundless.
+
+    Args:
+        dataset: an open :class:`rasterio.DatasetReader`.
+        window: the window in scene pixels; it may extend past the scene (padding).
+        bands: 1-based band indexes, in output-channel order.
+        stats: scene-wide statistics to stretch the pixels to [0, 1] (``stats.bands`` must equal
+            ``bands``), or ``None`` to return raw values as float32.
+        nodata: the nodata value; by default the dataset's own. ``None`` = no nodata value.
+
+    Returns:
+        ``(image, valid)``: image float32 ``[C, window.height, window.width]`` (C = len(bands)),
+        normalised when ``stats`` is given; valid bool ``[window.height, window.width]``, True
+        where the pixel lies inside the scene and is not nodata/masked/NaN. Invalid pixels are 0
+        in ``image``.
+
+    Raises:
+        BandError: ``stats`` belongs to other bands.
+        RasterReadError: the read failed (corrupt block, lost connection...).
+    """
+    sel = tuple(bands)
+    if stats is not None and tuple(stats.bands) != sel:
+        raise BandError(
+            f"{dataset.name}: normalisation statistics are for bands {stats.bands} but bands "
+            f"{sel} were requested; pass matching bands or recompute the statistics."
+        )
+    nd = dataset.nodata if nodata is FROM_DATASET else nodata
+    h, w = window.height, window.width
+    image = np.zeros((len(sel), h, w), dtype=np.float32)
+    valid = np.zeros((h, w), dtype=np.bool_)
+    inner = window.intersection(PixelWindow(0, 0, int(dataset.width), int(dataset.height)))
+    if inner.area == 0:
+        return image, valid
+    ys = slice(inner.row_off - window.row_off, inner.row_end - window.row_off)
+    xs = slice(inner.col_off - window.col_off, inner.col_end - window.col_off)
+    data, mask_valid = _read_inner(dataset, inner, sel, nd)
+    sub = image[:, ys, xs]
+    if stats is not None:
+        _stretch(data, stats, sub)
+    else:
+        sub[...] = data
+    if mask_valid is None:
+        valid[ys, xs] = True
+    else:
+        valid[ys, xs] = mask_valid
+        sub[:, ~mask_valid] = 0.0
+    return image, valid
+
+
+def _stats_window_grid(
+    info: SceneInfo, *, n_windows: int, size: int, seed: int
+) -> list[PixelWindow]:
+    """Seeded, jittered, block-aligned windows spread evenly over the scene (scene pixels)."""
+    rng = np.random.default_rng(seed)
+    side = max(1, math.ceil(math.sqrt(n_windows)))
+    bh, bw = info.block_shape
+    windows: list[PixelWindow] = []
+    for i in range(side):
+        for j in range(side):
+            y0 = int((i + rng.random()) * info.height / side) - size // 2
+            x0 = int((j + rng.random()) * info.width / side) - size // 2
+            if bw > 1 and bw <= size:
+                x0 = (x0 // bw) * bw
+            if bh > 1 and bh <= size:
+                y0 = (y0 // bh) * bh
+            x0 = min(max(x0, 0), max(info.width - size, 0))
+            y0 = min(max(y0, 0), max(info.height - size, 0))
+            windows.append(
+                PixelWindow(x0, y0, min(size, info.width - x0), min(size, info.height - y0))
+            )
+    return sorted(set(windows), key=lambda w: (w.row_off, w.col_off))
+
+
+def _valid_values(
+    data: npt.NDArray[Any], valid: npt.NDArray[np.bool_] | None
+) -> list[npt.NDArray[Any]]:
+    out = []
+    for band in data:
+        v = band if valid is None else band[valid]
+        if v.dtype.kind == "f":
+            v = v[np.isfinite(v)]
+        out.append(v.ravel())
+    return out
+
+
+def _read_decimated(
+    ds: Any, sel: tuple[int, ...], nodata: float | None, max_pixels: int
+) -> list[npt.NDArray[Any]]:
+    """Whole scene at a resolution of at most ``max_pixels`` (GDAL picks an overview)."""
+    factor = max(1.0, math.sqrt(ds.width * ds.height / max_pixels))
+    oh = max(1, round(ds.height / factor))
+    ow = max(1, round(ds.width / factor))
+    data = ds.read(sel, out_shape=(len(sel), oh, ow), resampling=Resampling.nearest)
+    if _uses_mask_band(ds, sel):
+        valid = ds.read_masks(sel[0], out_shape=(oh, ow), resampling=Resampling.nearest) > 0
+    else:
+        valid = _valid_from_data(data, nodata)
+    return _valid_values(data, valid)
+
+
+def compute_norm_stats(
+    path_or_info: str | os.PathLike[str] | SceneInfo,
+    *,
+    bands: Sequence[int] | None = None,
+    percentiles: tuple[float, float] = (2.0, 98.0),
+    source: StatsSource = StatsSource.AUTO,
+    max_pixels: int = DEFAULT_STATS_PIXELS,
+    window_size: int = 256,
+    seed: int = 0,
+) -> NormStats:
+    """Scene-wide per-band percentile stretch, computed once per scene.
+
+    The pixels come from the scene itself when it has at most ``max_pixels`` pixels, else from
+    the overview GDAL picks for a read of ``max_pixels`` (when the scene has overviews), else
+    from about ``max_pixels / window_size**2`` seeded windows spread evenly over the scene
+    (``source`` forces one of these). Nodata, masked and non-finite pixels are excluded. If a
+    window sample finds no valid pixel in some band, a decimated read of the whole scene is
+    tried before giving up. A constant band gets ``high = low + 1`` (it maps to 0).
+
+    Args:
+        path_or_info: a raster path (opened with :func:`open_scene`) or its ``SceneInfo``.
+        bands: 1-based band indexes in model-input order; ``None`` = all bands.
+        percentiles: ``(low, high)`` percentiles in [0, 100] mapped to 0 and 1.
+        source: where the pixels come from (see :class:`StatsSource`).
+        max_pixels: pixel budget per band.
+        window_size: side of the sample windows in pixels.
+        seed: seed of the window sample.
+
+    Returns:
+        The statistics, with ``source_dtype`` set to the scene's dtype.
+
+    Raises:
+        ConfigError: invalid ``percentiles``/``max_pixels``.
+        BandError: a band does not exist.
+        RasterReadError: the scene cannot be read, or a band has no valid pixel at all.
+    """
+    p_lo, p_hi = float(percentiles[0]), float(percentiles[1])
+    if not 0.0 <= p_lo < p_hi <= 100.0:
+        raise ConfigError(f"percentiles must satisfy 0 <= low < high <= 100, got {percentiles}")
+    if max_pixels < 1 or window_size < 1:
+        raise ConfigError("max_pixels and window_size must be positive")
+    info = path_or_info if isinstance(path_or_info, SceneInfo) else open_scene(path_or_info)
+    sel = validate_bands(info, bands)
+    source = StatsSource(source)
+    if source is StatsSource.AUTO:
+        if info.width * info.height <= max_pixels:
+            source = StatsSource.FULL
+        elif info.overviews:
+            source = StatsSource.OVERVIEWS
+        else:
+            source = StatsSource.SAMPLE
+    try:
+        with rasterio.open(info.path) as ds:
+            if source is StatsSource.SAMPLE:
+                n_windows = max(1, max_pixels // (window_size * window_size))
+                chunks: list[list[npt.NDArray[Any]]] = []
+                for win in _stats_window_grid(
+                    info, n_windows=n_windows, size=window_size, seed=seed
+                ):
+                    rio_win = win.to_rasterio()
+                    data = ds.read(sel, window=rio_win)
+                    if _uses_mask_band(ds, sel):
+                        valid = ds.read_masks(sel[0], window=rio_win) > 0
+                    else:
+                        valid = _valid_from_data(data, info.nodata)
+                    chunks.append(_valid_values(data, valid))
+                values = [np.concatenate([c[i] for c in chunks]) for i in range(len(sel))]
+                if any(v.size == 0 for v in values):
+                    logger.info(
+                        "%s: window sample found no valid pixels; reading decimated", info.path
+                    )
+                    values = _read_decimated(ds, sel, info.nodata, max_pixels)
+            else:
+                budget = info.width * info.height if source is StatsSource.FULL else max_pixels
+                values = _read_decimated(ds, sel, info.nodata, budget)
+    except RasterioError as err:
+        raise RasterReadError(f"{info.path}: reading pixels for statistics failed: {err}") from err
+    lows: list[float] = []
+    highs: list[float] = []
+    for b, v in zip(sel, values, strict=True):
+        if v.size == 0:
+            raise RasterReadError(
+                f"{info.path}: band {b} has no valid pixel (all nodata/masked); nothing to "
+                "normalise. Check --bands and the raster's nodata value."
+            )
+        lo, hi = np.percentile(v.astype(np.float64, copy=False), [p_lo, p_hi])
+        lo, hi = float(lo), float(hi)
+        if hi <= lo:
+            hi = lo + 1.0
+        lows.append(lo)
+        highs.append(hi)
+    stats = NormStats(
+        bands=sel,
+        low=tuple(lows),
+        high=tuple(highs),
+        percentiles=(p_lo, p_hi),
+        source_dtype=info.dtype,
+    )
+    logger.info("%s: normalisation statistics from %s: %s", info.path, source.value, stats)
+    return stats

@@ -1,0 +1,937 @@
+"""Training loop: Mask R-CNN on georeferenced chips with COCO instance labels.
+
+Input is the chip format written by :func:`geoseg.chips.make_chips`, one folder per scene::
+
+    DIR/images/*.tif       chip GeoTIFFs, raw dtype (not normalised), the selected bands
+    DIR/annotations.json   COCO: images, annotations (1-based category ids, polygons in chip
+                           pixels or RLE), categories, and a "geoseg" block with norm_stats,
+                           classes, bands, gsd, tile_size
+
+Each chip is normalised with its folder's (scene-wide) ``norm_stats``. Chips are augmented
+with flips, 90-degree rotations, photometric jitter and scale jitter; boxes are recomputed from
+the augmented masks, so they are always tight.
+
+Outputs in ``TrainConfig.output_dir``:
+
+* ``last.safetensors`` + ``last.json``: the model after the latest checkpoint;
+* ``last_state.safetensors`` + ``last_state.json``: optimiser (tensors in safetensors, the rest
+  in JSON), scheduler, AMP scaler, RNG and loop position; nothing is pickled;
+* ``best.safetensors`` + ``best.json``: the model with the best validation mask AP;
+* ``metrics.csv`` and ``metrics.json``: one row per epoch.
+
+An interrupted run started again with the same output folder resumes from ``last`` with the
+same optimiser/scheduler state, step and data order.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from torch import Tensor, nn
+
+from geoseg._version import __version__
+from geoseg.config import (
+    AugmentConfig,
+    ModelConfig,
+    OptimizerKind,
+    TrainConfig,
+    config_from_dict,
+    config_to_dict,
+    load_config,
+)
+from geoseg.errors import BandError, CheckpointError, ConfigError, LabelError
+from geoseg.model import (
+    ModelMeta,
+    build_model,
+    load_checkpoint,
+    load_matching,
+    read_safetensors,
+    save_checkpoint,
+    write_safetensors,
+)
+from geoseg.types import NormStats
+
+__all__ = [
+    "ChipDataset",
+    "TrainProgress",
+    "TrainResult",
+    "coco_evaluate",
+    "train",
+]
+
+logger = logging.getLogger(__name__)
+
+Target = dict[str, Tensor]
+
+
+# --------------------------------------------------------------------------------------------
+# data
+
+
+@dataclass(frozen=True)
+class _ChipFolder:
+    """One chip folder's COCO content, indexed."""
+
+    root: Path
+    images: list[dict[str, Any]]
+    anns_by_image: dict[int, list[dict[str, Any]]]
+    category_to_label: dict[int, int]  # COCO category id -> 1-based model label
+    norm_stats: NormStats
+    info: dict[str, Any]
+
+
+def _read_folder(root: Path, classes: Sequence[str]) -> _ChipFolder:
+    path = root / "annotations.json"
+    try:
+        coco = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as err:
+        raise LabelError(
+            f"{path}: cannot read the chip annotations ({err}); is {root} a folder written by "
+            "`geoseg chips`?"
+        ) from err
+    except ValueError as err:
+        raise LabelError(f"{path}: not valid JSON ({err})") from err
+    info = coco.get("geoseg") or {}
+    if "norm_stats" not in info:
+        raise LabelError(
+            f"{path}: no geoseg.norm_stats block; re-create the chips with `geoseg chips`"
+        )
+    norm = NormStats.from_dict(info["norm_stats"])
+    index = {name: i + 1 for i, name in enumerate(classes)}
+    cat_map: dict[int, int] = {}
+    unknown: list[str] = []
+    for cat in coco.get("categories", []):
+        name = str(cat["name"])
+        if name in index:
+            cat_map[int(cat["id"])] = index[name]
+        else:
+            unknown.append(name)
+    if unknown:
+        logger.warning("%s: ignoring categories not in the classes: %s", path, unknown)
+    anns: dict[int, list[dict[str, Any]]] = {}
+    for ann in coco.get("annotations", []):
+        if ann.get("iscrowd", 0) or int(ann["category_id"]) not in cat_map:
+            continue
+        anns.setdefault(int(ann["image_id"]), []).append(ann)
+    return _ChipFolder(root, list(coco.get("images", [])), anns, cat_map, norm, info)
+
+
+def _ann_mask(ann: Mapping[str, Any], height: int, width: int) -> npt.NDArray[np.uint8]:
+    """Rasterise one COCO segmentation (polygons or RLE) to uint8 ``[height, width]``."""
+    from pycocotools import mask as mask_utils
+
+    seg = ann["segmentation"]
+    if isinstance(seg, list):
+        rle = mask_utils.merge(mask_utils.frPyObjects(seg, height, width))
+    elif isinstance(seg.get("counts"), list):
+        rle = mask_utils.frPyObjects(seg, height, width)
+    else:
+        rle = dict(seg)
+        if isinstance(rle["counts"], str):
+            rle["counts"] = rle["counts"].encode("ascii")
+    out: npt.NDArray[np.uint8] = mask_utils.decode(rle).astype(np.uint8, copy=False)
+    return out
+
+
+def _boxes_from_masks(masks: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
+    """Tight ``(x1, y1, x2, y2)`` pixel-edge boxes of ``[N, H, W]`` masks (all non-empty)."""
+    boxes = np.zeros((len(masks), 4), np.float32)
+    for i, m in enumerate(masks):
+        rows = np.flatnonzero(m.any(axis=1))
+        cols = np.flatnonzero(m.any(axis=0))
+        boxes[i] = (cols[0], rows[0], cols[-1] + 1, rows[-1] + 1)
+    return boxes
+
+
+def _augment(
+    image: npt.NDArray[np.float32],
+    masks: npt.NDArray[np.uint8],
+    aug: AugmentConfig,
+    rng: np.random.Generator,
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.uint8]]:
+    """Augment an image ``[C, H, W]`` in [0, 1] and its masks ``[N, H, W]`` together."""
+    if rng.random() < aug.hflip:
+        image, masks = image[:, :, ::-1], masks[:, :, ::-1]
+    if rng.random() < aug.vflip:
+        image, masks = image[:, ::-1, :], masks[:, ::-1, :]
+    if aug.rot90:
+        k = int(rng.integers(0, 4))
+        if k:
+            image = np.rot90(image, k, axes=(1, 2))
+            masks = np.rot90(masks, k, axes=(1, 2))
+    if aug.scale_max > aug.scale_min or aug.scale_min != 1.0:
+        s = float(np.exp(rng.uniform(np.log(aug.scale_min), np.log(aug.scale_max))))
+        image, masks = _rescale(image, masks, s, rng)
+    image = np.ascontiguousarray(image, dtype=np.float32)
+    if aug.contrast > 0 or aug.brightness > 0 or aug.band_jitter > 0:
+        c = 1.0 + rng.uniform(-aug.contrast, aug.contrast)
+        b = rng.uniform(-aug.brightness, aug.brightness)
+        gains = 1.0 + rng.uniform(-aug.band_jitter, aug.band_jitter, size=(image.shape[0], 1, 1))
+        mean = image.mean(axis=(1, 2), keepdims=True)
+        image = ((image - mean) * c + mean + b) * gains
+        np.clip(image, 0.0, 1.0, out=image)
+    return image.astype(np.float32, copy=False), np.ascontiguousarray(masks)
+
+
+def _rescale(
+    image: npt.NDArray[np.float32],
+    masks: npt.NDArray[np.uint8],
+    scale: float,
+    rng: np.random.Generator,
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.uint8]]:
+    """Zoom by ``scale`` then crop (random window) or zero-pad back to the original size."""
+    c, h, w = image.shape
+    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    if (nh, nw) == (h, w):
+        return image, masks
+    t = torch.from_numpy(np.ascontiguousarray(image))[None]
+    big = nn.functional.interpolate(t, size=(nh, nw), mode="bilinear", align_corners=False)[0]
+    img2 = big.numpy()
+    if len(masks):
+        tm = torch.from_numpy(np.ascontiguousarray(masks))[None].float()
+        msk2 = nn.functional.interpolate(tm, size=(nh, nw), mode="nearest")[0].to(torch.uint8)
+        m2 = msk2.numpy()
+    else:
+        m2 = np.zeros((0, nh, nw), np.uint8)
+    out_img = np.zeros((c, h, w), np.float32)
+    out_msk = np.zeros((len(masks), h, w), np.uint8)
+    y0 = int(rng.integers(0, nh - h + 1)) if nh > h else 0
+    x0 = int(rng.integers(0, nw - w + 1)) if nw > w else 0
+    ch, cw = min(h, nh), min(w, nw)
+    out_img[:, :ch, :cw] = img2[:, y0 : y0 + ch, x0 : x0 + cw]
+    out_msk[:, :ch, :cw] = m2[:, y0 : y0 + ch, x0 : x0 + cw]
+    return out_img, out_msk
+
+
+class ChipDataset(torch.utils.data.Dataset[tuple[Tensor, Target]]):
+    """Training chips from one or more chip folders, as torchvision detection samples.
+
+    ``dataset[i]`` is ``(image, target)``: ``image`` float32 ``[C, H, W]`` in [0, 1] (chip
+    pixels, normalised with the folder's scene-wide statistics, augmented when ``augment``
+    is given); ``target`` has ``boxes`` float32 ``[N, 4]`` (x1, y1, x2, y2, chip pixels,
+    pixel edges), ``labels`` int64 ``[N]`` (1-based into ``classes``) and ``masks`` uint8
+    ``[N, H, W]``.
+
+    Augmentation randomness depends only on ``(seed, epoch, index)`` (see :meth:`set_epoch`),
+    so a resumed run sees exactly the same samples.
+    """
+
+    def __init__(
+        self,
+        folders: Sequence[str | Path],
+        *,
+        classes: Sequence[str],
+        augment: AugmentConfig | None = None,
+        seed: int = 0,
+    ) -> None:
+        if not folders:
+            raise ConfigError("no chip folders given")
+        self.classes = tuple(classes)
+        self.augment = augment
+        self.seed = seed
+        self.epoch = 0
+        self.folders = [_read_folder(Path(f), self.classes) for f in folders]
+        self.items: list[tuple[int, dict[str, Any]]] = [
+            (fi, img) for fi, folder in enumerate(self.folders) for img in folder.images
+        ]
+        if not self.items:
+            raise LabelError(f"the chip folders {[str(f) for f in folders]} hold no chips")
+        bands = {len(f.norm_stats.bands) for f in self.folders}
+        if len(bands) > 1:
+            raise BandError(
+                f"chip folders have different band counts {sorted(bands)}; make all chips "
+                "with the same --bands"
+            )
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the augmentation stream of ``epoch``."""
+        self.epoch = epoch
+
+    @property
+    def band_count(self) -> int:
+        """Bands per chip (model input channels)."""
+        return len(self.folders[0].norm_stats.bands)
+
+    def labels_of(self, index: int) -> list[int]:
+        """1-based labels of the objects in chip ``index`` (no pixels read)."""
+        fi, img = self.items[index]
+        folder = self.folders[fi]
+        return [
+            folder.category_to_label[int(a["category_id"])]
+            for a in folder.anns_by_image.get(int(img["id"]), [])
+        ]
+
+    def read(self, index: int) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.uint8], list[int]]:
+        """Chip ``index`` without augmentation: image ``[C,H,W]``, masks ``[N,H,W]``, labels."""
+        import rasterio
+
+        fi, img = self.items[index]
+        folder = self.folders[fi]
+        path = folder.root / img["file_name"]
+        try:
+            with rasterio.open(path) as src:
+                raw = src.read()
+        except rasterio.errors.RasterioIOError as err:
+            raise LabelError(f"{path}: cannot read the chip ({err})") from err
+        if raw.shape[0] != len(folder.norm_stats.bands):
+            raise BandError(
+                f"{path}: {raw.shape[0]} bands but the folder's norm_stats has "
+                f"{len(folder.norm_stats.bands)}"
+            )
+        image = folder.norm_stats.apply(raw)
+        h, w = image.shape[1:]
+        masks, labels = [], []
+        for ann in folder.anns_by_image.get(int(img["id"]), []):
+            m = _ann_mask(ann, h, w)
+            if m.any():
+                masks.append(m)
+                labels.append(folder.category_to_label[int(ann["category_id"])])
+        stack = np.stack(masks) if masks else np.zeros((0, h, w), np.uint8)
+        return image, stack, labels
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Target]:
+        image, masks, labels = self.read(index)
+        lab = np.asarray(labels, dtype=np.int64)
+        if self.augment is not None:
+            rng = np.random.default_rng([self.seed, self.epoch, index])
+            image, masks = _augment(image, masks, self.augment, rng)
+            keep = masks.reshape(len(masks), -1).sum(axis=1) >= 2 if len(masks) else []
+            masks, lab = masks[keep], lab[keep]
+        boxes = _boxes_from_masks(masks) if len(masks) else np.zeros((0, 4), np.float32)
+        target = {
+            "boxes": torch.from_numpy(boxes),
+            "labels": torch.from_numpy(lab),
+            "masks": torch.from_numpy(np.ascontiguousarray(masks)),
+        }
+        return torch.from_numpy(np.ascontiguousarray(image)), target
+
+
+def _collate(batch: list[tuple[Tensor, Target]]) -> tuple[list[Tensor], list[Target]]:
+    return [b[0] for b in batch], [b[1] for b in batch]
+
+
+def _epoch_order(
+    dataset: ChipDataset, *, seed: int, epoch: int, class_balanced: bool, skip_empty: float
+) -> list[int]:
+    """The chip indexes of one epoch, a pure function of ``(seed, epoch)``."""
+    rng = np.random.default_rng([seed, epoch, 7])
+    n = len(dataset)
+    labels = [dataset.labels_of(i) for i in range(n)]
+    candidates = np.arange(n)
+    if skip_empty > 0:
+        empty = np.asarray([not lab for lab in labels])
+        drop = empty & (rng.random(n) < skip_empty)
+        candidates = candidates[~drop]
+    if not class_balanced:
+        return [int(i) for i in rng.permutation(candidates)]
+    counts: dict[int, int] = {}
+    for lab in labels:
+        for c in set(lab):
+            counts[c] = counts.get(c, 0) + 1
+    weights = np.asarray(
+        [
+            max((1.0 / counts[c] for c in set(labels[i])), default=1.0 / max(n, 1))
+            for i in candidates
+        ]
+    )
+    weights /= weights.sum()
+    return [int(i) for i in rng.choice(candidates, size=len(candidates), p=weights)]
+
+
+# --------------------------------------------------------------------------------------------
+# metrics
+
+
+def coco_evaluate(
+    model: nn.Module,
+    dataset: ChipDataset,
+    *,
+    device: torch.device | str = "cpu",
+    batch_size: int = 4,
+    max_dets: int = 300,
+) -> dict[str, float]:
+    """COCO box and mask AP of ``model`` on ``dataset`` (no augmentation), with pycocotools.
+
+    Returns:
+        ``{"bbox_ap", "bbox_ap50", "segm_ap", "segm_ap50"}`` (AP over IoU 0.50:0.95 and at
+        0.50, up to ``max_dets`` detections per chip); all 0.0 when nothing was predicted.
+    """
+    from pycocotools import mask as mask_utils
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    gt: dict[str, Any] = {
+        "images": [],
+        "annotations": [],
+        "categories": [{"id": i + 1, "name": c} for i, c in enumerate(dataset.classes)],
+    }
+    results: list[dict[str, Any]] = []
+    ann_id = 0
+    with torch.no_grad():
+        for start in range(0, len(dataset), batch_size):
+            idx = list(range(start, min(start + batch_size, len(dataset))))
+            samples = [dataset.read(i) for i in idx]
+            images = [torch.from_numpy(s[0]).to(device) for s in samples]
+            outputs = model(images)
+            for i, (image, masks, labels), out in zip(idx, samples, outputs, strict=True):
+                h, w = image.shape[1:]
+                gt["images"].append({"id": i + 1, "width": w, "height": h})
+                for m, lab in zip(masks, labels, strict=True):
+                    ann_id += 1
+                    rle = mask_utils.encode(np.asfortranarray(m))
+                    x1, y1, x2, y2 = _boxes_from_masks(m[None])[0]
+                    gt["annotations"].append(
+                        {
+                            "id": ann_id,
+                            "image_id": i + 1,
+                            "category_id": int(lab),
+                            "segmentation": rle,
+                            "area": float(m.sum()),
+                            "bbox": [float(x1), float(y1), float(x2 - x1), float(y2 - y1)],
+                            "iscrowd": 0,
+                        }
+                    )
+                pm = (out["masks"][:, 0] > 0.5).cpu().numpy().astype(np.uint8)
+                for k in range(len(out["scores"])):
+                    x1, y1, x2, y2 = (float(v) for v in out["boxes"][k])
+                    rle = mask_utils.encode(np.asfortranarray(pm[k]))
+                    results.append(
+                        {
+                            "image_id": i + 1,
+                            "category_id": int(out["labels"][k]),
+                            "bbox": [x1, y1, x2 - x1, y2 - y1],
+                            "segmentation": rle,
+                            "score": float(out["scores"][k]),
+                        }
+                    )
+    if was_training:
+        model.train()
+    metrics = {"bbox_ap": 0.0, "bbox_ap50": 0.0, "segm_ap": 0.0, "segm_ap50": 0.0}
+    if not results or not gt["annotations"]:
+        return metrics
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_gt = COCO()
+        coco_gt.dataset = gt
+        coco_gt.createIndex()
+        coco_dt = coco_gt.loadRes(results)
+        for iou_type in ("bbox", "segm"):
+            ev = COCOeval(coco_gt, coco_dt, iou_type)
+            ev.params.maxDets = [1, 10, max(100, max_dets)]
+            ev.evaluate()
+            ev.accumulate()
+            ev.summarize()
+            metrics[f"{iou_type}_ap"] = max(0.0, float(ev.stats[0]))
+            metrics[f"{iou_type}_ap50"] = max(0.0, float(ev.stats[1]))
+    return metrics
+
+
+# --------------------------------------------------------------------------------------------
+# training state (no pickle: tensors in safetensors, the rest in JSON)
+
+
+def _save_state(
+    out: Path,
+    *,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    scaler: torch.amp.GradScaler | None,
+    loop: dict[str, Any],
+) -> None:
+    opt = optimizer.state_dict()
+    tensors: dict[str, Tensor] = {}
+    plain: dict[str, dict[str, Any]] = {}
+    for pid, pstate in opt["state"].items():
+        for name, value in pstate.items():
+            if isinstance(value, Tensor):
+                tensors[f"optim.{pid}.{name}"] = value
+            else:
+                plain.setdefault(str(pid), {})[name] = value
+    tensors["rng.torch"] = torch.get_rng_state()
+    if torch.cuda.is_available():
+        for i, st in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.cuda.{i}"] = st
+    write_safetensors(out / "last_state.safetensors", tensors)
+    info = {
+        "format": "geoseg-train-state",
+        "geoseg_version": __version__,
+        "optimizer_param_groups": opt["param_groups"],
+        "optimizer_plain_state": plain,
+        "scheduler": scheduler.state_dict(),
+        "scaler": None if scaler is None else scaler.state_dict(),
+        "loop": loop,
+    }
+    _atomic_write_text(out / "last_state.json", json.dumps(info, indent=1, default=_json_default))
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, Tensor):
+        return value.item() if value.numel() == 1 else value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"cannot serialise {type(value).__name__}")
+
+
+def _load_state(out: Path) -> tuple[dict[str, Any], dict[str, Tensor]]:
+    path = out / "last_state.json"
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"{path}: unreadable training state ({err})") from err
+    tensors = read_safetensors(out / "last_state.safetensors")
+    return info, tensors
+
+
+def _optimizer_state(info: Mapping[str, Any], tensors: Mapping[str, Tensor]) -> dict[str, Any]:
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            _, pid, name = key.split(".", 2)
+            state.setdefault(int(pid), {})[name] = value
+    for pid, values in info["optimizer_plain_state"].items():
+        state.setdefault(int(pid), {}).update(values)
+    return {"state": state, "param_groups": info["optimizer_param_groups"]}
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# --------------------------------------------------------------------------------------------
+# the loop
+
+
+@dataclass(frozen=True)
+class TrainProgress:
+    """One progress report, sent after every optimiser step (``phase="train"``) and around
+    validation (``phase="validate"``) and checkpoints (``phase="checkpoint"``).
+
+    Attributes:
+        step: optimiser steps done; total_steps: planned total.
+        epoch: current epoch (0-based); loss: this step's total loss; lr: learning rate.
+        losses: the step's loss components (``loss_classifier``, ``loss_mask``...).
+        phase: what just happened; metrics: validation metrics when ``phase="validate"``.
+    """
+
+    step: int
+    total_steps: int
+    epoch: int
+    loss: float = float("nan")
+    lr: float = 0.0
+    losses: Mapping[str, float] = field(default_factory=dict)
+    phase: str = "train"
+    metrics: Mapping[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What :func:`train` produced.
+
+    Attributes:
+        output_dir: the run folder; last_checkpoint / best_checkpoint: ``.safetensors`` paths.
+        steps: optimiser steps done in total; resumed_from_step: 0 for a fresh run.
+        losses: total loss of each step run in *this* call, in order.
+        history: one metrics row per epoch finished in this call.
+    """
+
+    output_dir: Path
+    last_checkpoint: Path
+    best_checkpoint: Path | None
+    steps: int
+    resumed_from_step: int
+    losses: tuple[float, ...]
+    history: tuple[Mapping[str, Any], ...]
+
+
+_RESUME_KEYS = (
+    "train_chips",
+    "preset",
+    "classes",
+    "model",
+    "batch_size",
+    "grad_accum",
+    "optimizer",
+    "seed",
+)
+
+
+def _resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError as err:
+        raise ConfigError(f"device: {name!r} is not a torch device (cpu, cuda, cuda:1)") from err
+
+
+def _make_schedule(config: TrainConfig, total_steps: int) -> Callable[[int], float]:
+    warm = config.warmup_steps
+    floor = config.min_lr_ratio
+
+    def factor(step: int) -> float:
+        if warm and step < warm:
+            return (step + 1) / warm
+        span = max(1, total_steps - warm)
+        t = min(1.0, (step - warm) / span)
+        return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * t))
+
+    return factor
+
+
+def _build_for_training(
+    config: TrainConfig, classes: tuple[str, ...], in_channels: int
+) -> tuple[nn.Module, ModelConfig, dict[str, Any]]:
+    """The model to train: fresh (preset + overrides) or fine-tuned from ``init_checkpoint``."""
+    if config.init_checkpoint is not None:
+        old_model, old_meta = load_checkpoint(config.init_checkpoint)
+        base = dict(old_meta.config)
+        provenance = {"init_checkpoint": str(config.init_checkpoint)}
+        if old_meta.in_channels != in_channels:
+            raise BandError(
+                f"{config.init_checkpoint}: the checkpoint takes {old_meta.in_channels} bands, "
+                f"the chips have {in_channels}"
+            )
+    else:
+        preset = load_config(config.preset)
+        base = config_to_dict(preset.model)
+        provenance = {"pretrained": config.pretrained}
+    merged = {**base, **dict(config.model)}
+    try:
+        model_config = config_from_dict(ModelConfig, merged)
+    except ConfigError as err:
+        raise ConfigError(f"model: {err}") from err
+    if config.init_checkpoint is None:
+        model = build_model(
+            model_config,
+            num_classes=len(classes),
+            in_channels=in_channels,
+            pretrained=config.pretrained,
+        )
+    else:
+        model = build_model(model_config, num_classes=len(classes), in_channels=in_channels)
+        state = old_model.state_dict()
+        if tuple(old_meta.classes) != classes:
+            # New classes: keep backbone, FPN, RPN and shared heads; new class predictors.
+            state = {
+                k: v
+                for k, v in state.items()
+                if not k.startswith(
+                    ("roi_heads.box_predictor.", "roi_heads.mask_predictor.mask_fcn_logits")
+                )
+            }
+        n = load_matching(model, state, in_channels=in_channels)
+        logger.info("fine-tuning from %s (%d tensors kept)", config.init_checkpoint, n)
+    return model, model_config, provenance
+
+
+def train(
+    config: TrainConfig,
+    *,
+    progress: Callable[[TrainProgress], None] | None = None,
+    resume: bool = True,
+    stop_at_step: int | None = None,
+) -> TrainResult:
+    """Train (or fine-tune) a Mask R-CNN on chip folders.
+
+    Args:
+        config: the run (see :class:`~geoseg.config.TrainConfig`).
+        progress: called after each optimiser step, validation and checkpoint.
+        resume: continue from ``output_dir/last_state.*`` when present (same optimiser,
+            scheduler, step and data order); ``False`` starts afresh and overwrites.
+        stop_at_step: stop (after checkpointing) once this many steps are done, without
+            changing the learning-rate schedule: for time-boxed runs and tests.
+
+    Returns:
+        The checkpoints written and the losses/metrics of this call.
+
+    Raises:
+        ConfigError: invalid settings, or an output folder holding a different run.
+        LabelError, BandError: unusable chip folders.
+        CheckpointError: an unreadable ``init_checkpoint`` or training state.
+    """
+    if config.num_threads > 0:
+        torch.set_num_threads(config.num_threads)
+    out = config.output_dir
+    out.mkdir(parents=True, exist_ok=True)
+    device = _resolve_device(config.device)
+
+    if config.classes:
+        classes = tuple(config.classes)
+    elif config.init_checkpoint is None:
+        classes = load_config(config.preset).classes
+    else:
+        classes = load_checkpoint(config.init_checkpoint)[1].classes
+    torch.manual_seed(config.seed)
+    train_ds = ChipDataset(
+        config.train_chips, classes=classes, augment=config.augment, seed=config.seed
+    )
+    val_ds = (
+        ChipDataset(config.val_chips, classes=classes, augment=None)
+        if config.val_chips and config.validate
+        else None
+    )
+    if val_ds is not None and val_ds.band_count != train_ds.band_count:
+        raise BandError(
+            f"validation chips have {val_ds.band_count} bands, training chips {train_ds.band_count}"
+        )
+    model, model_config, provenance = _build_for_training(config, classes, train_ds.band_count)
+    model.to(device)
+    model.train()
+
+    first = train_ds.folders[0]
+    tile_size = int(first.info.get("tile_size") or first.images[0]["width"])
+    gsd = first.info.get("gsd")
+    trained_on = {
+        **provenance,
+        "train_chips": [str(p) for p in config.train_chips],
+        "val_chips": [str(p) for p in config.val_chips],
+        "n_train_chips": len(train_ds),
+        "scenes": [f.info.get("scene") for f in train_ds.folders if f.info.get("scene")],
+    }
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer: torch.optim.Optimizer
+    if config.optimizer is OptimizerKind.SGD:
+        optimizer = torch.optim.SGD(
+            params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+        )
+    else:
+        optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    batches_per_epoch = math.ceil(
+        len(
+            _epoch_order(
+                train_ds,
+                seed=config.seed,
+                epoch=0,
+                class_balanced=config.class_balanced,
+                skip_empty=config.skip_empty,
+            )
+        )
+        / config.batch_size
+    )
+    steps_per_epoch = max(1, math.ceil(batches_per_epoch / config.grad_accum))
+    total_steps = config.epochs * steps_per_epoch
+    if config.max_steps:
+        total_steps = min(total_steps, config.max_steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _make_schedule(config, total_steps))
+    use_amp = config.amp and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda") if use_amp else None
+
+    run_key = {k: config_to_dict(getattr(config, k)) for k in _RESUME_KEYS}
+    step, epoch, batch_in_epoch, best_score = 0, 0, 0, -1.0
+    history: list[dict[str, Any]] = []
+    resumed_from = 0
+    if resume and (out / "last_state.json").is_file():
+        info, tensors = _load_state(out)
+        if info["loop"].get("run_key") != json.loads(json.dumps(run_key)):
+            raise ConfigError(
+                f"{out} holds a different training run (settings differ); choose another "
+                "output_dir or start afresh with --no-resume"
+            )
+        weights = read_safetensors(out / "last.safetensors")
+        model.load_state_dict(weights, strict=True)
+        optimizer.load_state_dict(_optimizer_state(info, tensors))
+        scheduler.load_state_dict(info["scheduler"])
+        if scaler is not None and info.get("scaler"):
+            scaler.load_state_dict(info["scaler"])
+        torch.set_rng_state(tensors["rng.torch"])
+        loop = info["loop"]
+        step, epoch, batch_in_epoch = loop["step"], loop["epoch"], loop["batch_in_epoch"]
+        best_score = float(loop.get("best_score", -1.0))
+        history = list(loop.get("history", []))
+        resumed_from = step
+        logger.info("resuming %s at step %d (epoch %d)", out, step, epoch)
+
+    def meta(metrics: Mapping[str, Any]) -> ModelMeta:
+        return ModelMeta(
+            classes=classes,
+            bands=tuple(first.info.get("bands") or first.norm_stats.bands),
+            norm_stats=first.norm_stats,
+            tile_size=tile_size,
+            gsd=None if gsd is None else float(gsd),
+            config=config_to_dict(model_config),
+            trained_on=trained_on,
+            metrics=dict(metrics),
+            step=step,
+        )
+
+    def checkpoint() -> None:
+        last_metrics = history[-1] if history else {}
+        save_checkpoint(out / "last", model, meta(last_metrics))
+        _save_state(
+            out,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            scaler=scaler,
+            loop={
+                "step": step,
+                "epoch": epoch,
+                "batch_in_epoch": batch_in_epoch,
+                "best_score": best_score,
+                "history": history,
+                "total_steps": total_steps,
+                "run_key": run_key,
+            },
+        )
+        if progress is not None:
+            progress(TrainProgress(step, total_steps, epoch, phase="checkpoint"))
+
+    losses: list[float] = []
+    epoch_losses: list[float] = []
+    started = time.monotonic()
+    stop = stop_at_step if stop_at_step is not None else total_steps
+    stop = min(stop, total_steps)
+    while step < stop and epoch < config.epochs:
+        train_ds.set_epoch(epoch)
+        order = _epoch_order(
+            train_ds,
+            seed=config.seed,
+            epoch=epoch,
+            class_balanced=config.class_balanced,
+            skip_empty=config.skip_empty,
+        )
+        batches = [
+            order[i : i + config.batch_size] for i in range(0, len(order), config.batch_size)
+        ]
+        optimizer.zero_grad(set_to_none=True)
+        accum: dict[str, float] = {}
+        n_accum = 0
+        while batch_in_epoch < len(batches) and step < stop:
+            images, targets = _collate([train_ds[i] for i in batches[batch_in_epoch]])
+            images = [im.to(device, non_blocking=True) for im in images]
+            targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
+            with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+                loss_dict = model(images, targets)
+                loss = sum(loss_dict.values(), torch.zeros((), device=device))
+            if not torch.isfinite(loss):
+                raise ConfigError(
+                    f"the loss became {float(loss)} at step {step}; lower lr (now {config.lr})"
+                    " or raise warmup_steps"
+                )
+            scaled = loss / config.grad_accum
+            if scaler is not None:
+                scaler.scale(scaled).backward()
+            else:
+                scaled.backward()
+            for k, v in loss_dict.items():
+                accum[k] = accum.get(k, 0.0) + float(v.detach()) / config.grad_accum
+            n_accum += 1
+            batch_in_epoch += 1
+            if n_accum < config.grad_accum and batch_in_epoch < len(batches):
+                continue
+            if scaler is not None:
+                scaler.unscale_(optimizer)
+            if config.clip_grad_norm > 0:
+                torch.nn.utils.clip_grad_norm_(params, config.clip_grad_norm)
+            if scaler is not None:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            lr = float(optimizer.param_groups[0]["lr"])
+            scheduler.step()
+            step += 1
+            total = sum(accum.values()) * config.grad_accum / n_accum
+            losses.append(total)
+            epoch_losses.append(total)
+            if progress is not None:
+                progress(TrainProgress(step, total_steps, epoch, total, lr, dict(accum), "train"))
+            accum, n_accum = {}, 0
+            if step % config.checkpoint_every == 0 and batch_in_epoch < len(batches):
+                checkpoint()
+        if batch_in_epoch >= len(batches):
+            row: dict[str, Any] = {
+                "epoch": epoch,
+                "step": step,
+                "train_loss": float(np.mean(epoch_losses)) if epoch_losses else float("nan"),
+                "lr": float(optimizer.param_groups[0]["lr"]),
+                "seconds": round(time.monotonic() - started, 1),
+            }
+            if val_ds is not None:
+                metrics = coco_evaluate(
+                    model,
+                    val_ds,
+                    device=device,
+                    batch_size=config.batch_size,
+                    max_dets=model_config.box_detections_per_img,
+                )
+                row.update(metrics)
+                if progress is not None:
+                    progress(
+                        TrainProgress(step, total_steps, epoch, phase="validate", metrics=metrics)
+                    )
+            history.append(row)
+            epoch_losses = []
+            epoch += 1
+            batch_in_epoch = 0
+            score = float(row.get("segm_ap", -float(row["train_loss"])))
+            if score > best_score or not (out / "best.safetensors").is_file():
+                best_score = score
+                save_checkpoint(out / "best", model, meta(row))
+            _write_metrics(out, history)
+        checkpoint()
+    best = out / "best.safetensors"
+    return TrainResult(
+        output_dir=out,
+        last_checkpoint=out / "last.safetensors",
+        best_checkpoint=best if best.is_file() else None,
+        steps=step,
+        resumed_from_step=resumed_from,
+        losses=tuple(losses),
+        history=tuple(history),
+    )
+
+
+def _write_metrics(out: Path, history: Sequence[Mapping[str, Any]]) -> None:
+    keys: list[str] = []
+    for row in history:
+        keys.extend(k for k in row if k not in keys)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=keys, lineterminator="\n")
+    writer.writeheader()
+    for row in history:
+        writer.writerow(dict(row))
+    _atomic_write_text(out / "metrics.csv", buf.getvalue())
+    _atomic_write_text(
+        out / "metrics.json",
+        json.dumps({"epochs": list(history)}, indent=1, default=_json_default) + "\n",
+    )
+
+
+def iter_chip_folders(root: str | Path) -> Iterator[Path]:
+    """Chip folders (holding ``annotations.json``) at or below ``root``, sorted."""
+    root = Path(root)
+    if (root / "annotations.json").is_file():
+        yield root
+        return
+    for p in sorted(root.rglob("annotations.json")):
+        yield p.parent

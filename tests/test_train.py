@@ -1,0 +1,292 @@
+"""Tests for geoseg.train: chip reading, augmentation, a tiny training run, resume, fine-tune."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from geoseg.config import AugmentConfig, ModelConfig, TrainConfig, config_to_dict
+from geoseg.errors import ConfigError, LabelError
+from geoseg.model import load_checkpoint, read_safetensors
+from geoseg.train import ChipDataset, _augment, _boxes_from_masks, train
+
+CLASSES = ("ship", "vehicle")
+
+TINY_MODEL = {
+    "backbone": "resnet18",
+    "trainable_layers": 5,
+    "fpn_out_channels": 32,
+    "box_head_size": 64,
+    "mask_head_channels": 16,
+    "min_size": 64,
+    "max_size": 64,
+    "anchor_sizes": [[8], [16], [32], [64], [128]],
+    "aspect_ratios": [0.5, 1.0, 2.0],
+    "rpn_pre_nms_top_n_train": 200,
+    "rpn_post_nms_top_n_train": 100,
+    "rpn_pre_nms_top_n_test": 200,
+    "rpn_post_nms_top_n_test": 100,
+    "rpn_batch_size_per_image": 64,
+    "box_batch_size_per_image": 32,
+    "box_detections_per_img": 300,
+}
+
+
+def make_chip_folder(root: Path, *, n: int = 6, size: int = 64, seed: int = 0, bands: int = 3):
+    """A chip folder in geoseg.chips' format: uint8 GeoTIFF chips + COCO annotations.json."""
+    import rasterio
+    from rasterio.transform import from_origin
+
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    images, anns = [], []
+    for i in range(n):
+        img = rng.integers(20, 60, size=(bands, size, size)).astype(np.uint8)
+        name = f"images/chip_{i:03d}.tif"
+        for _ in range(int(rng.integers(1, 4))):
+            cls = int(rng.integers(0, 2))
+            w, h = (int(rng.integers(14, 24)), int(rng.integers(6, 10)))
+            if cls == 1:
+                w, h = h, w
+            x, y = int(rng.integers(0, size - w)), int(rng.integers(0, size - h))
+            if any(
+                not (x + w <= a["bbox"][0] or a["bbox"][0] + a["bbox"][2] <= x)
+                and not (y + h <= a["bbox"][1] or a["bbox"][1] + a["bbox"][3] <= y)
+                for a in anns
+                if a["image_id"] == i + 1
+            ):
+                continue
+            img[:, y : y + h, x : x + w] = 200 if cls == 0 else 120
+            anns.append(
+                {
+                    "id": len(anns) + 1,
+                    "image_id": i + 1,
+                    "category_id": cls + 1,
+                    "segmentation": [[x, y, x + w, y, x + w, y + h, x, y + h]],
+                    "bbox": [x, y, w, h],
+                    "area": w * h,
+                    "iscrowd": 0,
+                }
+            )
+        with rasterio.open(
+            root / name,
+            "w",
+            driver="GTiff",
+            width=size,
+            height=size,
+            count=bands,
+            dtype="uint8",
+            crs="EPSG:32633",
+            transform=from_origin(500000 + i * 100, 4000000, 0.5, 0.5),
+        ) as dst:
+            dst.write(img)
+        images.append({"id": i + 1, "file_name": name, "width": size, "height": size})
+    coco = {
+        "images": images,
+        "annotations": anns,
+        "categories": [{"id": k + 1, "name": c} for k, c in enumerate(CLASSES)],
+        "geoseg": {
+            "norm_stats": {
+                "bands": list(range(1, bands + 1)),
+                "low": [0.0] * bands,
+                "high": [255.0] * bands,
+            },
+            "classes": list(CLASSES),
+            "bands": list(range(1, bands + 1)),
+            "gsd": 0.5,
+            "tile_size": size,
+        },
+    }
+    (root / "annotations.json").write_text(json.dumps(coco))
+    return root
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _config(tmp_path: Path, chips: Path, **kw) -> TrainConfig:
+    base = {
+        "train_chips": (chips,),
+        "output_dir": tmp_path / "run",
+        "preset": "ships",
+        "classes": CLASSES,
+        "model": TINY_MODEL,
+        "pretrained": "none",
+        "epochs": 50,
+        "batch_size": 2,
+        "lr": 0.01,
+        "warmup_steps": 2,
+        "seed": 3,
+        "checkpoint_every": 2,
+        "validate": False,
+        "augment": AugmentConfig(scale_min=1.0, scale_max=1.0),
+    }
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_dataset_reads_chips_normalised_with_masks(tmp_path):
+    chips = make_chip_folder(tmp_path / "c", n=2)
+    ds = ChipDataset([chips], classes=CLASSES)
+    image, target = ds[0]
+    assert image.dtype == torch.float32 and image.shape == (3, 64, 64)
+    assert float(image.min()) >= 0.0 and float(image.max()) <= 1.0
+    coco = json.loads((chips / "annotations.json").read_text())
+    anns = [a for a in coco["annotations"] if a["image_id"] == 1]
+    assert len(target["labels"]) == len(anns)
+    # polygon rectangles in pixel-edge coordinates give back their bbox and label
+    got = sorted(tuple(b) for b in target["boxes"].tolist())
+    want = sorted(
+        (a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3])
+        for a in anns
+    )
+    assert np.allclose(got, want, atol=1.0)
+    assert sorted(target["labels"].tolist()) == sorted(a["category_id"] for a in anns)
+    assert target["masks"].shape == (len(anns), 64, 64)
+
+
+def test_dataset_maps_categories_by_name(tmp_path):
+    chips = make_chip_folder(tmp_path / "c", n=2)
+    ds = ChipDataset([chips], classes=("vehicle", "ship"))
+    coco = json.loads((chips / "annotations.json").read_text())
+    want = sorted(3 - a["category_id"] for a in coco["annotations"] if a["image_id"] == 1)
+    assert sorted(ds[0][1]["labels"].tolist()) == want
+
+
+def test_missing_annotations_is_label_error(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(LabelError, match=r"annotations\.json"):
+        ChipDataset([tmp_path / "empty"], classes=CLASSES)
+
+
+def test_augment_keeps_masks_aligned_with_image():
+    rng = np.random.default_rng(0)
+    image = np.zeros((3, 40, 40), np.float32)
+    masks = np.zeros((1, 40, 40), np.uint8)
+    image[:, 5:12, 20:35] = 1.0
+    masks[0, 5:12, 20:35] = 1
+    aug = AugmentConfig(brightness=0.0, contrast=0.0, band_jitter=0.0, scale_min=1, scale_max=1)
+    for _ in range(8):
+        img2, m2 = _augment(image, masks, aug, rng)
+        assert m2.sum() == masks.sum()
+        assert np.array_equal(img2[0] > 0.5, m2[0] > 0)
+        x1, y1, x2, y2 = _boxes_from_masks(m2)[0]
+        assert {x2 - x1, y2 - y1} == {15.0, 7.0}
+
+
+def test_scale_jitter_scales_objects():
+    rng = np.random.default_rng(1)
+    image = np.zeros((1, 64, 64), np.float32)
+    masks = np.zeros((1, 64, 64), np.uint8)
+    masks[0, 10:20, 10:20] = 1
+    aug = AugmentConfig(hflip=0, vflip=0, rot90=False, scale_min=2.0, scale_max=2.0)
+    _, m2 = _augment(image, masks, aug, rng)
+    assert m2.shape == (1, 64, 64)
+    assert m2.sum() in (0, *range(1, 401))  # cropped or whole
+    aug_small = AugmentConfig(hflip=0, vflip=0, rot90=False, scale_min=0.5, scale_max=0.5)
+    _, m3 = _augment(image, masks, aug_small, rng)
+    assert m3.sum() == 25
+
+
+def test_tiny_model_loss_falls_and_checkpoints_load(tmp_path):
+    chips = make_chip_folder(tmp_path / "c", n=4)
+    cfg = _config(tmp_path, chips, max_steps=24, epochs=20)
+    result = train(cfg)
+    assert result.steps == 24
+    first, last = np.mean(result.losses[:4]), np.mean(result.losses[-4:])
+    assert last < first * 0.8, (first, last)
+    model, meta = load_checkpoint(result.last_checkpoint)
+    assert meta.classes == CLASSES and meta.bands == (1, 2, 3) and meta.step == 24
+    assert meta.tile_size == 64 and meta.gsd == 0.5
+    assert meta.config["fpn_out_channels"] == 32
+    assert (cfg.output_dir / "metrics.csv").is_file()
+    rows = json.loads((cfg.output_dir / "metrics.json").read_text())["epochs"]
+    assert len(rows) == 12 and rows[-1]["step"] == 24
+
+
+def test_resume_continues_from_saved_step_with_same_state(tmp_path):
+    chips = make_chip_folder(tmp_path / "c", n=4)
+    # uninterrupted reference run
+    ref = train(_config(tmp_path, chips, max_steps=5, output_dir=tmp_path / "ref"))
+    # interrupted at step 3, then resumed
+    cfg = _config(tmp_path, chips, max_steps=5, output_dir=tmp_path / "run")
+    part = train(cfg, stop_at_step=3)
+    assert part.steps == 3
+    saved_state = read_safetensors(cfg.output_dir / "last_state.safetensors")
+    saved_json = json.loads((cfg.output_dir / "last_state.json").read_text())
+    assert saved_json["loop"]["step"] == 3
+    assert saved_json["scheduler"]["last_epoch"] == 3
+    seen = []
+    resumed = train(cfg, progress=lambda p: seen.append(p.step) if p.phase == "train" else None)
+    assert resumed.resumed_from_step == 3
+    assert seen[0] == 4 and resumed.steps == 5
+    # the optimiser state saved at step 3 had momentum buffers for every trained tensor
+    assert any(k.endswith("momentum_buffer") for k in saved_state)
+    # same data order, augmentation, optimiser and scheduler: the same weights as no break
+    ref_w = read_safetensors(ref.last_checkpoint)
+    got_w = read_safetensors(resumed.last_checkpoint)
+    assert ref_w.keys() == got_w.keys()
+    for k in ref_w:
+        assert torch.allclose(ref_w[k], got_w[k], atol=1e-5, rtol=1e-4), k
+    assert np.allclose(ref.losses[3:], resumed.losses, rtol=1e-4)
+
+
+def test_resume_refuses_a_different_run(tmp_path):
+    chips = make_chip_folder(tmp_path / "c", n=2)
+    train(_config(tmp_path, chips, max_steps=1))
+    with pytest.raises(ConfigError, match="different training run"):
+        train(_config(tmp_path, chips, max_steps=2, batch_size=1))
+
+
+def test_fine_tune_with_new_classes_keeps_backbone(tmp_path):
+    chips = make_chip_folder(tmp_path / "c", n=2)
+    base = train(_config(tmp_path, chips, max_steps=2))
+    old = read_safetensors(base.last_checkpoint)
+    cfg = _config(
+        tmp_path,
+        chips,
+        max_steps=1,
+        lr=1e-9,
+        warmup_steps=0,
+        output_dir=tmp_path / "ft",
+        classes=("ship", "vehicle", "building"),
+        init_checkpoint=base.last_checkpoint,
+        model={},
+    )
+    result = train(cfg)
+    model, meta = load_checkpoint(result.last_checkpoint)
+    assert meta.classes == ("ship", "vehicle", "building")
+    new = model.state_dict()
+    key = "backbone.body.layer1.0.conv1.weight"
+    assert torch.allclose(new[key], old[key], atol=1e-6)
+    assert new["roi_heads.box_predictor.cls_score.weight"].shape[0] == 4
+    assert meta.trained_on["init_checkpoint"] == str(base.last_checkpoint)
+
+
+def test_validation_writes_coco_ap_and_best(tmp_path):
+    chips = make_chip_folder(tmp_path / "c", n=2)
+    val = make_chip_folder(tmp_path / "v", n=2, seed=5)
+    cfg = _config(tmp_path, chips, max_steps=2, epochs=2, val_chips=(val,), validate=True)
+    result = train(cfg)
+    assert result.best_checkpoint is not None
+    row = result.history[-1]
+    for key in ("bbox_ap", "bbox_ap50", "segm_ap", "segm_ap50"):
+        assert 0.0 <= row[key] <= 1.0
+    header = (cfg.output_dir / "metrics.csv").read_text().splitlines()[0]
+    assert "segm_ap" in header
+
+
+def test_train_config_model_overrides_are_validated(tmp_path):
+    chips = make_chip_folder(tmp_path / "c", n=1)
+    with pytest.raises(ConfigError, match="upsample"):
+        train(_config(tmp_path, chips, max_steps=1, model={**TINY_MODEL, "upsample": 100.0}))
+    assert config_to_dict(ModelConfig())["backbone"] == "resnet50"
