@@ -540,6 +540,15 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
     return digest.hexdigest()
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _umask()
+
+
 def _atomic_write(path: Path, write: Callable[[Path], object]) -> None:
     """Call ``write(tmp)`` on a temporary path in ``path``'s folder, then move it into place."""
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -547,6 +556,7 @@ def _atomic_write(path: Path, write: Callable[[Path], object]) -> None:
     tmp = Path(tmp_name)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the usual permissions
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -799,7 +809,7 @@ def _failed_record(
         path=scene.path,
         status=SceneStatus.FAILED,
         n_tiles=n_tiles,
-        seconds=seconds,
+        seconds=round(seconds, 3),
         error=err if isinstance(err, str) else _error_text(err),
         model_sha256=job.model_sha256,
         config_hash=job.config_hash,
@@ -878,7 +888,7 @@ def _process_scene(scene: SceneInput, job: _Job) -> SceneRecord:
     except Exception as err:
         if not _is_input_error(err):
             raise
-        logger.warning("%s failed: %s", scene.path, _error_text(err))
+        logger.info("%s failed: %s", scene.path, _error_text(err))
         return _failed_record(
             scene,
             job,
@@ -1101,7 +1111,7 @@ def resolve_settings(
 
     Precedence: explicit arguments > the preset ``config`` (a name, a YAML path or a loaded
     :class:`~geoseg.config.PresetConfig`) > the checkpoint's sidecar (its training tile size)
-    > defaults (512 px tiles, overlap tile/8, score 0.5). A preset also sets the stitching
+    > defaults (512 px tiles, overlap tile/4, score 0.5). A preset also sets the stitching
     options and the minimum object size.
 
     Raises:
@@ -1120,7 +1130,7 @@ def resolve_settings(
     tile = tile_size or (preset.tiling.tile_size if preset else None) or int(meta.tile_size)
     tile = tile or _DEFAULT_TILE_SIZE
     if overlap is None:
-        overlap = preset.tiling.overlap if preset else max(0, tile // 8)
+        overlap = preset.tiling.overlap if preset else tile // 4
     if not 0 <= overlap < tile:
         raise ConfigError(f"overlap {overlap} must be in [0, tile size {tile}) pixels")
     if min_score is None:
@@ -1148,17 +1158,26 @@ def resolve_settings(
     )
 
 
-def _format_ext(fmt: str) -> tuple[str, str]:
-    """``(format value, file extension)`` for a vector format name."""
-    from geoseg.export import VectorFormat, extension_for
+#: Per-scene output formats and their extensions (COCO JSON needs a scene per file and is
+#: written by ``geoseg predict``, not here).
+_EXTENSIONS = {
+    "gpkg": ".gpkg",
+    "geojson": ".geojson",
+    "shapefile": ".shp",
+    "parquet": ".parquet",
+    "flatgeobuf": ".fgb",
+}
+_FORMAT_ALIASES = {"shp": "shapefile", "fgb": "flatgeobuf", "geoparquet": "parquet"}
 
-    try:
-        vf = VectorFormat(str(fmt).lower())
-    except ValueError as err:
+
+def _format_ext(fmt: str) -> tuple[str, str]:
+    """``(format name, file extension)`` for a vector format name such as ``gpkg``."""
+    name = _FORMAT_ALIASES.get(str(fmt).lower(), str(fmt).lower())
+    if name not in _EXTENSIONS:
         raise ConfigError(
-            f"format {fmt!r} is not supported; use one of {[f.value for f in VectorFormat]}"
-        ) from err
-    return vf.value, extension_for(vf)
+            f"format {fmt!r} is not supported by batch; use one of {sorted(_EXTENSIONS)}"
+        )
+    return name, _EXTENSIONS[name]
 
 
 def _gpu_count() -> int:
@@ -1339,7 +1358,7 @@ def run_batch(
         bands: 1-based raster bands fed to the model (default: the checkpoint's).
         tile_size: tile side in pixels (default: preset, else checkpoint; see
             :func:`resolve_settings`).
-        overlap: tile overlap in pixels (default: preset, else tile_size // 8).
+        overlap: tile overlap in pixels (default: preset, else tile_size // 4).
         min_score: score threshold (default: preset, else 0.5).
         batch_size: tiles per forward pass on each worker.
         asset: STAC asset key (default: the first GeoTIFF asset of each item).
@@ -1368,7 +1387,17 @@ def run_batch(
         raise ConfigError(f"n_workers must be >= 1, got {n_workers}")
     if retries < 0:
         raise ConfigError(f"retries must be >= 0, got {retries}")
+    from geoseg.errors import CheckpointError
+    from geoseg.model import read_meta
+
+    fmt_value, ext = _format_ext(fmt)
     scenes = resolve_inputs(inputs, asset=asset)
+    weights, sidecar = (p.resolve() for p in checkpoint_files(model))
+    if not weights.is_file() or not sidecar.is_file():
+        raise CheckpointError(
+            f"{model}: checkpoint not found (need {weights.name} and {sidecar.name}); check -m"
+        )
+    classes = read_meta(sidecar).classes
     out = Path(out_dir).expanduser().resolve()
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -1376,13 +1405,6 @@ def run_batch(
             pass
     except OSError as err:
         raise ExportError(f"{out}: the output folder cannot be written ({err})") from err
-    weights, sidecar = checkpoint_files(model)
-    from geoseg.errors import CheckpointError
-
-    if not weights.is_file() or not sidecar.is_file():
-        raise CheckpointError(
-            f"{model}: checkpoint not found (need {weights.name} and {sidecar.name}); check -m"
-        )
     settings = resolve_settings(
         weights,
         config=config,
@@ -1394,7 +1416,6 @@ def run_batch(
     )
     model_sha = file_sha256(weights)
     config_hash = hashlib.sha256((settings.digest() + file_sha256(sidecar)).encode()).hexdigest()
-    fmt_value, ext = _format_ext(fmt)
     job = _Job(
         model=str(weights),
         model_sha256=model_sha,
@@ -1453,11 +1474,6 @@ def run_batch(
     finally:
         manifest.flush()
         records = tuple(manifest.records[s.name] for s in scenes if s.name in manifest.records)
-        classes: list[str] = []
-        with contextlib.suppress(Exception):
-            from geoseg.model import read_meta
-
-            classes = list(read_meta(weights).classes)
         _write_summary(out, records, classes)
     report = BatchReport(
         out_dir=out,
@@ -1602,7 +1618,7 @@ def _run_tasks(
                 continue
             record = value
             manifest.add(record)
-            tally.add(record, tiles_counted=tiles_counted.pop(scene.name, 0))
             if record.status is SceneStatus.FAILED:
-                logger.warning("%s: %s", scene.name, record.error)
+                logger.warning("%s failed: %s", scene.name, record.error)
+            tally.add(record, tiles_counted=tiles_counted.pop(scene.name, 0))
         return dashboard

@@ -386,7 +386,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             return tuple(_coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
         if len(args) != len(value):
             raise ConfigError(f"{where}: expected {len(args)} items, got {len(value)}")
-        return tuple(_coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(args, value)))
+        pairs = enumerate(zip(args, value, strict=True))
+        return tuple(_coerce(v, a, f"{where}[{i}]") for i, (a, v) in pairs)
     if origin in (Mapping, dict) or tp is dict:
         if not isinstance(value, Mapping):
             raise ConfigError(f"{where}: expected a mapping, got {value!r}")
@@ -554,7 +555,7 @@ def load_config(path_or_preset: str | Path) -> PresetConfig:
 
 
 def load_train_config(path: str | Path) -> TrainConfig:
-    """Read a training-run YAML (schema: :class:`TrainConfig`; example at the end of ``all.yaml``).
+    """Read a training-run YAML (schema: :class:`TrainConfig`; example: end of ``all.yaml``).
 
     Relative paths (``train_chips``, ``val_chips``, ``output_dir``, ``init_checkpoint`` and a
     ``preset`` ending in ``.yaml``) are resolved against the YAML's folder.

@@ -72,7 +72,10 @@ MAX_GRID_CELLS = 4_000_000
 #: File name suffixes read from a results folder.
 RESULT_SUFFIXES = (".gpkg", ".geojson", ".json", ".shp", ".fgb", ".parquet")
 
-_MANIFEST_NAMES = frozenset({"manifest.json"})
+#: Side files of a ``geoseg batch`` output folder, never read as results.
+_BATCH_SIDE_FILES = frozenset({"manifest.json", "summary.parquet", "summary.csv"})
+#: Suffixes a folder may hold as non-vector side files (COCO JSON, tables): skipped if unreadable.
+_MAYBE_NOT_VECTOR = frozenset({".json", ".parquet"})
 
 _OneResult: TypeAlias = "str | os.PathLike[str] | gpd.GeoDataFrame"
 #: What :func:`read_results` accepts: a file, a folder, a GeoDataFrame, or a sequence of these.
@@ -138,8 +141,10 @@ class CountResult:
         zones: the AOI polygons (in the AOI's own CRS) with their attributes plus ``zone_id``,
             ``area_km2``, ``count_<class>``, ``count_total``, ``density_<class>_km2`` and
             ``density_total_km2``; ``None`` without an AOI.
-        grid: square cells in ``grid_crs`` with ``cell_id``, ``row`` (0 = north), ``col``,
-            ``area_km2`` and the same count and density columns; ``None`` without ``grid_m``.
+        grid: square cells of one grid in a projected CRS (the data's, or the local UTM zone)
+            with ``cell_id``, ``row`` (0 = north), ``col``, ``area_km2`` and the same count and
+            density columns; only the cells over each scene's objects and over the AOI exist.
+            ``None`` without ``grid_m``.
         histograms: size distributions (ship length, vehicle length...).
         grid_m: the grid cell size in metres, or ``None``.
         min_score: the score filter applied, or ``None``.
@@ -214,9 +219,9 @@ def read_results(results: ResultsLike) -> list[gpd.GeoDataFrame]:
 
     Args:
         results: a vector file (``.gpkg``, ``.geojson``, ``.json``, ``.shp``, ``.fgb``,
-            ``.parquet``), a folder (every such file in it, not recursive; ``manifest.json`` and
-            JSON files that are not vector data are skipped), a GeoDataFrame, or a sequence of
-            these.
+            ``.parquet``), a folder (every such file in it, not recursive; a batch folder's
+            ``manifest.json`` / ``summary.*`` and JSON or Parquet files that are not result
+            vectors are skipped), a GeoDataFrame, or a sequence of these.
 
     Returns:
         GeoDataFrames in their own CRS, each with a ``scene`` column (filled from the file
@@ -226,7 +231,13 @@ def read_results(results: ResultsLike) -> list[gpd.GeoDataFrame]:
         LabelError: a file cannot be read or has no ``class`` column, or a folder holds no
             result file.
     """
+    return _read_results(results)[0]
+
+
+def _read_results(results: ResultsLike) -> tuple[list[gpd.GeoDataFrame], list[str]]:
+    """:func:`read_results`, also returning the folder files skipped (``"path: reason"``)."""
     items: list[str | os.PathLike[str] | gpd.GeoDataFrame]
+    skipped: list[str] = []
     if isinstance(results, gpd.GeoDataFrame | str | os.PathLike):
         items = [results]
     else:
@@ -243,7 +254,7 @@ def read_results(results: ResultsLike) -> list[gpd.GeoDataFrame]:
                 for p in path.iterdir()
                 if p.is_file()
                 and p.suffix.lower() in RESULT_SUFFIXES
-                and p.name.lower() not in _MANIFEST_NAMES
+                and p.name.lower() not in _BATCH_SIDE_FILES
             )
             read = 0
             for p in files:
@@ -251,8 +262,9 @@ def read_results(results: ResultsLike) -> list[gpd.GeoDataFrame]:
                     frames.append(_read_one(p))
                     read += 1
                 except LabelError as err:
-                    if p.suffix.lower() == ".json":  # e.g. a COCO file beside the vectors
+                    if p.suffix.lower() in _MAYBE_NOT_VECTOR:  # e.g. COCO JSON, a table
                         logger.info("skipping %s: %s", p, err)
+                        skipped.append(f"{p}: {err}")
                         continue
                     raise
             if read == 0:
@@ -264,7 +276,7 @@ def read_results(results: ResultsLike) -> list[gpd.GeoDataFrame]:
             frames.append(_read_one(path))
         else:
             raise LabelError(f"{path}: no such file or folder; give a result file or folder")
-    return frames
+    return frames, skipped
 
 
 def _read_one(path: Path) -> gpd.GeoDataFrame:
@@ -386,7 +398,7 @@ def count(
         raise ConfigError(f"grid_m={grid_m!r}: the grid cell size must be a positive number of m")
     if classes is not None:
         classes = tuple(dict.fromkeys(str(c) for c in classes))
-    raw = read_results(results)
+    raw, skipped = _read_results(results)
     # a file without objects still names a scene (its file name)
     all_scenes = sorted({s for g in raw for s in _scene_names(g)})
     frames = [_filter(g, min_score=min_score, classes=classes) for g in raw]
@@ -401,6 +413,7 @@ def count(
     need_space = aoi is not None or grid_m is not None
     centroids: list[gpd.GeoSeries] = []
     labels: list[npt.NDArray[np.object_]] = []
+    scenes: list[npt.NDArray[np.object_]] = []
     if need_space:
         for g, p in zip(frames, projected, strict=True):
             if len(g) == 0:
@@ -412,6 +425,7 @@ def count(
                 )
             centroids.append(p.geometry.centroid)
             labels.append(g["class"].to_numpy(dtype=object))
+            scenes.append(g["scene"].to_numpy(dtype=object))
 
     zones = None
     aoi_gdf = None
@@ -420,7 +434,7 @@ def count(
         zones = _count_zones(aoi_gdf, centroids, labels, class_order)
     grid = None
     if grid_m is not None:
-        grid = _count_grid(float(grid_m), centroids, labels, class_order, aoi_gdf)
+        grid = _count_grid(float(grid_m), centroids, labels, scenes, class_order, aoi_gdf)
     return CountResult(
         classes=class_order,
         per_scene=table,
@@ -429,6 +443,7 @@ def count(
         histograms=histograms,
         grid_m=float(grid_m) if grid_m is not None else None,
         min_score=min_score,
+        skipped=tuple(skipped),
     )
 
 
@@ -603,10 +618,16 @@ def _count_grid(
     cell: float,
     centroids: Sequence[gpd.GeoSeries],
     labels: Sequence[npt.NDArray[np.object_]],
+    scenes: Sequence[npt.NDArray[np.object_]],
     classes: Sequence[str],
     aoi: gpd.GeoDataFrame | None,
 ) -> gpd.GeoDataFrame:
-    """Count centroids per square grid cell; cells cover all objects and the AOI."""
+    """Count centroids per square grid cell.
+
+    The cells form one grid (corners on multiples of ``cell`` in the grid CRS) but only the
+    cells over each scene's objects (their bounding box) and over the AOI are built, so scenes
+    far apart do not fill the space between them with empty cells.
+    """
     if not centroids and aoi is None:
         logger.warning("no objects and no AOI: the grid is empty")
         return _add_count_columns(
@@ -621,37 +642,50 @@ def _count_grid(
     if centroids:
         xy = np.concatenate([shapely.get_coordinates(c.to_crs(crs).to_numpy()) for c in centroids])
         cls = np.concatenate(labels)
+        scene = np.concatenate(scenes)
     else:
         xy = np.zeros((0, 2))
         cls = np.zeros(0, dtype=object)
-    bounds = [xy.min(axis=0), xy.max(axis=0)] if len(xy) else []
+        scene = np.zeros(0, dtype=object)
+    boxes = [(*xy[scene == s].min(axis=0), *xy[scene == s].max(axis=0)) for s in np.unique(scene)]
     if aoi is not None:
-        b = aoi.to_crs(crs).total_bounds
-        bounds += [b[:2], b[2:]]
-    lo = np.min(bounds, axis=0)
-    hi = np.max(bounds, axis=0)
+        boxes.append(tuple(aoi.to_crs(crs).total_bounds))
+    lo = np.min([b[:2] for b in boxes], axis=0)
+    hi = np.max([b[2:] for b in boxes], axis=0)
     x0, y0 = math.floor(lo[0] / cell) * cell, math.floor(lo[1] / cell) * cell
     ncols = math.floor((hi[0] - x0) / cell) + 1
     nrows = math.floor((hi[1] - y0) / cell) + 1
-    if ncols * nrows > MAX_GRID_CELLS:
-        raise ConfigError(
-            f"grid_m={cell:g}: the grid would have {ncols} x {nrows} cells "
-            f"(more than {MAX_GRID_CELLS}); choose a larger cell size (it is in metres)"
-        )
-    col = np.floor((xy[:, 0] - x0) / cell).astype(np.intp)
-    row_up = np.floor((xy[:, 1] - y0) / cell).astype(np.intp)
-    row = nrows - 1 - row_up  # row 0 is the northernmost
-    flat = row * ncols + col
-    rr, cc = np.divmod(np.arange(nrows * ncols, dtype=np.int64), ncols)
+
+    def index(x: npt.ArrayLike, y: npt.ArrayLike) -> tuple[npt.NDArray[np.int64], ...]:
+        """(row, col) of points; row 0 is the northernmost."""
+        col = np.floor((np.asarray(x) - x0) / cell).astype(np.int64)
+        row = nrows - 1 - np.floor((np.asarray(y) - y0) / cell).astype(np.int64)
+        return row, col
+
+    blocks = []
+    n_cells = 0
+    for bx0, by0, bx1, by1 in boxes:
+        (r1, r0), (c0, c1) = index([bx0, bx1], [by0, by1])
+        n_cells += int((r1 - r0 + 1) * (c1 - c0 + 1))
+        if n_cells > MAX_GRID_CELLS:
+            raise ConfigError(
+                f"grid_m={cell:g}: the grid would have more than {MAX_GRID_CELLS} cells; "
+                "choose a larger cell size (it is in metres)"
+            )
+        rr, cc = np.meshgrid(np.arange(r0, r1 + 1), np.arange(c0, c1 + 1), indexing="ij")
+        blocks.append((rr * ncols + cc).ravel())
+    flat_ids = np.unique(np.concatenate(blocks))
+    row, col = index(xy[:, 0], xy[:, 1])
+    where = np.searchsorted(flat_ids, row * ncols + col).astype(np.intp)
+    rr, cc = np.divmod(flat_ids, ncols)
     minx = x0 + cc * cell
     maxy = y0 + (nrows - rr) * cell
-    geoms = shapely.box(minx, maxy - cell, minx + cell, maxy)
     grid = gpd.GeoDataFrame(
-        {"cell_id": np.arange(nrows * ncols, dtype=np.int64), "row": rr, "col": cc},
-        geometry=geoms,
+        {"cell_id": np.arange(len(flat_ids), dtype=np.int64), "row": rr, "col": cc},
+        geometry=shapely.box(minx, maxy - cell, minx + cell, maxy),
         crs=crs,
     )
-    return _add_count_columns(grid, flat, cls, classes)
+    return _add_count_columns(grid, where, cls, classes)
 
 
 # --------------------------------------------------------------------------------------------

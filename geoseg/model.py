@@ -1,4 +1,4 @@
-"""Small-object Mask R-CNN: builders, pretrained weights, safe checkpoints.
+r"""Small-object Mask R-CNN: builders, pretrained weights, safe checkpoints.
 
 The model is torchvision's :class:`~torchvision.models.detection.MaskRCNN` with an FPN whose
 finest level has stride 4 (so 8 px anchors make sense) over one of the :class:`Backbone`\\ s.
@@ -84,7 +84,7 @@ class _FixedScaleTransform(nn.Module):
     def __new__(cls, *args: Any, **kwargs: Any) -> Any:
         from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
-        class FixedScaleTransform(GeneralizedRCNNTransform):  # type: ignore[misc]
+        class FixedScaleTransform(GeneralizedRCNNTransform):
             def __init__(
                 self,
                 *,

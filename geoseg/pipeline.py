@@ -323,7 +323,7 @@ def run_scene(
     )
     t_vec = time.perf_counter()
     if out_path is not None:
-        write_vectors(gdf, out_path)
+        write_vectors(gdf, out_path, scene_info=info)
         logger.info("wrote %d objects to %s", len(gdf), out_path)
     t_end = time.perf_counter()
     counts = _count(gdf, detections, classes)

@@ -280,17 +280,37 @@ def ground_sample_distance_m(info: SceneInfo) -> tuple[float, float]:
     return (gx * factor, gy * factor)
 
 
+def _all_equal(data: npt.NDArray[Any], value: float) -> npt.NDArray[np.bool_] | None:
+    """Bool ``[h, w]``: all bands equal ``value``; ``None`` when no pixel does (cheap exit)."""
+    if data.dtype.kind in "iu":
+        info = np.iinfo(data.dtype)
+        if not (info.min <= value <= info.max and float(value).is_integer()):
+            return None  # nodata not representable in this dtype: no pixel can equal it
+    v = data.dtype.type(value)
+    if math.isnan(value):
+        out = np.isnan(data[0])
+        if not out.any():
+            return None
+        for band in data[1:]:
+            out &= np.isnan(band)
+        return out
+    out = data[0] == v
+    if not out.any():
+        return None
+    for band in data[1:]:
+        out &= band == v
+    return out
+
+
 def _valid_from_data(data: npt.NDArray[Any], nodata: float | None) -> npt.NDArray[np.bool_] | None:
     """Valid mask ``[h, w]`` from nodata/NaN, or ``None`` when every pixel is valid."""
     invalid: npt.NDArray[np.bool_] | None = None
-    if nodata is not None:
-        if math.isnan(nodata):
-            invalid = np.isnan(data).all(axis=0) if data.dtype.kind == "f" else None
-        else:
-            invalid = (data == data.dtype.type(nodata)).all(axis=0)
+    if nodata is not None and (data.dtype.kind == "f" or not math.isnan(nodata)):
+        invalid = _all_equal(data, nodata)
     if data.dtype.kind == "f":
         nan = np.isnan(data).any(axis=0)
-        invalid = nan if invalid is None else invalid | nan
+        if nan.any():
+            invalid = nan if invalid is None else invalid | nan
     if invalid is None or not invalid.any():
         return None
     return ~invalid
@@ -302,13 +322,19 @@ def _uses_mask_band(ds: Any, bands: Sequence[int]) -> bool:
 
 
 def _stretch(data: npt.NDArray[Any], stats: NormStats, out: npt.NDArray[np.float32]) -> None:
-    """``out[:] = stats.apply(data)`` without intermediate copies (same float32 arithmetic)."""
-    lo = np.asarray(stats.low, dtype=np.float32)[:, None, None]
-    hi = np.asarray(stats.high, dtype=np.float32)[:, None, None]
+    """``out[:] = stats.apply(data)`` without intermediate copies (same float32 arithmetic).
+
+    Band by band with scalar operands (numpy's fastest loops): three in-place passes.
+    """
+    lo = np.asarray(stats.low, dtype=np.float32)
+    hi = np.asarray(stats.high, dtype=np.float32)
     scale = np.float32(1.0) / np.maximum(hi - lo, np.float32(1e-6))
-    np.subtract(data, lo, out=out, casting="unsafe")
-    np.multiply(out, scale, out=out)
-    np.clip(out, 0.0, 1.0, out=out)
+    zero, one = np.float32(0.0), np.float32(1.0)
+    for k in range(data.shape[0]):
+        o = out[k]
+        np.subtract(data[k], lo[k], out=o, casting="unsafe")
+        np.multiply(o, scale[k], out=o)
+        np.clip(o, zero, one, out=o)
 
 
 def _read_inner(
@@ -414,9 +440,20 @@ def read_window(
         )
     nd = dataset.nodata if nodata is FROM_DATASET else nodata
     h, w = window.height, window.width
+    inner = window.intersection(PixelWindow(0, 0, int(dataset.width), int(dataset.height)))
+    if inner == window:  # the common case: no padding, no zero-filling
+        data, mask_valid = _read_inner(dataset, inner, sel, nd)
+        image = np.empty((len(sel), h, w), dtype=np.float32)
+        if stats is not None:
+            _stretch(data, stats, image)
+        else:
+            image[...] = data
+        if mask_valid is None:
+            return image, np.ones((h, w), dtype=np.bool_)
+        image[:, ~mask_valid] = 0.0
+        return image, mask_valid
     image = np.zeros((len(sel), h, w), dtype=np.float32)
     valid = np.zeros((h, w), dtype=np.bool_)
-    inner = window.intersection(PixelWindow(0, 0, int(dataset.width), int(dataset.height)))
     if inner.area == 0:
         return image, valid
     ys = slice(inner.row_off - window.row_off, inner.row_end - window.row_off)

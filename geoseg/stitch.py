@@ -121,7 +121,7 @@ class _MaskBank:
         self.flat = flat
         # prefix sums: sum(flat[a:b]) == csum[b] - csum[a]
         dtype = np.int32 if len(flat) < 2**31 - 1 else np.int64
-        self.csum = np.zeros(len(flat) + 1, dtype=dtype)
+        self.csum: npt.NDArray[np.signedinteger[Any]] = np.zeros(len(flat) + 1, dtype=dtype)
         np.cumsum(flat, out=self.csum[1:])
 
     def areas(self) -> IntArray:
@@ -298,9 +298,9 @@ def _gather(
     v = win[tile]
     clipped = _intersect(mb, v)
     nonempty = _positive(clipped)
-    for k in np.flatnonzero(nonempty & (clipped != mb).any(axis=1)):
-        x0, y0 = mb[k, 0], mb[k, 1]
-        cx0, cy0, cx1, cy1 = clipped[k]
+    for k in np.flatnonzero(nonempty & (clipped != mb).any(axis=1)).tolist():
+        x0, y0 = int(mb[k, 0]), int(mb[k, 1])
+        cx0, cy0, cx1, cy1 = clipped[k].tolist()
         masks[k] = masks[k][cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0]
     vf = v.astype(np.float64)
     boxes = np.concatenate(
@@ -676,7 +676,7 @@ def stitch(
         scene_height: scene height in pixels.
         match_iou: two detections from different tiles are one object when the IoU of their
             masks inside the intersection of the two tiles' windows is at least this (for
-            windows that only touch: the seam contact score, see :func:`_seam_score`).
+            windows that only touch: the seam contact score described in the module doc).
         nms_iou: leftover duplicates with a full-mask IoU at least this are suppressed (the
             lower score goes), and unmatched fragments with at least this fraction of their
             pixels inside a larger object are dropped.

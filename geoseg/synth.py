@@ -468,6 +468,14 @@ _SUBTYPE = {
 }
 
 
+def _geojson(poly: Any) -> dict[str, Any]:
+    """GeoJSON-like mapping of a polygon (computed once; rasterize is fast on mappings)."""
+    import shapely
+
+    rings = [poly.exterior, *poly.interiors]
+    return {"type": "Polygon", "coordinates": [shapely.get_coordinates(r).tolist() for r in rings]}
+
+
 @dataclass(frozen=True, slots=True, eq=False)
 class _Obj:
     """A labelled object. Geometry in scene pixels; local frame in the town frame (metres)."""
@@ -484,6 +492,12 @@ class _Obj:
     colours: tuple[Colour, ...]
     extras: tuple[tuple[float, ...], ...] = ()  # e.g. rooftop units (a0, a1, b0, b1), metres
     moving: bool = False
+    gj: dict[str, Any] = field(init=False, repr=False)
+    bounds: tuple[float, float, float, float] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "gj", _geojson(self.poly))
+        object.__setattr__(self, "bounds", tuple(self.poly.bounds))
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -494,6 +508,12 @@ class _Feat:
     colour: Colour
     texture: float  # relative texture amplitude
     layer: int  # 0 ground patches, 1 markings, 2 piers: under shadows; 3 trees etc.: above
+    gj: dict[str, Any] = field(init=False, repr=False)
+    bounds: tuple[float, float, float, float] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "gj", _geojson(self.poly))
+        object.__setattr__(self, "bounds", tuple(self.poly.bounds))
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -509,11 +529,15 @@ class _Wake:
     strength: float
 
 
+_Shadow = tuple[dict[str, Any], float, tuple[float, ...]]
+
+
 @dataclass(slots=True)
 class _CellPlan:
     objects: list[_Obj] = field(default_factory=list)
     features: list[_Feat] = field(default_factory=list)
-    shadows: list[tuple[Any, float]] = field(default_factory=list)  # (poly px, darkening)
+    # (GeoJSON-like polygon in scene px, darkening factor, bounds)
+    shadows: list[_Shadow] = field(default_factory=list)
     wakes: list[_Wake] = field(default_factory=list)
 
 
@@ -685,7 +709,7 @@ class _World:
 
         self.scene_box = box(0.0, 0.0, float(spec.width), float(spec.height))
         self.valid_prepared = prep(self.valid) if self.valid is not None else None
-        self._plan = functools.lru_cache(maxsize=1024)(self._plan_cell)
+        self._plan = functools.lru_cache(maxsize=256)(self._plan_cell)
         self._kind = functools.lru_cache(maxsize=16384)(self._cell_kind)
 
     # ---- frames -------------------------------------------------------------------------
@@ -879,9 +903,9 @@ class _CellCtx:
         d = height_m * self.w.shadow_per_m / self.w.g
         dx, dy = self.w.shx * d, self.w.shy * d
         pts = np.asarray(poly.exterior.coords)
-        allp = np.vstack([pts, (*pts, dx, dy)])
+        allp = np.vstack([pts, pts + np.array([dx, dy])])
         hull = shapely.MultiPoint(allp).convex_hull
-        self.plan.shadows.append((hull, darkening))
+        self.plan.shadows.append((_geojson(hull), darkening, tuple(hull.bounds)))
 
     def add_object(
         self,
@@ -1699,23 +1723,23 @@ def _expand(win: PixelWindow, halo: int) -> PixelWindow:
     )
 
 
-def _intersects(poly: Any, win: PixelWindow) -> bool:
-    x0, y0, x1, y1 = poly.bounds
+def _intersects(bounds: tuple[float, ...], win: PixelWindow) -> bool:
+    x0, y0, x1, y1 = bounds
     return x1 > win.col_off and x0 < win.col_end and y1 > win.row_off and y0 < win.row_end
 
 
 def _gather(
     w: _World, win: PixelWindow, pad_cells: int
-) -> tuple[list[_Obj], list[_Feat], list[tuple[Any, float]], list[_Wake]]:
+) -> tuple[list[_Obj], list[_Feat], list[_Shadow], list[_Wake]]:
     objs: list[_Obj] = []
     feats: list[_Feat] = []
-    shadows: list[tuple[Any, float]] = []
+    shadows: list[_Shadow] = []
     wakes: list[_Wake] = []
     for i, j in w.cells_for_window(win, pad_cells):
         plan = w.plan(i, j)
-        objs.extend(o for o in plan.objects if _intersects(o.poly, win))
-        feats.extend(f for f in plan.features if _intersects(f.poly, win))
-        shadows.extend(s for s in plan.shadows if _intersects(s[0], win))
+        objs.extend(o for o in plan.objects if _intersects(o.bounds, win))
+        feats.extend(f for f in plan.features if _intersects(f.bounds, win))
+        shadows.extend(s for s in plan.shadows if _intersects(s[2], win))
         wakes.extend(plan.wakes)
     return objs, feats, shadows, wakes
 
@@ -1725,7 +1749,7 @@ def _object_id_raster(w: _World, win: PixelWindow) -> tuple[npt.NDArray[np.int32
     objs, _, _, _ = _gather(w, win, 1)
     order = {"building": 0, "vehicle": 1, "ship": 2}
     objs.sort(key=lambda o: (order[o.cls], o.oid))
-    ids = _rasterize([(o.poly, k + 1) for k, o in enumerate(objs)], win)
+    ids = _rasterize([(o.gj, k + 1) for k, o in enumerate(objs)], win)
     return ids, objs
 
 
@@ -1968,7 +1992,7 @@ def render_window(spec: SceneSpec, window: PixelWindow, *, world: Any = None) ->
     lower.sort(key=lambda ft: ft.layer)
     _paint_features(img, lower, E, fine, mid)
     if lower:
-        water &= _rasterize([(ft.poly, 1) for ft in lower if ft.layer == 2], E, "uint8") == 0
+        water &= _rasterize([(ft.gj, 1) for ft in lower if ft.layer == 2], E, "uint8") == 0
     if shadows:
         dark = np.array([1.0] + [s[1] for s in shadows], np.float32)
         sidx = _rasterize([(s[0], k + 1) for k, s in enumerate(shadows)], E)
@@ -1983,12 +2007,12 @@ def render_window(spec: SceneSpec, window: PixelWindow, *, world: Any = None) ->
     # ---- labelled objects
     order = {"building": 0, "vehicle": 1, "ship": 2}
     objs.sort(key=lambda o: (order[o.cls], o.oid))
-    ids = _rasterize([(o.poly, k + 1) for k, o in enumerate(objs)], E)
+    ids = _rasterize([(o.gj, k + 1) for k, o in enumerate(objs)], E)
     if objs:
         from scipy import ndimage
 
         for k, o in enumerate(objs):
-            x0, y0, x1, y1 = o.poly.bounds
+            x0, y0, x1, y1 = o.bounds
             c0 = max(math.floor(x0) - E.col_off, 0)
             r0 = max(math.floor(y0) - E.row_off, 0)
             c1 = min(math.ceil(x1) - E.col_off + 1, E.width)
@@ -2052,7 +2076,7 @@ def render_window(spec: SceneSpec, window: PixelWindow, *, world: Any = None) ->
 def _paint_features(img: F32, feats: list[_Feat], E: PixelWindow, fine: F32, mid: F32) -> None:
     if not feats:
         return
-    idx = _rasterize([(ft.poly, k + 1) for k, ft in enumerate(feats)], E)
+    idx = _rasterize([(ft.gj, k + 1) for k, ft in enumerate(feats)], E)
     m = idx > 0
     if not m.any():
         return

@@ -49,9 +49,10 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: GDAL block cache per reading process, in MiB. Fixed so memory does not grow with the scene;
-#: it easily holds the blocks of one row of tiles of a 100k-pixel-wide RGB scene.
-DEFAULT_CACHE_MB: Final = 256
+#: GDAL block cache per reading process, in MiB. Fixed, so memory stays bounded whatever the
+#: scene size; it holds the blocks of one row of 512 px tiles of a scene about 25,000 px wide
+#: (3 bands, uint8), so overlapping rows are decoded once.
+DEFAULT_CACHE_MB: Final = 64
 
 
 def _axis(length: int, tile: int, overlap: int) -> list[tuple[int, int, int]]:

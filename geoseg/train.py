@@ -531,8 +531,10 @@ def _atomic_write_text(path: Path, text: str) -> None:
 
 @dataclass(frozen=True)
 class TrainProgress:
-    """One progress report, sent after every optimiser step (``phase="train"``) and around
-    validation (``phase="validate"``) and checkpoints (``phase="checkpoint"``).
+    """One progress report of :func:`train`.
+
+    Sent after every optimiser step (``phase="train"``), validation (``phase="validate"``)
+    and checkpoint (``phase="checkpoint"``).
 
     Attributes:
         step: optimiser steps done; total_steps: planned total.

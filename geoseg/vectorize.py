@@ -2,7 +2,8 @@
 
 Outlines follow **pixel edges**: each box-cropped mask is traced by
 :func:`rasterio.features.shapes` with the affine ``transform * Affine.translation(x1, y1)`` of
-its mask box (:func:`shifted`), so rasterising the polygon back onto the scene grid reproduces the mask exactly
+its mask box (:func:`shifted`), so rasterising the polygon back onto the scene grid reproduces
+the mask exactly
 (tracing pixel *centres*, as contour finders do, shaves half a pixel off every side, which
 costs small objects a lot of IoU). Holes are kept.
 
@@ -93,10 +94,7 @@ def mask_to_geometry(mask: npt.NDArray[Any], transform: Affine) -> Any:
         for g, v in shapes(m, mask=m.astype(bool), connectivity=4, transform=transform)
         if v
     ]
-    if len(parts) == 1:
-        geom = parts[0]
-    else:
-        geom = shapely.MultiPolygon(parts)
+    geom = parts[0] if len(parts) == 1 else shapely.MultiPolygon(parts)
     if not geom.is_valid:
         geom = _polygonal(shapely.make_valid(geom))
     return geom

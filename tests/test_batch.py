@@ -289,6 +289,7 @@ def test_batch_cli_corrupt_scene_outputs_manifest_resume_force(
     r = CliRunner().invoke(cli, args)
     assert r.exit_code == 1, r.output
     assert "1 of 5 scene(s) failed" in r.output
+    assert "dask dashboard: http" in r.output
 
     man = read_manifest(out)
     recs = man["scenes"]
@@ -340,31 +341,24 @@ def test_batch_cli_corrupt_scene_outputs_manifest_resume_force(
     recs2 = read_manifest(out)["scenes"]
     assert all(recs2[n] == recs[n] for n in GOOD)
 
-    # other settings -> not "the same config": everything reruns; --force redoes all
-    rep = run_batch(
-        str(scenes / "*.tif"), model=tiny_model, out_dir=out, scheduler=lc.scheduler_address, **TILE
-    )
-    assert set(rep.skipped) == set(GOOD)
-    assert rep.ran == ("broken",)
+    # --force redoes every scene (here a subset of the inputs)
+    two = [str(scenes / "alpha.tif"), str(scenes / "bravo.tif")]
     forced = run_batch(
-        str(scenes / "*.tif"),
-        model=tiny_model,
-        out_dir=out,
-        scheduler=lc.scheduler_address,
-        force=True,
-        **TILE,
+        two, model=tiny_model, out_dir=out, scheduler=lc.scheduler_address, force=True, **TILE
     )
-    assert forced.skipped == () and sorted(forced.ran) == sorted([*GOOD, "broken"])
-    assert forced.n_failed == 1 and forced.n_ok == 4
-    assert all((out / f"{n}.gpkg").stat().st_ino != inodes[n] for n in GOOD)
+    assert forced.skipped == () and forced.ran == ("alpha", "bravo") and forced.n_ok == 2
+    assert (out / "alpha.gpkg").stat().st_ino != inodes["alpha"]
+    assert (out / "charlie.gpkg").stat().st_ino == inodes["charlie"]
+    # another config is not "the same config": the scene runs again
     changed = run_batch(
-        str(scenes / "*.tif"),
+        two[:1],
         model=tiny_model,
         out_dir=out,
         scheduler=lc.scheduler_address,
         **{**TILE, "min_score": 0.4},
     )
-    assert changed.skipped == ()
+    assert changed.skipped == () and changed.ran == ("alpha",)
+    assert read_manifest(out)["scenes"]["alpha"]["config_hash"] != recs["alpha"]["config_hash"]
 
 
 def test_batch_matches_geoseg_predict(cluster, tiny_model, scenes, tmp_path):
@@ -417,6 +411,15 @@ def test_stac_item_collection_input(cluster, tiny_model, scenes, reference, tmp_
     assert rep.n_failed == 0 and [r.scene for r in rep.records] == ["scene-alpha", "scene-bravo"]
     for name in GOOD[:2]:
         assert_same_vectors(out / f"scene-{name}.gpkg", reference[name][0])
+    assert not (out / "quicklooks").exists()
+    # asking for quicklooks now: the scenes without one run again and get theirs
+    rep = run_batch(
+        coll, model=tiny_model, out_dir=out, scheduler=lc.scheduler_address, quicklook=True, **TILE
+    )
+    assert rep.skipped == () and rep.n_ok == 2
+    for rec in rep.records:
+        assert rec.quicklook == str(out / "quicklooks" / f"{rec.scene}.png")
+        assert Path(rec.quicklook).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_split_scene_equals_unsplit(cluster, tiny_model, tmp_path):
@@ -513,11 +516,14 @@ def test_lost_worker_is_survived(cluster, tiny_model, scenes, tmp_path):
     lc, client = cluster
     killed = []
 
+    pids = client.run(os.getpid)
+
     def progress(p):
         if p.record is not None and not killed:
-            workers = list(client.scheduler_info()["workers"])
-            client.run(os._exit, 1, workers=workers[:1], wait=False)
-            killed.append(workers[0])
+            # kill the worker process that did *not* just finish: it is busy with a scene
+            victim = next(a for a in pids if pids[a] != p.record.worker_pid)
+            os.kill(pids[victim], signal.SIGKILL)
+            killed.append(victim)
 
     rep = run_batch(
         [str(scenes / f"{n}.tif") for n in GOOD],

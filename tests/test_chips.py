@@ -43,8 +43,18 @@ def scene(tmp_path):
     data[:, :, 270:] = 0  # nodata strip on the right
     path = str(tmp_path / "scene.tif")
     with rasterio.open(
-        path, "w", driver="GTiff", width=W, height=H, count=3, dtype="uint16", crs=UTM,
-        transform=from_origin(X0, Y0, RES, RES), nodata=0, tiled=True, blockxsize=64,
+        path,
+        "w",
+        driver="GTiff",
+        width=W,
+        height=H,
+        count=3,
+        dtype="uint16",
+        crs=UTM,
+        transform=from_origin(X0, Y0, RES, RES),
+        nodata=0,
+        tiled=True,
+        blockxsize=64,
         blockysize=64,
     ) as ds:
         ds.write(data)
@@ -56,17 +66,20 @@ def label_frame():
         # (class, geometry)
         ("building", box_px(10.3, 10.2, 60.7, 50.9)),
         # courtyard building: a hole in the middle
-        ("building", poly_px([(150.2, 20.1), (230.6, 20.1), (230.6, 100.4), (150.2, 100.4)],
-                             [[(175.3, 45.2), (205.1, 45.2), (205.1, 75.3), (175.3, 75.3)]])),
+        (
+            "building",
+            poly_px(
+                [(150.2, 20.1), (230.6, 20.1), (230.6, 100.4), (150.2, 100.4)],
+                [[(175.3, 45.2), (205.1, 45.2), (205.1, 75.3), (175.3, 75.3)]],
+            ),
+        ),
         # cut by chip borders: x 120..180 -> a 8-px wide sliver in chip col 0 and col 2
         ("ship", box_px(120.4, 130.3, 179.6, 170.2)),
         ("ship", poly_px([(30.1, 200.3), (70.2, 190.4), (80.3, 230.2), (40.4, 240.1)])),
         ("ship", poly_px([(240.2, 200.3), (262.1, 205.4), (250.3, 250.2)])),
         ("vehicle", box_px(90.2, 60.3, 96.7, 66.1)),
     ]
-    return gpd.GeoDataFrame(
-        {"class": [r[0] for r in rows]}, geometry=[r[1] for r in rows], crs=UTM
-    )
+    return gpd.GeoDataFrame({"class": [r[0] for r in rows]}, geometry=[r[1] for r in rows], crs=UTM)
 
 
 def chip_reference_mask(chip_path, geom_crs):
@@ -147,19 +160,37 @@ def test_sliver_rule_thresholds(scene, tmp_path):
     lenient = make_chips(
         path, labels, tmp_path / "b", size=SIZE, overlap=OVERLAP, min_visible_pixels=100
     )
-    assert lenient.n_annotations >= strict.n_annotations + 2
-    assert lenient.n_slivers == strict.n_slivers - 2
+    gained = lenient.n_annotations - strict.n_annotations
+    assert gained >= 2 and gained == strict.n_slivers - lenient.n_slivers
+
+    def chips_of(out, source):
+        coco = json.loads((out / "annotations.json").read_text())
+        return sorted(
+            tuple(coco["images"][a["image_id"] - 1]["grid"])
+            for a in coco["annotations"]
+            if a["source_index"] == source
+        )
+
+    # the ship spanning x 120..180 px: only its middle chip when strict, all three when lenient
+    strict_cells, lenient_cells = chips_of(tmp_path / "a", 2), chips_of(tmp_path / "b", 2)
+    rows = sorted({r for r, _ in strict_cells})
+    assert strict_cells == [(r, 1) for r in rows]
+    assert lenient_cells == [(r, c) for r in rows for c in (0, 1, 2)]
 
 
 def test_empty_chips_fraction_and_nodata(tmp_path, scene):
     path, _ = scene
-    labels = label_frame().iloc[[5]]  # the small vehicle only
+    labels = gpd.GeoDataFrame(
+        {"class": ["car"]}, geometry=[box_px(10.2, 10.1, 20.3, 20.4)], crs=UTM
+    )
     none = make_chips(path, labels, tmp_path / "a", size=64, overlap=0, keep_empty_fraction=0.0)
     assert none.n_empty_chips == 0 and none.n_chips == 1
     every = make_chips(path, labels, tmp_path / "b", size=64, overlap=0, keep_empty_fraction=1.0)
     coco = json.loads((tmp_path / "b" / "annotations.json").read_text())
     # chips whose window is entirely nodata (x >= 270) are never written
-    n_grid_valid = sum(1 for s in make_grid(W, H, tile_size=64, overlap=0) if s.window.col_off < 270)
+    n_grid_valid = sum(
+        1 for s in make_grid(W, H, tile_size=64, overlap=0) if s.window.col_off < 270
+    )
     assert every.n_chips == n_grid_valid and every.n_empty_chips == n_grid_valid - 1
     assert all(im["window"][0] < 270 for im in coco["images"])
     half = make_chips(path, labels, tmp_path / "c", size=64, overlap=0, keep_empty_fraction=0.5)
@@ -233,7 +264,12 @@ def test_invalid_geometries_repaired_or_reported(scene, tmp_path):
     assert repaired
     for ann in repaired:
         im = coco.imgs[ann["image_id"]]
-        ref = chip_reference_mask(tmp_path / "o" / im["file_name"], bowtie.buffer(0))
+        # the intended shape: both lobes of the bow-tie (left and right triangles)
+        c = (40.25, 40.15)
+        lobes = poly_px([(20.2, 20.1), c, (20.2, 60.2)]).union(
+            poly_px([c, (60.3, 60.2), (60.3, 20.1)])
+        )
+        ref = chip_reference_mask(tmp_path / "o" / im["file_name"], lobes)
         assert ref.any()
         np.testing.assert_array_equal(coco.annToMask(ann).astype(bool), ref)
 
@@ -257,7 +293,10 @@ def test_class_balance_written_and_warned(scene, tmp_path):
     labels = label_frame()
     many = gpd.GeoDataFrame(
         {"class": ["ship"] * 40},
-        geometry=[box_px(5 + 6 * (i % 20), 140 + 6 * (i // 20), 9 + 6 * (i % 20), 144 + 6 * (i // 20)) for i in range(40)],
+        geometry=[
+            box_px(5 + 6 * (i % 20), 140 + 6 * (i // 20), 9 + 6 * (i % 20), 144 + 6 * (i // 20))
+            for i in range(40)
+        ],
         crs=UTM,
     )
     gdf = gpd.GeoDataFrame(
@@ -265,7 +304,9 @@ def test_class_balance_written_and_warned(scene, tmp_path):
         geometry=[labels.geometry[5], *many.geometry],
         crs=UTM,
     )
-    s = make_chips(path, gdf, tmp_path / "o", size=SIZE, overlap=OVERLAP, classes=["ship", "vehicle", "tank"])
+    s = make_chips(
+        path, gdf, tmp_path / "o", size=SIZE, overlap=OVERLAP, classes=["ship", "vehicle", "tank"]
+    )
     bal = json.loads((tmp_path / "o" / "class_balance.json").read_text())
     by = {b["name"]: b for b in bal["classes"]}
     coco = json.loads((tmp_path / "o" / "annotations.json").read_text())
@@ -290,7 +331,19 @@ def test_cli_chips(scene, tmp_path):
     runner = CliRunner()
     r = runner.invoke(
         cli,
-        ["chips", path, str(lab_path), "-o", str(out), "--size", "64m", "--overlap", "8", "--bands", "3,1"],
+        [
+            "chips",
+            path,
+            str(lab_path),
+            "-o",
+            str(out),
+            "--size",
+            "64m",
+            "--overlap",
+            "8",
+            "--bands",
+            "3,1",
+        ],
     )
     assert r.exit_code == 0, r.output
     assert "building" in r.output and "instances" in r.output
@@ -301,9 +354,13 @@ def test_cli_chips(scene, tmp_path):
     # errors: exit code 1 with a message, no traceback
     r = runner.invoke(cli, ["chips", path, str(lab_path), "-o", str(out)])
     assert r.exit_code == 1 and "one directory per scene" in r.output
-    r = runner.invoke(cli, ["chips", path, str(lab_path), "-o", str(tmp_path / "z"), "--bands", "7"])
+    r = runner.invoke(
+        cli, ["chips", path, str(lab_path), "-o", str(tmp_path / "z"), "--bands", "7"]
+    )
     assert r.exit_code == 1 and "do not exist" in r.output
-    r = runner.invoke(cli, ["chips", path, str(lab_path), "-o", str(tmp_path / "z"), "--size", "abc"])
+    r = runner.invoke(
+        cli, ["chips", path, str(lab_path), "-o", str(tmp_path / "z"), "--size", "abc"]
+    )
     assert r.exit_code == 2
     r = runner.invoke(cli, ["chips", "--help"])
     assert r.exit_code == 0 and "Sliver rule" in r.output

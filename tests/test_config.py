@@ -150,5 +150,5 @@ def test_train_config_errors(tmp_path):
     with pytest.raises(ConfigError, match="lr"):
         load_train_config(run)
     run.write_text(yaml.safe_dump({"train_chips": ["c"], "output_dir": "o", "epoch": 3}))
-    with pytest.raises(ConfigError, match="unknown key.*epoch"):
+    with pytest.raises(ConfigError, match=r"unknown key.*epoch"):
         load_train_config(run)

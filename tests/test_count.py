@@ -172,6 +172,17 @@ def test_grid_counts_sum_to_total_and_match_floor_arithmetic(cell):
     assert np.allclose(np.mod(b.minx, cell), 0) or np.allclose(np.mod(b.minx, cell), cell)
 
 
+def test_grid_covers_each_scene_not_the_space_between_scenes():
+    a = make_results(21, n=50, scene="a")
+    b = make_results(22, n=50, scene="b", x0=X0 + 60_000, y0=Y0 + 30_000)
+    r = count([a, b], grid_m=100)
+    assert r.grid["count_total"].sum() == 100
+    per_scene_cells = 21 * 21  # objects of one scene span < 2000 m: at most 21 x 21 cells
+    assert len(r.grid) <= 2 * per_scene_cells
+    assert r.grid["cell_id"].is_unique
+    assert not r.grid.geometry.overlaps(r.grid.geometry.shift()).fillna(False).any()
+
+
 def test_grid_of_geographic_results_is_built_in_local_utm():
     gdf = make_results(5).to_crs("EPSG:4326")
     r = count(gdf, grid_m=500)
@@ -266,10 +277,16 @@ def test_batch_folder_two_scenes_two_crs(tmp_path):
     b.drop(columns=["true_x", "true_y"]).to_crs("EPSG:4326").to_file(tmp_path / "b.geojson")
     (tmp_path / "manifest.json").write_text(json.dumps({"scenes": ["a", "b"]}))
     (tmp_path / "coco.json").write_text(json.dumps({"images": [], "annotations": []}))
+    pd.DataFrame({"scene": ["a", "b"], "n": [1, 2]}).to_parquet(tmp_path / "summary.parquet")
+    pd.DataFrame({"x": [1]}).to_parquet(tmp_path / "table.parquet")  # not a GeoParquet
     frames = read_results(tmp_path)
     assert sorted(f["scene"].iloc[0] for f in frames) == ["a", "b"]
     r = count(tmp_path, grid_m=1000, aoi=two_zones())
     assert r.scenes == ("a", "b")
+    assert sorted(s.split(":")[0].rsplit("/", 1)[-1] for s in r.skipped) == [
+        "coco.json",
+        "table.parquet",
+    ]
     per = r.per_scene.groupby("scene")["count"].sum()
     assert per["a"] == len(a) and per["b"] == len(b)
     assert r.grid["count_total"].sum() == len(a) + len(b)

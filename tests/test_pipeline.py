@@ -149,8 +149,8 @@ def test_run_scene_end_to_end(tmp_path, suffix):
         from shapely.geometry import box
 
         for x, y, w, h, c in OBJECTS:
-            x0, y0 = TRANSFORM * (x, y)
-            x1, y1 = TRANSFORM * (x + w, y + h)
+            x0, y0 = TRANSFORM @ (x, y)
+            x1, y1 = TRANSFORM @ (x + w, y + h)
             rect = box(min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))
             hits = back[back.intersects(rect.buffer(-GSD / 4))]
             assert len(hits) == 1, (x, y, w, h)
@@ -204,11 +204,14 @@ def test_unwritable_output_fails_before_any_work(tmp_path, monkeypatch):
     monkeypatch.setattr(
         geoseg.raster, "open_scene", lambda *a, **k: opened.append(a) or real_open(*a, **k)
     )
-    pred = ThresholdPredictor()
-    with pytest.raises(ExportError) as err:
-        run_scene(scene, pred, tile_size=64, overlap=16, output=tmp_path / "missing_dir" / "o.gpkg")
-    assert "o.gpkg" in str(err.value) or "missing_dir" in str(err.value)
-    assert pred.calls == 0 and opened == []
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    for bad in (blocker / "o.gpkg", tmp_path / "o.unknown_ext"):
+        pred = ThresholdPredictor()
+        with pytest.raises(ExportError) as err:
+            run_scene(scene, pred, tile_size=64, overlap=16, output=bad)
+        assert bad.name in str(err.value) or "a_file" in str(err.value)
+        assert pred.calls == 0 and opened == []
 
 
 def test_bad_scene(tmp_path):

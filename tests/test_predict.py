@@ -372,10 +372,11 @@ def test_cli_missing_model(tmp_path):
 
 def test_cli_unwritable_output_fails_first(tmp_path, tiny_checkpoint):
     scene = tmp_path / "also_missing.tif"  # the output is checked before the scene is opened
-    out = tmp_path / "no_such_dir" / "out.gpkg"
-    r = invoke([scene, "-m", tiny_checkpoint, "-o", out])
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    r = invoke([scene, "-m", tiny_checkpoint, "-o", blocker / "out.gpkg"])
     assert r.exit_code != 0
-    assert "out.gpkg" in r.output or "no_such_dir" in r.output
+    assert "out.gpkg" in r.output and "also_missing" not in r.output
 
 
 def test_cli_band_mismatch(tmp_path, tiny_checkpoint):

@@ -99,10 +99,9 @@ def separate_at_seams(inst, cls, grid):
     return inst
 
 
-def oracle(inst, cls, grid, *, seed=0):
+def oracle(inst, cls, grid, *, seed=0, classes=CLASSES):
     """A perfect predictor: every tile reports the true objects clipped to its window."""
     rng = np.random.default_rng(seed)
-    h, w = inst.shape
     out = []
     for spec in grid:
         win = spec.window
@@ -126,7 +125,7 @@ def oracle(inst, cls, grid, *, seed=0):
                 labels=np.asarray(labels, np.int64),
                 mask_boxes=box_arr,
                 masks=tuple(masks),
-                classes=CLASSES,
+                classes=classes,
                 tile=spec,
             )
         )
@@ -164,7 +163,7 @@ def assert_exact(inst, cls, det):
 
 
 def run_oracle(tile_size, overlap_frac, *, seed, width, height):
-    overlap = int(round(tile_size * overlap_frac))
+    overlap = round(tile_size * overlap_frac)
     grid = make_grid(width, height, tile_size=tile_size, overlap=overlap)
     inst, cls = make_scene(width, height, seed=seed, building=tile_size * 2 + 8)
     if overlap == 0:
@@ -218,11 +217,41 @@ def test_oracle_exact_large_tiles(tile_size, overlap_frac):
     assert_exact(inst, cls, det)
 
 
-def test_oracle_on_synthetic_marina():
+@pytest.mark.parametrize(("tile_size", "overlap"), [(128, 32), (160, 0)])
+def test_oracle_on_synthetic_marina(tmp_path, tile_size, overlap):
+    """A real geoseg.synth marina: its label polygons, rasterised, are the truth."""
     synth = pytest.importorskip("geoseg.synth")
-    if not hasattr(synth, "generate_scene"):
-        pytest.skip("geoseg.synth.generate_scene is not available")
-    pytest.skip("geoseg.synth labels are not wired into this test yet")
+    import geopandas as gpd
+    from rasterio.features import rasterize
+
+    from geoseg.vectorize import vectorize
+
+    scene = synth.generate_scene(tmp_path / "marina.tif", size=448, seed=5, layout="marina")
+    labels = gpd.read_file(scene.labels_path)
+    synth_classes = ("ship", "vehicle", "building")
+    names = {n: i for i, n in enumerate(synth_classes)}
+    labels = labels[labels["class"].isin(list(names))].reset_index(drop=True)
+    inst = rasterize(
+        [(g, i + 1) for i, g in enumerate(labels.geometry)],
+        out_shape=(448, 448),
+        transform=scene.transform,
+        dtype="int32",
+    )
+    cls = np.asarray([0, *(names[c] for c in labels["class"])])
+    grid = make_grid(448, 448, tile_size=tile_size, overlap=overlap)
+    if overlap == 0:
+        inst = separate_at_seams(inst, cls, grid)
+    n_true = len(set(np.unique(inst).tolist()) - {0})
+    assert n_true > 100  # a dense marina
+    tds = oracle(inst, cls, grid, classes=synth_classes)
+    det = stitch(tds, scene_width=448, scene_height=448)
+    assert_exact(inst, cls, det)
+    gdf = vectorize(det, transform=scene.transform, crs_wkt=scene.crs_wkt)
+    assert len(gdf) == n_true
+    ids = np.unique(inst)
+    truth_counts = {synth_classes[c]: int((cls[ids[ids > 0]] == c).sum()) for c in range(3)}
+    got = gdf["class"].value_counts().to_dict()
+    assert {k: v for k, v in truth_counts.items() if v} == got
 
 
 def test_oracle_scene_smaller_than_a_tile():

@@ -204,7 +204,7 @@ def test_tiny_model_loss_falls_and_checkpoints_load(tmp_path):
     assert result.steps == 24
     first, last = np.mean(result.losses[:4]), np.mean(result.losses[-4:])
     assert last < first * 0.8, (first, last)
-    model, meta = load_checkpoint(result.last_checkpoint)
+    _model, meta = load_checkpoint(result.last_checkpoint)
     assert meta.classes == CLASSES and meta.bands == (1, 2, 3) and meta.step == 24
     assert meta.tile_size == 64 and meta.gsd == 0.5
     assert meta.config["fpn_out_channels"] == 32

@@ -84,6 +84,7 @@ def test_pixel_edge_outline_rasterises_back_exactly():
     assert gdf.area_m2.iloc[1] == pytest.approx(ring.sum() * 0.25)
 
 
+@pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")
 def test_shifted_matches_affine_composition():
     from geoseg.vectorize import shifted
 

@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 
 __all__ = ["command", "format_report"]
 
-_FORMATS = ("gpkg", "geojson", "shp", "parquet", "fgb", "coco")
+_FORMATS = ("gpkg", "geojson", "shapefile", "shp", "parquet", "flatgeobuf", "fgb")
 
 
 def format_report(report: BatchReport) -> str:
@@ -160,8 +160,6 @@ def command(
             + " ".join(f"{k}={v}" for k, v in top),
             refresh=True,
         )
-        if p.record is not None and p.record.error:
-            tqdm.write(f"FAILED {p.record.scene}: {p.record.error}")
 
     def on_dashboard(link: str) -> None:
         tqdm.write(f"dask dashboard: {link}")

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from geoseg.cli._common import fail_on_geoseg_error, parse_bands
+from geoseg.predict import Device
 
 if TYPE_CHECKING:
     from geoseg.config import PresetConfig
@@ -52,7 +53,7 @@ def _settings(
     tile = tile_size or (preset.tiling.tile_size if preset else None) or model_tile
     tile = tile or _DEFAULT_TILE_SIZE
     if overlap is None:
-        overlap = preset.tiling.overlap if preset else max(0, tile // 8)
+        overlap = preset.tiling.overlap if preset else tile // 4
     if not 0 <= overlap < tile:
         raise click.BadParameter(
             f"--overlap {overlap} must be in [0, tile size {tile})", param_hint="--overlap"
@@ -126,8 +127,8 @@ def _quicklook(scene: str, result: SceneResult, path: Path, bands: tuple[int, ..
 )
 @click.option(
     "--device",
-    type=click.Choice(["auto", "cuda", "mps", "cpu"]),
-    default="auto",
+    type=click.Choice([d.value for d in Device]),
+    default=Device.AUTO.value,
     show_default=True,
     help="Where the model runs.",
 )
@@ -207,9 +208,7 @@ def command(
         preset, meta.tile_size, tile_size, overlap, min_score
     )
     try:
-        predictor = MaskRCNNPredictor.from_checkpoint(
-            model, device=None if device == "auto" else device, min_score=score
-        )
+        predictor = MaskRCNNPredictor.from_checkpoint(model, device=Device(device), min_score=score)
     except CheckpointError:
         raise
     except ValueError as err:

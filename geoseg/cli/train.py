@@ -48,7 +48,7 @@ def command(
     resume: bool,
     no_progress: bool,
 ) -> None:
-    """Train a Mask R-CNN from the run file CONFIG (YAML).
+    r"""Train a Mask R-CNN from the run file CONFIG (YAML).
 
     CONFIG names the chip folders (written by `geoseg chips`), the preset, the schedule and the
     output folder; the schema is geoseg.config.TrainConfig. Example:
