@@ -24,6 +24,7 @@ demo: $(STAMP)
 	bash scripts/demo.sh $(DEMO_OUT)
 
 test: $(STAMP)
+	bash scripts/install_chromium.sh
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)

@@ -192,9 +192,9 @@ def sahi_to_gdf(object_predictions, transform, crs, classes):
         if op.mask is not None:
             for seg in op.mask.segmentation:
                 xy = np.asarray(seg, float).reshape(-1, 2)
-                if len(xy) >= 3:
-                    p = shapely.make_valid(Polygon(xy))
-                    polys.append(p)
+                if len(xy) >= 3:  # make_valid may return lines/points too: keep areas
+                    parts = shapely.get_parts(shapely.make_valid(Polygon(xy)))
+                    polys += [q for q in parts if q.geom_type in ("Polygon", "MultiPolygon")]
         if not polys:
             x1, y1, x2, y2 = op.bbox.to_xyxy()
             polys = [shapely.box(x1, y1, x2, y2)]
@@ -786,7 +786,7 @@ def main():
     s.add_argument("--tile", type=int, default=512)
     s.add_argument("--overlap", type=int, default=64)
     s.add_argument("--min-score", type=float, default=0.5)
-    s.add_argument("--batch-size", type=int, default=4)
+    s.add_argument("--batch-size", type=int, default=1)
     s.add_argument("--workers", type=int, default=0)
     s.add_argument("--threads", type=int, default=2)
     s.add_argument("--methods", nargs="+", default=["geoseg", "sahi", "plain"])

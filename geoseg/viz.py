@@ -22,6 +22,7 @@ import math
 import os
 import re
 import uuid
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -51,6 +52,7 @@ __all__ = [
     "class_colour",
     "quicklook",
     "read_preview",
+    "remote_resources",
     "web_map",
 ]
 
@@ -96,7 +98,7 @@ def class_colour(name: str, classes: Sequence[str] = ()) -> tuple[int, int, int]
     if name in CLASS_COLOURS:
         return CLASS_COLOURS[name]
     others = [c for c in classes if c not in CLASS_COLOURS]
-    i = others.index(name) if name in others else abs(hash(name))
+    i = others.index(name) if name in others else zlib.crc32(name.encode("utf-8"))
     return _PALETTE[i % len(_PALETTE)]
 
 

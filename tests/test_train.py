@@ -290,3 +290,34 @@ def test_train_config_model_overrides_are_validated(tmp_path):
     with pytest.raises(ConfigError, match="upsample"):
         train(_config(tmp_path, chips, max_steps=1, model={**TINY_MODEL, "upsample": 100.0}))
     assert config_to_dict(ModelConfig())["backbone"] == "resnet50"
+
+
+def test_cli_train_runs_from_yaml(tmp_path):
+    import yaml
+    from click.testing import CliRunner
+
+    from geoseg.cli import cli
+
+    chips = make_chip_folder(tmp_path / "chips", n=2)
+    run = tmp_path / "run.yaml"
+    run.write_text(
+        yaml.safe_dump(
+            {
+                "train_chips": ["chips"],
+                "output_dir": "out",
+                "preset": "ships",
+                "classes": list(CLASSES),
+                "model": TINY_MODEL,
+                "pretrained": "none",
+                "validate": False,
+                "warmup_steps": 1,
+                "lr": 0.005,
+            }
+        )
+    )
+    result = CliRunner().invoke(cli, ["train", str(run), "--max-steps", "1", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "out" / "last.safetensors").is_file()
+    assert chips.is_dir()
+    bad = CliRunner().invoke(cli, ["train", str(tmp_path / "missing.yaml")])
+    assert bad.exit_code != 0 and "cannot read" in bad.output
