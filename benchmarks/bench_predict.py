@@ -57,12 +57,12 @@ OUT = HERE.parent / "out"
 # helpers
 
 
-def make_scene(path: Path, size: int, seed: int, layout: str):
-    """A synthetic scene + labels (cached by name)."""
+def make_scene(path: Path, size: int, seed: int, layout: str, density: float = 1.0):
+    """A synthetic scene + labels."""
     from geoseg.synth import generate_scene
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    return generate_scene(path, size=size, seed=seed, layout=layout)
+    return generate_scene(path, size=size, seed=seed, layout=layout, density=density)
 
 
 def truth_ids(scene):
@@ -307,8 +307,13 @@ def run_merge(args):
 
     OUT.mkdir(parents=True, exist_ok=True)
     scene = make_scene(
-        OUT / f"merge_{args.layout}_{args.size}_{args.seed}.tif", args.size, args.seed, args.layout
+        OUT / f"merge_{args.layout}_{args.size}_{args.seed}_d{args.density:g}.tif",
+        args.size,
+        args.seed,
+        args.layout,
+        args.density,
     )
+
     ids, cls = truth_ids(scene)
     tile, overlap = args.tile, round(args.tile * args.overlap_ratio)
     results = {
@@ -317,6 +322,7 @@ def run_merge(args):
             "size": args.size,
             "seed": args.seed,
             "layout": args.layout,
+            "density": args.density,
             "n_objects": len(cls),
         },
         "tile": tile,
@@ -684,6 +690,8 @@ def memory_child(argv):
     from geoseg.predict import MaskRCNNPredictor
 
     model = tiny_model()
+    with torch.no_grad():  # masks fill their boxes, so every detection becomes an object
+        model.roi_heads.mask_predictor.mask_fcn_logits.bias.add_(8.0)
     pred = MaskRCNNPredictor(model, classes=("a", "b", "c"), device="cpu", min_score=0.0)
     t0 = time.perf_counter()
     r = run_scene(
@@ -778,6 +786,7 @@ def main():
     m.add_argument("--layout", default="marina")
     m.add_argument("--tile", type=int, default=256)
     m.add_argument("--overlap-ratio", type=float, default=0.2)
+    m.add_argument("--density", type=float, default=1.0, help="geoseg.synth object density")
     s = sub.add_parser("speed")
     s.add_argument("--size", type=int, default=1024)
     s.add_argument("--seed", type=int, default=2)

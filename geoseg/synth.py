@@ -131,6 +131,7 @@ class SceneSpec:
         nodata_collar: whether the valid footprint is a ragged, rotated strip surrounded by
             nodata (0 in every band); no object lies outside the valid footprint.
         density: multiplier of object counts (0 = no objects, 1 = default, at most 4).
+            Objects narrower than one pixel at ``gsd`` (e.g. cars at a 2 m GSD) are left out.
         layout: :class:`Layout`.
         block_size: side of the square blocks rendered at a time (memory scales with its
             square); a multiple of the 256 px output tiling.
@@ -923,9 +924,15 @@ class _CellCtx:
         extras: tuple[tuple[float, ...], ...] = (),
         moving: bool = False,
     ) -> _Obj | None:
-        """Register an object (town-frame absolute vertices); ``None`` if outside the scene."""
+        """Register an object (town-frame absolute vertices).
+
+        Returns ``None`` (nothing drawn, no label) when the object is narrower than one pixel
+        at the scene's GSD or does not lie wholly inside the scene and its valid footprint.
+        """
         oid = self.next_id
         self.next_id += 1
+        if width < self.w.g:
+            return None
         poly = self.w.poly_uv(pts, holes)
         if not self.w.accept(poly):
             return None

@@ -454,13 +454,24 @@ def test_split_scene_equals_unsplit(cluster, tiny_model, tmp_path):
     assert sum(p.record is None for p in progress) >= 1 + rec.split_chunks
 
 
-def test_killed_run_resumes_only_unfinished_scenes(cluster, tiny_model, scenes, tmp_path):
-    """Kill a CLI run (own local cluster) after its first record; the rerun does the rest."""
+@pytest.mark.parametrize(
+    "where", ["shared-cluster", pytest.param("own-local-cluster", marks=pytest.mark.slow)]
+)
+def test_killed_run_resumes_only_unfinished_scenes(cluster, tiny_model, scenes, tmp_path, where):
+    """Kill a CLI run after its first manifest record; the rerun does only the rest.
+
+    ``shared-cluster``: the CLI is a client of the module's cluster (its tasks are cancelled
+    with it); ``own-local-cluster``: the CLI starts its own LocalCluster (killed with it).
+    """
     lc, _ = cluster
     out = tmp_path / "out"
     cmd = [sys.executable, "-c", "from geoseg.cli import main; main()", "batch"]
     cmd += [str(scenes / f"{n}.tif") for n in GOOD]
-    cmd += ["-m", str(tiny_model), "-o", str(out), "--workers", "1", *CLI_TILE]
+    cmd += ["-m", str(tiny_model), "-o", str(out), *CLI_TILE]
+    if where == "shared-cluster":
+        cmd += ["--scheduler", lc.scheduler_address]
+    else:
+        cmd += ["--workers", "1"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(
         cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True
@@ -472,7 +483,7 @@ def test_killed_run_resumes_only_unfinished_scenes(cluster, tiny_model, scenes, 
                 break
             time.sleep(0.05)
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # the CLI, its scheduler and worker processes
+        os.killpg(proc.pid, signal.SIGKILL)  # the CLI (and its own cluster's processes)
         proc.wait()
     done = {n for n, r in read_manifest(out)["scenes"].items() if r["status"] == "ok"}
     assert 1 <= len(done) < len(GOOD), "the run should have been killed midway"

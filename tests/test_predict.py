@@ -387,6 +387,12 @@ def test_cli_band_mismatch(tmp_path, tiny_checkpoint):
     assert r.exit_code != 0 and "one_band.tif" in r.output
 
 
+def test_cli_quicklook_must_be_png(tmp_path, tiny_checkpoint):
+    scene = write_scene(tmp_path / "s.tif")
+    r = invoke([scene, "-m", tiny_checkpoint, "-o", tmp_path / "o.gpkg", "--quicklook", "q.jpg"])
+    assert r.exit_code != 0 and "q.jpg" in r.output
+
+
 def test_cli_bad_overlap(tmp_path, tiny_checkpoint):
     scene = write_scene(tmp_path / "s.tif")
     r = invoke(
@@ -411,8 +417,12 @@ def test_cli_predicts_and_summarises(tmp_path, tiny_checkpoint):
     scene = write_scene(tmp_path / "scene.tif", size=100)
     out = tmp_path / "res.geojson"
     opts = ["--min-score", "0", "--device", "cpu", "--tile-size", "64", "--overlap", "16"]
-    r = invoke([scene, "-m", tiny_checkpoint, "-o", out, *opts, "--batch-size", "2"])
+    png = tmp_path / "look.png"
+    r = invoke(
+        [scene, "-m", tiny_checkpoint, "-o", out, *opts, "--batch-size", "2", "--quicklook", png]
+    )
     assert r.exit_code == 0, r.output
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     for name in CLASSES:
         assert name in r.output
     gdf = gpd.read_file(out)

@@ -255,6 +255,15 @@ def test_gsd_scales_objects_in_pixels(tmp_path):
         assert drawn == pytest.approx(expected, rel=0.03)
 
 
+def test_coarse_gsd_leaves_out_sub_pixel_objects(tmp_path):
+    scene = generate_scene(tmp_path / "c.tif", size=160, seed=2, layout="town", gsd=2.0)
+    labels = gpd.read_file(scene.labels_path)
+    assert len(labels) > 0 and (labels.width_m >= 2.0).all()
+    assert "car" not in set(labels.subtype)
+    drawn = set(np.unique(render_object_ids(scene.spec))) - {0}
+    assert drawn == set(labels.object_id.astype(int))
+
+
 # ---- formats -------------------------------------------------------------------------------------
 
 

@@ -82,7 +82,11 @@ def format_report(report: BatchReport) -> str:
 )
 @click.option("--tile-size", type=click.IntRange(min=16), help="Tile side in pixels.")
 @click.option("--overlap", type=click.IntRange(min=0), help="Overlap between tiles in pixels.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    help="Tiles per forward pass on each worker [default: 8 on CUDA, 1 on CPU].",
+)
 @click.option(
     "--asset",
     metavar="KEY",
@@ -123,7 +127,7 @@ def command(
     min_score: float | None,
     tile_size: int | None,
     overlap: int | None,
-    batch_size: int,
+    batch_size: int | None,
     asset: str | None,
     split_tiles: int | None,
     retries: int,
