@@ -15,7 +15,8 @@ from geoseg._version import __version__
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
-# public name -> module that defines it. Keep sorted by name.
+# public name -> module that defines it. Keep sorted by name. A name here never equals a
+# submodule's name (``geoseg.stitch`` is the module; its function is ``geoseg.stitch.stitch``).
 _EXPORTS: dict[str, str] = {
     "Backbone": "geoseg.config",
     "BandError": "geoseg.errors",
@@ -57,7 +58,6 @@ _EXPORTS: dict[str, str] = {
     "build_model": "geoseg.model",
     "check_writable": "geoseg.export",
     "compute_norm_stats": "geoseg.raster",
-    "count": "geoseg.count",
     "generate_scene": "geoseg.synth",
     "iter_tiles": "geoseg.tiling",
     "load_checkpoint": "geoseg.model",
@@ -73,9 +73,7 @@ _EXPORTS: dict[str, str] = {
     "run_batch": "geoseg.batch",
     "run_scene": "geoseg.pipeline",
     "save_checkpoint": "geoseg.model",
-    "stitch": "geoseg.stitch",
     "tile_loader": "geoseg.tiling",
-    "vectorize": "geoseg.vectorize",
     "web_map": "geoseg.viz",
     "write_counts": "geoseg.count",
     "write_vectors": "geoseg.export",

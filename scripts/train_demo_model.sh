@@ -6,4 +6,4 @@ set -euo pipefail
 WORK=${WORK:-/tmp/geoseg_demo}
 mkdir -p "$WORK"
 exec nice -n 5 .venv/bin/python -W ignore benchmarks/train_demo.py --work "$WORK" \
-  --scenes 6 --size 2048 --chip 256 --overlap 64 --steps 240 --batch 2 --seed 0 "$@"
+  --scenes 6 --size 2048 --chip 256 --overlap 64 --steps 800 --batch 4 --seed 0 "$@"

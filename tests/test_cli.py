@@ -20,3 +20,12 @@ def test_lazy_public_api():
     assert geoseg.GeosegError is geoseg.errors.GeosegError
     assert issubclass(geoseg.RasterReadError, OSError)
     assert sorted(geoseg.__all__[1:]) == geoseg.__all__[1:]
+
+
+def test_public_names_never_shadow_a_submodule():
+    import pkgutil
+
+    submodules = {m.name for m in pkgutil.iter_modules(geoseg.__path__)}
+    assert not submodules & set(geoseg.__all__)
+    for name in geoseg.__all__[1:]:
+        assert getattr(geoseg, name) is not None
