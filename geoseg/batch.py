@@ -55,6 +55,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse
 
+from geoseg.config import CUDA_BATCH_SIZE, RunSettings, resolve_run_settings
 from geoseg.errors import ConfigError, ExportError, GeosegError
 
 if TYPE_CHECKING:
@@ -65,7 +66,6 @@ if TYPE_CHECKING:
 __all__ = [
     "BatchProgress",
     "BatchReport",
-    "BatchSettings",
     "InputKind",
     "SceneInput",
     "SceneRecord",
@@ -88,9 +88,6 @@ _MAX_CACHED_MODELS = 2
 _RASTER_SUFFIXES = frozenset({".tif", ".tiff", ".vrt", ".img", ".jp2", ".ntf", ".nitf"})
 _LIST_SUFFIXES = frozenset({".txt", ".lst", ".list"})
 _STAC_SUFFIXES = frozenset({".json", ".geojson"})
-_DEFAULT_TILE_SIZE = 512  # the defaults of `geoseg predict`
-_DEFAULT_MIN_SCORE = 0.5
-_CUDA_BATCH = 8
 _GLOB_CHARS = re.compile(r"[*?\[]")
 _REMOTE_SCHEMES = {"http": "/vsicurl/", "https": "/vsicurl/", "s3": "/vsis3/", "gs": "/vsigs/"}
 
@@ -131,85 +128,6 @@ class SceneInput:
 
 
 @dataclass(frozen=True, slots=True)
-class BatchSettings:
-    """Everything besides the model weights that decides a scene's result.
-
-    Its hash (:meth:`digest`) goes into each manifest record; a scene is redone when it changes.
-    The fields are :func:`geoseg.pipeline.run_scene`'s arguments of the same names.
-
-    Attributes:
-        tile_size: tile side in scene pixels.
-        overlap: pixels shared by neighbouring tiles.
-        bands: 1-based raster bands fed to the model (``None``: the checkpoint's).
-        min_score: per-tile detections below this score are dropped before stitching.
-        batch_size: tiles per forward pass; ``None``: 8 on CUDA, 1 elsewhere (as
-            ``geoseg predict``). Not part of the digest (it changes speed, and results only
-            at float rounding level).
-        stitch_options: keyword arguments for :func:`geoseg.stitch.stitch`.
-        min_area_px: stitched objects with fewer mask pixels are dropped.
-        simplify_tolerance: polygon simplification in scene-CRS units (0 = none).
-        min_area: polygons smaller than this many square metres are dropped.
-        preset: name of the preset the settings came from (informative).
-    """
-
-    tile_size: int
-    overlap: int
-    bands: tuple[int, ...] | None = None
-    min_score: float = 0.0
-    batch_size: int | None = None
-    stitch_options: Mapping[str, Any] = field(default_factory=dict)
-    min_area_px: int = 0
-    simplify_tolerance: float = 0.0
-    min_area: float = 0.0
-    preset: str | None = None
-
-    def batch_for(self, device_type: str) -> int:
-        """Tiles per forward pass on a device of this type (``"cuda"``, ``"cpu"``...)."""
-        if self.batch_size is not None:
-            return self.batch_size
-        return _CUDA_BATCH if device_type == "cuda" else 1
-
-    def scene_kwargs(self, device_type: str = "cpu") -> dict[str, Any]:
-        """Keyword arguments for :func:`geoseg.pipeline.run_scene` on that device type."""
-        return {
-            "tile_size": self.tile_size,
-            "overlap": self.overlap,
-            "bands": self.bands,
-            "min_score": self.min_score,
-            "batch_size": self.batch_for(device_type),
-            "stitch_options": dict(self.stitch_options),
-            "min_area_px": self.min_area_px,
-            "simplify_tolerance": self.simplify_tolerance,
-            "min_area": self.min_area,
-        }
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-serialisable form (stored in the manifest)."""
-        data = self.scene_kwargs()
-        data["batch_size"] = self.batch_size
-        data["bands"] = None if self.bands is None else list(self.bands)
-        data["stitch_options"] = {k: _plain(v) for k, v in self.stitch_options.items()}
-        data["preset"] = self.preset
-        return data
-
-    def digest(self) -> str:
-        """SHA-256 of the canonical JSON of the settings that change results.
-
-        ``batch_size`` and ``preset`` are left out: they change speed or naming, not results.
-        """
-        data = self.to_dict()
-        data.pop("batch_size")
-        data.pop("preset")
-        text = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
-        return hashlib.sha256(text.encode()).hexdigest()
-
-
-def _plain(value: Any) -> Any:
-    """A JSON-friendly form of a setting value (enums by value)."""
-    return value.value if isinstance(value, enum.Enum) else value
-
-
-@dataclass(frozen=True, slots=True)
 class SceneRecord:
     """One scene's entry in the run manifest.
 
@@ -224,7 +142,7 @@ class SceneRecord:
         seconds: wall time of the scene on its worker(s), model loading included.
         error: ``"ExceptionType: message"`` when failed, else ``None``.
         model_sha256: SHA-256 of the checkpoint file.
-        config_hash: :meth:`BatchSettings.digest` of the settings used.
+        config_hash: :meth:`RunSettings.digest` of the settings used.
         worker: address of the dask worker that ran it; worker_pid: its process id.
         model_loaded: whether this task loaded the model (False: it came from the worker's
             cache).
@@ -309,7 +227,7 @@ class BatchReport:
         manifest: path of ``manifest.json``.
         summary_csv, summary_parquet: paths of the summary tables.
         model_sha256: SHA-256 of the checkpoint.
-        config_hash: :meth:`BatchSettings.digest` of the settings used.
+        config_hash: :meth:`RunSettings.digest` of the settings used.
         dashboard: the dask dashboard address (``None`` when nothing ran).
         seconds: wall time of the whole run.
     """
@@ -667,7 +585,7 @@ class _Job:
 
     model: str
     model_sha256: str
-    settings: BatchSettings
+    settings: RunSettings
     config_hash: str
     out_dir: str
     ext: str
@@ -1117,55 +1035,23 @@ def resolve_settings(
     overlap: int | None = None,
     min_score: float | None = None,
     batch_size: int | None = None,
-) -> BatchSettings:
-    """The settings a batch runs with, chosen as ``geoseg predict`` chooses them.
-
-    Precedence: explicit arguments > the preset ``config`` (a name, a YAML path or a loaded
-    :class:`~geoseg.config.PresetConfig`) > the checkpoint's sidecar (its training tile size)
-    > defaults (512 px tiles, overlap tile/4, score 0.5). A preset also sets the stitching
-    options and the minimum object size.
+) -> RunSettings:
+    """:func:`geoseg.config.resolve_run_settings` with the tile size read from ``model``'s sidecar.
 
     Raises:
         CheckpointError: the checkpoint's sidecar is missing or unreadable.
         ConfigError: the preset is unknown or invalid, or the overlap does not fit the tile.
     """
-    from geoseg.config import PresetConfig, load_config
     from geoseg.model import read_meta
 
-    meta = read_meta(Path(model))
-    preset = (
-        config
-        if isinstance(config, PresetConfig) or config is None
-        else load_config(Path(config) if isinstance(config, os.PathLike) else config)
-    )
-    tile = tile_size or (preset.tiling.tile_size if preset else None) or int(meta.tile_size)
-    tile = tile or _DEFAULT_TILE_SIZE
-    if overlap is None:
-        overlap = preset.tiling.overlap if preset else tile // 4
-    if not 0 <= overlap < tile:
-        raise ConfigError(f"overlap {overlap} must be in [0, tile size {tile}) pixels")
-    if min_score is None:
-        min_score = preset.stitch.min_score if preset else _DEFAULT_MIN_SCORE
-    stitch_options: dict[str, Any] = {}
-    min_area_px = 0
-    if preset is not None:
-        stitch_options = {
-            "match_iou": preset.stitch.match_iou,
-            "nms_iou": preset.stitch.nms_iou,
-            "class_aware": not preset.stitch.class_agnostic,
-        }
-        min_area_px = preset.stitch.min_area_px
-    if batch_size is not None and batch_size < 1:
-        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
-    return BatchSettings(
-        tile_size=int(tile),
-        overlap=int(overlap),
-        bands=None if bands is None else tuple(int(b) for b in bands),
-        min_score=float(min_score),
+    return resolve_run_settings(
+        model_tile_size=int(read_meta(Path(model)).tile_size),
+        config=Path(config) if isinstance(config, os.PathLike) else config,
+        bands=bands,
+        tile_size=tile_size,
+        overlap=overlap,
+        min_score=min_score,
         batch_size=batch_size,
-        stitch_options=stitch_options,
-        min_area_px=int(min_area_px),
-        preset=None if preset is None else preset.name,
     )
 
 
@@ -1525,7 +1411,7 @@ def _submit_split(
         and for the finish task (role ``"scene"``).
     """
     # chunk lengths are multiples of the batch size, so batches match an unsplit run's
-    multiple = job.settings.batch_size or _CUDA_BATCH  # (8 is a multiple of CPU's 1 too)
+    multiple = job.settings.batch_size or CUDA_BATCH_SIZE  # (8 is a multiple of CPU's 1 too)
     parts = _chunks(len(plan.specs), max(2, 2 * n_workers), multiple=multiple)
     logger.info("%s: spreading %d tiles over %d chunks", scene.path, len(plan.specs), len(parts))
     chunk_futs = [

@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import hashlib
+import json
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -29,12 +31,16 @@ from typing import Any, TypeVar
 from geoseg.errors import ConfigError
 
 __all__ = [
+    "CUDA_BATCH_SIZE",
+    "DEFAULT_MIN_SCORE",
+    "DEFAULT_TILE_SIZE",
     "AugmentConfig",
     "Backbone",
     "ModelConfig",
     "OptimizerKind",
     "PresetConfig",
     "PretrainedWeights",
+    "RunSettings",
     "StitchConfig",
     "TilingConfig",
     "TrainConfig",
@@ -44,6 +50,7 @@ __all__ = [
     "load_config",
     "load_train_config",
     "preset_path",
+    "resolve_run_settings",
 ]
 
 
@@ -592,3 +599,149 @@ def load_train_config(path: str | Path) -> TrainConfig:
         return config_from_dict(TrainConfig, data)
     except ConfigError as err:
         raise ConfigError(f"{path}: {err}") from err
+
+
+# --- run settings: options > preset > checkpoint > defaults -------------------------------------
+
+#: Defaults of ``geoseg predict`` / ``geoseg batch`` when neither an option, a preset nor the
+#: checkpoint says otherwise.
+DEFAULT_TILE_SIZE = 512
+DEFAULT_MIN_SCORE = 0.5
+#: Tiles per forward pass on CUDA; 1 on the CPU (batching there costs memory and gains nothing).
+CUDA_BATCH_SIZE = 8
+
+
+@dataclass(frozen=True, slots=True)
+class RunSettings:
+    """Everything besides the model weights that decides a scene's result.
+
+    Shared by ``geoseg predict`` and ``geoseg batch`` so both pick settings the same way. Its
+    hash (:meth:`digest`) goes into each batch manifest record; a scene is redone when it changes.
+    The fields are :func:`geoseg.pipeline.run_scene`'s arguments of the same names.
+
+    Attributes:
+        tile_size: tile side in scene pixels.
+        overlap: pixels shared by neighbouring tiles.
+        bands: 1-based raster bands fed to the model (``None``: the checkpoint's).
+        min_score: per-tile detections below this score are dropped before stitching.
+        batch_size: tiles per forward pass; ``None``: 8 on CUDA, 1 elsewhere (as
+            ``geoseg predict``). Not part of the digest (it changes speed, and results only
+            at float rounding level).
+        stitch_options: keyword arguments for :func:`geoseg.stitch.stitch`.
+        min_area_px: stitched objects with fewer mask pixels are dropped.
+        simplify_tolerance: polygon simplification in scene-CRS units (0 = none).
+        min_area: polygons smaller than this many square metres are dropped.
+        preset: name of the preset the settings came from (informative).
+    """
+
+    tile_size: int
+    overlap: int
+    bands: tuple[int, ...] | None = None
+    min_score: float = 0.0
+    batch_size: int | None = None
+    stitch_options: Mapping[str, Any] = field(default_factory=dict)
+    min_area_px: int = 0
+    simplify_tolerance: float = 0.0
+    min_area: float = 0.0
+    preset: str | None = None
+
+    def batch_for(self, device_type: str) -> int:
+        """Tiles per forward pass on a device of this type (``"cuda"``, ``"cpu"``...)."""
+        if self.batch_size is not None:
+            return self.batch_size
+        return CUDA_BATCH_SIZE if device_type == "cuda" else 1
+
+    def scene_kwargs(self, device_type: str = "cpu") -> dict[str, Any]:
+        """Keyword arguments for :func:`geoseg.pipeline.run_scene` on that device type."""
+        return {
+            "tile_size": self.tile_size,
+            "overlap": self.overlap,
+            "bands": self.bands,
+            "min_score": self.min_score,
+            "batch_size": self.batch_for(device_type),
+            "stitch_options": dict(self.stitch_options),
+            "min_area_px": self.min_area_px,
+            "simplify_tolerance": self.simplify_tolerance,
+            "min_area": self.min_area,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable form (stored in the manifest)."""
+        data = self.scene_kwargs()
+        data["batch_size"] = self.batch_size
+        data["bands"] = None if self.bands is None else list(self.bands)
+        data["stitch_options"] = {k: _plain(v) for k, v in self.stitch_options.items()}
+        data["preset"] = self.preset
+        return data
+
+    def digest(self) -> str:
+        """SHA-256 of the canonical JSON of the settings that change results.
+
+        ``batch_size`` and ``preset`` are left out: they change speed or naming, not results.
+        """
+        data = self.to_dict()
+        data.pop("batch_size")
+        data.pop("preset")
+        text = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
+        return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _plain(value: Any) -> Any:
+    """A JSON-friendly form of a setting value (enums by value)."""
+    return value.value if isinstance(value, enum.Enum) else value
+
+
+def resolve_run_settings(
+    *,
+    model_tile_size: int | None = None,
+    config: str | Path | PresetConfig | None = None,
+    bands: Sequence[int] | None = None,
+    tile_size: int | None = None,
+    overlap: int | None = None,
+    min_score: float | None = None,
+    batch_size: int | None = None,
+) -> RunSettings:
+    """The settings one scene is predicted with, as ``geoseg predict`` and ``batch`` pick them.
+
+    Precedence: explicit arguments > the preset ``config`` (a name, a YAML path or a loaded
+    :class:`PresetConfig`) > the checkpoint's training tile size ``model_tile_size`` >
+    defaults (:data:`DEFAULT_TILE_SIZE` px tiles, overlap tile/4, score
+    :data:`DEFAULT_MIN_SCORE`). A preset also sets the stitching options and the minimum
+    object size.
+
+    Raises:
+        ConfigError: the preset is unknown or invalid, the overlap does not fit the tile, or
+            the batch size is not positive.
+    """
+    preset = config if isinstance(config, PresetConfig) or config is None else load_config(config)
+    tile = tile_size or (preset.tiling.tile_size if preset else None) or model_tile_size
+    tile = int(tile or DEFAULT_TILE_SIZE)
+    if overlap is None:
+        overlap = preset.tiling.overlap if preset else tile // 4
+    if not 0 <= overlap < tile:
+        raise ConfigError(
+            f"overlap {overlap} must be in [0, tile size {tile}) pixels: lower --overlap"
+        )
+    if min_score is None:
+        min_score = preset.stitch.min_score if preset else DEFAULT_MIN_SCORE
+    stitch_options: dict[str, Any] = {}
+    min_area_px = 0
+    if preset is not None:
+        stitch_options = {
+            "match_iou": preset.stitch.match_iou,
+            "nms_iou": preset.stitch.nms_iou,
+            "class_aware": not preset.stitch.class_agnostic,
+        }
+        min_area_px = preset.stitch.min_area_px
+    if batch_size is not None and batch_size < 1:
+        raise ConfigError(f"batch size must be >= 1, got {batch_size}")
+    return RunSettings(
+        tile_size=tile,
+        overlap=int(overlap),
+        bands=None if bands is None else tuple(int(b) for b in bands),
+        min_score=float(min_score),
+        batch_size=batch_size,
+        stitch_options=stitch_options,
+        min_area_px=int(min_area_px),
+        preset=None if preset is None else preset.name,
+    )

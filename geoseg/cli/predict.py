@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import click
 
@@ -12,15 +12,9 @@ from geoseg.cli._common import fail_on_geoseg_error, parse_bands
 from geoseg.predict import Device
 
 if TYPE_CHECKING:
-    from geoseg.config import PresetConfig
     from geoseg.pipeline import SceneResult
 
 __all__ = ["NormSource", "command", "format_summary"]
-
-#: Used when neither the options, the --config preset nor the model say otherwise.
-_DEFAULT_TILE_SIZE = 512
-_DEFAULT_MIN_SCORE = 0.5
-_CUDA_BATCH = 8
 
 
 class NormSource(enum.StrEnum):
@@ -41,36 +35,6 @@ def format_summary(result: SceneResult) -> str:
         + (f"; wrote {result.output}" if result.output is not None else "")
     )
     return "\n".join(lines)
-
-
-def _settings(
-    preset: PresetConfig | None,
-    model_tile: int | None,
-    tile_size: int | None,
-    overlap: int | None,
-    min_score: float | None,
-) -> tuple[int, int, float, dict[str, Any], int]:
-    """Options > --config preset > model metadata > defaults."""
-    tile = tile_size or (preset.tiling.tile_size if preset else None) or model_tile
-    tile = tile or _DEFAULT_TILE_SIZE
-    if overlap is None:
-        overlap = preset.tiling.overlap if preset else tile // 4
-    if not 0 <= overlap < tile:
-        raise click.BadParameter(
-            f"--overlap {overlap} must be in [0, tile size {tile})", param_hint="--overlap"
-        )
-    if min_score is None:
-        min_score = preset.stitch.min_score if preset else _DEFAULT_MIN_SCORE
-    stitch_options: dict[str, Any] = {}
-    min_area_px = 0
-    if preset is not None:
-        stitch_options = {
-            "match_iou": preset.stitch.match_iou,
-            "nms_iou": preset.stitch.nms_iou,
-            "class_aware": not preset.stitch.class_agnostic,
-        }
-        min_area_px = preset.stitch.min_area_px
-    return tile, overlap, float(min_score), stitch_options, min_area_px
 
 
 def _check_png_path(path: Path) -> None:
@@ -175,7 +139,7 @@ def command(
     """
     from tqdm import tqdm
 
-    from geoseg.config import load_config
+    from geoseg.config import load_config, resolve_run_settings
     from geoseg.errors import CheckpointError
     from geoseg.export import check_writable
     from geoseg.model import check_compatible, read_meta
@@ -209,18 +173,23 @@ def command(
             percentiles=ns.percentiles,
             source_dtype=ns.source_dtype,
         )
-    tile, ovl, score, stitch_options, min_area_px = _settings(
-        preset, meta.tile_size, tile_size, overlap, min_score
+    settings = resolve_run_settings(
+        model_tile_size=meta.tile_size,
+        config=preset,
+        bands=sel,
+        tile_size=tile_size,
+        overlap=overlap,
+        min_score=min_score,
+        batch_size=batch_size,
     )
     try:
-        predictor = MaskRCNNPredictor.from_checkpoint(model, device=Device(device), min_score=score)
+        predictor = MaskRCNNPredictor.from_checkpoint(
+            model, device=Device(device), min_score=settings.min_score
+        )
     except CheckpointError:
         raise
     except ValueError as err:
         raise click.BadParameter(str(err), param_hint="--device") from err
-
-    if batch_size is None:
-        batch_size = _CUDA_BATCH if predictor.device.type == "cuda" else 1
 
     with tqdm(total=None, unit="tile", desc=Path(scene).name, leave=False) as bar:
 
@@ -231,15 +200,9 @@ def command(
         result = run_scene(
             scene,
             predictor,
-            tile_size=tile,
-            overlap=ovl,
-            bands=sel,
+            **settings.scene_kwargs(predictor.device.type),
             stats=stats,
-            min_score=score,
-            batch_size=batch_size,
             num_workers=workers,
-            stitch_options=stitch_options,
-            min_area_px=min_area_px,
             progress=progress,
             output=output,
         )
