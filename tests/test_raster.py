@@ -440,3 +440,17 @@ def test_vsicurl_missing_url_is_a_read_error(range_server):
         pytest.raises(RasterReadError, match=r"missing\.tif"),
     ):
         open_scene(f"/vsicurl/{base}/missing.tif")
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "uint16", "int16", "float32"])
+def test_stretch_matches_norm_stats_apply_bit_for_bit(dtype):
+    from geoseg.raster import _stretch
+
+    rng = np.random.default_rng(3)
+    hi = 250 if dtype == "uint8" else 3000
+    data = rng.integers(0, hi, size=(3, 40, 50)).astype(dtype)
+    stats = NormStats(bands=(1, 2, 3), low=(10.0, 3.5, 0.0), high=(200.0, 240.0, 1800.0),
+                      source_dtype=dtype)
+    out = np.empty(data.shape, np.float32)
+    _stretch(data, stats, out)
+    assert np.array_equal(out, stats.apply(data))
