@@ -48,7 +48,7 @@ def command(
     resume: bool,
     no_progress: bool,
 ) -> None:
-    r"""Train a Mask R-CNN from the run file CONFIG (YAML).
+    """Train a Mask R-CNN from the run file CONFIG (YAML).
 
     CONFIG names the chip folders (written by `geoseg chips`), the preset, the schedule and the
     output folder; the schema is geoseg.config.TrainConfig. Example:
@@ -61,7 +61,7 @@ def command(
         epochs: 12
         batch_size: 4
         lr: 0.02
-    """
+    """  # noqa: D301 (click needs a real \b before a verbatim block)
     from tqdm import tqdm
 
     from geoseg.config import load_train_config
