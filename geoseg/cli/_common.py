@@ -9,7 +9,7 @@ import click
 
 from geoseg.errors import GeosegError
 
-__all__ = ["fail_on_geoseg_error", "parse_bands"]
+__all__ = ["fail_on_geoseg_error", "parse_bands", "parse_classes", "run_settings_options"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -29,6 +29,16 @@ def parse_bands(value: str | None) -> tuple[int, ...] | None:
     return bands
 
 
+def parse_classes(value: str | None) -> tuple[str, ...] | None:
+    """Parse ``--classes ship,vehicle`` (``None`` = all classes)."""
+    if value is None or value.strip() == "":
+        return None
+    classes = tuple(c.strip() for c in value.split(",") if c.strip())
+    if not classes:
+        raise click.BadParameter(f"{value!r}: give class names separated by commas")
+    return classes
+
+
 def fail_on_geoseg_error(func: F) -> F:
     """Turn a :class:`GeosegError` into a clean ``Error: ...`` message and exit code 1."""
     import functools
@@ -41,3 +51,30 @@ def fail_on_geoseg_error(func: F) -> F:
             raise click.ClickException(str(err)) from err
 
     return wrapper  # type: ignore[return-value]
+
+
+def run_settings_options(func: F) -> F:
+    """The options that choose how a scene is predicted, shared by ``predict`` and ``batch``.
+
+    Adds ``--config``, ``--bands``, ``--min-score``, ``--tile-size`` and ``--overlap``; their
+    values feed :func:`geoseg.config.resolve_run_settings` (options > preset > checkpoint >
+    defaults).
+    """
+    options = [
+        click.option(
+            "--config", "config", metavar="C", help="Preset name or YAML (tiling, stitching)."
+        ),
+        click.option("--bands", metavar="B", help="1-based bands in model order, e.g. 3,2,1."),
+        click.option(
+            "--min-score",
+            type=click.FloatRange(0.0, 1.0),
+            help="Keep detections with score >= S.",
+        ),
+        click.option("--tile-size", type=click.IntRange(min=16), help="Tile side in pixels."),
+        click.option(
+            "--overlap", type=click.IntRange(min=0), help="Overlap between tiles in pixels."
+        ),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func

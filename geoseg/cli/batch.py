@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from geoseg.cli._common import fail_on_geoseg_error, parse_bands
+from geoseg.cli._common import fail_on_geoseg_error, parse_bands, run_settings_options
 
 if TYPE_CHECKING:
     from geoseg.batch import BatchProgress, BatchReport
@@ -75,13 +75,7 @@ def format_report(report: BatchReport) -> str:
 )
 @click.option("--force", is_flag=True, help="Redo every scene, even those already done.")
 @click.option("--quicklook", is_flag=True, help="Also write OUTDIR/quicklooks/<scene>.png.")
-@click.option("--config", "config", metavar="C", help="Preset name or YAML (tiling, stitching).")
-@click.option("--bands", metavar="B", help="1-based bands in model order, e.g. 3,2,1.")
-@click.option(
-    "--min-score", type=click.FloatRange(0.0, 1.0), help="Keep detections with score >= S."
-)
-@click.option("--tile-size", type=click.IntRange(min=16), help="Tile side in pixels.")
-@click.option("--overlap", type=click.IntRange(min=0), help="Overlap between tiles in pixels.")
+@run_settings_options
 @click.option(
     "--batch-size",
     type=click.IntRange(min=1),

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from geoseg.cli._common import fail_on_geoseg_error, parse_bands
+from geoseg.cli._common import fail_on_geoseg_error, parse_bands, parse_classes
 
 __all__ = ["command", "parse_length"]
 
@@ -99,9 +99,7 @@ def command(
     from geoseg.tiling import metres_to_pixels
 
     band_list = parse_bands(bands)
-    class_list = None
-    if classes:
-        class_list = tuple(c.strip() for c in classes.split(",") if c.strip()) or None
+    class_list = parse_classes(classes)
     size_v, size_m = parse_length(size, name="--size")
     overlap_v, overlap_m = parse_length(overlap, name="--overlap")
     if size_m or overlap_m:

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import click
 
-from geoseg.cli._common import fail_on_geoseg_error
+from geoseg.cli._common import fail_on_geoseg_error, parse_classes
 
-__all__ = ["command", "parse_classes", "parse_distance"]
+__all__ = ["command", "parse_distance"]
 
 _DISTANCE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(m|km)?\s*$", re.IGNORECASE)
 
@@ -23,16 +23,6 @@ def parse_distance(value: str | None) -> float | None:
         raise click.BadParameter(f"{value!r}: give a positive size in metres, e.g. 250m or 1km")
     metres = float(match.group(1))
     return metres * 1000.0 if (match.group(2) or "m").lower() == "km" else metres
-
-
-def parse_classes(value: str | None) -> tuple[str, ...] | None:
-    """Parse ``--classes ship,vehicle`` (``None`` = all classes)."""
-    if value is None or value.strip() == "":
-        return None
-    classes = tuple(c.strip() for c in value.split(",") if c.strip())
-    if not classes:
-        raise click.BadParameter(f"{value!r}: give class names separated by commas")
-    return classes
 
 
 @click.command("count")

@@ -6,8 +6,7 @@ from pathlib import Path
 
 import click
 
-from geoseg.cli._common import fail_on_geoseg_error, parse_bands
-from geoseg.cli.count import parse_classes
+from geoseg.cli._common import fail_on_geoseg_error, parse_bands, parse_classes
 
 __all__ = ["command"]
 

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from geoseg.cli._common import fail_on_geoseg_error, parse_bands
+from geoseg.cli._common import fail_on_geoseg_error, parse_bands, run_settings_options
 from geoseg.predict import Device
 
 if TYPE_CHECKING:
@@ -77,13 +77,7 @@ def _quicklook(scene: str, result: SceneResult, path: Path, bands: tuple[int, ..
     help="Vector output; the format follows the extension: .gpkg .geojson .shp .parquet .fgb, "
     "or .json for COCO.",
 )
-@click.option("--config", "config", metavar="C", help="Preset name or YAML (tiling, stitching).")
-@click.option("--bands", metavar="B", help="1-based bands in model order, e.g. 3,2,1.")
-@click.option(
-    "--min-score", type=click.FloatRange(0.0, 1.0), help="Keep detections with score >= S."
-)
-@click.option("--tile-size", type=click.IntRange(min=16), help="Tile side in pixels.")
-@click.option("--overlap", type=click.IntRange(min=0), help="Overlap between tiles in pixels.")
+@run_settings_options
 @click.option(
     "--quicklook",
     type=click.Path(dir_okay=False, path_type=Path),
