@@ -441,9 +441,27 @@ def coco_evaluate(
             ev.evaluate()
             ev.accumulate()
             ev.summarize()
-            metrics[f"{iou_type}_ap"] = max(0.0, float(ev.stats[0]))
-            metrics[f"{iou_type}_ap50"] = max(0.0, float(ev.stats[1]))
+            ap, ap50 = _ap_from_eval(ev)
+            metrics[f"{iou_type}_ap"] = ap
+            metrics[f"{iou_type}_ap50"] = ap50
     return metrics
+
+
+def _ap_from_eval(ev: Any) -> tuple[float, float]:
+    """``(AP@[.5:.95], AP@.5)`` (all areas, largest ``maxDets``) of an accumulated COCOeval.
+
+    Read from ``ev.eval["precision"]`` (``[T, R, K, A, M]``) rather than ``ev.stats``: pycocotools'
+    ``summarize`` computes ``stats[0]`` at a hard-coded 100 detections per image, which is -1
+    (no data) once ``maxDets`` is raised above 100 for dense scenes.
+    """
+    precision = ev.eval["precision"][:, :, :, 0, -1]  # all areas, largest maxDets
+    iou_thrs = np.asarray(ev.params.iouThrs)
+
+    def mean_valid(p: Any) -> float:
+        valid = p[p > -1]
+        return float(valid.mean()) if valid.size else 0.0
+
+    return mean_valid(precision), mean_valid(precision[np.isclose(iou_thrs, 0.5)])
 
 
 # --------------------------------------------------------------------------------------------

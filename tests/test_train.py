@@ -321,3 +321,43 @@ def test_cli_train_runs_from_yaml(tmp_path):
     assert chips.is_dir()
     bad = CliRunner().invoke(cli, ["train", str(tmp_path / "missing.yaml")])
     assert bad.exit_code != 0 and "cannot read" in bad.output
+
+
+def test_coco_ap_is_read_at_the_raised_max_dets():
+    """Dense chips hold > 100 objects: AP@[.5:.95] must not fall to 0 (pycocotools' stats[0]
+    is computed at a hard-coded 100 detections and is -1 once maxDets is raised)."""
+    import contextlib
+    import io
+
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    from geoseg.train import _ap_from_eval
+
+    boxes = [[10.0 * (i % 20), 10.0 * (i // 20), 8.0, 8.0] for i in range(150)]
+    gt = {
+        "images": [{"id": 1, "width": 200, "height": 200}],
+        "categories": [{"id": 1, "name": "vehicle"}],
+        "annotations": [
+            {"id": i + 1, "image_id": 1, "category_id": 1, "bbox": b, "area": 64.0, "iscrowd": 0}
+            for i, b in enumerate(boxes)
+        ],
+    }
+    dets = [{"image_id": 1, "category_id": 1, "bbox": b, "score": 0.9} for b in boxes]
+    dets += [
+        {"image_id": 1, "category_id": 1, "bbox": [b[0] + 3, b[1], 8.0, 8.0], "score": 0.1}
+        for b in boxes[:75]
+    ]  # shifted duplicates: false positives at high IoU thresholds
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_gt = COCO()
+        coco_gt.dataset = gt
+        coco_gt.createIndex()
+        ev = COCOeval(coco_gt, coco_gt.loadRes(dets), "bbox")
+        ev.params.maxDets = [1, 10, 300]
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    assert ev.stats[0] == -1  # the pycocotools quirk this guards against
+    ap, ap50 = _ap_from_eval(ev)
+    assert ap == pytest.approx(1.0, abs=0.02)
+    assert ap50 == pytest.approx(1.0, abs=0.02)
