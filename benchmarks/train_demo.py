@@ -81,7 +81,17 @@ def make_data(
     return train_dirs, val_dirs
 
 
-def run_training(work: Path, train_dirs, val_dirs, *, steps: int, batch: int, chip: int, seed: int):
+def run_training(
+    work: Path,
+    train_dirs,
+    val_dirs,
+    *,
+    steps: int,
+    batch: int,
+    chip: int,
+    seed: int,
+    init_checkpoint: Path | None = None,
+):
     from geoseg.config import AugmentConfig, TrainConfig
     from geoseg.train import train
 
@@ -93,7 +103,8 @@ def run_training(work: Path, train_dirs, val_dirs, *, steps: int, batch: int, ch
         preset="all",
         classes=CLASSES,
         model=model,
-        pretrained="imagenet",
+        pretrained="none" if init_checkpoint else "imagenet",
+        init_checkpoint=init_checkpoint,
         epochs=1000,
         max_steps=steps,
         batch_size=batch,
@@ -101,7 +112,7 @@ def run_training(work: Path, train_dirs, val_dirs, *, steps: int, batch: int, ch
         lr=2e-4,
         weight_decay=1e-4,
         clip_grad_norm=5.0,
-        warmup_steps=min(100, max(10, steps // 8)),
+        warmup_steps=20 if init_checkpoint else min(100, max(10, steps // 8)),
         seed=seed,
         checkpoint_every=100,
         validate=True,
@@ -130,11 +141,11 @@ def run_training(work: Path, train_dirs, val_dirs, *, steps: int, batch: int, ch
     return result, time.monotonic() - t0
 
 
-def publish(work: Path) -> Path:
+def publish(work: Path, which: str = "last") -> Path:
     dest = REPO / "data_samples" / "models"
     dest.mkdir(parents=True, exist_ok=True)
-    best = work / "run" / "best"
-    src = best if best.with_suffix(".safetensors").is_file() else work / "run" / "last"
+    chosen = work / "run" / which
+    src = chosen if chosen.with_suffix(".safetensors").is_file() else work / "run" / "last"
     for suffix in (".safetensors", ".json"):
         shutil.copyfile(src.with_suffix(suffix), dest / f"demo_lite0{suffix}")
     return dest / "demo_lite0.safetensors"
@@ -207,7 +218,8 @@ def write_card(report: dict, args) -> Path:
         "```",
         "WORK=/tmp/geoseg_demo scripts/train_demo_model.sh",
         f"# = benchmarks/train_demo.py --scenes {args.scenes} --size {args.size} --chip {args.chip}"
-        f" --overlap {args.overlap} --steps {args.steps} --batch {args.batch} --seed {args.seed}",
+        f" --overlap {args.overlap} --steps {args.steps} --batch {args.batch} --seed {args.seed}"
+        + (f" --init-checkpoint {args.init_checkpoint}" if args.init_checkpoint else ""),
         "```",
         "",
         f"- Data: `geoseg.synth.generate_scene` scenes of {args.size} x {args.size} px at 0.5 m,",
@@ -235,6 +247,23 @@ def write_card(report: dict, args) -> Path:
             "|---:|---:|---:|---:|",
             f"| {_f(ap.get('bbox_ap'))} | {_f(ap.get('bbox_ap50'))} | {_f(ap.get('segm_ap'))} | "
             f"{_f(ap.get('segm_ap50'))} |",
+            "",
+        ]
+    hist = [row for row in report.get("history") or [] if "segm_ap50" in row]
+    if hist:
+        lines += [
+            "Per-chip AP50 on the validation chips at the end of each epoch (training log):",
+            "",
+            "| epoch | step | bbox AP50 | mask AP50 |",
+            "|---:|---:|---:|---:|",
+            *(
+                f"| {r['epoch']} | {r['step']} | {_f(r.get('bbox_ap50'))} | "
+                f"{_f(r.get('segm_ap50'))} |"
+                for r in hist
+            ),
+            "",
+            f"The published weights are the `{args.publish}` checkpoint of the run"
+            f" (step {report.get('steps')}).",
             "",
         ]
     held = report.get("held_out")
@@ -296,7 +325,24 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=800)
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--init-checkpoint",
+        type=Path,
+        help="continue from this geoseg checkpoint (a second stage; 20 warm-up steps)",
+    )
+    ap.add_argument("--train-seconds", type=float, help="with --skip-train: measured duration")
     ap.add_argument("--eval-only", action="store_true")
+    ap.add_argument(
+        "--skip-train",
+        action="store_true",
+        help="publish + evaluate an existing WORK/run (history from its metrics.json)",
+    )
+    ap.add_argument(
+        "--publish",
+        choices=("last", "best"),
+        default="last",
+        help="which checkpoint of the run to publish (last: the end of the cosine schedule)",
+    )
     ap.add_argument("--eval-size", type=int, default=1536)
     ap.add_argument("--eval-seeds", default="900,901")
     args = ap.parse_args()
@@ -308,26 +354,37 @@ def main() -> None:
         train_dirs, val_dirs = make_data(
             args.work, n_scenes=args.scenes, size=args.size, chip=args.chip, overlap=args.overlap
         )
-        report["data_seconds"] = round(time.monotonic() - t0, 1)
-        result, seconds = run_training(
-            args.work,
-            train_dirs,
-            val_dirs,
-            steps=args.steps,
-            batch=args.batch,
-            chip=args.chip,
-            seed=args.seed,
-        )
+        if not args.skip_train:
+            report["data_seconds"] = round(time.monotonic() - t0, 1)
+        if args.skip_train:
+            from geoseg.model import read_meta
+
+            metrics = json.loads((args.work / "run" / "metrics.json").read_text())
+            history = metrics["epochs"]
+            steps = read_meta(args.work / "run" / "last").step
+            seconds = float(args.train_seconds or history[-1]["seconds"])
+        else:
+            result, seconds = run_training(
+                args.work,
+                train_dirs,
+                val_dirs,
+                steps=args.steps,
+                batch=args.batch,
+                chip=args.chip,
+                seed=args.seed,
+                init_checkpoint=args.init_checkpoint,
+            )
+            history, steps = list(result.history), result.steps
         report.update(
             train_seconds=round(seconds, 1),
-            steps=result.steps,
-            history=list(result.history),
+            steps=steps,
+            history=history,
             train_scenes=[100 + i for i in range(args.scenes)],
             val_scene=150,
             scene_size=args.size,
             chip=args.chip,
         )
-        checkpoint = publish(args.work)
+        checkpoint = publish(args.work, args.publish)
         report["val_chip_ap"] = chip_ap(checkpoint, val_dirs)
     else:
         checkpoint = REPO / "data_samples" / "models" / "demo_lite0.safetensors"
