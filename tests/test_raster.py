@@ -449,8 +449,9 @@ def test_stretch_matches_norm_stats_apply_bit_for_bit(dtype):
     rng = np.random.default_rng(3)
     hi = 250 if dtype == "uint8" else 3000
     data = rng.integers(0, hi, size=(3, 40, 50)).astype(dtype)
-    stats = NormStats(bands=(1, 2, 3), low=(10.0, 3.5, 0.0), high=(200.0, 240.0, 1800.0),
-                      source_dtype=dtype)
+    stats = NormStats(
+        bands=(1, 2, 3), low=(10.0, 3.5, 0.0), high=(200.0, 240.0, 1800.0), source_dtype=dtype
+    )
     out = np.empty(data.shape, np.float32)
     _stretch(data, stats, out)
     assert np.array_equal(out, stats.apply(data))
