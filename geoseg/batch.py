@@ -947,31 +947,20 @@ def _finish_split(
 ) -> SceneRecord:
     """Task: stitch the chunks of a split scene, vectorize and write (as run_scene does)."""
     from geoseg.export import write_vectors
-    from geoseg.stitch import stitch
-    from geoseg.vectorize import vectorize
+    from geoseg.pipeline import stitch_tiles, vectorize_scene
 
     t0 = time.perf_counter()
     s, info = job.settings, plan.info
     predictor, loaded = _predictor_for(job)
-    per_tile = sorted(
-        (d for chunk in chunks for d in chunk.detections),
-        key=lambda d: -1 if d.tile is None else d.tile.index,
-    )
+    per_tile = [d for chunk in chunks for d in chunk.detections]
     n_tiles = sum(c.n_tiles for c in chunks)
     busy = plan.seconds + sum(c.seconds for c in chunks)
     try:
-        detections = stitch(
-            per_tile, scene_width=info.width, scene_height=info.height, **dict(s.stitch_options)
+        detections = stitch_tiles(
+            per_tile, info, stitch_options=s.stitch_options, min_area_px=s.min_area_px
         )
-        if s.min_area_px > 0 and len(detections):
-            detections = detections[detections.mask_areas() >= s.min_area_px]
-        gdf = vectorize(
-            detections,
-            transform=info.transform,
-            crs_wkt=info.crs_wkt,
-            scene=Path(info.path).stem,
-            simplify_tolerance=s.simplify_tolerance,
-            min_area=s.min_area,
+        gdf = vectorize_scene(
+            detections, info, simplify_tolerance=s.simplify_tolerance, min_area=s.min_area
         )
         write_vectors(gdf, job.output_for(scene))
         ql = _write_quicklook(scene, job, gdf)

@@ -33,7 +33,7 @@ from geoseg.types import Detections, NormStats, SceneInfo, TileDetections
 if TYPE_CHECKING:
     import geopandas as gpd
 
-__all__ = ["ProgressCallback", "SceneResult", "run_scene"]
+__all__ = ["ProgressCallback", "SceneResult", "run_scene", "stitch_tiles", "vectorize_scene"]
 
 logger = logging.getLogger(__name__)
 
@@ -162,6 +162,56 @@ def _filter_scores(dets: TileDetections, min_score: float) -> TileDetections:
     return dets[dets.scores >= np.float32(min_score)]
 
 
+def stitch_tiles(
+    per_tile: Iterable[TileDetections],
+    info: SceneInfo,
+    *,
+    stitch_options: Mapping[str, Any] | None = None,
+    min_area_px: int = 0,
+) -> Detections:
+    """Stitch one scene's per-tile detections (any order) into scene objects.
+
+    Tiles are put in grid order first so the result does not depend on the order in which
+    tiles (or chunks of tiles from several workers) arrived. Objects with fewer than
+    ``min_area_px`` mask pixels are dropped.
+
+    Returns:
+        Detections in **scene pixels**.
+    """
+    from geoseg.stitch import stitch
+
+    ordered = sorted(per_tile, key=lambda d: -1 if d.tile is None else d.tile.index)
+    detections = stitch(
+        ordered,
+        scene_width=info.width,
+        scene_height=info.height,
+        **dict(stitch_options or {}),
+    )
+    if min_area_px > 0 and len(detections):
+        detections = detections[detections.mask_areas() >= min_area_px]
+    return detections
+
+
+def vectorize_scene(
+    detections: Detections,
+    info: SceneInfo,
+    *,
+    simplify_tolerance: float = 0.0,
+    min_area: float = 0.0,
+) -> gpd.GeoDataFrame:
+    """Polygons in the scene CRS for a scene's stitched detections (``scene`` = file stem)."""
+    from geoseg.vectorize import vectorize
+
+    return vectorize(
+        detections,
+        transform=info.transform,
+        crs_wkt=info.crs_wkt,
+        scene=Path(info.path).stem,
+        simplify_tolerance=simplify_tolerance,
+        min_area=min_area,
+    )
+
+
 def _count(gdf: gpd.GeoDataFrame, detections: Detections, classes: Sequence[str]) -> dict[str, int]:
     counts = dict.fromkeys(classes, 0)
     if "class" in gdf.columns:
@@ -234,9 +284,7 @@ def run_scene(
     """
     from geoseg.export import check_writable, write_vectors
     from geoseg.raster import open_scene
-    from geoseg.stitch import stitch
     from geoseg.tiling import TileDataset, tile_loader
-    from geoseg.vectorize import vectorize
 
     t0 = time.perf_counter()
     out_path = None if output is None else Path(output)
@@ -303,23 +351,12 @@ def run_scene(
         progress(total, total)  # the rest were all-invalid tiles, skipped without reading twice
     t_pred = time.perf_counter()
 
-    per_tile.sort(key=lambda d: -1 if d.tile is None else d.tile.index)
-    detections = stitch(
-        per_tile,
-        scene_width=info.width,
-        scene_height=info.height,
-        **dict(stitch_options or {}),
+    detections = stitch_tiles(
+        per_tile, info, stitch_options=stitch_options, min_area_px=min_area_px
     )
-    if min_area_px > 0 and len(detections):
-        detections = detections[detections.mask_areas() >= min_area_px]
     t_stitch = time.perf_counter()
-    gdf = vectorize(
-        detections,
-        transform=info.transform,
-        crs_wkt=info.crs_wkt,
-        scene=Path(info.path).stem,
-        simplify_tolerance=simplify_tolerance,
-        min_area=min_area,
+    gdf = vectorize_scene(
+        detections, info, simplify_tolerance=simplify_tolerance, min_area=min_area
     )
     t_vec = time.perf_counter()
     if out_path is not None:

@@ -100,24 +100,10 @@ def command(
     """
     from tqdm import tqdm
 
-    from geoseg.synth import SceneSpec, generate_scene
+    from geoseg.synth import generate_scene
 
     if output.suffix.lower() not in (".tif", ".tiff"):
         raise click.BadParameter(f"{output}: the output should end in .tif", param_hint="-o")
-    try:
-        SceneSpec.create(
-            size=size,
-            seed=seed,
-            gsd=gsd,
-            epsg=epsg,
-            bands=bands,
-            dtype=dtype,
-            nodata_collar=nodata_collar,
-            density=density,
-            layout=layout,
-        )
-    except ConfigError as err:
-        raise click.UsageError(str(err)) from err
     if not output.parent.exists():
         raise click.BadParameter(
             f"{output.parent}: folder does not exist; create it first", param_hint="-o"
@@ -128,19 +114,22 @@ def command(
             bar.total = total
             bar.update(done - bar.n)
 
-        scene = generate_scene(
-            output,
-            size=size,
-            seed=seed,
-            gsd=gsd,
-            epsg=epsg,
-            bands=bands,
-            dtype=dtype,
-            nodata_collar=nodata_collar,
-            density=density,
-            layout=layout,
-            progress=progress,
-        )
+        try:  # arguments are validated before anything is written
+            scene = generate_scene(
+                output,
+                size=size,
+                seed=seed,
+                gsd=gsd,
+                epsg=epsg,
+                bands=bands,
+                dtype=dtype,
+                nodata_collar=nodata_collar,
+                density=density,
+                layout=layout,
+                progress=progress,
+            )
+        except ConfigError as err:
+            raise click.UsageError(str(err)) from err
     counts = ", ".join(f"{n} {cls}" for cls, n in scene.counts.items())
     click.echo(
         f"{scene.raster_path} ({size[0]} x {size[1]} px, {bands} {dtype}, EPSG:{epsg}, "
