@@ -91,11 +91,20 @@ def run_training(
     chip: int,
     seed: int,
     init_checkpoint: Path | None = None,
+    upsample: float = 1.0,
 ):
     from geoseg.config import AugmentConfig, TrainConfig
     from geoseg.train import train
 
-    model = {**DEMO_MODEL, "min_size": chip, "max_size": chip}
+    # With upsample k the model sees every chip k times larger: anchors scale with it so they
+    # cover the same ground sizes (8 px at 0.5 m = a car's width... a 128 px building).
+    model = {
+        **DEMO_MODEL,
+        "upsample": upsample,
+        "anchor_sizes": [[round(a * upsample) for a in level] for level in DEMO_MODEL["anchor_sizes"]],
+        "min_size": round(chip * upsample),
+        "max_size": round(chip * upsample),
+    }
     config = TrainConfig(
         train_chips=tuple(train_dirs),
         val_chips=tuple(val_dirs),
@@ -330,6 +339,12 @@ def main() -> None:
         type=Path,
         help="continue from this geoseg checkpoint (a second stage; 20 warm-up steps)",
     )
+    ap.add_argument(
+        "--upsample",
+        type=float,
+        default=1.0,
+        help="model input scale (2.0: cars 9 x 4 px become 18 x 8; anchors scale with it)",
+    )
     ap.add_argument("--train-seconds", type=float, help="with --skip-train: measured duration")
     ap.add_argument("--eval-only", action="store_true")
     ap.add_argument(
@@ -373,6 +388,7 @@ def main() -> None:
                 chip=args.chip,
                 seed=args.seed,
                 init_checkpoint=args.init_checkpoint,
+                upsample=args.upsample,
             )
             history, steps = list(result.history), result.steps
         report.update(

@@ -650,7 +650,7 @@ def _predictor_for(job: _Job) -> tuple[Predictor, bool]:
     """
     from geoseg.errors import CheckpointError
 
-    key = (job.model_sha256, job.settings.min_score, job.device)
+    key = (job.model_sha256, job.settings.lowest_score(), job.device)
     with _CACHE_LOCK:
         cached = _PREDICTORS.get(key)
         if cached is not None:
@@ -690,7 +690,7 @@ def _load_predictor(job: _Job) -> Predictor:
     from geoseg.predict import MaskRCNNPredictor
 
     return MaskRCNNPredictor.from_checkpoint(
-        job.model, device=job.device, min_score=job.settings.min_score
+        job.model, device=job.device, min_score=job.settings.lowest_score()
     )
 
 
@@ -896,10 +896,10 @@ def _predict_chunk(
     Tiles without a valid pixel are skipped (as :func:`~geoseg.pipeline.run_scene` does);
     detections below ``min_score`` are dropped here, so only small cropped masks travel.
     """
-    import numpy as np
     import rasterio
 
     from geoseg.errors import RasterReadError
+    from geoseg.pipeline import filter_scores, score_thresholds
     from geoseg.raster import read_window
     from geoseg.tiling import tile_transform
     from geoseg.types import Tile
@@ -929,11 +929,10 @@ def _predict_chunk(
         raise RasterReadError(f"{info.path}: cannot be read: {err}") from err
     out: list[TileDetections] = []
     batch = s.batch_for(_device_type(predictor))
+    thresholds = score_thresholds(tuple(predictor.classes), s.min_score, s.class_min_score)
     for start in range(0, len(tiles), batch):
         for dets in predictor.predict_tiles(tiles[start : start + batch]):
-            if s.min_score > 0.0 and len(dets):
-                dets = dets[dets.scores >= np.float32(s.min_score)]
-            out.append(dets)
+            out.append(filter_scores(dets, thresholds))
     return _ChunkResult(
         detections=tuple(out),
         n_tiles=len(tiles),
@@ -1023,9 +1022,12 @@ def resolve_settings(
     tile_size: int | None = None,
     overlap: int | None = None,
     min_score: float | None = None,
+    class_min_score: Mapping[str, float] | None = None,
     batch_size: int | None = None,
 ) -> RunSettings:
-    """:func:`geoseg.config.resolve_run_settings` with the tile size read from ``model``'s sidecar.
+    """:func:`geoseg.config.resolve_run_settings` with settings from ``model``'s sidecar.
+
+    The checkpoint gives the tile size and its recommended per-class scores.
 
     Raises:
         CheckpointError: the checkpoint's sidecar is missing or unreadable.
@@ -1033,13 +1035,16 @@ def resolve_settings(
     """
     from geoseg.model import read_meta
 
+    meta = read_meta(Path(model))
     return resolve_run_settings(
-        model_tile_size=int(read_meta(Path(model)).tile_size),
+        model_tile_size=int(meta.tile_size),
         config=Path(config) if isinstance(config, os.PathLike) else config,
         bands=bands,
         tile_size=tile_size,
         overlap=overlap,
         min_score=min_score,
+        class_min_score=class_min_score,
+        model_score_thresholds=meta.score_thresholds,
         batch_size=batch_size,
     )
 
@@ -1215,6 +1220,7 @@ def run_batch(
     tile_size: int | None = None,
     overlap: int | None = None,
     min_score: float | None = None,
+    class_min_score: Mapping[str, float] | None = None,
     batch_size: int | None = None,
     asset: str | None = None,
     split_tiles: int | None = None,
@@ -1246,7 +1252,9 @@ def run_batch(
         tile_size: tile side in pixels (default: preset, else checkpoint; see
             :func:`resolve_settings`).
         overlap: tile overlap in pixels (default: preset, else tile_size // 4).
-        min_score: score threshold (default: preset, else 0.5).
+        min_score: score threshold (default: preset, else the checkpoint's per-class
+            scores over 0.5).
+        class_min_score: per-class score thresholds applied on top (class name -> score).
         batch_size: tiles per forward pass on each worker (default: 8 on CUDA, else 1).
         asset: STAC asset key (default: the first GeoTIFF asset of each item).
         split_tiles: spread any scene of at least this many tiles over all workers (chunks of
@@ -1299,6 +1307,7 @@ def run_batch(
         tile_size=tile_size,
         overlap=overlap,
         min_score=min_score,
+        class_min_score=class_min_score,
         batch_size=batch_size,
     )
     model_sha = file_sha256(weights)

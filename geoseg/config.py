@@ -207,6 +207,9 @@ class StitchConfig:
         nms_iou: mask IoU above which the lower-scored of two same-class scene objects is a
             duplicate and dropped.
         min_score: detections below this score are dropped before stitching.
+        class_min_score: per-class score thresholds (class name -> score) that replace
+            ``min_score`` for those classes, e.g. ``{vehicle: 0.3}`` where a class's scores run
+            lower than the others'.
         min_area_px: objects with fewer mask pixels are dropped.
         class_agnostic: whether matching/NMS ignore the class.
     """
@@ -214,6 +217,7 @@ class StitchConfig:
     match_iou: float = 0.5
     nms_iou: float = 0.5
     min_score: float = 0.5
+    class_min_score: Mapping[str, float] = field(default_factory=dict)
     min_area_px: int = 4
     class_agnostic: bool = False
 
@@ -221,6 +225,8 @@ class StitchConfig:
         _check(0.0 < self.match_iou <= 1.0, "stitch.match_iou must be in (0, 1]")
         _check(0.0 < self.nms_iou <= 1.0, "stitch.nms_iou must be in (0, 1]")
         _check(0.0 <= self.min_score <= 1.0, "stitch.min_score must be in [0, 1]")
+        scores = check_class_scores(self.class_min_score, "stitch.class_min_score")
+        object.__setattr__(self, "class_min_score", scores)
         _check(self.min_area_px >= 0, "stitch.min_area_px must be >= 0")
 
 
@@ -624,6 +630,7 @@ class RunSettings:
         overlap: pixels shared by neighbouring tiles.
         bands: 1-based raster bands fed to the model (``None``: the checkpoint's).
         min_score: per-tile detections below this score are dropped before stitching.
+        class_min_score: per-class thresholds replacing ``min_score`` for those classes.
         batch_size: tiles per forward pass; ``None``: 8 on CUDA, 1 elsewhere (as
             ``geoseg predict``). Not part of the digest (it changes speed, and results only
             at float rounding level).
@@ -638,12 +645,17 @@ class RunSettings:
     overlap: int
     bands: tuple[int, ...] | None = None
     min_score: float = 0.0
+    class_min_score: Mapping[str, float] = field(default_factory=dict)
     batch_size: int | None = None
     stitch_options: Mapping[str, Any] = field(default_factory=dict)
     min_area_px: int = 0
     simplify_tolerance: float = 0.0
     min_area: float = 0.0
     preset: str | None = None
+
+    def lowest_score(self) -> float:
+        """The lowest threshold of any class: the model must report detections down to it."""
+        return min([self.min_score, *self.class_min_score.values()])
 
     def batch_for(self, device_type: str) -> int:
         """Tiles per forward pass on a device of this type (``"cuda"``, ``"cpu"``...)."""
@@ -658,6 +670,7 @@ class RunSettings:
             "overlap": self.overlap,
             "bands": self.bands,
             "min_score": self.min_score,
+            "class_min_score": dict(self.class_min_score),
             "batch_size": self.batch_for(device_type),
             "stitch_options": dict(self.stitch_options),
             "min_area_px": self.min_area_px,
@@ -686,6 +699,21 @@ class RunSettings:
         return hashlib.sha256(text.encode()).hexdigest()
 
 
+def check_class_scores(values: Mapping[str, Any], where: str) -> dict[str, float]:
+    """Validate per-class score thresholds: class name -> number in [0, 1].
+
+    Raises:
+        ConfigError: a non-string class name or a value that is not a number in [0, 1].
+    """
+    out: dict[str, float] = {}
+    for name, value in dict(values).items():
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        if not isinstance(name, str) or not ok or not 0.0 <= float(value) <= 1.0:
+            raise ConfigError(f"{where}: {name!r}: {value!r} must be a score in [0, 1]")
+        out[name] = float(value)
+    return out
+
+
 def _plain(value: Any) -> Any:
     """A JSON-friendly form of a setting value (enums by value)."""
     return value.value if isinstance(value, enum.Enum) else value
@@ -699,15 +727,21 @@ def resolve_run_settings(
     tile_size: int | None = None,
     overlap: int | None = None,
     min_score: float | None = None,
+    class_min_score: Mapping[str, float] | None = None,
+    model_score_thresholds: Mapping[str, float] | None = None,
     batch_size: int | None = None,
 ) -> RunSettings:
     """The settings one scene is predicted with, as ``geoseg predict`` and ``batch`` pick them.
 
     Precedence: explicit arguments > the preset ``config`` (a name, a YAML path or a loaded
-    :class:`PresetConfig`) > the checkpoint's training tile size ``model_tile_size`` >
-    defaults (:data:`DEFAULT_TILE_SIZE` px tiles, overlap tile/4, score
-    :data:`DEFAULT_MIN_SCORE`). A preset also sets the stitching options and the minimum
-    object size.
+    :class:`PresetConfig`) > the checkpoint (its training tile size ``model_tile_size`` and
+    its recommended per-class scores ``model_score_thresholds``) > defaults
+    (:data:`DEFAULT_TILE_SIZE` px tiles, overlap tile/4, score :data:`DEFAULT_MIN_SCORE`).
+    A preset also sets the stitching options and the minimum object size.
+
+    Score thresholds are resolved as a whole at each level: a preset's ``min_score`` (and its
+    ``class_min_score``) replaces the checkpoint's per-class scores, an explicit ``min_score``
+    replaces both, and explicit ``class_min_score`` entries are applied last.
 
     Raises:
         ConfigError: the preset is unknown or invalid, the overlap does not fit the tile, or
@@ -722,8 +756,14 @@ def resolve_run_settings(
         raise ConfigError(
             f"overlap {overlap} must be in [0, tile size {tile}) pixels: lower --overlap"
         )
+    per_class = check_class_scores(model_score_thresholds or {}, "checkpoint score_thresholds")
     if min_score is None:
         min_score = preset.stitch.min_score if preset else DEFAULT_MIN_SCORE
+        if preset is not None:
+            per_class = dict(preset.stitch.class_min_score)
+    else:
+        per_class = {}
+    per_class.update(check_class_scores(class_min_score or {}, "class_min_score"))
     stitch_options: dict[str, Any] = {}
     min_area_px = 0
     if preset is not None:
@@ -740,6 +780,7 @@ def resolve_run_settings(
         overlap=int(overlap),
         bands=None if bands is None else tuple(int(b) for b in bands),
         min_score=float(min_score),
+        class_min_score=per_class,
         batch_size=batch_size,
         stitch_options=stitch_options,
         min_area_px=int(min_area_px),

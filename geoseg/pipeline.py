@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
+import numpy.typing as npt
 
 from geoseg.errors import BandError, ConfigError
 from geoseg.predict import Predictor
@@ -33,7 +34,15 @@ from geoseg.types import Detections, NormStats, SceneInfo, TileDetections
 if TYPE_CHECKING:
     import geopandas as gpd
 
-__all__ = ["ProgressCallback", "SceneResult", "run_scene", "stitch_tiles", "vectorize_scene"]
+__all__ = [
+    "ProgressCallback",
+    "SceneResult",
+    "filter_scores",
+    "run_scene",
+    "score_thresholds",
+    "stitch_tiles",
+    "vectorize_scene",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -156,10 +165,37 @@ def _check_band_count(predictor: Predictor, bands: tuple[int, ...], scene: Scene
         )
 
 
-def _filter_scores(dets: TileDetections, min_score: float) -> TileDetections:
-    if min_score <= 0.0 or len(dets) == 0:
+def score_thresholds(
+    classes: Sequence[str],
+    min_score: float = 0.0,
+    class_min_score: Mapping[str, float] | None = None,
+) -> npt.NDArray[np.float32]:
+    """Per-label score thresholds: float32 ``[len(classes)]``, ``min_score`` where no class entry.
+
+    Raises:
+        ConfigError: a score outside [0, 1], or a ``class_min_score`` name that is not one of
+            ``classes`` (the message lists them).
+    """
+    if not 0.0 <= min_score <= 1.0:
+        raise ConfigError(f"min_score must be in [0, 1], got {min_score}")
+    per_class = dict(class_min_score or {})
+    unknown = sorted(set(per_class) - set(classes))
+    if unknown:
+        raise ConfigError(
+            f"per-class score threshold for unknown class(es) {', '.join(unknown)}; "
+            f"the model's classes are {', '.join(classes)}"
+        )
+    for name, value in per_class.items():
+        if not 0.0 <= float(value) <= 1.0:
+            raise ConfigError(f"min score for {name!r} must be in [0, 1], got {value}")
+    return np.array([per_class.get(c, min_score) for c in classes], np.float32)
+
+
+def filter_scores(dets: TileDetections, thresholds: npt.NDArray[np.float32]) -> TileDetections:
+    """Keep detections whose score reaches their class's threshold (``thresholds[label]``)."""
+    if len(dets) == 0 or not (thresholds > 0.0).any():
         return dets
-    return dets[dets.scores >= np.float32(min_score)]
+    return dets[dets.scores >= thresholds[dets.labels]]
 
 
 def stitch_tiles(
@@ -233,6 +269,7 @@ def run_scene(
     bands: Sequence[int] | None = None,
     stats: NormStats | None = None,
     min_score: float = 0.0,
+    class_min_score: Mapping[str, float] | None = None,
     batch_size: int = 4,
     num_workers: int = 0,
     prefetch: int = 2,
@@ -258,6 +295,9 @@ def run_scene(
         stats: normalisation to apply (e.g. the model's ``meta.norm_stats``); ``None``
             computes the scene's own scene-wide statistics.
         min_score: drop per-tile detections scoring below this before stitching.
+        class_min_score: per-class thresholds (class name -> score) replacing ``min_score``
+            for those classes. A predictor with its own score cut-off must report detections
+            down to the lowest of these.
         batch_size: tiles per predictor call.
         num_workers: reader processes (``DataLoader`` workers); 0 reads in a background
             thread of this process.
@@ -280,7 +320,8 @@ def run_scene(
             extension.
         RasterReadError: the scene cannot be opened or read.
         BandError: a band does not exist, or the band count differs from the model's.
-        ConfigError: invalid tile size, overlap, batch size or worker count.
+        ConfigError: invalid tile size, overlap, batch size, worker count or score
+            thresholds (including a per-class threshold for a class the model lacks).
     """
     from geoseg.export import check_writable, write_vectors
     from geoseg.raster import open_scene
@@ -294,8 +335,7 @@ def run_scene(
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
     if num_workers < 0:
         raise ConfigError(f"num_workers must be >= 0, got {num_workers}")
-    if not 0.0 <= min_score <= 1.0:
-        raise ConfigError(f"min_score must be in [0, 1], got {min_score}")
+    thresholds = score_thresholds(tuple(predictor.classes), min_score, class_min_score)
 
     info = open_scene(scene_path)
     sel = _resolve_bands(predictor, bands, stats)
@@ -340,7 +380,7 @@ def run_scene(
                     f"{type(predictor).__name__}.predict_tiles returned {len(preds)} results "
                     f"for {len(batch)} tiles"
                 )
-            per_tile.extend(_filter_scores(p, min_score) for p in preds)
+            per_tile.extend(filter_scores(p, thresholds) for p in preds)
             done += len(batch)
             if progress is not None:
                 progress(done, total)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pickle
 from pathlib import Path
@@ -252,3 +253,110 @@ def test_checkpoint_errors_are_clear(tmp_path):
     (tmp_path / "d.safetensors").replace(tmp_path / "c.safetensors")
     with pytest.raises(CheckpointError, match="SHA-256"):
         load_checkpoint(tmp_path / "c")
+
+
+# --- sparse anchor matching (the RPN's targets without a dense boxes x anchors matrix) -----
+
+
+def _anchor_grid(size=256, sizes=((8,), (16,), (32,), (64,), (128,))):
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
+    from torchvision.models.detection.image_list import ImageList
+
+    gen = AnchorGenerator(sizes=sizes, aspect_ratios=((0.25, 0.5, 1.0, 2.0, 4.0),) * len(sizes))
+    images = ImageList(torch.zeros(1, 3, size, size), [(size, size)])
+    feats = [torch.zeros(1, 1, size // s, size // s) for s in (4, 8, 16, 32, 64)]
+    return gen(images, feats)[0]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_sparse_match_equals_torchvision_matcher(seed):
+    from torchvision.models.detection._utils import Matcher
+    from torchvision.ops import box_iou
+
+    from geoseg.model import overlapping_pairs, sparse_match
+
+    anchors = _anchor_grid()
+    g = torch.Generator().manual_seed(seed)
+    m = int(torch.randint(1, 120, (), generator=g))
+    xy = torch.rand(m, 2, generator=g) * 262 - 12  # some boxes cross the image edge
+    wh = torch.rand(m, 2, generator=g) ** 3 * 150 + 1.5  # mostly small, a few large
+    gt = torch.cat([xy, xy + wh], 1)
+    dense = box_iou(gt, anchors)
+    gi, ai, iou = overlapping_pairs(gt, anchors)
+    # exactly the positive entries of the dense matrix, each once
+    assert len(gi) == int((dense > 0).sum())
+    assert len(set(zip(gi.tolist(), ai.tolist(), strict=True))) == len(gi)
+    assert torch.allclose(dense[gi, ai], iou)
+    for high, low in [(0.7, 0.3), (0.5, 0.5)]:
+        expected = Matcher(high, low, allow_low_quality_matches=True)(dense)
+        assert torch.equal(sparse_match(gt, anchors, high=high, low=low), expected)
+    expected = Matcher(0.7, 0.3, allow_low_quality_matches=False)(dense)
+    got = sparse_match(gt, anchors, high=0.7, low=0.3, allow_low_quality=False)
+    assert torch.equal(got, expected)
+
+
+def test_sparse_match_box_overlapping_no_anchor():
+    # torchvision would match every anchor to box 0 here; no anchor is the sensible answer
+    from geoseg.model import sparse_match
+
+    far = torch.tensor([[5000.0, 5000.0, 5010.0, 5004.0]])
+    assert (sparse_match(far, _anchor_grid(), high=0.7, low=0.3) == -1).all()
+
+
+def test_rpn_uses_sparse_matching_and_trains_on_empty_and_dense_chips():
+    from geoseg.model import _SparseMatchRPN
+
+    model = build_model(tiny_config(), num_classes=2)
+    assert isinstance(model.rpn, _SparseMatchRPN)
+    model.train()
+    boxes = torch.tensor([[4.0, 4.0, 13.0, 8.0], [14.0, 4.0, 23.0, 8.0], [30.0, 30.0, 60.0, 40.0]])
+    masks = torch.zeros(3, 64, 64, dtype=torch.uint8)
+    for k, (x1, y1, x2, y2) in enumerate(boxes.int().tolist()):
+        masks[k, y1:y2, x1:x2] = 1
+    targets = [
+        {"boxes": boxes, "labels": torch.tensor([1, 1, 2]), "masks": masks},
+        {
+            "boxes": torch.zeros(0, 4),
+            "labels": torch.zeros(0, dtype=torch.int64),
+            "masks": torch.zeros(0, 64, 64, dtype=torch.uint8),
+        },
+    ]
+    losses = model([torch.rand(3, 64, 64), torch.rand(3, 64, 64)], targets)
+    assert all(torch.isfinite(v) for v in losses.values())
+    labels, matched = model.rpn.assign_targets_to_anchors(
+        [_anchor_grid(64)] * 2, [targets[0], targets[1]]
+    )
+    assert labels[0].max() == 1.0 and (labels[1] == 0).all()
+    assert torch.equal(matched[0][labels[0] == 1].unique(dim=0).sort(0)[0], boxes.sort(0)[0])
+
+
+def test_upsampled_masks_equal_nearest_interpolation():
+    up = build_model(tiny_config(upsample=2.0), num_classes=1)
+    up.train()
+    masks = (torch.rand(3, 40, 24) > 0.5).to(torch.uint8)
+    target = {
+        "boxes": torch.tensor([[0.0, 0.0, 5.0, 5.0]] * 3),
+        "labels": torch.ones(3, dtype=torch.int64),
+        "masks": masks,
+    }
+    _, (out,) = up.transform([torch.rand(3, 40, 24)], [target])
+    ref = torch.nn.functional.interpolate(masks[:, None].float(), size=(80, 48), mode="nearest")
+    assert out["masks"].dtype == torch.uint8 and torch.equal(
+        out["masks"], ref[:, 0].to(torch.uint8)
+    )
+
+
+def test_score_thresholds_round_trip_and_old_sidecars(tmp_path):
+    cfg = tiny_config()
+    model = build_model(cfg, num_classes=2)
+    meta = dataclasses.replace(_meta(cfg), score_thresholds={"vehicle": 0.3})
+    save_checkpoint(tmp_path / "ckpt", model, meta)
+    assert read_meta(tmp_path / "ckpt").score_thresholds == {"vehicle": 0.3}
+    raw = json.loads((tmp_path / "ckpt.json").read_text())
+    raw.pop("score_thresholds")  # a sidecar written before the field existed
+    (tmp_path / "ckpt.json").write_text(json.dumps(raw))
+    assert read_meta(tmp_path / "ckpt").score_thresholds == {}
+    raw["score_thresholds"] = {"vehicle": 3}
+    (tmp_path / "ckpt.json").write_text(json.dumps(raw))
+    with pytest.raises(CheckpointError, match="score_thresholds"):
+        read_meta(tmp_path / "ckpt")

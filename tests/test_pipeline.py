@@ -166,6 +166,51 @@ def test_run_scene_without_output_and_min_score(tmp_path):
     assert result.counts == {"ship": ships, "vehicle": 0}  # vehicles score 0.3
 
 
+def test_per_class_min_score(tmp_path):
+    scene = write_scene(tmp_path / "scene.tif")
+    ships = sum(1 for *_, c in OBJECTS if c == 0)
+    vehicles = len(OBJECTS) - ships
+    pred = ThresholdPredictor()  # ships score 0.9, vehicles 0.3
+    # a per-class score below the vehicles' brings them back under a global 0.5
+    both = run_scene(
+        scene, pred, tile_size=64, overlap=16, min_score=0.5, class_min_score={"vehicle": 0.25}
+    )
+    assert both.counts == {"ship": ships, "vehicle": vehicles}
+    # a per-class score above the ships' drops them, whatever the global score
+    none_ships = run_scene(
+        scene, pred, tile_size=64, overlap=16, min_score=0.0, class_min_score={"ship": 0.95}
+    )
+    assert none_ships.counts == {"ship": 0, "vehicle": vehicles}
+
+
+def test_per_class_min_score_for_an_unknown_class(tmp_path):
+    from geoseg.errors import ConfigError
+
+    scene = write_scene(tmp_path / "scene.tif")
+    with pytest.raises(ConfigError, match=r"unknown class.*car.*ship, vehicle"):
+        run_scene(
+            scene, ThresholdPredictor(), tile_size=64, overlap=16, class_min_score={"car": 0.3}
+        )
+
+
+def test_score_thresholds_and_filter():
+    from geoseg.pipeline import filter_scores, score_thresholds
+
+    thr = score_thresholds(("ship", "vehicle"), 0.5, {"vehicle": 0.2})
+    assert thr.tolist() == pytest.approx([0.5, 0.2])
+    dets = TileDetections(
+        boxes=np.zeros((4, 4), np.float32),
+        scores=np.array([0.6, 0.4, 0.3, 0.1], np.float32),
+        labels=np.array([0, 0, 1, 1], np.int64),
+        mask_boxes=np.zeros((4, 4), np.int32),
+        masks=tuple(np.zeros((0, 0), bool) for _ in range(4)),
+        classes=("ship", "vehicle"),
+    )
+    kept = filter_scores(dets, thr)
+    assert kept.scores.tolist() == pytest.approx([0.6, 0.3])
+    assert kept.labels.tolist() == [0, 1]
+
+
 def test_nodata_tiles_are_skipped(tmp_path):
     # the grid's top-right window is [116, 180) x [0, 64): make it all nodata
     inside = [o for o in OBJECTS if o[0] + o[2] <= 116 or o[1] >= 64]

@@ -428,3 +428,35 @@ def test_cli_predicts_and_summarises(tmp_path, tiny_checkpoint):
     gdf = gpd.read_file(out)
     total_line = next(line for line in r.output.splitlines() if line.startswith("total"))
     assert int(total_line.split()[-1]) == len(gdf)
+
+
+def test_cli_per_class_min_score(tmp_path, tiny_checkpoint):
+    import geopandas as gpd
+
+    scene = write_scene(tmp_path / "scene.tif", size=100)
+    opts = ["--device", "cpu", "--tile-size", "64", "--overlap", "16"]
+
+    def run(name, *scores):
+        out = tmp_path / f"{name}.gpkg"
+        args = [scene, "-m", tiny_checkpoint, "-o", out, *opts]
+        r = invoke([*args, *[a for s in scores for a in ("--min-score", s)]])
+        assert r.exit_code == 0, r.output
+        return gpd.read_file(out)["class"].value_counts().to_dict()
+
+    every = run("all", "0")
+    assert every  # the random model finds something at score 0
+    cls = max(every, key=every.get)
+    without = run("one_off", "0", f"{cls}=1")
+    assert cls not in without
+    assert {k: v for k, v in every.items() if k != cls} == without
+
+
+def test_cli_per_class_min_score_errors(tmp_path, tiny_checkpoint):
+    scene = write_scene(tmp_path / "scene.tif")
+    base = [scene, "-m", tiny_checkpoint, "-o", tmp_path / "o.gpkg", "--device", "cpu"]
+    r = invoke([*base, "--min-score", "car=0.3"])
+    assert r.exit_code == 1 and "car" in r.output and ", ".join(CLASSES) in r.output
+    r = invoke([*base, "--min-score", "vehicle=high"])
+    assert r.exit_code == 2 and "CLASS=SCORE" in r.output
+    r = invoke([*base, "--min-score", "1.5"])
+    assert r.exit_code == 2 and "[0, 1]" in r.output

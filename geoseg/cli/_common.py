@@ -9,7 +9,14 @@ import click
 
 from geoseg.errors import GeosegError
 
-__all__ = ["fail_on_geoseg_error", "parse_bands", "parse_classes", "run_settings_options"]
+__all__ = [
+    "MinScore",
+    "fail_on_geoseg_error",
+    "parse_bands",
+    "parse_classes",
+    "run_settings_options",
+    "split_min_score",
+]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -27,6 +34,45 @@ def parse_bands(value: str | None) -> tuple[int, ...] | None:
     if any(b < 1 for b in bands):
         raise click.BadParameter(f"{value!r}: band numbers start at 1")
     return bands
+
+
+class MinScore(click.ParamType):
+    """``--min-score`` value: ``S`` (every class) or ``CLASS=S`` (one class), S in [0, 1]."""
+
+    name = "S|CLASS=S"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> float | tuple[str, float]:
+        if isinstance(value, float | tuple):
+            return value
+        text = str(value).strip()
+        name, sep, number = text.rpartition("=")
+        try:
+            score = float(number)
+        except ValueError:
+            self.fail(f"{text!r}: give a score such as 0.4, or CLASS=SCORE such as vehicle=0.3")
+        if not 0.0 <= score <= 1.0:
+            self.fail(f"{text!r}: scores are in [0, 1]")
+        if sep:
+            if not name.strip():
+                self.fail(f"{text!r}: the class name before '=' is empty")
+            return (name.strip(), score)
+        return score
+
+
+def split_min_score(
+    values: tuple[float | tuple[str, float], ...] | None,
+) -> tuple[float | None, dict[str, float]]:
+    """``--min-score`` values -> ``(global score or None, {class: score})``; the last wins."""
+    global_score: float | None = None
+    per_class: dict[str, float] = {}
+    for value in values or ():
+        if isinstance(value, tuple):
+            per_class[value[0]] = value[1]
+        else:
+            global_score = value
+    return global_score, per_class
 
 
 def parse_classes(value: str | None) -> tuple[str, ...] | None:
@@ -67,8 +113,11 @@ def run_settings_options(func: F) -> F:
         click.option("--bands", metavar="B", help="1-based bands in model order, e.g. 3,2,1."),
         click.option(
             "--min-score",
-            type=click.FloatRange(0.0, 1.0),
-            help="Keep detections with score >= S.",
+            type=MinScore(),
+            multiple=True,
+            help="Keep detections with score >= S; CLASS=S sets one class (repeatable), e.g. "
+            "--min-score 0.5 --min-score vehicle=0.3 [default: preset, else the model's "
+            "per-class scores, else 0.5].",
         ),
         click.option("--tile-size", type=click.IntRange(min=16), help="Tile side in pixels."),
         click.option(

@@ -7,7 +7,12 @@ from typing import TYPE_CHECKING
 
 import click
 
-from geoseg.cli._common import fail_on_geoseg_error, parse_bands, run_settings_options
+from geoseg.cli._common import (
+    fail_on_geoseg_error,
+    parse_bands,
+    run_settings_options,
+    split_min_score,
+)
 
 if TYPE_CHECKING:
     from geoseg.batch import BatchProgress, BatchReport
@@ -118,7 +123,7 @@ def command(
     quicklook: bool,
     config: str | None,
     bands: str | None,
-    min_score: float | None,
+    min_score: tuple[float | tuple[str, float], ...],
     tile_size: int | None,
     overlap: int | None,
     batch_size: int | None,
@@ -139,6 +144,7 @@ def command(
     from geoseg.batch import resolve_inputs, run_batch
 
     band_sel = parse_bands(bands)
+    global_score, class_scores = split_min_score(min_score)
     n_scenes = len(resolve_inputs(inputs, asset=asset))  # bad INPUTS fail before any work
     bar = tqdm(total=n_scenes, unit="scene", desc="batch", dynamic_ncols=True)
 
@@ -176,7 +182,8 @@ def command(
             bands=band_sel,
             tile_size=tile_size,
             overlap=overlap,
-            min_score=min_score,
+            min_score=global_score,
+            class_min_score=class_scores,
             batch_size=batch_size,
             asset=asset,
             split_tiles=split_tiles,

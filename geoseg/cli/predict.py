@@ -8,7 +8,12 @@ from typing import TYPE_CHECKING
 
 import click
 
-from geoseg.cli._common import fail_on_geoseg_error, parse_bands, run_settings_options
+from geoseg.cli._common import (
+    fail_on_geoseg_error,
+    parse_bands,
+    run_settings_options,
+    split_min_score,
+)
 from geoseg.predict import Device
 
 if TYPE_CHECKING:
@@ -117,7 +122,7 @@ def command(
     output: Path,
     config: str | None,
     bands: str | None,
-    min_score: float | None,
+    min_score: tuple[float | tuple[str, float], ...],
     tile_size: int | None,
     overlap: int | None,
     quicklook: Path | None,
@@ -143,6 +148,7 @@ def command(
     from geoseg.types import NormStats
 
     band_sel = parse_bands(bands)
+    global_score, class_scores = split_min_score(min_score)
     # Cheap checks first, so that bad input fails before the model is loaded.
     check_writable(output)
     if quicklook is not None:
@@ -173,12 +179,14 @@ def command(
         bands=sel,
         tile_size=tile_size,
         overlap=overlap,
-        min_score=min_score,
+        min_score=global_score,
+        class_min_score=class_scores,
+        model_score_thresholds=meta.score_thresholds,
         batch_size=batch_size,
     )
     try:
         predictor = MaskRCNNPredictor.from_checkpoint(
-            model, device=Device(device), min_score=settings.min_score
+            model, device=Device(device), min_score=settings.lowest_score()
         )
     except CheckpointError:
         raise
