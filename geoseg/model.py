@@ -823,7 +823,9 @@ def load_state_dict_file(path: str | Path) -> dict[str, Tensor]:
     return {str(k): v for k, v in obj.items()}
 
 
-def save_checkpoint(path: str | Path, model: nn.Module, meta: ModelMeta) -> Path:
+def save_checkpoint(
+    path: str | Path, model: nn.Module, meta: ModelMeta, *, half: bool = False
+) -> Path:
     """Save ``model``'s weights and ``meta`` as ``PATH.safetensors`` + ``PATH.json``.
 
     Both files are written atomically (temporary file, then ``os.replace``); the sidecar is
@@ -833,12 +835,17 @@ def save_checkpoint(path: str | Path, model: nn.Module, meta: ModelMeta) -> Path
         path: checkpoint path, with or without the ``.safetensors`` suffix.
         model: a model from :func:`build_model`.
         meta: the sidecar content; ``created`` is filled in when empty.
+        half: store floating-point tensors as float16 (half the file size, for distributing
+            a model; :func:`load_checkpoint` casts them back to the model's float32).
+            Training checkpoints keep full precision.
 
     Returns:
         The path of the ``.safetensors`` file.
     """
     weights, sidecar = _paths(path)
     state = model.state_dict()
+    if half:
+        state = OrderedDict((k, v.half() if v.is_floating_point() else v) for k, v in state.items())
     digest = write_safetensors(weights, state)
     info = meta.to_dict()
     if not info["created"]:

@@ -360,3 +360,17 @@ def test_score_thresholds_round_trip_and_old_sidecars(tmp_path):
     (tmp_path / "ckpt.json").write_text(json.dumps(raw))
     with pytest.raises(CheckpointError, match="score_thresholds"):
         read_meta(tmp_path / "ckpt")
+
+
+def test_half_precision_checkpoint(tmp_path):
+    cfg = tiny_config()
+    model = build_model(cfg, num_classes=2)
+    full = save_checkpoint(tmp_path / "full", model, _meta(cfg))
+    half = save_checkpoint(tmp_path / "half", model, _meta(cfg), half=True)
+    assert half.stat().st_size < 0.6 * full.stat().st_size
+    loaded, _ = load_checkpoint(half)
+    for name, value in model.state_dict().items():
+        got = loaded.state_dict()[name]
+        assert got.dtype == value.dtype  # cast back on load
+        expected = value.half().to(value.dtype) if value.is_floating_point() else value
+        assert torch.equal(got, expected), name
