@@ -275,6 +275,22 @@ def test_chunks_cover_all_tiles_in_batch_multiples():
         assert all(len(p) % m == 0 for p in parts[:-1])
 
 
+def test_resolve_settings_uses_the_checkpoint_score_thresholds(tiny_model, tmp_path):
+    import json
+    import shutil
+
+    ckpt = tmp_path / "tuned"
+    shutil.copyfile(tiny_model, ckpt.with_suffix(".safetensors"))
+    raw = json.loads(tiny_model.with_suffix(".json").read_text())
+    raw["score_thresholds"] = {"vehicle": 0.2}
+    ckpt.with_suffix(".json").write_text(json.dumps(raw))
+    s = batch.resolve_settings(ckpt)
+    assert s.min_score == 0.5 and s.class_min_score == {"vehicle": 0.2}
+    assert s.lowest_score() == 0.2  # the workers' model must report down to it
+    s = batch.resolve_settings(ckpt, min_score=0.4, class_min_score={"ship": 0.9})
+    assert s.min_score == 0.4 and s.class_min_score == {"ship": 0.9}
+
+
 # ------------------------------------------------------------------------------------------
 # on the cluster
 
