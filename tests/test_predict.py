@@ -435,18 +435,21 @@ def test_cli_per_class_min_score(tmp_path, tiny_checkpoint):
 
     scene = write_scene(tmp_path / "scene.tif", size=100)
     opts = ["--device", "cpu", "--tile-size", "64", "--overlap", "16"]
+    last_output: list[str] = []
 
     def run(name, *scores):
         out = tmp_path / f"{name}.gpkg"
         args = [scene, "-m", tiny_checkpoint, "-o", out, *opts]
         r = invoke([*args, *[a for s in scores for a in ("--min-score", s)]])
         assert r.exit_code == 0, r.output
+        last_output[:] = [r.output]
         return gpd.read_file(out)["class"].value_counts().to_dict()
 
     every = run("all", "0")
     assert every  # the random model finds something at score 0
     cls = max(every, key=every.get)
     without = run("one_off", "0", f"{cls}=1")
+    assert f"score thresholds: {cls} 1; other classes 0" in last_output[0]
     assert cls not in without
     assert {k: v for k, v in every.items() if k != cls} == without
 

@@ -184,6 +184,9 @@ def command(
         model_score_thresholds=meta.score_thresholds,
         batch_size=batch_size,
     )
+    if settings.class_min_score:
+        per_class = ", ".join(f"{k} {v:g}" for k, v in sorted(settings.class_min_score.items()))
+        click.echo(f"score thresholds: {per_class}; other classes {settings.min_score:g}", err=True)
     try:
         predictor = MaskRCNNPredictor.from_checkpoint(
             model, device=Device(device), min_score=settings.lowest_score()
