@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 import numpy.typing as npt
 
+from geoseg.config import check_class_scores
 from geoseg.errors import BandError, ConfigError
 from geoseg.predict import Predictor
 from geoseg.types import Detections, NormStats, SceneInfo, TileDetections
@@ -178,16 +179,13 @@ def score_thresholds(
     """
     if not 0.0 <= min_score <= 1.0:
         raise ConfigError(f"min_score must be in [0, 1], got {min_score}")
-    per_class = dict(class_min_score or {})
+    per_class = check_class_scores(class_min_score or {}, "class_min_score")
     unknown = sorted(set(per_class) - set(classes))
     if unknown:
         raise ConfigError(
             f"per-class score threshold for unknown class(es) {', '.join(unknown)}; "
             f"the model's classes are {', '.join(classes)}"
         )
-    for name, value in per_class.items():
-        if not 0.0 <= float(value) <= 1.0:
-            raise ConfigError(f"min score for {name!r} must be in [0, 1], got {value}")
     return np.array([per_class.get(c, min_score) for c in classes], np.float32)
 
 
