@@ -18,11 +18,9 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import hashlib
-import json
 import types
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -31,26 +29,24 @@ from typing import Any, TypeVar
 from geoseg.errors import ConfigError
 
 __all__ = [
-    "CUDA_BATCH_SIZE",
-    "DEFAULT_MIN_SCORE",
-    "DEFAULT_TILE_SIZE",
     "AugmentConfig",
     "Backbone",
+    "FilterConfig",
     "ModelConfig",
     "OptimizerKind",
     "PresetConfig",
     "PretrainedWeights",
-    "RunSettings",
     "StitchConfig",
     "TilingConfig",
     "TrainConfig",
+    "VectorizeConfig",
+    "check_class_scores",
     "config_from_dict",
     "config_to_dict",
     "list_presets",
     "load_config",
     "load_train_config",
     "preset_path",
-    "resolve_run_settings",
 ]
 
 
@@ -198,36 +194,66 @@ class TilingConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class FilterConfig:
+    """Which detections are kept (applied per tile before stitching, and to stitched objects).
+
+    Attributes:
+        min_score: per-tile detections below this score are dropped before stitching.
+        class_min_score: per-class score thresholds (class name -> score) that replace
+            ``min_score`` for those classes, e.g. ``{vehicle: 0.3}`` where a class's scores run
+            lower than the others'.
+        min_area_px: stitched objects with fewer mask pixels (scene pixels) are dropped.
+    """
+
+    min_score: float = 0.5
+    class_min_score: Mapping[str, float] = field(default_factory=dict)
+    min_area_px: int = 0
+
+    def __post_init__(self) -> None:
+        _check(0.0 <= self.min_score <= 1.0, "filter.min_score must be in [0, 1]")
+        scores = check_class_scores(self.class_min_score, "filter.class_min_score")
+        object.__setattr__(self, "class_min_score", scores)
+        _check(self.min_area_px >= 0, "filter.min_area_px must be >= 0")
+
+
+@dataclass(frozen=True, slots=True)
 class StitchConfig:
-    """How per-tile detections are merged into scene objects.
+    """How per-tile detections are merged into scene objects (:func:`geoseg.stitch.stitch`).
 
     Attributes:
         match_iou: mask IoU (over the shared overlap) above which two fragments from
             neighbouring tiles are the same object.
-        nms_iou: mask IoU above which the lower-scored of two same-class scene objects is a
-            duplicate and dropped.
-        min_score: detections below this score are dropped before stitching.
-        class_min_score: per-class score thresholds (class name -> score) that replace
-            ``min_score`` for those classes, e.g. ``{vehicle: 0.3}`` where a class's scores run
-            lower than the others'.
-        min_area_px: objects with fewer mask pixels are dropped.
-        class_agnostic: whether matching/NMS ignore the class.
+        nms_iou: mask IoU above which the lower-scored of two scene objects is a duplicate
+            and dropped.
+        class_agnostic: match and suppress across classes (the best-scoring class wins);
+            ``False`` only merges detections of the same class.
     """
 
     match_iou: float = 0.5
     nms_iou: float = 0.5
-    min_score: float = 0.5
-    class_min_score: Mapping[str, float] = field(default_factory=dict)
-    min_area_px: int = 4
     class_agnostic: bool = False
 
     def __post_init__(self) -> None:
         _check(0.0 < self.match_iou <= 1.0, "stitch.match_iou must be in (0, 1]")
         _check(0.0 < self.nms_iou <= 1.0, "stitch.nms_iou must be in (0, 1]")
-        _check(0.0 <= self.min_score <= 1.0, "stitch.min_score must be in [0, 1]")
-        scores = check_class_scores(self.class_min_score, "stitch.class_min_score")
-        object.__setattr__(self, "class_min_score", scores)
-        _check(self.min_area_px >= 0, "stitch.min_area_px must be >= 0")
+
+
+@dataclass(frozen=True, slots=True)
+class VectorizeConfig:
+    """How stitched masks become polygons (:func:`geoseg.vectorize.vectorize`).
+
+    Attributes:
+        simplify_tolerance: Douglas-Peucker tolerance in scene-CRS units (0 = exact
+            pixel-edge outlines).
+        min_area_m2: polygons smaller than this many square metres are dropped.
+    """
+
+    simplify_tolerance: float = 0.0
+    min_area_m2: float = 0.0
+
+    def __post_init__(self) -> None:
+        _check(self.simplify_tolerance >= 0, "vectorize.simplify_tolerance must be >= 0")
+        _check(self.min_area_m2 >= 0, "vectorize.min_area_m2 must be >= 0")
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,7 +265,9 @@ class PresetConfig:
         classes: class names in model-label order (0-based).
         model: the Mask R-CNN architecture and thresholds.
         tiling: tile size and overlap.
+        filter: score thresholds and the minimum object size.
         stitch: cross-tile merging.
+        vectorize: polygon simplification and minimum area.
         gsd: ground sample distance (metres) the preset is tuned for, if any.
         description: one line for humans.
     """
@@ -248,7 +276,9 @@ class PresetConfig:
     classes: tuple[str, ...]
     model: ModelConfig = field(default_factory=ModelConfig)
     tiling: TilingConfig = field(default_factory=TilingConfig)
+    filter: FilterConfig = field(default_factory=FilterConfig)
     stitch: StitchConfig = field(default_factory=StitchConfig)
+    vectorize: VectorizeConfig = field(default_factory=VectorizeConfig)
     gsd: float | None = None
     description: str = ""
 
@@ -317,7 +347,6 @@ class TrainConfig:
             the rarest class they contain (helps rare classes).
         skip_empty: fraction of chips without objects to drop from each epoch.
         device: ``auto`` (CUDA if available), ``cpu`` or ``cuda[:N]``.
-        num_workers: DataLoader worker processes.
         num_threads: torch CPU threads (0 = torch's default).
         augment: augmentation settings.
     """
@@ -348,7 +377,6 @@ class TrainConfig:
     class_balanced: bool = False
     skip_empty: float = 0.0
     device: str = "auto"
-    num_workers: int = 0
     num_threads: int = 0
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
@@ -545,11 +573,15 @@ def preset_path(name: str) -> Path:
     )
 
 
+#: Keys of the ``stitch`` section before 0.3 that now live in ``filter``.
+_MOVED_TO_FILTER = frozenset({"min_score", "class_min_score", "min_area_px"})
+
+
 def load_config(path_or_preset: str | Path) -> PresetConfig:
     """Read a preset by name (``"ships"``) or from a YAML file path.
 
     The YAML has the keys of :class:`PresetConfig`: ``classes``, ``model``, ``tiling``,
-    ``stitch``, optionally ``name``, ``gsd`` and ``description``.
+    ``filter``, ``stitch``, ``vectorize``, optionally ``name``, ``gsd`` and ``description``.
 
     Raises:
         ConfigError: unreadable file, unknown preset, unknown key or invalid value.
@@ -561,6 +593,13 @@ def load_config(path_or_preset: str | Path) -> PresetConfig:
         raise ConfigError(f"{path}: preset file not found; give a preset name or a YAML path")
     data = _read_yaml(path)
     data.setdefault("name", path.stem)
+    stitch = data.get("stitch")
+    moved = sorted(set(stitch) & _MOVED_TO_FILTER) if isinstance(stitch, dict) else []
+    if moved:
+        raise ConfigError(
+            f"{path}: stitch.{', stitch.'.join(moved)} moved to the 'filter' section "
+            f"(filter.{', filter.'.join(moved)}); move the key(s) there"
+        )
     try:
         return config_from_dict(PresetConfig, data)
     except ConfigError as err:
@@ -607,98 +646,6 @@ def load_train_config(path: str | Path) -> TrainConfig:
         raise ConfigError(f"{path}: {err}") from err
 
 
-# --- run settings: options > preset > checkpoint > defaults -------------------------------------
-
-#: Defaults of ``geoseg predict`` / ``geoseg batch`` when neither an option, a preset nor the
-#: checkpoint says otherwise.
-DEFAULT_TILE_SIZE = 512
-DEFAULT_MIN_SCORE = 0.5
-#: Tiles per forward pass on CUDA; 1 on the CPU (batching there costs memory and gains nothing).
-CUDA_BATCH_SIZE = 8
-
-
-@dataclass(frozen=True, slots=True)
-class RunSettings:
-    """Everything besides the model weights that decides a scene's result.
-
-    Shared by ``geoseg predict`` and ``geoseg batch`` so both pick settings the same way. Its
-    hash (:meth:`digest`) goes into each batch manifest record; a scene is redone when it changes.
-    The fields are :func:`geoseg.pipeline.run_scene`'s arguments of the same names.
-
-    Attributes:
-        tile_size: tile side in scene pixels.
-        overlap: pixels shared by neighbouring tiles.
-        bands: 1-based raster bands fed to the model (``None``: the checkpoint's).
-        min_score: per-tile detections below this score are dropped before stitching.
-        class_min_score: per-class thresholds replacing ``min_score`` for those classes.
-        batch_size: tiles per forward pass; ``None``: 8 on CUDA, 1 elsewhere (as
-            ``geoseg predict``). Not part of the digest (it changes speed, and results only
-            at float rounding level).
-        stitch_options: keyword arguments for :func:`geoseg.stitch.stitch`.
-        min_area_px: stitched objects with fewer mask pixels are dropped.
-        simplify_tolerance: polygon simplification in scene-CRS units (0 = none).
-        min_area: polygons smaller than this many square metres are dropped.
-        preset: name of the preset the settings came from (informative).
-    """
-
-    tile_size: int
-    overlap: int
-    bands: tuple[int, ...] | None = None
-    min_score: float = 0.0
-    class_min_score: Mapping[str, float] = field(default_factory=dict)
-    batch_size: int | None = None
-    stitch_options: Mapping[str, Any] = field(default_factory=dict)
-    min_area_px: int = 0
-    simplify_tolerance: float = 0.0
-    min_area: float = 0.0
-    preset: str | None = None
-
-    def lowest_score(self) -> float:
-        """The lowest threshold of any class: the model must report detections down to it."""
-        return min([self.min_score, *self.class_min_score.values()])
-
-    def batch_for(self, device_type: str) -> int:
-        """Tiles per forward pass on a device of this type (``"cuda"``, ``"cpu"``...)."""
-        if self.batch_size is not None:
-            return self.batch_size
-        return CUDA_BATCH_SIZE if device_type == "cuda" else 1
-
-    def scene_kwargs(self, device_type: str = "cpu") -> dict[str, Any]:
-        """Keyword arguments for :func:`geoseg.pipeline.run_scene` on that device type."""
-        return {
-            "tile_size": self.tile_size,
-            "overlap": self.overlap,
-            "bands": self.bands,
-            "min_score": self.min_score,
-            "class_min_score": dict(self.class_min_score),
-            "batch_size": self.batch_for(device_type),
-            "stitch_options": dict(self.stitch_options),
-            "min_area_px": self.min_area_px,
-            "simplify_tolerance": self.simplify_tolerance,
-            "min_area": self.min_area,
-        }
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-serialisable form (stored in the manifest)."""
-        data = self.scene_kwargs()
-        data["batch_size"] = self.batch_size
-        data["bands"] = None if self.bands is None else list(self.bands)
-        data["stitch_options"] = {k: _plain(v) for k, v in self.stitch_options.items()}
-        data["preset"] = self.preset
-        return data
-
-    def digest(self) -> str:
-        """SHA-256 of the canonical JSON of the settings that change results.
-
-        ``batch_size`` and ``preset`` are left out: they change speed or naming, not results.
-        """
-        data = self.to_dict()
-        data.pop("batch_size")
-        data.pop("preset")
-        text = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
-        return hashlib.sha256(text.encode()).hexdigest()
-
-
 def check_class_scores(values: Mapping[str, Any], where: str) -> dict[str, float]:
     """Validate per-class score thresholds: class name -> number in [0, 1].
 
@@ -712,77 +659,3 @@ def check_class_scores(values: Mapping[str, Any], where: str) -> dict[str, float
             raise ConfigError(f"{where}: {name!r}: {value!r} must be a score in [0, 1]")
         out[name] = float(value)
     return out
-
-
-def _plain(value: Any) -> Any:
-    """A JSON-friendly form of a setting value (enums by value)."""
-    return value.value if isinstance(value, enum.Enum) else value
-
-
-def resolve_run_settings(
-    *,
-    model_tile_size: int | None = None,
-    config: str | Path | PresetConfig | None = None,
-    bands: Sequence[int] | None = None,
-    tile_size: int | None = None,
-    overlap: int | None = None,
-    min_score: float | None = None,
-    class_min_score: Mapping[str, float] | None = None,
-    model_score_thresholds: Mapping[str, float] | None = None,
-    batch_size: int | None = None,
-) -> RunSettings:
-    """The settings one scene is predicted with, as ``geoseg predict`` and ``batch`` pick them.
-
-    Precedence: explicit arguments > the preset ``config`` (a name, a YAML path or a loaded
-    :class:`PresetConfig`) > the checkpoint (its training tile size ``model_tile_size`` and
-    its recommended per-class scores ``model_score_thresholds``) > defaults
-    (:data:`DEFAULT_TILE_SIZE` px tiles, overlap tile/4, score :data:`DEFAULT_MIN_SCORE`).
-    A preset also sets the stitching options and the minimum object size.
-
-    Score thresholds are resolved as a whole at each level: a preset's ``min_score`` (and its
-    ``class_min_score``) replaces the checkpoint's per-class scores, an explicit ``min_score``
-    replaces both, and explicit ``class_min_score`` entries are applied last.
-
-    Raises:
-        ConfigError: the preset is unknown or invalid, the overlap does not fit the tile, or
-            the batch size is not positive.
-    """
-    preset = config if isinstance(config, PresetConfig) or config is None else load_config(config)
-    tile = tile_size or (preset.tiling.tile_size if preset else None) or model_tile_size
-    tile = int(tile or DEFAULT_TILE_SIZE)
-    if overlap is None:
-        overlap = preset.tiling.overlap if preset else tile // 4
-    if not 0 <= overlap < tile:
-        raise ConfigError(
-            f"overlap {overlap} must be in [0, tile size {tile}) pixels: lower --overlap"
-        )
-    per_class = check_class_scores(model_score_thresholds or {}, "checkpoint score_thresholds")
-    if min_score is None:
-        min_score = preset.stitch.min_score if preset else DEFAULT_MIN_SCORE
-        if preset is not None:
-            per_class = dict(preset.stitch.class_min_score)
-    else:
-        per_class = {}
-    per_class.update(check_class_scores(class_min_score or {}, "class_min_score"))
-    stitch_options: dict[str, Any] = {}
-    min_area_px = 0
-    if preset is not None:
-        stitch_options = {
-            "match_iou": preset.stitch.match_iou,
-            "nms_iou": preset.stitch.nms_iou,
-            "class_aware": not preset.stitch.class_agnostic,
-        }
-        min_area_px = preset.stitch.min_area_px
-    if batch_size is not None and batch_size < 1:
-        raise ConfigError(f"batch size must be >= 1, got {batch_size}")
-    return RunSettings(
-        tile_size=tile,
-        overlap=int(overlap),
-        bands=None if bands is None else tuple(int(b) for b in bands),
-        min_score=float(min_score),
-        class_min_score=per_class,
-        batch_size=batch_size,
-        stitch_options=stitch_options,
-        min_area_px=int(min_area_px),
-        preset=None if preset is None else preset.name,
-    )

@@ -1,12 +1,17 @@
-"""One scene end to end: raster → tiling → predict → stitch → vectorize (→ export).
+"""One scene end to end: plan → predict tiles → finish (stitch, vectorize, write).
 
-:func:`run_scene` is the library form of ``geoseg predict``. It checks the output path before
-any work, opens and validates the scene, settles the bands and the scene-wide normalisation,
-reads tiles in a background reader (a :class:`torch.utils.data.DataLoader` with worker
-processes, or a reader thread when ``num_workers == 0``) so that reading overlaps with model
-compute, sends batches to any :class:`~geoseg.predict.Predictor`, stitches the per-tile
-detections into scene objects, turns them into polygons in the scene CRS and, when ``output``
-is given, writes them atomically in the format its extension names.
+:func:`run_scene` is the library form of ``geoseg predict`` and chains three steps that
+``geoseg batch`` also calls on its own when it spreads a big scene over several workers:
+
+1. :func:`plan_scene` checks the output path, opens and validates the scene, resolves the run
+   settings (:mod:`geoseg.settings`: overrides > preset > checkpoint > defaults), settles the
+   bands and the scene-wide normalisation, and plans the tile grid (a :class:`ScenePlan`);
+2. :func:`predict_tiles` reads a set of tiles in a background reader so that reading overlaps
+   with the model, sends batches to any :class:`~geoseg.predict.Predictor` and keeps the
+   detections that pass the score filter (boxes in **tile pixels**);
+3. :func:`finish_scene` stitches the per-tile detections into scene objects (**scene
+   pixels**), turns them into polygons in the **scene CRS**, counts them per class and writes
+   them atomically in the format the output's extension names.
 
 Memory does not grow with the scene's pixel count: only ``prefetch`` batches of tiles are in
 memory at once, and detections keep their masks cropped to their boxes.
@@ -14,6 +19,7 @@ memory at once, and detections keep their masks cropped to their boxes.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import queue
@@ -29,18 +35,26 @@ import numpy.typing as npt
 
 from geoseg.config import check_class_scores
 from geoseg.errors import BandError, ConfigError
-from geoseg.predict import Predictor
-from geoseg.types import Detections, NormStats, SceneInfo, TileDetections
+from geoseg.predict import Predictor, check_predictor
+from geoseg.settings import NormSource, RunSettings, resolve
+from geoseg.tiling import make_grid
+from geoseg.types import Detections, NormStats, SceneInfo, TileDetections, TileSpec
 
 if TYPE_CHECKING:
     import geopandas as gpd
 
 __all__ = [
     "ProgressCallback",
+    "ScenePlan",
     "SceneResult",
+    "count_classes",
     "filter_scores",
+    "finish_scene",
+    "plan_scene",
+    "predict_tiles",
     "run_scene",
     "score_thresholds",
+    "settings_for",
     "stitch_tiles",
     "vectorize_scene",
 ]
@@ -70,6 +84,7 @@ class SceneResult:
         stats: the normalisation the tiles were stretched with.
         bands: the 1-based bands read, in model-input order.
         output: the file written, or ``None``.
+        settings: the run settings used.
         timings: wall seconds per stage (``setup``, ``predict`` (reading included),
             ``stitch``, ``vectorize``, ``write``).
     """
@@ -84,6 +99,7 @@ class SceneResult:
     stats: NormStats | None = None
     bands: tuple[int, ...] = ()
     output: Path | None = None
+    settings: RunSettings | None = None
     timings: Mapping[str, float] = field(default_factory=dict)
 
     @property
@@ -143,27 +159,293 @@ class _Prefetcher(Iterator[T]):
         self._thread.join(timeout=5)
 
 
-def _resolve_bands(
-    predictor: Predictor, bands: Sequence[int] | None, stats: NormStats | None
-) -> tuple[int, ...] | None:
-    """Bands to read: explicit ``bands``, else the stats', else the predictor's, else all."""
-    if bands is not None:
-        return tuple(int(b) for b in bands)
-    if stats is not None:
-        return tuple(stats.bands)
-    model_bands = getattr(predictor, "bands", None)
-    return None if model_bands is None else tuple(int(b) for b in model_bands)
+@dataclass(frozen=True, eq=False)
+class ScenePlan:
+    """What :func:`plan_scene` settled for one scene before any tile is predicted.
+
+    A plan holds no file handle and pickles small, so it can be sent to other processes (batch
+    sends it to the workers that predict chunks of a big scene's tiles).
+
+    Attributes:
+        info: the scene's description (size, transform, CRS, nodata).
+        settings: the run settings in force.
+        bands: 1-based bands read, in model-input order.
+        stats: the scene-wide normalisation tiles are stretched with.
+        specs: the whole tile grid in row-major order (``specs[i].index == i``), **scene
+            pixels**.
+        classes: the predictor's class names (labels index into them).
+        output: the vector file :func:`finish_scene` writes, or ``None``.
+    """
+
+    info: SceneInfo
+    settings: RunSettings
+    bands: tuple[int, ...]
+    stats: NormStats
+    specs: tuple[TileSpec, ...]
+    classes: tuple[str, ...]
+    output: Path | None = None
+
+    @property
+    def thresholds(self) -> npt.NDArray[np.float32]:
+        """Per-label score thresholds, float32 ``[len(classes)]``."""
+        s = self.settings
+        return score_thresholds(self.classes, s.min_score, s.class_min_score)
 
 
-def _check_band_count(predictor: Predictor, bands: tuple[int, ...], scene: SceneInfo) -> None:
-    """Refuse a band selection whose size differs from what the predictor expects."""
-    model_bands = getattr(predictor, "bands", None)
-    if model_bands is not None and len(model_bands) != len(bands):
+def settings_for(
+    predictor: Predictor, settings: RunSettings | None = None, **overrides: Any
+) -> RunSettings:
+    """The settings a run uses.
+
+    ``settings`` with ``overrides`` applied, or, when ``settings`` is ``None``,
+    :func:`geoseg.settings.resolve` from the predictor's checkpoint facts (its tile size and
+    recommended score thresholds) and the overrides.
+
+    Raises:
+        ConfigError: an unknown setting name or an invalid value.
+    """
+    if settings is None:
+        return resolve(predictor, **overrides)
+    given = {k: v for k, v in overrides.items() if v is not None}
+    return settings.replace(**given) if given else settings
+
+
+def _model_stats(predictor: Predictor, bands: tuple[int, ...], info: SceneInfo) -> NormStats:
+    """The predictor's training statistics, applied to the selected bands."""
+    ns = predictor.norm_stats
+    if ns is None:
+        raise ConfigError(
+            f"{info.path}: the model has no normalisation statistics to normalise with; "
+            "use the scene's own (norm='scene', --norm scene)"
+        )
+    if len(ns.low) != len(bands):
         raise BandError(
-            f"{scene.path}: the model expects {len(model_bands)} band(s) (it was trained on "
-            f"bands {list(model_bands)}) but {len(bands)} band(s) {list(bands)} are selected; "
+            f"{info.path}: the model's statistics cover {len(ns.low)} band(s) but "
+            f"{len(bands)} band(s) {list(bands)} are selected"
+        )
+    return NormStats(
+        bands=bands,
+        low=ns.low,
+        high=ns.high,
+        percentiles=ns.percentiles,
+        source_dtype=ns.source_dtype,
+    )
+
+
+def plan_scene(
+    scene: str | os.PathLike[str] | SceneInfo,
+    predictor: Predictor,
+    settings: RunSettings | None = None,
+    *,
+    stats: NormStats | None = None,
+    output: str | os.PathLike[str] | None = None,
+    **overrides: Any,
+) -> ScenePlan:
+    """Step 1 of :func:`run_scene`: check, open, choose bands and normalisation, plan the grid.
+
+    Everything that can fail on bad input fails here, before any tile is read: an unwritable
+    ``output``, a scene that is not a raster, a missing band, a band count the model does not
+    take, an invalid setting or a score threshold for a class the model lacks.
+
+    Args:
+        scene: a raster GDAL opens (GeoTIFF, COG, VRT, ``/vsicurl/`` URL...), or its
+            :class:`~geoseg.types.SceneInfo`.
+        predictor: the model (its ``bands`` and ``norm_stats`` are used when the settings do
+            not choose).
+        settings: the run settings; ``None`` resolves them from the predictor's checkpoint
+            (see :func:`settings_for`).
+        stats: normalisation to apply, overriding ``settings.norm``; ``None`` computes the
+            scene's own scene-wide statistics (``norm="scene"``) or takes the model's
+            (``norm="model"``).
+        output: the vector file to write at the end (format from its extension).
+        **overrides: :class:`~geoseg.settings.RunSettings` fields, e.g. ``tile_size=256``.
+
+    Returns:
+        The :class:`ScenePlan`.
+
+    Raises:
+        ExportError: ``output`` cannot be written or has an unknown extension.
+        RasterReadError: the scene cannot be opened.
+        BandError: a band does not exist, or the band count differs from the model's.
+        ConfigError: an invalid setting or score threshold.
+    """
+    from geoseg.export import check_writable
+    from geoseg.raster import compute_norm_stats, open_scene, validate_bands
+
+    predictor = check_predictor(predictor)
+    s = settings_for(predictor, settings, **overrides)
+    out_path = None if output is None else Path(output)
+    if out_path is not None:
+        check_writable(out_path)
+    classes = tuple(predictor.classes)
+    score_thresholds(classes, s.min_score, s.class_min_score)  # validate before any work
+    info = scene if isinstance(scene, SceneInfo) else open_scene(scene)
+    wanted = s.bands or (None if stats is None else tuple(stats.bands)) or predictor.bands
+    sel = validate_bands(info, wanted)
+    model_bands = predictor.bands
+    if model_bands is not None and len(model_bands) != len(sel):
+        raise BandError(
+            f"{info.path}: the model expects {len(model_bands)} band(s) (it was trained on "
+            f"bands {list(model_bands)}) but {len(sel)} band(s) {list(sel)} are selected; "
             f"choose {len(model_bands)} bands with --bands/bands=..."
         )
+    if stats is not None:
+        if tuple(stats.bands) != sel:
+            raise BandError(
+                f"{info.path}: the normalisation statistics are for bands {list(stats.bands)}, "
+                f"not the selected bands {list(sel)}"
+            )
+        norm = stats
+    elif s.norm is NormSource.MODEL:
+        norm = _model_stats(predictor, sel, info)
+    else:
+        norm = compute_norm_stats(info, bands=sel)
+    specs = tuple(make_grid(info.width, info.height, tile_size=s.tile_size, overlap=s.overlap))
+    logger.info(
+        "%s: %d x %d px, %d tiles, bands %s; %s",
+        info.path,
+        info.width,
+        info.height,
+        len(specs),
+        list(sel),
+        s.describe(),
+    )
+    return ScenePlan(
+        info=info,
+        settings=s,
+        bands=sel,
+        stats=norm,
+        specs=specs,
+        classes=classes,
+        output=out_path,
+    )
+
+
+def predict_tiles(
+    plan: ScenePlan,
+    predictor: Predictor,
+    indexes: Sequence[int] | None = None,
+    *,
+    num_workers: int = 0,
+    prefetch: int = 2,
+    progress: ProgressCallback | None = None,
+) -> list[TileDetections]:
+    """Step 2 of :func:`run_scene`: read and predict a set of the plan's tiles.
+
+    Tiles are read in a background reader (a :class:`torch.utils.data.DataLoader` with worker
+    processes, or a reader thread when ``num_workers == 0``) so that reading overlaps with the
+    model; tiles without a valid pixel are skipped; detections below their class's score
+    threshold are dropped here, so only kept detections (masks cropped to their boxes) travel.
+
+    Args:
+        plan: from :func:`plan_scene`.
+        predictor: the model (the same one the plan was made with).
+        indexes: grid indexes to predict (``None``: all); batch predicts chunks of a big
+            scene on several workers this way.
+        num_workers: reader processes; 0 reads in a background thread of this process.
+        prefetch: batches read ahead of the predictor (per worker).
+        progress: ``progress(tiles_done, tiles_total)`` after each batch and at the end.
+
+    Returns:
+        One :class:`~geoseg.types.TileDetections` per tile read (boxes in **tile pixels**,
+        ``tile`` set), in reading order.
+
+    Raises:
+        RasterReadError: the scene cannot be read.
+        ConfigError: ``num_workers < 0``.
+        ValueError: the predictor returned a wrong number of results.
+    """
+    from geoseg.tiling import TileDataset, tile_loader
+
+    if num_workers < 0:
+        raise ConfigError(f"num_workers must be >= 0, got {num_workers}")
+    s = plan.settings
+    batch_size = s.batch_for(predictor.device_type)
+    dataset = TileDataset(
+        plan.info,
+        tile_size=s.tile_size,
+        overlap=s.overlap,
+        bands=plan.bands,
+        stats=plan.stats,
+        indexes=indexes,
+    )
+    total = len(dataset.specs)
+    loader = tile_loader(
+        dataset,
+        tile_size=s.tile_size,
+        overlap=s.overlap,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        prefetch_factor=max(1, prefetch) if num_workers > 0 else None,
+    )
+    batches: Iterator[list[Any]] = (
+        _Prefetcher(loader, prefetch) if num_workers == 0 and prefetch > 0 else iter(loader)
+    )
+    thresholds = plan.thresholds
+    per_tile: list[TileDetections] = []
+    try:
+        for batch in batches:
+            if not batch:
+                continue
+            preds = predictor.predict_tiles(batch)
+            if len(preds) != len(batch):
+                raise ValueError(
+                    f"{type(predictor).__name__}.predict_tiles returned {len(preds)} results "
+                    f"for {len(batch)} tiles"
+                )
+            per_tile.extend(filter_scores(p, thresholds) for p in preds)
+            if progress is not None:
+                progress(len(per_tile), total)
+    finally:
+        if isinstance(batches, _Prefetcher):
+            batches.close()
+    if progress is not None and len(per_tile) < total:
+        progress(total, total)  # the rest were all-invalid tiles, skipped without reading twice
+    return per_tile
+
+
+def finish_scene(plan: ScenePlan, per_tile: Iterable[TileDetections]) -> SceneResult:
+    """Step 3 of :func:`run_scene`: stitch, vectorize, count and write the plan's output.
+
+    Args:
+        plan: from :func:`plan_scene`.
+        per_tile: every tile's detections (from one or several :func:`predict_tiles` calls,
+            in any order).
+
+    Returns:
+        The :class:`SceneResult`; ``seconds`` and ``timings`` cover this step only
+        (``stitch``, ``vectorize``, ``write``).
+
+    Raises:
+        ExportError: the output cannot be written.
+    """
+    from geoseg.export import write_vectors
+
+    t0 = time.perf_counter()
+    s, info = plan.settings, plan.info
+    tiles = list(per_tile)
+    detections = stitch_tiles(tiles, info, settings=s)
+    t_stitch = time.perf_counter()
+    gdf = vectorize_scene(detections, info, settings=s)
+    t_vec = time.perf_counter()
+    if plan.output is not None:
+        write_vectors(gdf, plan.output, scene_info=info)
+        logger.info("wrote %d objects to %s", len(gdf), plan.output)
+    t_end = time.perf_counter()
+    return SceneResult(
+        detections=detections,
+        gdf=gdf,
+        scene=info,
+        n_tiles=len(tiles),
+        seconds=t_end - t0,
+        counts=count_classes(gdf, plan.classes),
+        tiles_total=len(plan.specs),
+        stats=plan.stats,
+        bands=plan.bands,
+        output=plan.output,
+        settings=s,
+        timings={"stitch": t_stitch - t0, "vectorize": t_vec - t_stitch, "write": t_end - t_vec},
+    )
 
 
 def score_thresholds(
@@ -197,17 +479,13 @@ def filter_scores(dets: TileDetections, thresholds: npt.NDArray[np.float32]) -> 
 
 
 def stitch_tiles(
-    per_tile: Iterable[TileDetections],
-    info: SceneInfo,
-    *,
-    stitch_options: Mapping[str, Any] | None = None,
-    min_area_px: int = 0,
+    per_tile: Iterable[TileDetections], info: SceneInfo, *, settings: RunSettings
 ) -> Detections:
     """Stitch one scene's per-tile detections (any order) into scene objects.
 
     Tiles are put in grid order first so the result does not depend on the order in which
     tiles (or chunks of tiles from several workers) arrived. Objects with fewer than
-    ``min_area_px`` mask pixels are dropped.
+    ``settings.min_area_px`` mask pixels are dropped.
 
     Returns:
         Detections in **scene pixels**.
@@ -216,22 +494,15 @@ def stitch_tiles(
 
     ordered = sorted(per_tile, key=lambda d: -1 if d.tile is None else d.tile.index)
     detections = stitch(
-        ordered,
-        scene_width=info.width,
-        scene_height=info.height,
-        **dict(stitch_options or {}),
+        ordered, scene_width=info.width, scene_height=info.height, **settings.stitch_kwargs()
     )
-    if min_area_px > 0 and len(detections):
-        detections = detections[detections.mask_areas() >= min_area_px]
+    if settings.min_area_px > 0 and len(detections):
+        detections = detections[detections.mask_areas() >= settings.min_area_px]
     return detections
 
 
 def vectorize_scene(
-    detections: Detections,
-    info: SceneInfo,
-    *,
-    simplify_tolerance: float = 0.0,
-    min_area: float = 0.0,
+    detections: Detections, info: SceneInfo, *, settings: RunSettings
 ) -> gpd.GeoDataFrame:
     """Polygons in the scene CRS for a scene's stitched detections (``scene`` = file stem)."""
     from geoseg.vectorize import vectorize
@@ -241,184 +512,92 @@ def vectorize_scene(
         transform=info.transform,
         crs_wkt=info.crs_wkt,
         scene=Path(info.path).stem,
-        simplify_tolerance=simplify_tolerance,
-        min_area=min_area,
+        simplify_tolerance=settings.simplify_tolerance,
+        min_area=settings.min_area_m2,
     )
 
 
-def _count(gdf: gpd.GeoDataFrame, detections: Detections, classes: Sequence[str]) -> dict[str, int]:
+def count_classes(gdf: gpd.GeoDataFrame, classes: Sequence[str]) -> dict[str, int]:
+    """Objects per class name: every class of ``classes`` (zeros included), then any other
+    class found in ``gdf["class"]``.
+    """
     counts = dict.fromkeys(classes, 0)
-    if "class" in gdf.columns:
+    if len(gdf) and "class" in gdf.columns:
         for name, n in gdf["class"].value_counts().items():
             counts[str(name)] = int(n)
-    else:
-        for label in detections.labels:
-            name = classes[int(label)] if 0 <= int(label) < len(classes) else str(int(label))
-            counts[name] = counts.get(name, 0) + 1
     return counts
 
 
 def run_scene(
-    scene_path: str | os.PathLike[str],
+    scene: str | os.PathLike[str],
     predictor: Predictor,
+    settings: RunSettings | None = None,
     *,
-    tile_size: int,
-    overlap: int,
-    bands: Sequence[int] | None = None,
     stats: NormStats | None = None,
-    min_score: float = 0.0,
-    class_min_score: Mapping[str, float] | None = None,
-    batch_size: int = 4,
+    output: str | os.PathLike[str] | None = None,
     num_workers: int = 0,
     prefetch: int = 2,
-    stitch_options: Mapping[str, Any] | None = None,
-    min_area_px: int = 0,
-    simplify_tolerance: float = 0.0,
-    min_area: float = 0.0,
     progress: ProgressCallback | None = None,
-    output: str | os.PathLike[str] | None = None,
+    **overrides: Any,
 ) -> SceneResult:
     """Find and outline the objects of one scene.
 
+    Chains :func:`plan_scene`, :func:`predict_tiles` and :func:`finish_scene`. With no settings, the run uses what ``geoseg predict`` would with the same model: the
+    checkpoint's tile size and recommended per-class score thresholds, else the defaults
+    (see :func:`geoseg.settings.resolve`). Keyword overrides change single settings.
+
     Args:
-        scene_path: a raster GDAL opens (GeoTIFF, COG, VRT, ``/vsicurl/`` URL...).
+        scene: a raster GDAL opens (GeoTIFF, COG, VRT, ``/vsicurl/`` URL...).
         predictor: any :class:`~geoseg.predict.Predictor` (e.g.
-            :class:`~geoseg.predict.MaskRCNNPredictor`).
-        tile_size: side of the square tiles in pixels (the model's training tile size is a
-            good choice).
-        overlap: pixels shared by neighbouring tiles, ``0 <= overlap < tile_size``; at least
-            the size of the largest object that must not be cut.
-        bands: 1-based bands in model-input order; ``None`` = ``stats.bands``, else the
-            predictor's ``bands`` attribute if it has one, else all bands.
-        stats: normalisation to apply (e.g. the model's ``meta.norm_stats``); ``None``
-            computes the scene's own scene-wide statistics.
-        min_score: drop per-tile detections scoring below this before stitching.
-        class_min_score: per-class thresholds (class name -> score) replacing ``min_score``
-            for those classes. A predictor with its own score cut-off must report detections
-            down to the lowest of these.
-        batch_size: tiles per predictor call.
-        num_workers: reader processes (``DataLoader`` workers); 0 reads in a background
-            thread of this process.
-        prefetch: batches read ahead of the predictor (per worker).
-        stitch_options: extra keyword arguments for :func:`geoseg.stitch.stitch` (e.g.
-            ``match_iou``, ``nms_iou``, ``class_aware``, ``score_mode``).
-        min_area_px: drop stitched objects with fewer mask pixels than this.
-        simplify_tolerance: polygon simplification tolerance in scene-CRS units (0 = none).
-        min_area: drop polygons smaller than this, in square metres (0 = keep all).
-        progress: ``progress(tiles_done, tiles_total)`` after each batch and at the end.
+            :func:`geoseg.predict.load_predictor`).
+        settings: the run settings (:func:`geoseg.settings.resolve`); ``None``: from the
+            predictor's checkpoint.
+        stats: normalisation to apply instead of the one ``settings.norm`` chooses.
         output: vector file to write (format from its extension: ``.gpkg``, ``.geojson``,
-            ``.shp``, ``.parquet``, ``.fgb``, ``.json`` for COCO); checked for writability
-            before any work.
+            ``.shp``, ``.parquet``, ``.fgb``; ``.json`` is COCO); checked before any work.
+        num_workers: reader processes (``DataLoader`` workers); 0 reads in a thread.
+        prefetch: batches read ahead of the predictor (per worker).
+        progress: ``progress(tiles_done, tiles_total)`` after each batch and at the end.
+        **overrides: :class:`~geoseg.settings.RunSettings` fields (``tile_size=256``,
+            ``min_score=0.3``, ``class_min_score={"vehicle": 0.4}``, ``norm="model"``...).
 
     Returns:
         The :class:`SceneResult`.
 
     Raises:
-        ExportError: ``output`` cannot be written (raised before any work) or has an unknown
-            extension.
+        ExportError: ``output`` cannot be written (raised before any work).
         RasterReadError: the scene cannot be opened or read.
         BandError: a band does not exist, or the band count differs from the model's.
-        ConfigError: invalid tile size, overlap, batch size, worker count or score
-            thresholds (including a per-class threshold for a class the model lacks).
+        ConfigError: an invalid setting (including a per-class threshold for a class the
+            model lacks).
+
+    Example:
+        >>> from geoseg.pipeline import run_scene
+        >>> from geoseg.predict import load_predictor
+        >>> from geoseg import samples
+        >>> predictor = load_predictor(samples.demo_model_path())  # doctest: +SKIP
+        >>> result = run_scene(samples.sample_scene_path("marina"), predictor)  # doctest: +SKIP
+        >>> sorted(result.counts)  # doctest: +SKIP
+        ['building', 'ship', 'vehicle']
     """
-    from geoseg.export import check_writable, write_vectors
-    from geoseg.raster import open_scene
-    from geoseg.tiling import TileDataset, tile_loader
-
     t0 = time.perf_counter()
-    out_path = None if output is None else Path(output)
-    if out_path is not None:
-        check_writable(out_path)
-    if batch_size < 1:
-        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
-    if num_workers < 0:
-        raise ConfigError(f"num_workers must be >= 0, got {num_workers}")
-    thresholds = score_thresholds(tuple(predictor.classes), min_score, class_min_score)
-
-    info = open_scene(scene_path)
-    sel = _resolve_bands(predictor, bands, stats)
-    if sel is None:
-        sel = tuple(range(1, info.count + 1))
-    _check_band_count(predictor, sel, info)
-    dataset = TileDataset(info, tile_size=tile_size, overlap=overlap, bands=sel, stats=stats)
-    total = len(dataset.specs)
-    classes = tuple(predictor.classes)
-    logger.info(
-        "%s: %d x %d px, %d tiles of %d px (overlap %d), bands %s",
-        info.path,
-        info.width,
-        info.height,
-        total,
-        tile_size,
-        overlap,
-        list(dataset.bands),
+    plan = plan_scene(scene, predictor, settings, stats=stats, output=output, **overrides)
+    t_plan = time.perf_counter()
+    per_tile = predict_tiles(
+        plan, predictor, num_workers=num_workers, prefetch=prefetch, progress=progress
     )
-    t_setup = time.perf_counter()
-
-    loader = tile_loader(
-        dataset,
-        tile_size=tile_size,
-        overlap=overlap,
-        batch_size=batch_size,
-        num_workers=num_workers,
-        prefetch_factor=max(1, prefetch) if num_workers > 0 else None,
-    )
-    batches: Iterator[list[Any]] = (
-        _Prefetcher(loader, prefetch) if num_workers == 0 and prefetch > 0 else iter(loader)
-    )
-    per_tile: list[TileDetections] = []
-    done = 0
-    try:
-        for batch in batches:
-            if not batch:
-                continue
-            preds = predictor.predict_tiles(batch)
-            if len(preds) != len(batch):
-                raise ValueError(
-                    f"{type(predictor).__name__}.predict_tiles returned {len(preds)} results "
-                    f"for {len(batch)} tiles"
-                )
-            per_tile.extend(filter_scores(p, thresholds) for p in preds)
-            done += len(batch)
-            if progress is not None:
-                progress(done, total)
-    finally:
-        if isinstance(batches, _Prefetcher):
-            batches.close()
-    if progress is not None and done < total:
-        progress(total, total)  # the rest were all-invalid tiles, skipped without reading twice
     t_pred = time.perf_counter()
-
-    detections = stitch_tiles(
-        per_tile, info, stitch_options=stitch_options, min_area_px=min_area_px
-    )
-    t_stitch = time.perf_counter()
-    gdf = vectorize_scene(
-        detections, info, simplify_tolerance=simplify_tolerance, min_area=min_area
-    )
-    t_vec = time.perf_counter()
-    if out_path is not None:
-        write_vectors(gdf, out_path, scene_info=info)
-        logger.info("wrote %d objects to %s", len(gdf), out_path)
+    result = finish_scene(plan, per_tile)
     t_end = time.perf_counter()
-    counts = _count(gdf, detections, classes)
-    logger.info("%s: %d objects from %d tiles in %.1f s", info.path, len(gdf), done, t_end - t0)
-    return SceneResult(
-        detections=detections,
-        gdf=gdf,
-        scene=info,
-        n_tiles=done,
+    logger.info(
+        "%s: %d objects from %d tiles in %.1f s",
+        plan.info.path,
+        len(result.gdf),
+        result.n_tiles,
+        t_end - t0,
+    )
+    return dataclasses.replace(
+        result,
         seconds=t_end - t0,
-        counts=counts,
-        tiles_total=total,
-        stats=dataset.stats,
-        bands=tuple(dataset.bands),
-        output=out_path,
-        timings={
-            "setup": t_setup - t0,
-            "predict": t_pred - t_setup,
-            "stitch": t_stitch - t_pred,
-            "vectorize": t_vec - t_stitch,
-            "write": t_end - t_vec,
-        },
+        timings={"setup": t_plan - t0, "predict": t_pred - t_plan, **result.timings},
     )

@@ -7,10 +7,13 @@ A predictor turns a batch of :class:`~geoseg.types.Tile` into one
 
 Adapting another framework
 --------------------------
-Write a class with a ``classes`` attribute (the class names; labels index into it) and a
-``predict_tiles(tiles)`` method, and pass an instance to :func:`geoseg.pipeline.run_scene`.
-No subclassing is needed (:class:`Predictor` is a structural :class:`typing.Protocol`). For each
-tile the method must return a ``TileDetections`` with:
+Subclass :class:`PredictorBase`, set ``classes`` (the class names; labels index into it) and
+write a ``predict_tiles(tiles)`` method, then pass an instance to
+:func:`geoseg.pipeline.run_scene`. :class:`Predictor` is a structural :class:`typing.Protocol`:
+a class that declares every attribute itself needs no base class. Declare ``bands``,
+``tile_size``, ``gsd``, ``score_thresholds`` and ``norm_stats`` when the model knows them; the
+pipeline's settings follow them (see :func:`geoseg.settings.resolve`). For each tile the method
+must return a ``TileDetections`` with:
 
 * ``boxes``: float32 ``[N, 4]`` ``(x1, y1, x2, y2)`` in **tile pixels** (pixel-edge
   coordinates, origin at the tile window's top-left corner);
@@ -26,7 +29,7 @@ tile the method must return a ``TileDetections`` with:
 ``tile.valid`` (bool ``[h, w]``) is False on padding and nodata, where a predictor should not
 report objects. For example, a detectron2 model would be wrapped as::
 
-    class Detectron2Predictor:
+    class Detectron2Predictor(PredictorBase):
         def __init__(self, predictor, classes):
             self.model, self.classes = predictor, tuple(classes)
 
@@ -53,23 +56,30 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from enum import StrEnum
 from pathlib import Path
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
 
+from geoseg.errors import ConfigError
 from geoseg.types import NormStats, Tile, TileDetections
 
 if TYPE_CHECKING:
     import torch
 
+    from geoseg.settings import RunSettings
+
 __all__ = [
     "Device",
     "MaskRCNNPredictor",
     "Predictor",
+    "PredictorBase",
+    "check_predictor",
+    "load_predictor",
     "paste_masks_in_boxes",
     "pick_device",
 ]
@@ -84,11 +94,29 @@ _PASTE_BUDGET = 4_000_000
 class Predictor(Protocol):
     """Anything that turns a batch of tiles into per-tile detections.
 
+    Besides ``classes`` and :meth:`predict_tiles`, a predictor declares what the pipeline needs
+    to know about its model; ``None`` (or an empty mapping) means "unknown", and the pipeline
+    then falls back to the scene or to defaults. Subclass :class:`PredictorBase` to get those
+    defaults and write only ``classes`` and ``predict_tiles``.
+
     Attributes:
         classes: class names; detection labels are 0-based indexes into this tuple.
+        bands: 1-based raster bands the model expects, in input order (``None``: all bands).
+        tile_size: tile side the model was trained on, in pixels (``None``: unknown).
+        gsd: ground sample distance of the training imagery, metres (``None``: unknown).
+        score_thresholds: recommended per-class score thresholds (class -> score).
+        norm_stats: normalisation the model was trained with (``None``: unknown).
+        device_type: ``"cuda"``, ``"cpu"``, ``"mps"``...: where it runs (chooses the default
+            batch size).
     """
 
     classes: tuple[str, ...]
+    device_type: str
+    bands: tuple[int, ...] | None
+    tile_size: int | None
+    gsd: float | None
+    score_thresholds: Mapping[str, float]
+    norm_stats: NormStats | None
 
     def predict_tiles(self, tiles: Sequence[Tile]) -> list[TileDetections]:
         """Predict objects in each tile.
@@ -102,6 +130,50 @@ class Predictor(Protocol):
             tile's spec.
         """
         ...
+
+
+class PredictorBase:
+    """Defaults for the optional :class:`Predictor` attributes ("unknown" everywhere).
+
+    Subclass it, set ``classes`` and implement ``predict_tiles``.
+    """
+
+    classes: tuple[str, ...] = ()
+    device_type: str = "cpu"
+    bands: tuple[int, ...] | None = None
+    tile_size: int | None = None
+    gsd: float | None = None
+    score_thresholds: Mapping[str, float] = MappingProxyType({})
+    norm_stats: NormStats | None = None
+
+    def predict_tiles(self, tiles: Sequence[Tile]) -> list[TileDetections]:
+        """Predict objects in each tile (see :meth:`Predictor.predict_tiles`)."""
+        raise NotImplementedError
+
+
+def check_predictor(predictor: object) -> Predictor:
+    """Return ``predictor`` if it has every :class:`Predictor` member, else raise TypeError.
+
+    Raises:
+        TypeError: a missing member; the message names them and points at
+            :class:`PredictorBase`.
+    """
+    if isinstance(predictor, Predictor):
+        return predictor
+    members = (
+        "classes",
+        "device_type",
+        "bands",
+        "tile_size",
+        "gsd",
+        "score_thresholds",
+        "norm_stats",
+    )
+    missing = [m for m in (*members, "predict_tiles") if not hasattr(predictor, m)]
+    raise TypeError(
+        f"{type(predictor).__name__} is not a geoseg Predictor: it lacks {', '.join(missing)}; "
+        "subclass geoseg.predict.PredictorBase to get defaults for the optional attributes"
+    )
 
 
 class Device(StrEnum):
@@ -296,6 +368,8 @@ class MaskRCNNPredictor:
         bands: 1-based raster bands the model expects (``None``: unknown; all bands).
         norm_stats: the normalisation the model was trained with (``None``: unknown).
         tile_size: the tile side the model was trained on (``None``: unknown).
+        gsd: ground sample distance of the training imagery in metres (``None``: unknown).
+        score_thresholds: recommended per-class score thresholds (from the checkpoint).
         meta: the checkpoint metadata when built by :meth:`from_checkpoint`, else ``None``.
     """
 
@@ -313,6 +387,8 @@ class MaskRCNNPredictor:
         bands: Sequence[int] | None = None,
         norm_stats: NormStats | None = None,
         tile_size: int | None = None,
+        gsd: float | None = None,
+        score_thresholds: Mapping[str, float] | None = None,
         meta: Any = None,
     ) -> None:
         """Wrap ``model``.
@@ -330,6 +406,8 @@ class MaskRCNNPredictor:
             bands: 1-based raster bands the model expects, in input order.
             norm_stats: normalisation the model was trained with.
             tile_size: tile side the model was trained on.
+            gsd: ground sample distance of the training imagery, metres.
+            score_thresholds: recommended per-class score thresholds.
             meta: checkpoint metadata to keep with the predictor.
         """
         import torch
@@ -349,6 +427,8 @@ class MaskRCNNPredictor:
         self.bands = None if bands is None else tuple(int(b) for b in bands)
         self.norm_stats = norm_stats
         self.tile_size = tile_size
+        self.gsd = gsd
+        self.score_thresholds: Mapping[str, float] = dict(score_thresholds or {})
         self.meta = meta
         model = model.eval().to(self.device)
         if self.channels_last:
@@ -363,10 +443,10 @@ class MaskRCNNPredictor:
         cls,
         path: str | Path,
         *,
-        device: Device | str | None = None,
+        device: Device | str | torch.device | None = None,
         amp: bool = True,
         min_score: float = 0.05,
-        mask_threshold: float = 0.5,
+        mask_threshold: float | None = None,
     ) -> MaskRCNNPredictor:
         """Load a geoseg checkpoint (safetensors + JSON sidecar) with :mod:`geoseg.model`.
 
@@ -374,12 +454,14 @@ class MaskRCNNPredictor:
             path: the checkpoint file.
             device: where to run (``None``: best available).
             amp: bfloat16 autocast on CUDA.
-            min_score: the model's score threshold.
-            mask_threshold: mask probability threshold.
+            min_score: the model's own score threshold (the pipeline filters again with the
+                run settings' per-class thresholds).
+            mask_threshold: mask probability threshold; ``None``: the checkpoint's
+                ``model.mask_threshold``.
 
         Returns:
-            The predictor, with ``classes``, ``bands``, ``norm_stats`` and ``tile_size`` taken
-            from the checkpoint metadata.
+            The predictor, with ``classes``, ``bands``, ``norm_stats``, ``tile_size``, ``gsd``
+            and ``score_thresholds`` taken from the checkpoint metadata.
 
         Raises:
             CheckpointError: the checkpoint is missing, unsafe or corrupt.
@@ -393,12 +475,21 @@ class MaskRCNNPredictor:
             device=device,
             amp=amp,
             min_score=min_score,
-            mask_threshold=mask_threshold,
-            bands=getattr(meta, "bands", None),
-            norm_stats=getattr(meta, "norm_stats", None),
-            tile_size=getattr(meta, "tile_size", None),
+            mask_threshold=(
+                meta.model_config.mask_threshold if mask_threshold is None else mask_threshold
+            ),
+            bands=meta.bands,
+            norm_stats=meta.norm_stats,
+            tile_size=meta.tile_size,
+            gsd=meta.gsd,
+            score_thresholds=meta.score_thresholds,
             meta=meta,
         )
+
+    @property
+    def device_type(self) -> str:
+        """``self.device.type`` (``"cuda"``, ``"cpu"``, ``"mps"``)."""
+        return str(self.device.type)
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
         import torch
@@ -490,3 +581,32 @@ class MaskRCNNPredictor:
             f"MaskRCNNPredictor(classes={self.classes}, device={self.device}, amp={self.amp}, "
             f"channels_last={self.channels_last})"
         )
+
+
+def load_predictor(
+    path: str | Path, settings: RunSettings | None = None, *, amp: bool = True
+) -> MaskRCNNPredictor:
+    """Load a checkpoint as a predictor ready for ``settings``.
+
+    The model runs on ``settings.device`` and reports detections down to the lowest score
+    threshold of the settings (so no detection the filter would keep is cut by the model).
+
+    Args:
+        path: the checkpoint (``NAME.safetensors`` with its ``NAME.json`` sidecar).
+        settings: the run settings; ``None``: the device is picked automatically and the
+            model's own low threshold (0.05) applies.
+        amp: bfloat16 autocast on CUDA.
+
+    Raises:
+        CheckpointError: the checkpoint is missing, unsafe or corrupt.
+        ConfigError: the settings' device is not available.
+    """
+    if settings is None:
+        return MaskRCNNPredictor.from_checkpoint(path, amp=amp)
+    try:
+        device = pick_device(settings.device)
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
+    return MaskRCNNPredictor.from_checkpoint(
+        path, device=device, amp=amp, min_score=settings.lowest_score()
+    )

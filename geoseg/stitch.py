@@ -11,7 +11,7 @@ compares **masks**, and only where two tiles both see the scene:
    cannot have a counterpart; it is kept as is (no pixel work at all).
 3. **Fragments.** A detection is a *fragment* when its mask touches an edge of its window that is
    not a scene edge (the tile cut it); otherwise it is *complete*.
-4. **Matching.** Two detections from different tiles (of the same class when ``class_aware``)
+4. **Matching.** Two detections from different tiles (of the same class unless ``class_agnostic``)
    are the same object when their masks agree **inside the intersection of the two windows**,
    the only region both tiles saw: pixel IoU of the two masks restricted to that region
    ``>= match_iou``. Touching neighbours have overlapping boxes but disjoint masks, so they never
@@ -34,7 +34,7 @@ compares **masks**, and only where two tiles both see the scene:
    Duplicates *within* one tile are the predictor's business (its own NMS).
 
 Scores of merged objects are combined as :class:`ScoreMode` says; the class of a merged object
-is the one with the highest summed score among its members (with ``class_aware=True`` all
+is the one with the highest summed score among its members (without ``class_agnostic`` all
 members share it).
 
 Zero overlap: with ``overlap=0`` two different objects that touch exactly on a tile seam look
@@ -663,7 +663,7 @@ def stitch(
     scene_height: int,
     match_iou: float = 0.5,
     nms_iou: float = 0.5,
-    class_aware: bool = True,
+    class_agnostic: bool = False,
     score_mode: ScoreMode = ScoreMode.MAX,
 ) -> Detections:
     """Merge per-tile detections into one set of scene objects (see the module docstring).
@@ -680,7 +680,9 @@ def stitch(
         nms_iou: leftover duplicates with a full-mask IoU at least this are suppressed (the
             lower score goes), and unmatched fragments with at least this fraction of their
             pixels inside a larger object are dropped.
-        class_aware: only detections of the same label are matched and suppressed.
+        class_agnostic: match and suppress detections whatever their label (the merged
+            object takes the best-scoring member's label); ``False``: only detections of the
+            same label are matched and suppressed.
         score_mode: how the scores of merged detections are combined.
 
     Returns:
@@ -718,7 +720,9 @@ def stitch(
     parts_labels = [flat.labels[fast]]
     masks: list[npt.NDArray[Any]] = [flat.masks[int(k)] for k in fast]
     if len(kidx):
-        ma, mb_ = _match_pairs(flat, kidx, bank, win, match_iou=match_iou, class_aware=class_aware)
+        ma, mb_ = _match_pairs(
+            flat, kidx, bank, win, match_iou=match_iou, class_aware=not class_agnostic
+        )
         out = _merge(
             flat,
             kidx,
@@ -731,7 +735,7 @@ def stitch(
             height=scene_height,
             score_mode=score_mode,
         )
-        keep = np.flatnonzero(_suppress(out, nms_iou=nms_iou, class_aware=class_aware))
+        keep = np.flatnonzero(_suppress(out, nms_iou=nms_iou, class_aware=not class_agnostic))
         logger.debug(
             "stitch: %d overlap-zone detections -> %d objects (%d after NMS)",
             len(kidx),

@@ -285,7 +285,8 @@ class TileDataset(torch.utils.data.IterableDataset[Tile]):
         scene: the scene's description.
         bands: the band indexes read.
         stats: the statistics tiles are normalised with.
-        specs: the whole grid (including tiles that will be skipped as empty).
+        specs: the grid cells to read (the whole grid unless ``indexes`` was given), including
+            tiles that will be skipped as empty.
     """
 
     def __init__(
@@ -299,8 +300,12 @@ class TileDataset(torch.utils.data.IterableDataset[Tile]):
         skip_empty: bool = True,
         num_threads: int | Literal["ALL_CPUS"] | None = None,
         cache_mb: int | None = DEFAULT_CACHE_MB,
+        indexes: Sequence[int] | None = None,
     ) -> None:
-        """Plan the tiles; arguments as in :func:`iter_tiles`."""
+        """Plan the tiles; arguments as in :func:`iter_tiles`.
+
+        ``indexes`` keeps only those grid cells (row-major grid indexes), in that order.
+        """
         super().__init__()
         _check_grid_args(tile_size, overlap)
         self.scene, self.bands, self.stats = _prepare(scene, bands, stats)
@@ -309,8 +314,9 @@ class TileDataset(torch.utils.data.IterableDataset[Tile]):
         self.skip_empty = skip_empty
         self.num_threads = num_threads
         self.cache_mb = cache_mb
-        self.specs: tuple[TileSpec, ...] = tuple(
-            make_grid(self.scene.width, self.scene.height, tile_size=tile_size, overlap=overlap)
+        grid = make_grid(self.scene.width, self.scene.height, tile_size=tile_size, overlap=overlap)
+        self.specs: tuple[TileSpec, ...] = (
+            tuple(grid) if indexes is None else tuple(grid[int(i)] for i in indexes)
         )
 
     def shard(self, worker_id: int, num_workers: int) -> tuple[TileSpec, ...]:

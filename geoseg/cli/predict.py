@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import enum
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -15,18 +14,12 @@ from geoseg.cli._common import (
     split_min_score,
 )
 from geoseg.predict import Device
+from geoseg.settings import NormSource
 
 if TYPE_CHECKING:
     from geoseg.pipeline import SceneResult
 
-__all__ = ["NormSource", "command", "format_summary"]
-
-
-class NormSource(enum.StrEnum):
-    """Which normalisation statistics tiles are stretched with."""
-
-    SCENE = "scene"  # this scene's own scene-wide percentiles
-    MODEL = "model"  # the statistics saved with the model (its training imagery)
+__all__ = ["command", "format_summary"]
 
 
 def format_summary(result: SceneResult) -> str:
@@ -138,14 +131,12 @@ def command(
     """
     from tqdm import tqdm
 
-    from geoseg.config import load_config, resolve_run_settings
-    from geoseg.errors import CheckpointError
     from geoseg.export import check_writable
     from geoseg.model import check_compatible, read_meta
     from geoseg.pipeline import run_scene
-    from geoseg.predict import MaskRCNNPredictor
+    from geoseg.predict import load_predictor
     from geoseg.raster import open_scene, validate_bands
-    from geoseg.types import NormStats
+    from geoseg.settings import resolve
 
     band_sel = parse_bands(bands)
     global_score, class_scores = split_min_score(min_score)
@@ -154,47 +145,30 @@ def command(
     if quicklook is not None:
         _check_png_path(quicklook)
     info = open_scene(scene)
-    preset = load_config(config) if config else None
     meta = read_meta(model)
-    sel = validate_bands(info, band_sel if band_sel is not None else meta.bands)
-    check_compatible(meta, band_count=len(sel))
-    stats = None
-    if NormSource(norm) is NormSource.MODEL:
-        if meta.norm_stats is None:
-            raise click.BadParameter(
-                f"{model}: the checkpoint has no normalisation statistics; use --norm scene",
-                param_hint="--norm",
-            )
-        ns = meta.norm_stats
-        stats = NormStats(
-            bands=sel,
-            low=ns.low,
-            high=ns.high,
-            percentiles=ns.percentiles,
-            source_dtype=ns.source_dtype,
-        )
-    settings = resolve_run_settings(
-        model_tile_size=meta.tile_size,
-        config=preset,
-        bands=sel,
+    settings = resolve(
+        meta,
+        config,
+        bands=band_sel,
         tile_size=tile_size,
         overlap=overlap,
         min_score=global_score,
         class_min_score=class_scores,
-        model_score_thresholds=meta.score_thresholds,
         batch_size=batch_size,
+        device=device,
+        norm=norm,
     )
+    sel = validate_bands(info, settings.bands or meta.bands)
+    check_compatible(meta, band_count=len(sel))
+    if settings.norm is NormSource.MODEL and meta.norm_stats is None:
+        raise click.BadParameter(
+            f"{model}: the checkpoint has no normalisation statistics; use --norm scene",
+            param_hint="--norm",
+        )
     if settings.class_min_score:
         per_class = ", ".join(f"{k} {v:g}" for k, v in sorted(settings.class_min_score.items()))
         click.echo(f"score thresholds: {per_class}; other classes {settings.min_score:g}", err=True)
-    try:
-        predictor = MaskRCNNPredictor.from_checkpoint(
-            model, device=Device(device), min_score=settings.lowest_score()
-        )
-    except CheckpointError:
-        raise
-    except ValueError as err:
-        raise click.BadParameter(str(err), param_hint="--device") from err
+    predictor = load_predictor(model, settings)
 
     with tqdm(total=None, unit="tile", desc=Path(scene).name, leave=False) as bar:
 
@@ -203,13 +177,7 @@ def command(
             bar.update(done - bar.n)
 
         result = run_scene(
-            scene,
-            predictor,
-            **settings.scene_kwargs(predictor.device.type),
-            stats=stats,
-            num_workers=workers,
-            progress=progress,
-            output=output,
+            scene, predictor, settings, num_workers=workers, progress=progress, output=output
         )
     click.echo(format_summary(result))
     if quicklook is not None:

@@ -1,0 +1,294 @@
+"""Run settings: everything besides the weights that decides a scene's result, chosen in one place.
+
+:class:`RunSettings` is one frozen value holding the tiling, the score filter, the stitching and
+vectorizing parameters, the normalisation source, the bands and the device. :func:`resolve`
+builds it with one precedence rule, used by :func:`geoseg.pipeline.run_scene` (when no settings
+are given), ``geoseg predict``, ``geoseg batch`` and the notebooks:
+
+    explicit overrides  >  preset  >  checkpoint  >  defaults
+
+* the **checkpoint** (a :class:`~geoseg.predict.Predictor` or a checkpoint's metadata) gives its
+  training tile size, its bands and its recommended per-class score thresholds;
+* a **preset** (name, YAML path or :class:`~geoseg.config.PresetConfig`) gives tiling, score
+  filter, stitching and vectorizing sections;
+* **overrides** are keyword arguments named like the fields of :class:`RunSettings`; ``None``
+  means "not given".
+
+Score thresholds are resolved as a whole at each level: a preset's ``filter.min_score`` (with
+its ``filter.class_min_score``) replaces the checkpoint's per-class scores, an explicit
+``min_score`` replaces both, and explicit ``class_min_score`` entries are applied last.
+
+This module imports neither torch nor GDAL.
+
+Example:
+    >>> from geoseg.settings import resolve
+    >>> s = resolve(None, tile_size=256)
+    >>> (s.tile_size, s.overlap, s.min_score)
+    (256, 64, 0.5)
+    >>> resolve(None, "ships", min_score=0.3).min_score
+    0.3
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from geoseg.config import PresetConfig, check_class_scores, load_config
+from geoseg.errors import ConfigError
+
+__all__ = [
+    "CUDA_BATCH_SIZE",
+    "DEFAULT_MIN_SCORE",
+    "DEFAULT_TILE_SIZE",
+    "ModelFacts",
+    "NormSource",
+    "RunSettings",
+    "resolve",
+]
+
+#: Tile side (pixels) when neither an option, a preset nor the checkpoint gives one.
+DEFAULT_TILE_SIZE = 512
+#: Score threshold when neither an option, a preset nor the checkpoint gives one.
+DEFAULT_MIN_SCORE = 0.5
+#: Tiles per forward pass on CUDA; 1 on the CPU (batching there costs memory and gains nothing).
+CUDA_BATCH_SIZE = 8
+
+
+class NormSource(enum.StrEnum):
+    """Which normalisation statistics tiles are stretched with."""
+
+    SCENE = "scene"  #: this scene's own scene-wide percentiles (robust to other sensors)
+    MODEL = "model"  #: the statistics saved with the model (imagery like its training data)
+
+
+class ModelFacts(Protocol):
+    """What :func:`resolve` reads from a model.
+
+    A :class:`~geoseg.predict.Predictor` or a checkpoint's :class:`~geoseg.model.ModelMeta`
+    both qualify.
+
+    Attributes:
+        tile_size: the tile side the model was trained on, in pixels (``None``: unknown).
+        score_thresholds: recommended per-class score thresholds (may be empty).
+    """
+
+    @property
+    def tile_size(self) -> int | None:
+        """Training tile side in pixels, or ``None``."""
+        ...
+
+    @property
+    def score_thresholds(self) -> Mapping[str, float]:
+        """Recommended per-class score thresholds."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class RunSettings:
+    """Everything besides the model weights that decides a scene's result.
+
+    Build it with :func:`resolve`; change one field with :meth:`replace`. Its hash
+    (:meth:`digest`) goes into each batch manifest record: a scene is redone when it changes.
+
+    Attributes:
+        tile_size: tile side in scene pixels.
+        overlap: pixels shared by neighbouring tiles, ``0 <= overlap < tile_size``.
+        bands: 1-based raster bands fed to the model, in model-input order (``None``: the
+            model's bands, else all bands of the scene).
+        norm: normalise with the scene's own statistics or the model's training statistics.
+        min_score: per-tile detections below this score are dropped before stitching.
+        class_min_score: per-class thresholds (class name -> score) replacing ``min_score``.
+        min_area_px: stitched objects with fewer mask pixels (scene pixels) are dropped.
+        match_iou: see :func:`geoseg.stitch.stitch`.
+        nms_iou: see :func:`geoseg.stitch.stitch`.
+        class_agnostic: stitch across classes (the best-scoring class wins).
+        simplify_tolerance: polygon simplification in scene-CRS units (0 = none).
+        min_area_m2: polygons smaller than this many square metres are dropped.
+        batch_size: tiles per forward pass; ``None``: :data:`CUDA_BATCH_SIZE` on CUDA, 1
+            elsewhere. Not part of the digest (it changes speed, results only at float
+            rounding level).
+        device: where a model loaded with these settings runs (``auto``, ``cpu``,
+            ``cuda[:N]``, ``mps``). Not part of the digest.
+        preset: name of the preset the settings came from (informative, not in the digest).
+    """
+
+    tile_size: int = DEFAULT_TILE_SIZE
+    overlap: int = DEFAULT_TILE_SIZE // 4
+    bands: tuple[int, ...] | None = None
+    norm: NormSource = NormSource.SCENE
+    min_score: float = DEFAULT_MIN_SCORE
+    class_min_score: Mapping[str, float] = field(default_factory=dict)
+    min_area_px: int = 0
+    match_iou: float = 0.5
+    nms_iou: float = 0.5
+    class_agnostic: bool = False
+    simplify_tolerance: float = 0.0
+    min_area_m2: float = 0.0
+    batch_size: int | None = None
+    device: str = "auto"
+    preset: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.tile_size < 16:
+            raise ConfigError(f"tile size must be >= 16 pixels, got {self.tile_size}")
+        if not 0 <= self.overlap < self.tile_size:
+            raise ConfigError(
+                f"overlap {self.overlap} must be in [0, tile size {self.tile_size}) pixels: "
+                "lower the overlap"
+            )
+        if self.bands is not None:
+            bands = tuple(int(b) for b in self.bands)
+            if not bands or min(bands) < 1:
+                raise ConfigError(f"bands are 1-based band numbers, got {list(self.bands)}")
+            object.__setattr__(self, "bands", bands)
+        object.__setattr__(self, "norm", NormSource(self.norm))
+        if not 0.0 <= self.min_score <= 1.0:
+            raise ConfigError(f"min_score must be in [0, 1], got {self.min_score}")
+        scores = check_class_scores(self.class_min_score, "class_min_score")
+        object.__setattr__(self, "class_min_score", scores)
+        if self.min_area_px < 0 or self.min_area_m2 < 0 or self.simplify_tolerance < 0:
+            raise ConfigError("min_area_px, min_area_m2 and simplify_tolerance must be >= 0")
+        for name in ("match_iou", "nms_iou"):
+            if not 0.0 < getattr(self, name) <= 1.0:
+                raise ConfigError(f"{name} must be in (0, 1], got {getattr(self, name)}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ConfigError(f"batch size must be >= 1, got {self.batch_size}")
+
+    def replace(self, **changes: Any) -> RunSettings:
+        """A copy with some fields changed (validated again).
+
+        Raises:
+            ConfigError: an unknown field name or an invalid value.
+        """
+        _check_names(changes)
+        return dataclasses.replace(self, **changes)
+
+    def lowest_score(self) -> float:
+        """The lowest threshold of any class: the model must report detections down to it."""
+        return min([self.min_score, *self.class_min_score.values()])
+
+    def batch_for(self, device_type: str) -> int:
+        """Tiles per forward pass on a device of this type (``"cuda"``, ``"cpu"``...)."""
+        if self.batch_size is not None:
+            return self.batch_size
+        return CUDA_BATCH_SIZE if device_type == "cuda" else 1
+
+    def stitch_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for :func:`geoseg.stitch.stitch`."""
+        return {
+            "match_iou": self.match_iou,
+            "nms_iou": self.nms_iou,
+            "class_agnostic": self.class_agnostic,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable form (stored in batch manifests)."""
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        data["bands"] = None if self.bands is None else list(self.bands)
+        data["norm"] = self.norm.value
+        data["class_min_score"] = dict(self.class_min_score)
+        return data
+
+    def digest(self) -> str:
+        """SHA-256 of the canonical JSON of the settings that change results.
+
+        ``batch_size``, ``device`` and ``preset`` are left out: they change speed or naming.
+        """
+        data = self.to_dict()
+        for key in ("batch_size", "device", "preset"):
+            data.pop(key)
+        text = json.dumps(data, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    def describe(self) -> str:
+        """One line for logs: tiling, thresholds, normalisation."""
+        per_class = ", ".join(f"{k} {v:g}" for k, v in sorted(self.class_min_score.items()))
+        scores = f"min score {self.min_score:g}" + (f" ({per_class})" if per_class else "")
+        preset = f", preset {self.preset}" if self.preset else ""
+        return (
+            f"tiles {self.tile_size} px, overlap {self.overlap} px, {scores}, "
+            f"norm {self.norm.value}{preset}"
+        )
+
+
+_FIELDS = frozenset(f.name for f in dataclasses.fields(RunSettings))
+
+
+def _check_names(values: Mapping[str, Any]) -> None:
+    unknown = sorted(set(values) - _FIELDS)
+    if unknown:
+        raise ConfigError(
+            f"unknown run setting(s) {', '.join(unknown)}; valid: {', '.join(sorted(_FIELDS))}"
+        )
+
+
+def resolve(
+    model: ModelFacts | None = None,
+    preset: str | Path | PresetConfig | None = None,
+    **overrides: Any,
+) -> RunSettings:
+    """The settings one scene is predicted with: overrides > preset > checkpoint > defaults.
+
+    Args:
+        model: the model's facts (a predictor or a checkpoint's metadata): its training tile
+            size and recommended per-class score thresholds. ``None``: defaults only.
+        preset: a preset name (``"ships"``), a YAML path or a loaded
+            :class:`~geoseg.config.PresetConfig`; gives tiling, filter, stitch and vectorize.
+        **overrides: any :class:`RunSettings` field; ``None`` values are ignored.
+
+    Returns:
+        The validated :class:`RunSettings`. Without a tile size anywhere,
+        :data:`DEFAULT_TILE_SIZE`; without an overlap, a quarter of the tile (or the preset's).
+
+    Raises:
+        ConfigError: an unknown override name, an unknown or invalid preset, or an invalid
+            value (overlap not below the tile size, a score outside [0, 1]...).
+    """
+    given = {k: v for k, v in overrides.items() if v is not None}
+    _check_names(given)
+    cfg = preset if isinstance(preset, PresetConfig) or preset is None else load_config(preset)
+    model_tile = None if model is None else model.tile_size
+    model_scores = {} if model is None else dict(model.score_thresholds or {})
+
+    values: dict[str, Any] = {}
+    tile = given.get("tile_size") or (cfg.tiling.tile_size if cfg else None) or model_tile
+    values["tile_size"] = int(tile or DEFAULT_TILE_SIZE)
+    overlap = given.get("overlap")
+    if overlap is None:
+        overlap = cfg.tiling.overlap if cfg else values["tile_size"] // 4
+    values["overlap"] = int(overlap)
+
+    per_class = check_class_scores(model_scores, "checkpoint score_thresholds")
+    min_score = given.get("min_score")
+    if min_score is None:
+        min_score = cfg.filter.min_score if cfg else DEFAULT_MIN_SCORE
+        if cfg is not None:
+            per_class = dict(cfg.filter.class_min_score)
+    else:
+        per_class = {}
+    per_class.update(check_class_scores(given.get("class_min_score") or {}, "class_min_score"))
+    values["min_score"] = float(min_score)
+    values["class_min_score"] = per_class
+
+    if cfg is not None:
+        values.update(
+            min_area_px=cfg.filter.min_area_px,
+            match_iou=cfg.stitch.match_iou,
+            nms_iou=cfg.stitch.nms_iou,
+            class_agnostic=cfg.stitch.class_agnostic,
+            simplify_tolerance=cfg.vectorize.simplify_tolerance,
+            min_area_m2=cfg.vectorize.min_area_m2,
+            preset=cfg.name,
+        )
+    done = {"tile_size", "overlap", "min_score", "class_min_score"}
+    values.update({k: v for k, v in given.items() if k not in done})
+    if isinstance(values.get("bands"), Sequence):
+        values["bands"] = tuple(int(b) for b in values["bands"])
+    return RunSettings(**values)
