@@ -518,8 +518,9 @@ def vectorize_scene(
 
 
 def count_classes(gdf: gpd.GeoDataFrame, classes: Sequence[str]) -> dict[str, int]:
-    """Objects per class name: every class of ``classes`` (zeros included), then any other
-    class found in ``gdf["class"]``.
+    """Objects per class name.
+
+    Every class of ``classes`` (zeros included), then any other class in ``gdf["class"]``.
     """
     counts = dict.fromkeys(classes, 0)
     if len(gdf) and "class" in gdf.columns:
@@ -542,9 +543,10 @@ def run_scene(
 ) -> SceneResult:
     """Find and outline the objects of one scene.
 
-    Chains :func:`plan_scene`, :func:`predict_tiles` and :func:`finish_scene`. With no settings, the run uses what ``geoseg predict`` would with the same model: the
-    checkpoint's tile size and recommended per-class score thresholds, else the defaults
-    (see :func:`geoseg.settings.resolve`). Keyword overrides change single settings.
+    Chains :func:`plan_scene`, :func:`predict_tiles` and :func:`finish_scene`. With no
+    settings, the run uses what ``geoseg predict`` would with the same model: the checkpoint's
+    tile size and recommended per-class score thresholds, else the defaults (see
+    :func:`geoseg.settings.resolve`). Keyword overrides change single settings.
 
     Args:
         scene: a raster GDAL opens (GeoTIFF, COG, VRT, ``/vsicurl/`` URL...).
