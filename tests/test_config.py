@@ -12,7 +12,7 @@ from geoseg.config import (
     Backbone,
     ModelConfig,
     PresetConfig,
-    StitchConfig,
+    FilterConfig,
     TrainConfig,
     config_from_dict,
     config_to_dict,
@@ -155,32 +155,16 @@ def test_train_config_errors(tmp_path):
         load_train_config(run)
 
 
-def test_per_class_scores_precedence():
-    from geoseg.config import resolve_run_settings
-
-    ckpt = {"vehicle": 0.3}
-    # nothing else said: the checkpoint's per-class scores over the default
-    s = resolve_run_settings(model_tile_size=256, model_score_thresholds=ckpt)
-    assert s.min_score == 0.5 and s.class_min_score == {"vehicle": 0.3}
-    assert s.lowest_score() == 0.3
-    # a preset replaces them with its own
-    preset = load_config("ships")
-    preset = dataclasses.replace(
-        preset, stitch=dataclasses.replace(preset.stitch, class_min_score={"ship": 0.6})
-    )
-    s = resolve_run_settings(config=preset, model_score_thresholds=ckpt)
-    assert s.min_score == preset.stitch.min_score and s.class_min_score == {"ship": 0.6}
-    # an explicit global score replaces both; explicit per-class entries come last
-    s = resolve_run_settings(
-        config=preset, min_score=0.7, class_min_score={"building": 0.2}, model_score_thresholds=ckpt
-    )
-    assert s.min_score == 0.7 and s.class_min_score == {"building": 0.2}
-    assert s.scene_kwargs()["class_min_score"] == {"building": 0.2}
-    # they change results, so they change the settings digest
-    assert s.digest() != resolve_run_settings(config=preset, min_score=0.7).digest()
-
-
 @pytest.mark.parametrize("bad", [{"ship": 1.5}, {"ship": "high"}, {"ship": True}])
 def test_class_min_score_is_validated(bad):
-    with pytest.raises(ConfigError, match=r"stitch\.class_min_score"):
-        StitchConfig(class_min_score=bad)
+    with pytest.raises(ConfigError, match=r"filter\.class_min_score"):
+        FilterConfig(class_min_score=bad)
+
+
+def test_old_stitch_score_keys_name_their_new_section(tmp_path):
+    data = yaml.safe_load(preset_path("ships").read_text())
+    data["stitch"]["min_score"] = 0.4
+    path = tmp_path / "old.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match=r"old\.yaml: stitch\.min_score moved to .*filter"):
+        load_config(path)

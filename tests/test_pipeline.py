@@ -13,21 +13,23 @@ from scipy import ndimage
 
 from geoseg.errors import BandError, ExportError, RasterReadError
 from geoseg.pipeline import SceneResult, run_scene
-from geoseg.predict import Predictor
+from geoseg.predict import Predictor, PredictorBase
 from geoseg.types import TileDetections
 
 GSD = 0.5
 TRANSFORM = Affine(GSD, 0, 500000, 0, -GSD, 4000000)
 
 
-class ThresholdPredictor:
+class ThresholdPredictor(PredictorBase):
     """Connected components of bright pixels: band 1 -> "ship", band 2 -> "vehicle".
 
-    A stand-in for any non-Mask R-CNN model; it knows nothing about other tiles.
+    A stand-in for any non-Mask R-CNN model; it knows nothing about other tiles. Like a
+    checkpoint, it recommends per-class score thresholds that keep both classes.
     """
 
     classes = ("ship", "vehicle")
     scores = (0.9, 0.3)
+    score_thresholds = {"ship": 0.5, "vehicle": 0.2}  # noqa: RUF012
 
     def __init__(self):
         self.calls = 0
@@ -111,6 +113,31 @@ def truth_counts(objects=OBJECTS):
 
 def test_threshold_predictor_satisfies_protocol():
     assert isinstance(ThresholdPredictor(), Predictor)
+
+
+def test_an_object_missing_protocol_members_is_named(tmp_path):
+    class Bare:
+        classes = ("ship",)
+
+        def predict_tiles(self, tiles):
+            return []
+
+    scene = write_scene(tmp_path / "scene.tif")
+    with pytest.raises(TypeError, match=r"Bare is not a geoseg Predictor.*bands.*PredictorBase"):
+        run_scene(scene, Bare())
+
+
+def test_without_settings_the_predictor_decides(tmp_path):
+    """No settings: the model's tile size and recommended thresholds, as geoseg predict does."""
+    scene = write_scene(tmp_path / "scene.tif")
+    pred = ThresholdPredictor()
+    pred.tile_size = 64
+    result = run_scene(scene, pred)
+    assert result.settings is not None and result.settings.tile_size == 64
+    assert result.settings.overlap == 16 and result.tiles_total == 12  # 4 x 3 tiles of 64 px
+    assert result.counts == truth_counts()  # the vehicles' 0.3 passes their recommended 0.2
+    pred.score_thresholds = {}
+    assert run_scene(scene, pred).counts["vehicle"] == 0  # the default 0.5 drops them
 
 
 @pytest.mark.parametrize("suffix", [".gpkg", ".geojson"])

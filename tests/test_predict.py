@@ -283,9 +283,11 @@ def test_label_outside_classes_is_an_error():
 def test_pick_device():
     assert pick_device("cpu").type == "cpu"
     assert pick_device(Device.CPU).type == "cpu"
-    auto = pick_device(None)
-    assert auto.type == ("cuda" if torch.cuda.is_available() else auto.type)
-    assert pick_device("auto") == auto
+    mps = getattr(torch.backends, "mps", None)
+    best = "cuda" if torch.cuda.is_available() else None
+    best = best or ("mps" if mps is not None and mps.is_available() else "cpu")
+    assert pick_device(None).type == best
+    assert pick_device("auto") == pick_device(None)
     with pytest.raises(ValueError, match="not a device"):
         pick_device("tpu-9000")
     if not torch.cuda.is_available():

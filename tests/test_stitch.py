@@ -335,8 +335,8 @@ def test_touching_neighbours_never_fuse():
         tile_dets(a, [top, bottom, (seam - 12, 80, upper), (seam - 12, 80, lower)]),
         tile_dets(b, [top, bottom, (seam - 12, 80, upper), (seam - 12, 80, lower)]),
     ]
-    for class_aware in (True, False):
-        det = stitch(tds, scene_width=224, scene_height=128, class_aware=class_aware)
+    for class_agnostic in (True, False):
+        det = stitch(tds, scene_width=224, scene_height=128, class_agnostic=class_agnostic)
         assert len(det) == 4
         areas = sorted(det.mask_areas().tolist())
         assert areas == sorted([160, 160, int(upper.sum()), int(lower.sum())])
@@ -381,13 +381,13 @@ def test_leftover_duplicate_removed_by_mask_nms():
     assert len(det) == 2
 
 
-def test_class_aware_matching():
+def test_class_agnostic_matching():
     a, b = two_tiles()
     x1 = b.window.col_off + 2
     m = np.ones((10, 10), bool)
     tds = [tile_dets(a, [(x1, 30, m)], labels=[0]), tile_dets(b, [(x1, 30, m)], labels=[1])]
     assert len(stitch(tds, scene_width=224, scene_height=128)) == 2
-    det = stitch(tds, scene_width=224, scene_height=128, class_aware=False)
+    det = stitch(tds, scene_width=224, scene_height=128, class_agnostic=True)
     assert len(det) == 1
 
 
