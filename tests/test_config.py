@@ -38,10 +38,33 @@ def test_bundled_presets_load_and_suit_small_objects(name):
     assert cfg.tiling.overlap < cfg.tiling.tile_size
 
 
-def test_ship_preset_has_elongated_anchors():
-    ratios = load_config("ships").model.aspect_ratios
-    assert min(ratios) <= 0.25 and max(ratios) >= 4.0
-    assert load_config("ships").model.anchor_sizes[0] == (8,)
+def best_anchor_iou(model, w, h):
+    """Best IoU of a w x h px box with any anchor of ``model`` centred on it (torchvision's
+    anchor shapes: height/width = ratio, area = size²)."""
+    best = 0.0
+    for size in (s for level in model.anchor_sizes for s in level):
+        for ratio in model.aspect_ratios:
+            aw, ah = size / ratio**0.5, size * ratio**0.5
+            inter = min(w, aw) * min(h, ah)
+            best = max(best, inter / (w * h + aw * ah - inter))
+    return best
+
+
+@pytest.mark.parametrize(("w", "h"), [(64, 16), (16, 64), (32, 8), (120, 30)])
+def test_ship_preset_gives_long_hulls_a_positive_anchor(w, h):
+    """A 4:1 hull (e.g. 32 x 8 m at 0.5 m) reaches the RPN's positive IoU 0.7 with the ships
+    preset's anchors, and not with torchvision's default 1:2 .. 2:1 ratios."""
+    ships = load_config("ships").model
+    assert best_anchor_iou(ships, w, h) >= 0.7
+    assert best_anchor_iou(ModelConfig(), w, h) < 0.7
+
+
+def test_ship_preset_anchors_catch_dinghies():
+    """A 4 x 2 m dinghy at 0.5 m (8 x 4 px) overlaps an anchor at IoU >= 0.4 (torchvision's
+    smallest anchor, 32 px, gives it at most 0.03)."""
+    assert best_anchor_iou(load_config("ships").model, 8, 4) >= 0.4
+    torchvision_default = ModelConfig(anchor_sizes=((32,), (64,), (128,), (256,), (512,)))
+    assert best_anchor_iou(torchvision_default, 8, 4) < 0.05
 
 
 def test_every_preset_choice_is_commented():

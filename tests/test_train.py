@@ -318,7 +318,6 @@ def test_cli_train_runs_from_yaml(tmp_path):
     result = CliRunner().invoke(cli, ["train", str(run), "--max-steps", "1", "--no-progress"])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "out" / "last.safetensors").is_file()
-    assert chips.is_dir()
     bad = CliRunner().invoke(cli, ["train", str(tmp_path / "missing.yaml")])
     assert bad.exit_code != 0 and "cannot read" in bad.output
 
