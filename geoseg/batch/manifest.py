@@ -1,0 +1,308 @@
+"""What a batch run records: per-scene records, the resumable manifest, the summary tables.
+
+``OUTDIR/manifest.json`` holds the latest :class:`SceneRecord` of every scene ever run into the
+folder; it is rewritten atomically after each batch of completed tasks, so a killed run keeps
+what finished. ``OUTDIR/summary.csv`` and ``OUTDIR/summary.parquet`` have one row per scene of
+a run with its object count per class. :func:`is_done` is the resume rule.
+
+The per-scene output formats (:data:`OUTPUT_FORMATS`) are listed here, in one place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime as dt
+import enum
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from geoseg.errors import ConfigError
+
+__all__ = [
+    "FORMAT_ALIASES",
+    "MANIFEST_NAME",
+    "OUTPUT_FORMATS",
+    "SUMMARY_CSV",
+    "SUMMARY_PARQUET",
+    "Manifest",
+    "SceneRecord",
+    "SceneStatus",
+    "atomic_write",
+    "file_sha256",
+    "is_done",
+    "output_format",
+    "summary_frame",
+    "utc_now",
+    "write_summary",
+]
+
+MANIFEST_NAME = "manifest.json"
+SUMMARY_CSV = "summary.csv"
+SUMMARY_PARQUET = "summary.parquet"
+_MANIFEST_FORMAT = "geoseg-batch-manifest"
+_MANIFEST_VERSION = 1
+
+# TODO(io): use geoseg.io's output-format table once it exists (one table for predict + batch).
+#: Per-scene output formats of a batch and their extensions. COCO JSON is not offered: a batch
+#: folder is read back as georeferenced vectors (``geoseg count``, notebooks), and COCO holds
+#: scene-pixel outlines; ``geoseg predict`` writes COCO for one scene.
+OUTPUT_FORMATS: Mapping[str, str] = {
+    "gpkg": ".gpkg",
+    "geojson": ".geojson",
+    "shapefile": ".shp",
+    "parquet": ".parquet",
+    "flatgeobuf": ".fgb",
+}
+#: Other names accepted for :data:`OUTPUT_FORMATS`.
+FORMAT_ALIASES: Mapping[str, str] = {
+    "shp": "shapefile",
+    "fgb": "flatgeobuf",
+    "geoparquet": "parquet",
+}
+
+
+def output_format(fmt: str) -> tuple[str, str]:
+    """``(format name, file extension)`` for a vector format name such as ``gpkg``.
+
+    Raises:
+        ConfigError: a format batch does not write (the message lists those it does).
+    """
+    name = FORMAT_ALIASES.get(str(fmt).lower(), str(fmt).lower())
+    if name not in OUTPUT_FORMATS:
+        raise ConfigError(
+            f"format {fmt!r} is not supported by batch; use one of {sorted(OUTPUT_FORMATS)} "
+            "(COCO JSON: geoseg predict, one scene at a time)"
+        )
+    return name, OUTPUT_FORMATS[name]
+
+
+class SceneStatus(enum.StrEnum):
+    """Outcome of one scene in the manifest."""
+
+    OK = "ok"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class SceneRecord:
+    """One scene's entry in the run manifest.
+
+    Attributes:
+        scene: the scene's unique name (:attr:`SceneInput.name`).
+        path: the GDAL path it was read from.
+        status: ``ok`` or ``failed``.
+        output: the vector file written (``None`` when failed).
+        quicklook: the quicklook PNG written, if asked for.
+        counts: objects per class name.
+        n_tiles: tiles the scene was cut into; n_objects: objects found.
+        seconds: wall time of the scene on its worker(s), model loading included.
+        error: ``"ExceptionType: message"`` when failed, else ``None``.
+        model_sha256: SHA-256 of the checkpoint file.
+        config_hash: SHA-256 of the run settings' digest
+            (:meth:`~geoseg.settings.RunSettings.digest`) and the checkpoint's sidecar.
+        worker: address of the dask worker that ran it; worker_pid: its process id.
+        model_loaded: whether this task loaded the model (False: it came from the worker's
+            cache).
+        split_chunks: number of tile chunks the scene was spread over (0: not split).
+        finished: ISO 8601 UTC time the record was made.
+    """
+
+    scene: str
+    path: str
+    status: SceneStatus
+    output: str | None = None
+    quicklook: str | None = None
+    counts: Mapping[str, int] = field(default_factory=dict)
+    n_tiles: int = 0
+    n_objects: int = 0
+    seconds: float = 0.0
+    error: str | None = None
+    model_sha256: str = ""
+    config_hash: str = ""
+    worker: str | None = None
+    worker_pid: int | None = None
+    model_loaded: bool = False
+    split_chunks: int = 0
+    finished: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable form."""
+        data = dataclasses.asdict(self)
+        data["status"] = str(self.status)
+        data["counts"] = {str(k): int(v) for k, v in self.counts.items()}
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SceneRecord:
+        """Inverse of :meth:`to_dict` (unknown keys are ignored)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {k: v for k, v in data.items() if k in names}
+        kwargs["status"] = SceneStatus(kwargs.get("status", SceneStatus.FAILED))
+        kwargs["counts"] = {str(k): int(v) for k, v in dict(kwargs.get("counts") or {}).items()}
+        return cls(**kwargs)
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """SHA-256 (hex) of a file's bytes, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _umask()
+
+
+# TODO(io): use geoseg.io.atomic_write (it respects the umask too) once geoseg/io.py is merged;
+# this is batch's only copy.
+def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
+    """Call ``write(tmp)`` on a temporary path in ``path``'s folder, then move it into place.
+
+    A killed process leaves at most a hidden ``.NAME.*.tmp`` beside ``path``, never a partial
+    file under its name; the file gets the usual permissions (``0666`` less the umask).
+    """
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the usual permissions
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+def utc_now() -> str:
+    """The current UTC time, ISO 8601 to the second."""
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
+class Manifest:
+    """``OUTDIR/manifest.json``: the latest record per scene name, rewritten atomically.
+
+    Attributes:
+        path: the manifest file.
+        header: run-level fields written before the records (model, hashes, settings).
+        records: scene name -> latest record (read from an existing manifest first).
+
+    Raises:
+        ConfigError: ``path`` exists but is not a geoseg batch manifest.
+    """
+
+    def __init__(self, path: Path, header: Mapping[str, Any]) -> None:
+        self.path = path
+        self.header = dict(header)
+        self.records: dict[str, SceneRecord] = {}
+        self._dirty = False
+        if path.exists():
+            try:
+                data = json.loads(path.read_text(encoding="utf-8"))
+                if data.get("format") != _MANIFEST_FORMAT:
+                    raise ValueError(f"format is {data.get('format')!r}")
+                for name, rec in dict(data.get("scenes", {})).items():
+                    self.records[str(name)] = SceneRecord.from_dict(rec)
+            except (OSError, ValueError, TypeError, AttributeError, KeyError) as err:
+                raise ConfigError(
+                    f"{path}: not a geoseg batch manifest ({err}); move it away or choose "
+                    "another output folder"
+                ) from err
+
+    def add(self, record: SceneRecord) -> None:
+        """Record (or replace) one scene's outcome; written by the next :meth:`flush`."""
+        self.records[record.scene] = record
+        self._dirty = True
+
+    def flush(self) -> None:
+        """Rewrite the file (atomically) if a record was added since the last flush."""
+        if not self._dirty and self.path.exists():
+            return
+        data = {
+            "format": _MANIFEST_FORMAT,
+            "version": _MANIFEST_VERSION,
+            "updated": utc_now(),
+            **self.header,
+            "scenes": {name: r.to_dict() for name, r in sorted(self.records.items())},
+        }
+        text = json.dumps(data, indent=1, sort_keys=False) + "\n"
+        atomic_write(self.path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+        self._dirty = False
+
+
+def is_done(
+    record: SceneRecord | None,
+    *,
+    path: str,
+    output: Path,
+    model_sha256: str,
+    config_hash: str,
+    quicklook: Path | None,
+) -> bool:
+    """Whether a scene's manifest record lets it be skipped on resume.
+
+    It must be ``ok``, made from the same ``path`` with the same model and config hashes, and
+    its output must still exist under the same name; when a quicklook is asked for
+    (``quicklook`` is its path), the record's quicklook must exist too.
+    """
+    return (
+        record is not None
+        and record.status is SceneStatus.OK
+        and record.model_sha256 == model_sha256
+        and record.config_hash == config_hash
+        and record.path == path
+        and record.output == str(output)
+        and output.exists()
+        and (quicklook is None or (record.quicklook == str(quicklook) and quicklook.exists()))
+    )
+
+
+def summary_frame(records: Sequence[SceneRecord], classes: Sequence[str]) -> Any:
+    """One row per scene: status, tiles, objects, seconds, then ``n_<class>`` per class."""
+    import pandas as pd
+
+    all_classes = list(classes)
+    for r in records:
+        all_classes += [c for c in r.counts if c not in all_classes]
+    rows = []
+    for r in records:
+        row: dict[str, Any] = {
+            "scene": r.scene,
+            "status": str(r.status),
+            "n_tiles": r.n_tiles,
+            "n_objects": r.n_objects,
+        }
+        for c in all_classes:
+            row[f"n_{c}"] = int(r.counts.get(c, 0))
+        row.update(
+            seconds=round(r.seconds, 3),
+            path=r.path,
+            output=r.output or "",
+            worker=r.worker or "",
+            error=r.error or "",
+        )
+        rows.append(row)
+    columns = ["scene", "status", "n_tiles", "n_objects", *[f"n_{c}" for c in all_classes]]
+    columns += ["seconds", "path", "output", "worker", "error"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def write_summary(out_dir: Path, records: Sequence[SceneRecord], classes: Sequence[str]) -> None:
+    """Write ``summary.csv`` and ``summary.parquet`` (see :func:`summary_frame`) atomically."""
+    frame = summary_frame(records, classes)
+    atomic_write(out_dir / SUMMARY_CSV, lambda tmp: frame.to_csv(tmp, index=False))
+    atomic_write(out_dir / SUMMARY_PARQUET, lambda tmp: frame.to_parquet(tmp, index=False))
