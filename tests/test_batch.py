@@ -30,10 +30,16 @@ from geoseg.batch import (
     run_batch,
     worker_cache_info,
 )
+from geoseg.batch.cluster import worker_specs
+from geoseg.batch.tasks import chunk_indexes
 from geoseg.cli import cli
-from geoseg.errors import ConfigError
+from geoseg.cli.batch import write_quicklook
+from geoseg.errors import CheckpointError, ConfigError
+from geoseg.model import read_meta
+from geoseg.settings import resolve
 
 TILE = dict(tile_size=128, overlap=16, min_score=0.3)
+TUNED = {"ship": 0.3, "vehicle": 0.25}
 CLI_TILE = ["--tile-size", "128", "--overlap", "16", "--min-score", "0.3"]
 GOOD = ["alpha", "bravo", "charlie", "delta"]
 
@@ -124,22 +130,34 @@ def scenes(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def tuned_model(tiny_model, tmp_path_factory):
+    """The tiny model with recommended per-class score thresholds in its sidecar."""
+    ckpt = tmp_path_factory.mktemp("tuned") / "tuned"
+    shutil.copyfile(tiny_model, ckpt.with_suffix(".safetensors"))
+    raw = json.loads(tiny_model.with_suffix(".json").read_text())
+    raw["score_thresholds"] = TUNED
+    ckpt.with_suffix(".json").write_text(json.dumps(raw))
+    return ckpt.with_suffix(".safetensors")
+
+
+def cpu_predictor(model, settings=None):
+    """The model loaded in this process as a worker loads it (on the CPU, as the workers here)."""
+    from geoseg.predict import load_predictor
+
+    return load_predictor(model, None if settings is None else settings.replace(device="cpu"))
+
+
+@pytest.fixture(scope="module")
 def reference(tiny_model, scenes, tmp_path_factory):
     """Sequential run_scene on each good scene, in this process, with the batch's settings."""
     from geoseg.pipeline import run_scene
-    from geoseg.predict import MaskRCNNPredictor
 
-    settings = batch.resolve_settings(tiny_model, **TILE)
-    predictor = MaskRCNNPredictor.from_checkpoint(tiny_model, device="cpu", min_score=0.3)
+    settings = resolve(read_meta(tiny_model), **TILE)
+    predictor = cpu_predictor(tiny_model, settings)
     out = tmp_path_factory.mktemp("reference")
     refs = {}
     for name in GOOD:
-        res = run_scene(
-            scenes / f"{name}.tif",
-            predictor,
-            **settings.scene_kwargs(),
-            output=out / f"{name}.gpkg",
-        )
+        res = run_scene(scenes / f"{name}.tif", predictor, settings, output=out / f"{name}.gpkg")
         refs[name] = (out / f"{name}.gpkg", res)
     assert sum(len(r.gdf) for _, r in refs.values()) > 0, "the tiny model should find something"
     return refs
@@ -258,37 +276,21 @@ def test_resolve_inputs_errors(tmp_path):
 
 
 def test_worker_specs_pin_one_gpu_per_worker():
-    specs = batch._worker_specs(3, gpus=2, cpus=12, memory=12_000)
+    specs = worker_specs(3, gpus=2, cpus=12, memory=12_000)
     assert [s["env"]["CUDA_VISIBLE_DEVICES"] for s in specs.values()] == ["0", "1", "0"]
     assert {s["nthreads"] for s in specs.values()} == {1}
     assert {s["env"]["OMP_NUM_THREADS"] for s in specs.values()} == {"4"}
     assert {s["memory_limit"] for s in specs.values()} == {4000}
-    cpu = batch._worker_specs(2, gpus=0, cpus=2, memory=10)
+    cpu = worker_specs(2, gpus=0, cpus=2, memory=10)
     assert all("CUDA_VISIBLE_DEVICES" not in s["env"] for s in cpu.values())
 
 
 def test_chunks_cover_all_tiles_in_batch_multiples():
     for n, k, m in [(1, 4, 4), (10, 3, 4), (17, 4, 1), (8, 2, 4), (5, 10, 2)]:
-        parts = batch._chunks(n, k, multiple=m)
+        parts = chunk_indexes(n, k, multiple=m)
         assert [i for p in parts for i in p] == list(range(n))
         assert len(parts) <= k
         assert all(len(p) % m == 0 for p in parts[:-1])
-
-
-def test_resolve_settings_uses_the_checkpoint_score_thresholds(tiny_model, tmp_path):
-    import json
-    import shutil
-
-    ckpt = tmp_path / "tuned"
-    shutil.copyfile(tiny_model, ckpt.with_suffix(".safetensors"))
-    raw = json.loads(tiny_model.with_suffix(".json").read_text())
-    raw["score_thresholds"] = {"vehicle": 0.2}
-    ckpt.with_suffix(".json").write_text(json.dumps(raw))
-    s = batch.resolve_settings(ckpt)
-    assert s.min_score == 0.5 and s.class_min_score == {"vehicle": 0.2}
-    assert s.lowest_score() == 0.2  # the workers' model must report down to it
-    s = batch.resolve_settings(ckpt, min_score=0.4, class_min_score={"ship": 0.9})
-    assert s.min_score == 0.4 and s.class_min_score == {"ship": 0.9}
 
 
 # ------------------------------------------------------------------------------------------
@@ -429,45 +431,107 @@ def test_stac_item_collection_input(cluster, tiny_model, scenes, reference, tmp_
         assert_same_vectors(out / f"scene-{name}.gpkg", reference[name][0])
     assert not (out / "quicklooks").exists()
     # asking for quicklooks now: the scenes without one run again and get theirs
-    rep = run_batch(
-        coll, model=tiny_model, out_dir=out, scheduler=lc.scheduler_address, quicklook=True, **TILE
-    )
+    again = dict(model=tiny_model, out_dir=out, scheduler=lc.scheduler_address, **TILE)
+    rep = run_batch(coll, quicklook=write_quicklook, **again)
     assert rep.skipped == () and rep.n_ok == 2
     for rec in rep.records:
         assert rec.quicklook == str(out / "quicklooks" / f"{rec.scene}.png")
         assert Path(rec.quicklook).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # a quicklook gone missing: only that scene runs again
+    Path(rep.records[1].quicklook).unlink()
+    rep = run_batch(coll, quicklook=write_quicklook, **again)
+    assert rep.skipped == ("scene-alpha",) and rep.ran == ("scene-bravo",)
+    assert Path(rep.records[1].quicklook).is_file()
+    assert run_batch(coll, **again).ran == ()  # quicklooks not asked for: nothing to redo
 
 
-def test_split_scene_equals_unsplit(cluster, tiny_model, tmp_path):
+def test_split_scene_equals_unsplit(cluster, tiny_model, scenes, tmp_path):
+    """A scene spread over the workers gives exactly run_scene's objects (same settings)."""
     from geoseg.pipeline import run_scene
-    from geoseg.predict import MaskRCNNPredictor
 
     lc, _ = cluster
-    big = write_scene(tmp_path / "big.tif", seed=7, width=460, height=240)
-    settings = batch.resolve_settings(tiny_model, **TILE, batch_size=2)
-    predictor = MaskRCNNPredictor.from_checkpoint(tiny_model, device="cpu", min_score=0.3)
-    ref = run_scene(big, predictor, **settings.scene_kwargs(), output=tmp_path / "ref.gpkg")
-    assert len(ref.gdf) > 0
+    big = write_scene(tmp_path / "big.tif", seed=7, width=460, height=240)  # 8 tiles
+    small = scenes / "alpha.tif"  # 4 tiles: below split_tiles, done whole by its plan task
+    settings = resolve(read_meta(tiny_model), **TILE, batch_size=2)
+    predictor = cpu_predictor(tiny_model, settings)
+    refs = {
+        p.stem: run_scene(p, predictor, settings, output=tmp_path / "ref" / f"{p.stem}.gpkg")
+        for p in (big, small)
+    }
+    assert len(refs["big"].gdf) > 0
+    assert (refs["big"].tiles_total, refs["alpha"].tiles_total) == (8, 4)  # split_tiles=5
     progress = []
     rep = run_batch(
-        big,
+        [big, small],
         model=tiny_model,
         out_dir=tmp_path / "out",
         scheduler=lc.scheduler_address,
-        split_tiles=4,
-        batch_size=2,
+        settings=settings,
+        split_tiles=5,
         progress=progress.append,
-        **TILE,
     )
-    (rec,) = rep.records
+    rec, rec_small = rep.records
     assert rec.status is SceneStatus.OK, rec.error
-    assert rec.split_chunks >= 2 and rec.n_tiles == ref.n_tiles
-    assert rec.counts == ref.counts
-    assert_same_vectors(tmp_path / "out" / "big.gpkg", tmp_path / "ref.gpkg")
+    assert rec.split_chunks >= 2 and rec_small.split_chunks == 0
+    for r in rep.records:
+        ref = refs[r.scene]
+        assert r.n_tiles == ref.n_tiles and r.counts == ref.counts
+        assert r.n_objects == len(ref.gdf)
+        assert_same_vectors(
+            tmp_path / "out" / f"{r.scene}.gpkg", tmp_path / "ref" / f"{r.scene}.gpkg"
+        )
     # tile progress arrives chunk by chunk before the scene completes
     assert [p.tiles for p in progress] == sorted(p.tiles for p in progress)
-    assert progress[-1].tiles == ref.n_tiles and progress[-1].done == 1
+    assert progress[-1].tiles == sum(r.n_tiles for r in refs.values()) and progress[-1].done == 2
     assert sum(p.record is None for p in progress) >= 1 + rec.split_chunks
+
+
+def test_batch_without_settings_equals_run_scene_without_settings(
+    cluster, tuned_model, scenes, tmp_path
+):
+    """No settings options: batch resolves what run_scene(scene, predictor) resolves.
+
+    The checkpoint's tile size and its recommended per-class scores apply to both (one
+    resolve), so the objects are the same.
+    """
+    from geoseg.pipeline import run_scene
+
+    lc, _ = cluster
+    scene = scenes / "charlie.tif"
+    ref = run_scene(scene, cpu_predictor(tuned_model), output=tmp_path / "ref.gpkg")
+    assert ref.settings is not None and dict(ref.settings.class_min_score) == TUNED
+    assert len(ref.gdf) > 0
+    rep = run_batch(
+        scene, model=tuned_model, out_dir=tmp_path / "out", scheduler=lc.scheduler_address
+    )
+    assert rep.settings == ref.settings
+    (rec,) = rep.records
+    assert rec.status is SceneStatus.OK, rec.error
+    assert rec.counts == ref.counts
+    assert_same_vectors(tmp_path / "out" / "charlie.gpkg", tmp_path / "ref.gpkg")
+
+
+def test_batch_package_does_not_import_viz():
+    """Quicklooks are drawn by the caller's function: no module of geoseg.batch imports viz."""
+    import ast
+
+    package = Path(batch.__file__).parent
+    modules = sorted(package.glob("*.py"))
+    assert {m.stem for m in modules} >= {"__init__", "inputs", "manifest", "cluster", "tasks"}
+    for module in modules:  # any import, also inside functions
+        for node in ast.walk(ast.parse(module.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [f"{node.module}.{a.name}" for a in node.names]
+            assert not [n for n in names if n.startswith("geoseg.viz")], module.name
+    code = (
+        "import sys, geoseg.batch, geoseg.batch.tasks, geoseg.batch.cluster; "
+        "print('geoseg.viz' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
 
 
 @pytest.mark.parametrize(
@@ -528,9 +592,22 @@ def test_bad_arguments_fail_before_any_work(tiny_model, scenes, tmp_path):
     r = CliRunner().invoke(
         cli, ["batch", str(scenes / "alpha.tif"), "-m", str(tmp_path / "nope"), "-o", str(tmp_path)]
     )
-    assert r.exit_code == 1 and "checkpoint not found" in r.output
+    assert r.exit_code == 1 and "not found" in r.output
+    with pytest.raises(CheckpointError, match="checkpoint not found"):
+        run_batch(scenes / "alpha.tif", model=tmp_path / "nope", out_dir=tmp_path)
     with pytest.raises(ConfigError, match="split_tiles"):
         run_batch(scenes / "alpha.tif", model=tiny_model, out_dir=tmp_path, split_tiles=0)
+    with pytest.raises(ConfigError, match="quicklook must be a function"):
+        run_batch(scenes / "alpha.tif", model=tiny_model, out_dir=tmp_path, quicklook=True)
+    with pytest.raises(ConfigError, match="the model's classes are ship, vehicle"):
+        run_batch(
+            scenes / "alpha.tif", model=tiny_model, out_dir=tmp_path, class_min_score={"boat": 0.2}
+        )
+    with pytest.raises(ConfigError, match="no normalisation statistics"):
+        run_batch(scenes / "alpha.tif", model=tiny_model, out_dir=tmp_path, norm="model")
+    with pytest.raises(ConfigError, match="unknown run setting"):
+        run_batch(scenes / "alpha.tif", model=tiny_model, out_dir=tmp_path, tile=128)
+    assert not (tmp_path / "manifest.json").exists()
     (tmp_path / "o").mkdir()
     (tmp_path / "o" / "manifest.json").write_text("[]")
     with pytest.raises(ConfigError, match="not a geoseg batch manifest"):

@@ -2,24 +2,42 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
 
+from geoseg.batch.manifest import FORMAT_ALIASES, OUTPUT_FORMATS
 from geoseg.cli._common import (
     fail_on_geoseg_error,
     parse_bands,
     run_settings_options,
     split_min_score,
 )
+from geoseg.predict import Device
+from geoseg.settings import NormSource
 
 if TYPE_CHECKING:
+    import geopandas as gpd
+
     from geoseg.batch import BatchProgress, BatchReport
 
-__all__ = ["command", "format_report"]
+__all__ = ["command", "format_report", "write_quicklook"]
 
-_FORMATS = ("gpkg", "geojson", "shapefile", "shp", "parquet", "flatgeobuf", "fgb")
+
+def write_quicklook(
+    scene: str, gdf: gpd.GeoDataFrame, png: Path, bands: Sequence[int] | None = None
+) -> Path:
+    """The quicklook ``geoseg batch --quicklook`` draws for each scene, on its worker.
+
+    The scene (RGB from ``bands``, or grey from one band) with its objects outlined; see
+    :func:`geoseg.viz.quicklook`. Module-level, so that it pickles to the workers.
+    """
+    from geoseg.viz import quicklook
+
+    return quicklook(scene, gdf, png, bands=bands)
 
 
 def format_report(report: BatchReport) -> str:
@@ -38,6 +56,7 @@ def format_report(report: BatchReport) -> str:
     )
     for r in report.failed:
         lines.append(f"FAILED {r.scene}: {r.error}")
+    lines.append(f"settings: {report.settings.describe()}")
     lines.append(f"manifest: {report.manifest}")
     lines.append(f"summary:  {report.summary_csv}, {report.summary_parquet.name}")
     return "\n".join(lines)
@@ -73,18 +92,26 @@ def format_report(report: BatchReport) -> str:
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(_FORMATS),
+    type=click.Choice([*OUTPUT_FORMATS, *FORMAT_ALIASES]),
     default="gpkg",
     show_default=True,
-    help="Vector format of the per-scene outputs.",
+    help="Vector format of the per-scene outputs. No COCO JSON here (a batch folder is read "
+    "back as georeferenced vectors); geoseg predict writes COCO for one scene.",
 )
 @click.option("--force", is_flag=True, help="Redo every scene, even those already done.")
 @click.option("--quicklook", is_flag=True, help="Also write OUTDIR/quicklooks/<scene>.png.")
 @run_settings_options
 @click.option(
+    "--norm",
+    type=click.Choice([s.value for s in NormSource]),
+    default=NormSource.SCENE.value,
+    show_default=True,
+    help="Normalise with each scene's statistics or the model's training statistics.",
+)
+@click.option(
     "--batch-size",
     type=click.IntRange(min=1),
-    help="Tiles per forward pass on each worker [default: 8 on CUDA, 1 on CPU].",
+    help="Tiles per forward pass on each worker [default: 8 on CUDA, 1 elsewhere].",
 )
 @click.option(
     "--asset",
@@ -106,8 +133,8 @@ def format_report(report: BatchReport) -> str:
 )
 @click.option(
     "--device",
-    type=click.Choice(["auto", "cuda", "cpu"]),
-    default="auto",
+    type=click.Choice([d.value for d in Device]),
+    default=Device.AUTO.value,
     show_default=True,
     help="Where the model runs on each worker (auto: its pinned GPU, else the CPU).",
 )
@@ -126,6 +153,7 @@ def command(
     min_score: tuple[float | tuple[str, float], ...],
     tile_size: int | None,
     overlap: int | None,
+    norm: str,
     batch_size: int | None,
     asset: str | None,
     split_tiles: int | None,
@@ -137,15 +165,34 @@ def command(
     INPUTS are scene paths, quoted globs ("scenes/**/*.tif"), text files of paths (.txt, one
     per line, # comments) or STAC ItemCollection JSONs (.json). Rerunning the same command
     skips the scenes already done with the same model and config; --force redoes them.
+    Settings follow the same rule as geoseg predict: options > --config preset > the
+    checkpoint's tile size and score thresholds > defaults.
     Exits with status 1 when any scene failed (see OUTDIR/manifest.json).
     """
     from tqdm import tqdm
 
     from geoseg.batch import resolve_inputs, run_batch
+    from geoseg.model import read_meta
+    from geoseg.settings import resolve
 
     band_sel = parse_bands(bands)
     global_score, class_scores = split_min_score(min_score)
     n_scenes = len(resolve_inputs(inputs, asset=asset))  # bad INPUTS fail before any work
+    meta = read_meta(model)
+    settings = resolve(
+        meta,
+        config,
+        bands=band_sel,
+        tile_size=tile_size,
+        overlap=overlap,
+        min_score=global_score,
+        class_min_score=class_scores,
+        batch_size=batch_size,
+        device=device,
+        norm=norm,
+    )
+    shown = settings.bands or meta.bands
+    writer = functools.partial(write_quicklook, bands=shown[:3] if len(shown) >= 3 else shown[:1])
     bar = tqdm(total=n_scenes, unit="scene", desc="batch", dynamic_ncols=True)
 
     def progress(p: BatchProgress) -> None:
@@ -177,18 +224,11 @@ def command(
             n_workers=workers,
             fmt=fmt,
             force=force,
-            quicklook=quicklook,
-            config=config,
-            bands=band_sel,
-            tile_size=tile_size,
-            overlap=overlap,
-            min_score=global_score,
-            class_min_score=class_scores,
-            batch_size=batch_size,
+            quicklook=writer if quicklook else None,
+            settings=settings,
             asset=asset,
             split_tiles=split_tiles,
             retries=retries,
-            device=None if device == "auto" else device,
             progress=progress,
             on_dashboard=on_dashboard,
         )
