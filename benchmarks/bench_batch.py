@@ -101,9 +101,12 @@ def main() -> None:
 
     from distributed import Client
 
-    from geoseg.batch import _start_local_cluster, resolve_settings, run_batch
+    from geoseg.batch import run_batch
+    from geoseg.batch.cluster import start_local_cluster
+    from geoseg.model import read_meta
     from geoseg.pipeline import run_scene
-    from geoseg.predict import MaskRCNNPredictor
+    from geoseg.predict import load_predictor
+    from geoseg.settings import resolve
 
     with tempfile.TemporaryDirectory(prefix="geoseg-bench-batch-") as tmp_name:
         tmp = Path(tmp_name)
@@ -113,7 +116,7 @@ def main() -> None:
             for i in range(args.scenes)
         ]
         ckpt = make_model(tmp, args.tile)
-        settings = resolve_settings(ckpt, min_score=args.min_score)
+        settings = resolve(read_meta(ckpt), min_score=args.min_score, device="cpu")
         results: dict[str, object] = {
             "benchmark": "batch",
             "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.system()}",
@@ -125,13 +128,13 @@ def main() -> None:
         }
 
         t0, c0 = time.perf_counter(), own_cpu()
-        predictor = MaskRCNNPredictor.from_checkpoint(ckpt, device="cpu", min_score=args.min_score)
+        predictor = load_predictor(ckpt, settings)
         objects = 0
         tiles = 0
         (tmp / "loop").mkdir()
         for s in scenes:
             out = tmp / "loop" / f"{s.stem}.gpkg"
-            res = run_scene(s, predictor, **settings.scene_kwargs(), output=out)
+            res = run_scene(s, predictor, settings, output=out)
             objects += len(res.gdf)
             tiles += res.n_tiles
         loop_s = time.perf_counter() - t0
@@ -146,14 +149,14 @@ def main() -> None:
 
         for k in args.workers:
             t0, c0 = time.perf_counter(), own_cpu()
-            with _start_local_cluster(k) as cluster, Client(cluster) as client:
+            with start_local_cluster(k) as cluster, Client(cluster) as client:
                 startup = time.perf_counter() - t0
                 rep = run_batch(
                     [str(s) for s in scenes],
                     model=ckpt,
                     out_dir=tmp / f"batch{k}",
                     scheduler=cluster.scheduler_address,
-                    min_score=args.min_score,
+                    settings=settings,
                 )
                 workers_cpu = sum(client.run(own_cpu).values())
             wall = time.perf_counter() - t0
