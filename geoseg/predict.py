@@ -111,12 +111,16 @@ class Predictor(Protocol):
     """
 
     classes: tuple[str, ...]
-    device_type: str
     bands: tuple[int, ...] | None
     tile_size: int | None
     gsd: float | None
     score_thresholds: Mapping[str, float]
     norm_stats: NormStats | None
+
+    @property
+    def device_type(self) -> str:
+        """Where the model runs (``"cuda"``, ``"cpu"``...)."""
+        ...
 
     def predict_tiles(self, tiles: Sequence[Tile]) -> list[TileDetections]:
         """Predict objects in each tile.

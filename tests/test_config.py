@@ -10,9 +10,9 @@ import yaml
 
 from geoseg.config import (
     Backbone,
+    FilterConfig,
     ModelConfig,
     PresetConfig,
-    FilterConfig,
     TrainConfig,
     config_from_dict,
     config_to_dict,

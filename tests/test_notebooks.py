@@ -187,5 +187,7 @@ def test_03_train_on_your_labels_runs(tmp_path, monkeypatch):
     truth = gpd.read_file(work / "test.gpkg")
     assert found["scores"]["overall"]["count_true"] == len(truth) == sum(found["truth"].values())
     predicted = gpd.read_file(work / "test_pred.gpkg")
-    assert found["scores"]["overall"]["count_pred"] == len(predicted) == sum(found["counts"].values())
+    assert (
+        found["scores"]["overall"]["count_pred"] == len(predicted) == sum(found["counts"].values())
+    )
     assert list((work / "run").glob("*.safetensors"))

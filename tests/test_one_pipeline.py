@@ -25,7 +25,9 @@ def demo_predictor(demo_model):
 def small_scene(request, tmp_path_factory):
     folder = tmp_path_factory.mktemp(request.param)
     seed = {"marina": 31, "town": 32}[request.param]
-    return generate_scene(folder / f"{request.param}.tif", size=320, seed=seed, layout=request.param)
+    return generate_scene(
+        folder / f"{request.param}.tif", size=320, seed=seed, layout=request.param
+    )
 
 
 def features(path):
@@ -34,7 +36,9 @@ def features(path):
     return gdf.reset_index(drop=True)
 
 
-def test_library_and_cli_write_identical_features(tmp_path, demo_model, demo_predictor, small_scene):
+def test_library_and_cli_write_identical_features(
+    tmp_path, demo_model, demo_predictor, small_scene
+):
     lib_out = tmp_path / "library.gpkg"
     result = run_scene(small_scene.raster_path, demo_predictor, output=lib_out)
     cli_out = tmp_path / "cli.gpkg"

@@ -54,9 +54,7 @@ def test_preset_beats_checkpoint_and_sets_every_section():
 
 
 def test_options_beat_preset_and_per_class_options_come_last():
-    s = resolve(
-        Facts(), "ships", min_score=0.7, class_min_score={"building": 0.2}, tile_size=384
-    )
+    s = resolve(Facts(), "ships", min_score=0.7, class_min_score={"building": 0.2}, tile_size=384)
     assert s.min_score == 0.7 and s.class_min_score == {"building": 0.2}
     assert s.tile_size == 384 and s.overlap == load_config("ships").tiling.overlap
     # None means "not given": the level below decides

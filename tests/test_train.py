@@ -298,7 +298,7 @@ def test_cli_train_runs_from_yaml(tmp_path):
 
     from geoseg.cli import cli
 
-    chips = make_chip_folder(tmp_path / "chips", n=2)
+    make_chip_folder(tmp_path / "chips", n=2)
     run = tmp_path / "run.yaml"
     run.write_text(
         yaml.safe_dump(
