@@ -255,14 +255,25 @@ def write_coco(
     info: Mapping[str, Any] | None = None,
     extra: Mapping[str, Any] | None = None,
     indent: int | None = None,
+    **options: Any,
 ) -> Path:
-    """Write :func:`coco_document` to ``path`` atomically (see :func:`geoseg.io.atomic_write`).
+    """Write :func:`coco_document` to ``path`` as JSON, atomically.
+
+    Args:
+        path: the output file (``annotations.json`` of a chip folder, a ``.json`` export).
+        images: as :func:`coco_document`.
+        annotations: as :func:`coco_document`.
+        classes: the model's class names (category id = index + 1).
+        info: the ``info`` block.
+        extra: further top-level blocks.
+        indent: JSON indentation (``None``: one line).
+        **options: as :func:`geoseg.io.atomic_write` (``fsync``, ``mode``...).
 
     Returns:
         ``path``.
     """
     doc = coco_document(images, annotations, classes, info=info, extra=extra)
-    return atomic_write_json(path, doc, indent=indent)
+    return atomic_write_json(path, doc, indent=indent, **options)
 
 
 @dataclass(frozen=True)
