@@ -422,7 +422,9 @@ def read_vectors(
     elif isinstance(source, str | os.PathLike):
         name, noun = os.fspath(source), f"the {what} file"
         if not name.startswith("/vsi") and not os.path.exists(name):
-            raise LabelError(f"{name}: no such file; check the {what} path")
+            raise LabelError(
+                f"{name}: the {what} file was not found (no such file); check the path"
+            )
         try:
             if name.lower().endswith(VectorFormat.PARQUET.extensions):
                 gdf = gpd.read_parquet(name)
