@@ -208,8 +208,9 @@ def tune_scores(work: Path, checkpoint: Path, *, tile: int, overlap: int, size: 
 
 def chip_ap(checkpoint: Path, val_dirs) -> dict:
     """Per-chip COCO box/mask AP of the published model on the validation chips."""
+    from geoseg.evaluate import coco_evaluate
     from geoseg.model import load_checkpoint
-    from geoseg.train import ChipDataset, coco_evaluate
+    from geoseg.train import ChipDataset
 
     model, meta = load_checkpoint(checkpoint)
     ds = ChipDataset(val_dirs, classes=meta.classes)

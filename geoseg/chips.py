@@ -42,11 +42,9 @@ Decisions (documented here and in ``geoseg chips --help``):
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,11 +57,21 @@ import shapely
 from affine import Affine
 from rasterio.features import rasterize
 from shapely.affinity import translate
-from shapely.geometry import MultiPolygon, Polygon, box
+from shapely.geometry import box
 from shapely.geometry.base import BaseGeometry
 
 from geoseg._version import __version__
+from geoseg.coco import (
+    ANNOTATIONS_FILE,
+    IMAGES_DIR,
+    mask_bbox,
+    read_coco,
+    segmentation_from_mask,
+    write_coco,
+)
 from geoseg.errors import ConfigError, ExportError, LabelError
+from geoseg.geometry import polygonal
+from geoseg.io import atomic_write, atomic_write_json, read_vectors
 from geoseg.raster import (
     compute_norm_stats,
     ground_sample_distance_m,
@@ -86,9 +94,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-ANNOTATIONS_FILE: Final = "annotations.json"
 CLASS_BALANCE_FILE: Final = "class_balance.json"
-IMAGES_DIR: Final = "images"
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,20 +191,6 @@ class _Labels:
     n_outside: int
 
 
-def _polygonal(geom: BaseGeometry | None) -> BaseGeometry | None:
-    """The polygonal part of a geometry (``None`` if it has none)."""
-    if geom is None or geom.is_empty:
-        return None
-    if isinstance(geom, Polygon | MultiPolygon):
-        return geom
-    parts = [
-        p for p in shapely.get_parts(geom) if isinstance(p, Polygon | MultiPolygon) and p.area > 0
-    ]
-    if not parts:
-        return None
-    return shapely.union_all(parts)
-
-
 def _load_labels(
     labels: str | os.PathLike[str] | Any,
     info: SceneInfo,
@@ -206,23 +198,9 @@ def _load_labels(
     class_column: str,
     classes: Sequence[str] | None,
 ) -> _Labels:
-    import geopandas as gpd
 
     name = str(labels) if isinstance(labels, str | os.PathLike) else "labels"
-    if isinstance(labels, str | os.PathLike):
-        if not os.path.exists(labels) and not str(labels).startswith("/vsi"):
-            raise LabelError(f"{name}: no such file; check the labels path.")
-        try:
-            gdf = gpd.read_file(labels)
-        except Exception as err:  # pyogrio/fiona raise a variety of errors
-            raise LabelError(
-                f"{name}: cannot read vector labels ({err}); give a file geopandas reads "
-                "(GeoPackage, GeoJSON, Shapefile, FlatGeobuf, GeoParquet...)."
-            ) from err
-    elif isinstance(labels, gpd.GeoDataFrame):
-        gdf = labels
-    else:
-        raise LabelError(f"labels must be a path or a GeoDataFrame, got {type(labels).__name__}")
+    gdf = read_vectors(labels, what="labels")
     if len(gdf) == 0:
         raise LabelError(f"{name}: holds no features; nothing to cut chips for.")
 
@@ -293,7 +271,7 @@ def _load_labels(
         if geom is not None and not geom.is_empty and not geom.is_valid:
             geom = shapely.make_valid(geom)
             n_repaired += 1
-        poly = _polygonal(geom)
+        poly = polygonal(geom)
         if poly is None or poly.area <= 0:
             n_dropped_geometry += 1
             continue
@@ -348,78 +326,16 @@ def _load_labels(
 # ------------------------------------------------------------------ segmentation
 
 
-def _segmentation(mask: npt.NDArray[np.bool_]) -> list[list[float]] | dict[str, Any]:
-    """COCO segmentation that pycocotools decodes to exactly ``mask`` (bool ``[h, w]``).
-
-    Polygons: the pixel-edge outlines of the footprint's 4-connected parts (chip pixels,
-    collinear vertices removed), used when no part has a hole and pycocotools' polygon
-    rasteriser gives back ``mask`` exactly (it does for such axis-aligned outlines). Otherwise
-    compressed RLE of ``mask``. Tracing the footprint, rather than storing the label's own
-    vertices, is what makes the decoded mask exact: pycocotools' rasteriser does not follow the
-    pixel-centre rule on slanted edges.
-    """
-    from pycocotools import mask as mask_utils
-    from rasterio.features import shapes
-    from shapely.geometry import shape
-
-    h, w = mask.shape
-    rings: list[list[float]] = []
-    has_hole = False
-    for geom, _ in shapes(
-        mask.astype(np.uint8), mask=mask, connectivity=4, transform=Affine.identity()
-    ):
-        poly = shape(geom).simplify(0)
-        if not isinstance(poly, Polygon) or len(poly.interiors) > 0:
-            has_hole = True
-            break
-        rings.append([float(v) for v in np.asarray(poly.exterior.coords)[:-1].ravel()])
-    if not has_hole and rings and all(len(r) >= 6 for r in rings):
-        rle = mask_utils.merge(mask_utils.frPyObjects(rings, h, w))
-        if np.array_equal(mask_utils.decode(rle).astype(bool), mask):
-            return rings
-    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    return {"size": [int(h), int(w)], "counts": rle["counts"].decode("ascii")}
-
-
-def _mask_bbox(mask: npt.NDArray[np.bool_]) -> list[float]:
-    rows = np.flatnonzero(mask.any(axis=1))
-    cols = np.flatnonzero(mask.any(axis=0))
-    return [
-        float(cols[0]),
-        float(rows[0]),
-        float(cols[-1] + 1 - cols[0]),
-        float(rows[-1] + 1 - rows[0]),
-    ]
-
-
-# ------------------------------------------------------------------------ writing
-
-
-def _atomic_write_json(path: Path, data: Any) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=1)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def _write_chip(
     path: Path, data: npt.NDArray[Any], profile: dict[str, Any], transform: Affine
 ) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tif", dir=path.parent)
-    os.close(fd)
-    try:
+    """Write one chip GeoTIFF atomically (``data``: ``[bands, h, w]`` in the scene dtype)."""
+
+    def write(tmp: Path) -> None:
         with rasterio.open(tmp, "w", **profile, transform=transform) as dst:
             dst.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+
+    atomic_write(path, write, make_parents=False)
 
 
 def _prepare_out_dir(out_dir: Path, *, overwrite: bool) -> None:
@@ -432,9 +348,8 @@ def _prepare_out_dir(out_dir: Path, *, overwrite: bool) -> None:
                 "--overwrite to replace them."
             )
         try:
-            old = json.loads(ann.read_text(encoding="utf-8"))
-            names = [im["file_name"] for im in old.get("images", [])]
-        except (OSError, ValueError, KeyError, TypeError) as err:
+            names = [im["file_name"] for im in read_coco(ann).images]
+        except (LabelError, KeyError, TypeError) as err:
             raise ExportError(f"{ann}: cannot read the existing chips index: {err}") from err
         images = (out_dir / IMAGES_DIR).resolve()
         for name in names:
@@ -636,7 +551,7 @@ def make_chips(
             image_id = len(images) + 1
             chip_anns: list[tuple[dict[str, Any], int]] = []
             for i in sorted(int(j) for j in tree.query(chip_box, predicate="intersects")):
-                part = _polygonal(lab.geoms[i].intersection(chip_box))
+                part = polygonal(lab.geoms[i].intersection(chip_box))
                 if part is None:
                     continue
                 visible = part.area
@@ -662,9 +577,9 @@ def make_chips(
                             "id": 0,
                             "image_id": image_id,
                             "category_id": int(lab.class_idx[i]) + 1,
-                            "segmentation": _segmentation(mask),
+                            "segmentation": segmentation_from_mask(mask),
                             "area": float(mask.sum()),
-                            "bbox": _mask_bbox(mask),
+                            "bbox": mask_bbox(mask),
                             "iscrowd": 0,
                             "source_index": int(lab.source_index[i]),
                         },
@@ -703,34 +618,26 @@ def make_chips(
     )
     for msg in warns:
         logger.warning("%s", msg)
-    coco = {
-        "info": {"description": f"geoseg training chips of {info.path}", "version": __version__},
-        "images": images,
-        "annotations": annotations,
-        "categories": [
-            {"id": k + 1, "name": c, "supercategory": "object"} for k, c in enumerate(lab.classes)
-        ],
-        "geoseg": {
-            "norm_stats": norm.to_dict(),
-            "classes": list(lab.classes),
-            "bands": list(sel),
-            "gsd": float((gsd_m[0] + gsd_m[1]) / 2) if gsd_m else float(sum(info.gsd) / 2),
-            "gsd_units": "metre" if gsd_m else "pixel-size in scene units (no CRS)",
-            "crs_wkt": info.crs_wkt,
-            "tile_size": size,
-            "overlap": overlap,
-            "scene": info.path,
-            "dtype": info.dtype,
-            "nodata": None if info.nodata is None or math.isnan(info.nodata) else info.nodata,
-            "min_visible_fraction": min_visible_fraction,
-            "min_visible_pixels": min_visible_pixels,
-            "keep_empty_fraction": keep_empty_fraction,
-            "seed": seed,
-        },
+    geoseg_block = {
+        "norm_stats": norm.to_dict(),
+        "classes": list(lab.classes),
+        "bands": list(sel),
+        "gsd": float((gsd_m[0] + gsd_m[1]) / 2) if gsd_m else float(sum(info.gsd) / 2),
+        "gsd_units": "metre" if gsd_m else "pixel-size in scene units (no CRS)",
+        "crs_wkt": info.crs_wkt,
+        "tile_size": size,
+        "overlap": overlap,
+        "scene": info.path,
+        "dtype": info.dtype,
+        "nodata": None if info.nodata is None or math.isnan(info.nodata) else info.nodata,
+        "min_visible_fraction": min_visible_fraction,
+        "min_visible_pixels": min_visible_pixels,
+        "keep_empty_fraction": keep_empty_fraction,
+        "seed": seed,
     }
     ann_path = out / ANNOTATIONS_FILE
     bal_path = out / CLASS_BALANCE_FILE
-    _atomic_write_json(
+    atomic_write_json(
         bal_path,
         {
             "scene": info.path,
@@ -741,7 +648,15 @@ def make_chips(
             "n_annotations": len(annotations),
         },
     )
-    _atomic_write_json(ann_path, coco)
+    write_coco(
+        ann_path,
+        images,
+        annotations,
+        lab.classes,
+        info={"description": f"geoseg training chips of {info.path}", "version": __version__},
+        extra={"geoseg": geoseg_block},
+        indent=1,
+    )
     summary = ChipSummary(
         out_dir=str(out),
         annotations_path=str(ann_path),

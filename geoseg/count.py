@@ -7,15 +7,15 @@ Input is what :func:`geoseg.export.write_vectors` writes (or the GeoDataFrame
 file per scene (plus a ``manifest.json``, which is ignored).
 
 Counting rule: an object is counted in the zone or grid cell that contains its **centroid**,
-computed in a projected CRS (the data's own, or the local UTM zone when the data is
-geographic), so an object straddling two zones is counted exactly once. A centroid lying exactly
-on a border shared by several zones goes to the first of them (lowest row index); a centroid in
-the interior of several *overlapping* zones is counted in each of them (each zone counts its own
-objects).
+computed in a metric CRS (the data's own when its unit is the metre, else the local UTM zone:
+geographic or Web Mercator data, see :func:`geoseg.geometry.metric_crs`), so an object
+straddling two zones is counted exactly once. A centroid lying exactly on a border shared by
+several zones goes to the first of them (lowest row index); a centroid in the interior of
+several *overlapping* zones is counted in each of them (each zone counts its own objects).
 
 Densities are objects per km², with zone and cell areas measured in the equal-area
 EPSG:6933 (WGS 84 / NSIDC EASE-Grid 2.0 Global) projection, never in degrees. Grid cells are
-square in a projected CRS (the data's, or the local UTM zone) with their corners on multiples of
+square in a metric CRS (the data's, or the local UTM zone) with their corners on multiples of
 the cell size, so grids of two runs over the same area line up cell for cell.
 """
 
@@ -26,7 +26,6 @@ import json
 import logging
 import math
 import os
-import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -41,6 +40,8 @@ import shapely
 from pyproj import CRS
 
 from geoseg.errors import ConfigError, ExportError, LabelError
+from geoseg.geometry import is_metric_crs, metric_crs, rectangle_axes, utm_crs
+from geoseg.io import VectorFormat, atomic_write, read_vectors
 
 __all__ = [
     "DEFAULT_SIZE_BINS",
@@ -281,14 +282,7 @@ def _read_results(results: ResultsLike) -> tuple[list[gpd.GeoDataFrame], list[st
 
 def _read_one(path: Path) -> gpd.GeoDataFrame:
     """Read one result file."""
-    try:
-        parquet = path.suffix.lower() == ".parquet"
-        gdf = gpd.read_parquet(path) if parquet else gpd.read_file(path)
-    except Exception as err:  # pyogrio / pyarrow raise many kinds
-        raise LabelError(
-            f"{path}: cannot be read as a vector file ({err}); give a file written by "
-            "geoseg predict/batch"
-        ) from err
+    gdf = read_vectors(path, what="results")
     return _normalise(gdf, source=str(path), default_scene=path.stem)
 
 
@@ -333,30 +327,22 @@ def _filter(
 
 
 def _projected(gdf: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
-    """``gdf`` in a projected CRS: its own if projected, else the local UTM zone."""
-    if gdf.crs is None or not gdf.crs.is_geographic:
+    """``gdf`` in metres: its own CRS if metric, else the local UTM zone (no CRS: as is)."""
+    if gdf.crs is None or is_metric_crs(gdf.crs):
         return gdf
     if len(gdf) == 0:
-        return gdf.to_crs("EPSG:6933")
-    return gdf.to_crs(gdf.estimate_utm_crs())
+        return gdf.to_crs(EQUAL_AREA_CRS)
+    return gdf.to_crs(metric_crs(gdf.crs, gdf.total_bounds))
 
 
 def _with_lengths(gdf: gpd.GeoDataFrame, proj: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
     """Add ``length_m`` (long side of the minimum rotated rectangle) where the column is missing."""
     if "length_m" in gdf.columns or len(gdf) == 0 or proj.crs is None:
         return gdf
-    rects = shapely.oriented_envelope(proj.geometry.to_numpy())
+    length, _, _ = rectangle_axes(proj.geometry.to_numpy())
     gdf = gdf.copy()
-    gdf["length_m"] = [_long_side(r) for r in rects]
+    gdf["length_m"] = length
     return gdf
-
-
-def _long_side(rect: shapely.Geometry) -> float:
-    """Long side of a rectangle (the length of a degenerate line/point envelope)."""
-    if rect.geom_type == "Polygon":
-        xy = np.asarray(rect.exterior.coords)
-        return float(np.hypot(*np.diff(xy[:3], axis=0).T).max())
-    return float(rect.length)
 
 
 # --------------------------------------------------------------------------------------------
@@ -513,22 +499,8 @@ def _histograms(
 
 
 def _read_aoi(aoi: str | os.PathLike[str] | gpd.GeoDataFrame) -> gpd.GeoDataFrame:
-    """Read and check the zones."""
-    if isinstance(aoi, gpd.GeoDataFrame):
-        gdf, name = aoi.copy(), "aoi"
-    else:
-        name = str(aoi)
-        try:
-            gdf = gpd.read_file(aoi)
-        except Exception as err:
-            raise LabelError(f"{name}: cannot read the AOI as a vector file ({err})") from err
-    if gdf.crs is None:
-        raise LabelError(f"{name}: the AOI has no CRS; assign one (e.g. with ogr2ogr -a_srs)")
-    if len(gdf) == 0:
-        raise LabelError(f"{name}: the AOI has no features")
-    kinds = set(gdf.geometry.geom_type.dropna())
-    if not kinds or not kinds <= {"Polygon", "MultiPolygon"}:
-        raise LabelError(f"{name}: AOI geometries must be polygons, got {sorted(kinds)}")
+    """Read and check the zones (a CRS, at least one feature, polygons only)."""
+    gdf = read_vectors(aoi, what="AOI", require_crs=True, allow_empty=False, polygons=True)
     return gdf.reset_index(drop=True)
 
 
@@ -598,11 +570,11 @@ def _count_zones(
 
 
 def _grid_crs(centroids: Sequence[gpd.GeoSeries], aoi: gpd.GeoDataFrame | None) -> CRS:
-    """The data's projected CRS if all inputs share one, else the UTM zone of their centre."""
+    """The data's metric CRS if all inputs share one, else the UTM zone of their centre."""
     crss = {c.crs for c in centroids}
     if len(crss) == 1:
         only = next(iter(crss))
-        if only is not None and only.is_projected:
+        if only is not None and is_metric_crs(only):
             return CRS.from_user_input(only)
     parts = [c.to_crs("EPSG:4326") for c in centroids]
     if aoi is not None:
@@ -610,8 +582,8 @@ def _grid_crs(centroids: Sequence[gpd.GeoSeries], aoi: gpd.GeoDataFrame | None) 
         mid = shapely.Point((b[0] + b[2]) / 2, (b[1] + b[3]) / 2)
         parts.append(gpd.GeoSeries([mid], crs="EPSG:4326"))
     lonlat = gpd.GeoSeries(pd.concat(parts, ignore_index=True), crs="EPSG:4326")
-    crs = lonlat.estimate_utm_crs()
-    return CRS.from_user_input(crs)
+    x0, y0, x1, y1 = lonlat.total_bounds
+    return CRS.from_user_input(utm_crs((x0 + x1) / 2.0, (y0 + y1) / 2.0))
 
 
 def _count_grid(
@@ -718,25 +690,23 @@ def write_counts(result: CountResult, path: str | os.PathLike[str]) -> Path:
         )
     if not out.parent.exists():
         raise ExportError(f"{out}: the folder {out.parent} does not exist; create it first")
-    tmp = out.with_name(f".{out.stem}.{uuid.uuid4().hex[:8]}.tmp{out.suffix}")
-    try:
+
+    def write(tmp: Path) -> None:
         if fmt is CountsFormat.CSV:
             result.per_scene.to_csv(tmp, index=False)
         elif fmt is CountsFormat.JSON:
             tmp.write_text(json.dumps(result.to_dict(), indent=2) + "\n", encoding="utf-8")
         else:
-            if result.zones is not None:
-                result.zones.to_file(tmp, layer="zones", driver="GPKG")
-            if result.grid is not None:
-                result.grid.to_file(
-                    tmp, layer="grid", driver="GPKG", mode="a" if tmp.exists() else "w"
-                )
-        os.replace(tmp, out)
+            driver = VectorFormat.GPKG.driver
+            layers = [("zones", result.zones), ("grid", result.grid)]
+            written = [(name, gdf) for name, gdf in layers if gdf is not None]
+            for k, (name, gdf) in enumerate(written):
+                gdf.to_file(tmp, layer=name, driver=driver, mode="a" if k else "w")
+
+    try:
+        atomic_write(out, write, make_parents=False)
     except OSError as err:
         raise ExportError(f"{out}: cannot write the counts ({err})") from err
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     logger.info("wrote counts to %s", out)
     return out
 

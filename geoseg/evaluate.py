@@ -12,11 +12,18 @@ Per class the result has precision, recall and F1 at IoU 0.5, mask AP50 and AP50
 0.95), predicted/true counts and the count error (predicted - true). ``overall`` sums true
 positives, false positives and false negatives over classes (micro average) and averages AP
 over the classes that have truth objects (macro, like COCO's mAP).
+
+Comparisons are made in a metric frame (:func:`geoseg.geometry.metric_crs`): the truth's CRS
+when its unit is the metre, else (geographic, Web Mercator, feet) its UTM zone.
+
+:func:`coco_evaluate` is the chip-level counterpart used while training: COCO box and mask AP
+of a model on a :class:`~geoseg.train.ChipDataset`, with pycocotools (needs torch).
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
+import io
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -27,13 +34,20 @@ import numpy as np
 import numpy.typing as npt
 
 from geoseg.errors import LabelError
+from geoseg.geometry import metric_crs, polygonal_array
+from geoseg.io import atomic_write_json, read_vectors
 
 if TYPE_CHECKING:
     import geopandas as gpd
+    import torch
+    from torch import nn
+
+    from geoseg.train import ChipDataset
 
 __all__ = [
     "ClassMetrics",
     "EvaluationResult",
+    "coco_evaluate",
     "evaluate",
     "format_table",
     "match_polygons",
@@ -102,30 +116,15 @@ class EvaluationResult:
 
 
 def _read(value: gpd.GeoDataFrame | str | Path, what: str) -> gpd.GeoDataFrame:
-    import geopandas as gpd
-
-    if isinstance(value, gpd.GeoDataFrame):
-        return value
-    path = Path(value)
-    if not path.exists():
-        raise LabelError(f"{path}: {what} file not found")
-    try:
-        return gpd.read_file(path)
-    except Exception as err:  # pyogrio raises several types
-        raise LabelError(f"{path}: cannot read the {what} vector file ({err})") from err
+    return read_vectors(value, what=what)
 
 
 def _polygons(df: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
-    """Keep (multi)polygons, repair invalid ones, drop empties."""
-    import shapely
-
-    geoms = df.geometry.values
-    kinds = shapely.get_type_id(geoms)
-    keep = np.isin(kinds, (3, 6)) & ~shapely.is_empty(geoms)
+    """The polygonal part of each geometry (invalid ones repaired first); drop the rest."""
+    geoms = polygonal_array(df.geometry.values, repair=True)
+    keep = np.asarray([g is not None for g in geoms], dtype=bool)
     out = df.loc[keep].copy()
-    fixed = shapely.make_valid(out.geometry.values)
-    out = out.set_geometry(fixed)
-    return out
+    return out.set_geometry(list(geoms[keep]), crs=df.crs)
 
 
 def match_polygons(
@@ -261,8 +260,9 @@ def evaluate(
         classes: classes to report (default: every class in either input).
 
     Returns:
-        The metrics; predictions are reprojected to the truth's CRS (geographic truth: both
-        go to the truth's UTM zone so that areas are metric).
+        The metrics; predictions are reprojected to the truth's CRS (truth not in metres,
+        e.g. geographic or Web Mercator: both go to the truth's UTM zone so that areas are
+        metric).
 
     Raises:
         LabelError: unreadable files, a missing CRS on one side, a class column on one side
@@ -279,8 +279,10 @@ def evaluate(
             "GeoDataFrame.set_crs) so both can be compared in the scene CRS"
         )
     crs = t_df.crs if t_df.crs is not None else p_df.crs
-    if crs is not None and crs.is_geographic:
-        crs = (t_df if len(t_df) else p_df).estimate_utm_crs()
+    if crs is not None:
+        ref = t_df if len(t_df) and t_df.crs is not None else p_df
+        if len(ref):
+            crs = metric_crs(ref.crs, ref.total_bounds)
     if crs is not None:
         if t_df.crs is not None and t_df.crs != crs:
             t_df = t_df.to_crs(crs)
@@ -385,8 +387,6 @@ def format_table(result: EvaluationResult) -> str:
 
 def write_json(result: EvaluationResult, path: str | Path) -> Path:
     """Write ``result.to_dict()`` as JSON atomically (NaN written as ``null``)."""
-    import os
-    import tempfile
 
     def clean(v: Any) -> Any:
         if isinstance(v, float) and math.isnan(v):
@@ -397,15 +397,119 @@ def write_json(result: EvaluationResult, path: str | Path) -> Path:
             return [clean(x) for x in v]
         return v
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(clean(result.to_dict()), indent=2, allow_nan=False) + "\n"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write_json(path, clean(result.to_dict()), indent=2, allow_nan=False)
+
+
+# --------------------------------------------------------------------------------------------
+# chip-level COCO AP (training validation)
+
+
+def coco_evaluate(
+    model: nn.Module,
+    dataset: ChipDataset,
+    *,
+    device: torch.device | str = "cpu",
+    batch_size: int = 4,
+    max_dets: int = 300,
+) -> dict[str, float]:
+    """COCO box and mask AP of ``model`` on ``dataset`` (no augmentation), with pycocotools.
+
+    Ground truth and detections are COCO documents in chip pixels, category ids in the
+    dataset's class order (:func:`geoseg.coco.categories`), masks as compressed RLE.
+
+    Args:
+        model: a torchvision Mask R-CNN (e.g. from :func:`geoseg.model.build_model`); its
+            1-based labels index ``dataset.classes``. Put back in training mode afterwards if
+            it was.
+        dataset: the chips (:class:`~geoseg.train.ChipDataset`), read without augmentation.
+        device: where the model runs.
+        batch_size: chips per forward pass.
+        max_dets: detections per chip kept for the AP (COCO's ``maxDets``).
+
+    Returns:
+        ``{"bbox_ap", "bbox_ap50", "segm_ap", "segm_ap50"}`` (AP over IoU 0.50:0.95 and at
+        0.50, up to ``max_dets`` detections per chip); all 0.0 when nothing was predicted.
+    """
+    import torch
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    from geoseg.coco import coco_document, encode_rle, mask_bbox
+
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    images: list[dict[str, Any]] = []
+    annotations: list[dict[str, Any]] = []
+    results: list[dict[str, Any]] = []
+    with torch.no_grad():
+        for start in range(0, len(dataset), batch_size):
+            idx = list(range(start, min(start + batch_size, len(dataset))))
+            samples = [dataset.read(i) for i in idx]
+            batch = [torch.from_numpy(s[0]).to(device) for s in samples]
+            outputs = model(batch)
+            for i, (image, masks, labels), out in zip(idx, samples, outputs, strict=True):
+                h, w = image.shape[1:]
+                images.append({"id": i + 1, "width": w, "height": h})
+                for m, lab in zip(masks, labels, strict=True):
+                    annotations.append(
+                        {
+                            "id": len(annotations) + 1,
+                            "image_id": i + 1,
+                            "category_id": int(lab),
+                            "segmentation": encode_rle(m),
+                            "area": float(m.sum()),
+                            "bbox": mask_bbox(m),
+                            "iscrowd": 0,
+                        }
+                    )
+                pm = (out["masks"][:, 0] > 0.5).cpu().numpy().astype(np.uint8)
+                for k in range(len(out["scores"])):
+                    x1, y1, x2, y2 = (float(v) for v in out["boxes"][k])
+                    results.append(
+                        {
+                            "image_id": i + 1,
+                            "category_id": int(out["labels"][k]),
+                            "bbox": [x1, y1, x2 - x1, y2 - y1],
+                            "segmentation": encode_rle(pm[k]),
+                            "score": float(out["scores"][k]),
+                        }
+                    )
+    if was_training:
+        model.train()
+    metrics = {"bbox_ap": 0.0, "bbox_ap50": 0.0, "segm_ap": 0.0, "segm_ap50": 0.0}
+    if not results or not annotations:
+        return metrics
+    gt = coco_document(images, annotations, dataset.classes)
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_gt = COCO()
+        coco_gt.dataset = gt
+        coco_gt.createIndex()
+        coco_dt = coco_gt.loadRes(results)
+        for iou_type in ("bbox", "segm"):
+            ev = COCOeval(coco_gt, coco_dt, iou_type)
+            ev.params.maxDets = [1, 10, max(100, max_dets)]
+            ev.evaluate()
+            ev.accumulate()
+            ev.summarize()
+            ap, ap50 = _ap_from_eval(ev)
+            metrics[f"{iou_type}_ap"] = ap
+            metrics[f"{iou_type}_ap50"] = ap50
+    return metrics
+
+
+def _ap_from_eval(ev: Any) -> tuple[float, float]:
+    """``(AP@[.5:.95], AP@.5)`` (all areas, largest ``maxDets``) of an accumulated COCOeval.
+
+    Read from ``ev.eval["precision"]`` (``[T, R, K, A, M]``) rather than ``ev.stats``: pycocotools'
+    ``summarize`` computes ``stats[0]`` at a hard-coded 100 detections per image, which is -1
+    (no data) once ``maxDets`` is raised above 100 for dense scenes.
+    """
+    precision = ev.eval["precision"][:, :, :, 0, -1]  # all areas, largest maxDets
+    iou_thrs = np.asarray(ev.params.iouThrs)
+
+    def mean_valid(p: Any) -> float:
+        valid = p[p > -1]
+        return float(valid.mean()) if valid.size else 0.0
+
+    return mean_valid(precision), mean_valid(precision[np.isclose(iou_thrs, 0.5)])

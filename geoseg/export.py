@@ -5,20 +5,26 @@ format             extensions                             notes
 =================  =====================================  =======================================
 GeoPackage         ``.gpkg`` (the default)                 scene CRS; ``layer`` (default: the
                                                           file stem) replaces only that layer
-GeoJSON            ``.geojson``, ``.json``                 RFC 7946: reprojected to WGS84
+GeoJSON            ``.geojson``                            RFC 7946: reprojected to WGS84
                                                           longitude/latitude, right-hand rings
 ESRI Shapefile     ``.shp``                                field names cut to 10 characters
                                                           (:data:`SHAPEFILE_FIELD_NAMES`)
 GeoParquet         ``.parquet``, ``.geoparquet``           scene CRS, GeoParquet metadata
 FlatGeobuf         ``.fgb``                                scene CRS, with a spatial index
                                                           (features come back in its order)
-COCO JSON          ``.coco.json``                          scene **pixels**; needs ``scene_info``
+COCO JSON          ``.json``, ``.coco.json``               scene **pixels**; needs ``scene_info``
 =================  =====================================  =======================================
 
-Writes are atomic: everything is written into a temporary folder next to the output, then moved
-into place with :func:`os.replace` (same file system), so a failed write leaves no partial file
-and keeps an earlier file intact. A Shapefile's sidecars are moved first and the ``.shp`` last.
-Call :func:`check_writable` before starting a long job: it fails at once, with
+``.json`` is COCO instance JSON (one image: the scene; category ids follow the model's class
+order, see :mod:`geoseg.coco`); GeoJSON is written only for ``.geojson``. The format table
+itself (:class:`~geoseg.io.VectorFormat`, :func:`~geoseg.io.format_for_path`) lives in
+:mod:`geoseg.io` and is re-exported here.
+
+Writes are atomic (:func:`geoseg.io.atomic_write`): everything is written into a temporary
+file next to the output, then moved into place with :func:`os.replace` (same file system), so
+a failed write leaves no partial file and keeps an earlier file intact; the result gets the
+usual ``0o666 & ~umask`` permissions. A Shapefile's sidecars are moved first and the ``.shp``
+last. Call :func:`check_writable` before starting a long job: it fails at once, with
 :class:`~geoseg.errors.ExportError`, on an unknown extension or an output that cannot be
 written.
 
@@ -28,20 +34,20 @@ Mixed ``Polygon``/``MultiPolygon`` columns are written as ``MultiPolygon`` by th
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
 import shutil
-import tempfile
-from enum import StrEnum
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
+from affine import Affine
 
 from geoseg.errors import ExportError, GeosegError
+from geoseg.io import VectorFormat, atomic_write, check_writable, format_by_name, format_for_path
 from geoseg.types import SceneInfo
 
 if TYPE_CHECKING:
@@ -51,7 +57,6 @@ __all__ = [
     "SHAPEFILE_FIELD_NAMES",
     "VectorFormat",
     "check_writable",
-    "coco_rle",
     "format_for_path",
     "write_vectors",
 ]
@@ -59,86 +64,10 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
-class VectorFormat(StrEnum):
-    """Output vector formats (the value is a short name usable on a command line)."""
-
-    GPKG = "gpkg"
-    GEOJSON = "geojson"
-    SHAPEFILE = "shapefile"
-    PARQUET = "parquet"
-    FLATGEOBUF = "flatgeobuf"
-    COCO = "coco"
-
-
-#: Extension -> format, longest first (``.coco.json`` before ``.json``).
-_SUFFIXES: tuple[tuple[str, VectorFormat], ...] = (
-    (".coco.json", VectorFormat.COCO),
-    (".geoparquet", VectorFormat.PARQUET),
-    (".geojson", VectorFormat.GEOJSON),
-    (".parquet", VectorFormat.PARQUET),
-    (".gpkg", VectorFormat.GPKG),
-    (".json", VectorFormat.GEOJSON),
-    (".shp", VectorFormat.SHAPEFILE),
-    (".fgb", VectorFormat.FLATGEOBUF),
-)
-
 #: Shapefile (dBASE) field names are at most 10 characters: the standard columns that are
 #: longer get these names; other long names are cut to 10 characters (and numbered if two
 #: collide).
 SHAPEFILE_FIELD_NAMES: dict[str, str] = {"heading_deg": "heading"}
-
-_SHAPEFILE_SIDECARS = (".shx", ".dbf", ".prj", ".cpg", ".qix", ".sbn", ".sbx", ".qpj")
-
-
-def format_for_path(path: str | os.PathLike[str]) -> VectorFormat:
-    """The format of an output path, from its extension (case-insensitive).
-
-    Raises:
-        ExportError: an extension geoseg cannot write.
-    """
-    name = Path(path).name.lower()
-    for suffix, fmt in _SUFFIXES:
-        if name.endswith(suffix):
-            return fmt
-    known = ", ".join(s for s, _ in _SUFFIXES)
-    raise ExportError(
-        f"{os.fspath(path)}: unknown output format; use one of these extensions: {known}"
-    )
-
-
-def _existing_ancestor(folder: Path) -> Path:
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    return folder
-
-
-def check_writable(path: str | os.PathLike[str], *, fmt: VectorFormat | None = None) -> None:
-    """Fail early if ``path`` cannot be written (call before any expensive work).
-
-    Checks that the extension is known (unless ``fmt`` is given), that the path is not a
-    folder, and that a file can be created in its folder (or, when the folder does not exist
-    yet, in its nearest existing ancestor, where :func:`write_vectors` would create it).
-    Leaves nothing behind.
-
-    Raises:
-        ExportError: naming the path and what to do.
-    """
-    p = Path(path)
-    if p.is_dir():
-        raise ExportError(f"{p}: is a folder; give an output file name such as {p / 'out.gpkg'}")
-    if fmt is None:
-        format_for_path(p)
-    folder = _existing_ancestor(p.parent.absolute())
-    if not folder.is_dir():
-        raise ExportError(f"{p}: {folder} is not a folder; choose another output path")
-    try:
-        fd, probe = tempfile.mkstemp(prefix=".geoseg-write-check-", dir=folder)
-    except OSError as err:
-        raise ExportError(
-            f"{p}: cannot write in {folder} ({err.strerror or err}); choose a writable output path"
-        ) from err
-    os.close(fd)
-    os.unlink(probe)
 
 
 def _shapefile_columns(columns: list[str]) -> dict[str, str]:
@@ -185,45 +114,6 @@ def _to_pixels(gdf: geopandas.GeoDataFrame, scene_info: SceneInfo) -> npt.NDArra
     return np.asarray(shapely.transform(np.asarray(g.geometry.values), to_px), dtype=object)
 
 
-def coco_rle(
-    mask: npt.NDArray[np.bool_], col: int, row: int, width: int, height: int
-) -> dict[str, Any]:
-    """COCO compressed RLE of a box-cropped mask placed in a ``width x height`` image.
-
-    Runs are computed from the crop (column-major over the whole image, as COCO defines them)
-    without allocating an image-sized array.
-
-    Args:
-        mask: bool ``[h, w]`` cropped mask, inside the image.
-        col: scene-pixel column of the mask's left edge.
-        row: scene-pixel row of the mask's top edge.
-        width: image width in pixels.
-        height: image height in pixels.
-
-    Returns:
-        ``{"size": [height, width], "counts": str}`` (pycocotools' compressed form).
-    """
-    from pycocotools import mask as mask_utils
-
-    cc, rr = np.nonzero(np.asarray(mask, dtype=bool).T)  # column-major: by column, then row
-    idx = (rr.astype(np.int64) + row) + (cc.astype(np.int64) + col) * height
-    total = int(width) * int(height)
-    if len(idx) == 0:
-        counts = [total]
-    else:
-        brk = np.flatnonzero(np.diff(idx) != 1)
-        starts = np.concatenate([idx[:1], idx[brk + 1]])
-        ends = np.concatenate([idx[brk] + 1, idx[-1:] + 1])
-        zeros = starts - np.concatenate([[0], ends[:-1]])
-        ones = ends - starts
-        counts = np.stack([zeros, ones], axis=1).ravel().tolist()
-        counts.append(total - int(ends[-1]))
-    rle = mask_utils.frPyObjects(
-        {"size": [int(height), int(width)], "counts": counts}, height, width
-    )
-    return {"size": [int(height), int(width)], "counts": rle["counts"].decode("ascii")}
-
-
 def _json_value(v: Any) -> Any:
     if isinstance(v, float | np.floating):
         f = float(v)
@@ -233,15 +123,45 @@ def _json_value(v: Any) -> Any:
     return v
 
 
-def _write_coco(gdf: geopandas.GeoDataFrame, tmp: Path, scene_info: SceneInfo) -> None:
+def _coco_classes(gdf: geopandas.GeoDataFrame, classes: Sequence[str] | None) -> list[str]:
+    """Category names in id order: ``classes`` (or ``gdf.attrs["classes"]``), then the rest."""
+    present = sorted({str(c) for c in gdf["class"]}) if "class" in gdf else []
+    given = classes if classes is not None else gdf.attrs.get("classes")
+    if given is None:
+        if present:
+            logger.info(
+                "COCO category ids follow the sorted class names %s; pass classes= (the "
+                "model's classes) for ids in model order",
+                present,
+            )
+        return present or ["object"]
+    names = [str(c) for c in given]
+    missing = [c for c in present if c not in names]
+    if missing:
+        logger.warning("classes %s are not in %s; appended after them", missing, names)
+    return names + missing or ["object"]
+
+
+def _write_coco(
+    gdf: geopandas.GeoDataFrame,
+    tmp: Path,
+    scene_info: SceneInfo,
+    classes: Sequence[str] | None,
+) -> None:
     """COCO instance JSON in scene pixels: one image, RLE masks (holes kept), scores."""
     from rasterio.features import rasterize
+    from rasterio.windows import Window
+    from rasterio.windows import transform as window_transform
+
+    from geoseg.coco import category_ids, encode_rle_crop, write_coco
 
     width, height = scene_info.width, scene_info.height
-    names = sorted({str(c) for c in gdf["class"]}) if "class" in gdf else []
-    cat_id = {n: i + 1 for i, n in enumerate(names)}
+    names = _coco_classes(gdf, classes)
+    cat_id = category_ids(names)
+    has_class = "class" in gdf
     extra = [c for c in ("area_m2", "length_m", "width_m", "heading_deg") if c in gdf]
     annotations: list[dict[str, Any]] = []
+    identity = Affine.identity()
     for i, geom in enumerate(_to_pixels(gdf, scene_info)):
         if geom is None or geom.is_empty:
             continue
@@ -251,7 +171,10 @@ def _write_coco(gdf: geopandas.GeoDataFrame, tmp: Path, scene_info: SceneInfo) -
         if c1 <= c0 or r1 <= r0:
             continue
         # rasterising pixel-edge outlines by pixel centre reproduces the original mask
-        crop = rasterize([geom], out_shape=(r1 - r0, c1 - c0), transform=_translation(c0, r0))
+        window = Window(c0, r0, c1 - c0, r1 - r0)
+        crop = rasterize(
+            [geom], out_shape=(r1 - r0, c1 - c0), transform=window_transform(window, identity)
+        )
         crop = crop.astype(bool)
         if not crop.any():
             continue
@@ -260,8 +183,8 @@ def _write_coco(gdf: geopandas.GeoDataFrame, tmp: Path, scene_info: SceneInfo) -
         ann: dict[str, Any] = {
             "id": len(annotations) + 1,
             "image_id": 1,
-            "category_id": cat_id[str(row["class"])] if names else 1,
-            "segmentation": coco_rle(crop, c0, r0, width, height),
+            "category_id": cat_id[str(row["class"])] if has_class else 1,
+            "segmentation": encode_rle_crop(crop, c0, r0, width, height),
             "area": int(crop.sum()),
             "bbox": [
                 float(c0 + xs.min()),
@@ -276,23 +199,9 @@ def _write_coco(gdf: geopandas.GeoDataFrame, tmp: Path, scene_info: SceneInfo) -
         if extra:
             ann["attributes"] = {c: _json_value(row[c]) for c in extra}
         annotations.append(ann)
-    doc = {
-        "info": {"description": "geoseg predictions", "crs_wkt": scene_info.crs_wkt},
-        "images": [
-            {"id": 1, "file_name": Path(scene_info.path).name, "width": width, "height": height}
-        ],
-        "categories": [{"id": cat_id[n], "name": n} for n in names]
-        or [{"id": 1, "name": "object"}],
-        "annotations": annotations,
-    }
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(doc, fh)
-
-
-def _translation(col: int, row: int) -> Any:
-    from affine import Affine
-
-    return Affine(1.0, 0.0, float(col), 0.0, 1.0, float(row))
+    image = {"id": 1, "file_name": Path(scene_info.path).name, "width": width, "height": height}
+    info = {"description": "geoseg predictions", "crs_wkt": scene_info.crs_wkt}
+    write_coco(tmp, [image], annotations, names, info=info, fsync=False)
 
 
 def _write(
@@ -300,11 +209,13 @@ def _write(
     tmp: Path,
     fmt: VectorFormat,
     *,
-    layer: str | None,
+    layer: str,
     scene_info: SceneInfo | None,
+    classes: Sequence[str] | None,
 ) -> None:
-    if fmt is VectorFormat.GPKG:
-        _write_ogr(gdf, tmp, driver="GPKG", layer=layer or tmp.stem)
+    """Write ``gdf`` to the temporary file ``tmp`` in ``fmt`` (``layer``: the layer name)."""
+    if fmt is VectorFormat.GPKG or fmt is VectorFormat.FLATGEOBUF:
+        _write_ogr(gdf, tmp, driver=str(fmt.driver), layer=layer)
     elif fmt is VectorFormat.GEOJSON:
         out = gdf
         if gdf.crs is None:
@@ -315,24 +226,19 @@ def _write(
             )
         else:
             out = gdf.to_crs(4326)
-        _write_ogr(out, tmp, driver="GeoJSON", layer=layer, layer_options={"RFC7946": "YES"})
+        _write_ogr(out, tmp, driver=str(fmt.driver), layer=layer, layer_options={"RFC7946": "YES"})
     elif fmt is VectorFormat.SHAPEFILE:
         cols = [str(c) for c in gdf.columns if c != gdf.geometry.name]
         renamed = _shapefile_columns(cols)
         if renamed:
             logger.info("%s: shapefile field names %s", tmp.name, renamed)
-        _write_ogr(gdf.rename(columns=renamed), tmp, driver="ESRI Shapefile", layer=None)
-    elif fmt is VectorFormat.FLATGEOBUF:
-        _write_ogr(gdf, tmp, driver="FlatGeobuf", layer=layer)
+        _write_ogr(gdf.rename(columns=renamed), tmp, driver=str(fmt.driver), layer=None)
     elif fmt is VectorFormat.PARQUET:
         gdf.to_parquet(tmp)
     elif fmt is VectorFormat.COCO:
-        if scene_info is None:
-            raise ExportError(
-                f"{tmp.name}: COCO JSON is written in scene pixels; pass scene_info= (the "
-                "SceneInfo of the scene) so the polygons can be mapped back to pixels"
-            )
-        _write_coco(gdf, tmp, scene_info)
+        if scene_info is None:  # pragma: no cover - write_vectors checks this first
+            raise ExportError(f"{tmp.name}: COCO JSON needs scene_info")
+        _write_coco(gdf, tmp, scene_info, classes)
     else:  # pragma: no cover - exhaustive
         raise ExportError(f"{tmp.name}: no writer for format {fmt}")
 
@@ -341,22 +247,29 @@ def write_vectors(
     gdf: geopandas.GeoDataFrame,
     path: str | os.PathLike[str],
     *,
-    fmt: VectorFormat | None = None,
+    fmt: VectorFormat | str | None = None,
     layer: str | None = None,
     scene_info: SceneInfo | None = None,
+    classes: Sequence[str] | None = None,
 ) -> Path:
     """Write objects (e.g. from :func:`geoseg.vectorize.vectorize`) to ``path``, atomically.
 
     Args:
         gdf: polygons in the scene CRS with their attribute columns.
         path: output file; its extension picks the format (see the module docstring) unless
-            ``fmt`` is given. Missing parent folders are created.
-        fmt: force a format regardless of the extension.
-        layer: GeoPackage layer name (default: the file stem); writing a layer into an
-            existing GeoPackage replaces that layer and keeps the others. Ignored by
-            single-layer formats.
+            ``fmt`` is given: ``.json`` is COCO, ``.geojson`` GeoJSON. Missing parent folders
+            are created.
+        fmt: force a format regardless of the extension (a :class:`VectorFormat` or a name
+            such as ``"gpkg"`` or ``"shp"``).
+        layer: layer name (default: the file stem); writing a layer into an existing
+            GeoPackage replaces that layer and keeps the others. Ignored by Shapefile,
+            GeoParquet and COCO.
         scene_info: the scene the objects come from; required for COCO JSON (its transform
-            maps the polygons back to scene pixels, its size sizes the image).
+            maps the polygons back to scene pixels, its size and file name describe the
+            image).
+        classes: COCO only: the model's class names; category id = index + 1 (default:
+            ``gdf.attrs["classes"]``, set by :func:`~geoseg.vectorize.vectorize`, else the
+            sorted class names). Classes of ``gdf`` not in the list get the next ids.
 
     Returns:
         The path written.
@@ -366,31 +279,26 @@ def write_vectors(
             failure inside the writer (the original error is chained).
     """
     p = Path(path)
-    fmt = VectorFormat(fmt) if fmt is not None else format_for_path(p)
+    fmt = format_by_name(fmt) if fmt is not None else format_for_path(p)
+    if fmt is VectorFormat.COCO and scene_info is None:
+        raise ExportError(
+            f"{p}: {p.suffix or 'this'} output is COCO instance JSON, written in scene pixels; "
+            "pass scene_info= (the SceneInfo of the scene: its transform maps the polygons to "
+            "pixels, its size and file name describe the image), or use the .geojson "
+            "extension for GeoJSON"
+        )
     check_writable(p, fmt=fmt)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmpdir = Path(tempfile.mkdtemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent))
-    try:
-        tmp = tmpdir / p.name
+
+    def write(tmp: Path) -> None:
         if fmt is VectorFormat.GPKG and layer is not None and p.exists():
             shutil.copy2(p, tmp)  # add/replace one layer, keep the others
-        _write(gdf, tmp, fmt, layer=layer, scene_info=scene_info)
-        produced = sorted(tmpdir.iterdir(), key=lambda f: f.suffix.lower() == ".shp")
-        if not produced:
-            raise ExportError(f"{p}: the {fmt} writer produced no file")
-        if fmt is VectorFormat.SHAPEFILE:
-            names = {f.name for f in produced}
-            for ext in _SHAPEFILE_SIDECARS:
-                stale = p.with_suffix(ext)
-                if stale.name not in names and stale.exists():
-                    stale.unlink()
-        for f in produced:
-            os.replace(f, p.parent / f.name)
+        _write(gdf, tmp, fmt, layer=layer or p.stem, scene_info=scene_info, classes=classes)
+
+    try:
+        atomic_write(p, write, sidecars=fmt.sidecars)
     except GeosegError:
         raise
     except Exception as err:
         raise ExportError(f"{p}: could not write {fmt} output: {err}") from err
-    finally:
-        shutil.rmtree(tmpdir, ignore_errors=True)
     logger.info("wrote %d objects to %s (%s)", len(gdf), p, fmt)
     return p

@@ -19,8 +19,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -43,6 +41,7 @@ from geoseg.config import (
     config_to_dict,
 )
 from geoseg.errors import BandError, CheckpointError, ConfigError
+from geoseg.io import atomic_write_bytes
 from geoseg.types import NormStats
 
 if TYPE_CHECKING:
@@ -734,24 +733,12 @@ def _paths(path: str | Path) -> tuple[Path, Path]:
     return p.with_name(p.name + ".safetensors"), p.with_name(p.name + ".json")
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_safetensors(path: Path, tensors: Mapping[str, Tensor]) -> str:
     """Write ``tensors`` atomically as safetensors; return the file's SHA-256 (hex)."""
     from safetensors.torch import save
 
     data = save({k: v.detach().cpu().contiguous() for k, v in tensors.items()})
-    _atomic_write_bytes(path, data)
+    atomic_write_bytes(path, data)
     return hashlib.sha256(data).hexdigest()
 
 
@@ -853,7 +840,7 @@ def save_checkpoint(
     info["weights_file"] = weights.name
     info["weights_sha256"] = digest
     text = json.dumps(info, indent=2, sort_keys=False, allow_nan=False)
-    _atomic_write_bytes(sidecar, (text + "\n").encode("utf-8"))
+    atomic_write_bytes(sidecar, (text + "\n").encode("utf-8"))
     logger.info("saved checkpoint %s (%d tensors)", weights, len(state))
     return weights
 

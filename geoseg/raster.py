@@ -249,8 +249,10 @@ def validate_bands(info: SceneInfo, bands: Sequence[int] | None) -> tuple[int, .
 def ground_sample_distance_m(info: SceneInfo) -> tuple[float, float]:
     """Pixel size ``(x, y)`` in metres.
 
-    Projected CRS: the transform's pixel size times the CRS unit in metres. Geographic CRS:
-    the geodesic length of one pixel step at the scene centre.
+    Projected CRS: the transform's pixel size times the CRS unit in metres. Geographic CRS and
+    Web Mercator (whose units are metres only at the equator, see
+    :func:`geoseg.geometry.metres_per_unit`): the geodesic length of one pixel step at the
+    scene centre.
 
     Raises:
         ConfigError: the scene has no CRS, so metres are unknown (give sizes in pixels).
@@ -260,23 +262,25 @@ def ground_sample_distance_m(info: SceneInfo) -> tuple[float, float]:
             f"{info.path}: the scene has no CRS, so its pixel size in metres is unknown; "
             "give sizes in pixels instead."
         )
-    from pyproj import CRS
+    from pyproj import CRS, Transformer
+
+    from geoseg.geometry import metres_per_unit
 
     crs = CRS.from_wkt(info.crs_wkt)
     gx, gy = info.gsd
-    if crs.is_geographic:
+    factor = metres_per_unit(crs)
+    if factor is None:  # geographic or Web Mercator: measure on the ellipsoid
         geod = crs.get_geod()
-        if geod is None:  # pragma: no cover - every geographic CRS has an ellipsoid
+        if geod is None:  # pragma: no cover - every such CRS has an ellipsoid
             raise ConfigError(f"{info.path}: the CRS has no ellipsoid; cannot measure metres")
         t = info.transform
-        lon = t.a * info.width / 2.0 + t.b * info.height / 2.0 + t.c
-        lat = t.d * info.width / 2.0 + t.e * info.height / 2.0 + t.f
-        _, _, dx = geod.inv(lon, lat, lon + gx, lat)
-        _, _, dy = geod.inv(lon, lat, lon, lat + gy)
+        x = t.a * info.width / 2.0 + t.b * info.height / 2.0 + t.c
+        y = t.d * info.width / 2.0 + t.e * info.height / 2.0 + t.f
+        to_geo = Transformer.from_crs(crs, crs.geodetic_crs or crs, always_xy=True)
+        lon, lat = to_geo.transform([x, x + gx, x], [y, y, y + gy])
+        _, _, dx = geod.inv(lon[0], lat[0], lon[1], lat[1])
+        _, _, dy = geod.inv(lon[0], lat[0], lon[2], lat[2])
         return (float(dx), float(dy))
-    factor = 1.0
-    if crs.axis_info:
-        factor = float(crs.axis_info[0].unit_conversion_factor or 1.0)
     return (gx * factor, gy * factor)
 
 

@@ -21,6 +21,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any, Final, Literal
 
 import rasterio
+import rasterio.windows
 import torch.utils.data
 from affine import Affine
 from rasterio.errors import RasterioError
@@ -142,12 +143,11 @@ def metres_to_pixels(scene: SceneInfo, metres: float) -> int:
 def tile_transform(scene_transform: Affine, window: PixelWindow) -> Affine:
     """Affine from *tile pixels* of ``window`` to the scene CRS.
 
-    Equals ``scene_transform`` composed with a translation by the window offset, written out so
-    it behaves the same across ``affine`` versions (whose ``*`` operator is being deprecated).
+    :func:`rasterio.windows.transform` of the window: ``scene_transform`` composed with a
+    translation by the window offset.
     """
-    t = scene_transform
-    x0, y0 = window.col_off, window.row_off
-    return Affine(t.a, t.b, t.a * x0 + t.b * y0 + t.c, t.d, t.e, t.d * x0 + t.e * y0 + t.f)
+    out: Affine = rasterio.windows.transform(window.to_rasterio(), scene_transform)
+    return out
 
 
 def _prepare(

@@ -25,14 +25,11 @@ same optimiser/scheduler state, step and data order.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import json
 import logging
 import math
-import os
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -45,6 +42,7 @@ import torch
 from torch import Tensor, nn
 
 from geoseg._version import __version__
+from geoseg.coco import ANNOTATIONS_FILE, decode_segmentation, label_map, read_coco
 from geoseg.config import (
     AugmentConfig,
     ModelConfig,
@@ -55,6 +53,8 @@ from geoseg.config import (
     load_config,
 )
 from geoseg.errors import BandError, CheckpointError, ConfigError, LabelError
+from geoseg.evaluate import coco_evaluate
+from geoseg.io import atomic_write_text
 from geoseg.model import (
     ModelMeta,
     build_model,
@@ -70,7 +70,6 @@ __all__ = [
     "ChipDataset",
     "TrainProgress",
     "TrainResult",
-    "coco_evaluate",
     "train",
 ]
 
@@ -96,56 +95,19 @@ class _ChipFolder:
 
 
 def _read_folder(root: Path, classes: Sequence[str]) -> _ChipFolder:
-    path = root / "annotations.json"
-    try:
-        coco = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as err:
-        raise LabelError(
-            f"{path}: cannot read the chip annotations ({err}); is {root} a folder written by "
-            "`geoseg chips`?"
-        ) from err
-    except ValueError as err:
-        raise LabelError(f"{path}: not valid JSON ({err})") from err
-    info = coco.get("geoseg") or {}
+    path = root / ANNOTATIONS_FILE
+    coco = read_coco(path, hint=f"is {root} a folder written by `geoseg chips`?")
+    info = coco.extra.get("geoseg") or {}
     if "norm_stats" not in info:
         raise LabelError(
             f"{path}: no geoseg.norm_stats block; re-create the chips with `geoseg chips`"
         )
     norm = NormStats.from_dict(info["norm_stats"])
-    index = {name: i + 1 for i, name in enumerate(classes)}
-    cat_map: dict[int, int] = {}
-    unknown: list[str] = []
-    for cat in coco.get("categories", []):
-        name = str(cat["name"])
-        if name in index:
-            cat_map[int(cat["id"])] = index[name]
-        else:
-            unknown.append(name)
+    cat_map, unknown = label_map(coco.categories, classes)
     if unknown:
         logger.warning("%s: ignoring categories not in the classes: %s", path, unknown)
-    anns: dict[int, list[dict[str, Any]]] = {}
-    for ann in coco.get("annotations", []):
-        if ann.get("iscrowd", 0) or int(ann["category_id"]) not in cat_map:
-            continue
-        anns.setdefault(int(ann["image_id"]), []).append(ann)
-    return _ChipFolder(root, list(coco.get("images", [])), anns, cat_map, norm, info)
-
-
-def _ann_mask(ann: Mapping[str, Any], height: int, width: int) -> npt.NDArray[np.uint8]:
-    """Rasterise one COCO segmentation (polygons or RLE) to uint8 ``[height, width]``."""
-    from pycocotools import mask as mask_utils
-
-    seg = ann["segmentation"]
-    if isinstance(seg, list):
-        rle = mask_utils.merge(mask_utils.frPyObjects(seg, height, width))
-    elif isinstance(seg.get("counts"), list):
-        rle = mask_utils.frPyObjects(seg, height, width)
-    else:
-        rle = dict(seg)
-        if isinstance(rle["counts"], str):
-            rle["counts"] = rle["counts"].encode("ascii")
-    out: npt.NDArray[np.uint8] = mask_utils.decode(rle).astype(np.uint8, copy=False)
-    return out
+    anns = coco.annotations_by_image(keep=cat_map)
+    return _ChipFolder(root, coco.images, anns, cat_map, norm, info)
 
 
 def _boxes_from_masks(masks: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
@@ -300,7 +262,7 @@ class ChipDataset(torch.utils.data.Dataset[tuple[Tensor, Target]]):
         h, w = image.shape[1:]
         masks, labels = [], []
         for ann in folder.anns_by_image.get(int(img["id"]), []):
-            m = _ann_mask(ann, h, w)
+            m = decode_segmentation(ann["segmentation"], h, w)
             if m.any():
                 masks.append(m)
                 labels.append(folder.category_to_label[int(ann["category_id"])])
@@ -357,114 +319,6 @@ def _epoch_order(
 
 
 # --------------------------------------------------------------------------------------------
-# metrics
-
-
-def coco_evaluate(
-    model: nn.Module,
-    dataset: ChipDataset,
-    *,
-    device: torch.device | str = "cpu",
-    batch_size: int = 4,
-    max_dets: int = 300,
-) -> dict[str, float]:
-    """COCO box and mask AP of ``model`` on ``dataset`` (no augmentation), with pycocotools.
-
-    Returns:
-        ``{"bbox_ap", "bbox_ap50", "segm_ap", "segm_ap50"}`` (AP over IoU 0.50:0.95 and at
-        0.50, up to ``max_dets`` detections per chip); all 0.0 when nothing was predicted.
-    """
-    from pycocotools import mask as mask_utils
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-
-    device = torch.device(device)
-    was_training = model.training
-    model.eval()
-    gt: dict[str, Any] = {
-        "images": [],
-        "annotations": [],
-        "categories": [{"id": i + 1, "name": c} for i, c in enumerate(dataset.classes)],
-    }
-    results: list[dict[str, Any]] = []
-    ann_id = 0
-    with torch.no_grad():
-        for start in range(0, len(dataset), batch_size):
-            idx = list(range(start, min(start + batch_size, len(dataset))))
-            samples = [dataset.read(i) for i in idx]
-            images = [torch.from_numpy(s[0]).to(device) for s in samples]
-            outputs = model(images)
-            for i, (image, masks, labels), out in zip(idx, samples, outputs, strict=True):
-                h, w = image.shape[1:]
-                gt["images"].append({"id": i + 1, "width": w, "height": h})
-                for m, lab in zip(masks, labels, strict=True):
-                    ann_id += 1
-                    rle = mask_utils.encode(np.asfortranarray(m))
-                    x1, y1, x2, y2 = _boxes_from_masks(m[None])[0]
-                    gt["annotations"].append(
-                        {
-                            "id": ann_id,
-                            "image_id": i + 1,
-                            "category_id": int(lab),
-                            "segmentation": rle,
-                            "area": float(m.sum()),
-                            "bbox": [float(x1), float(y1), float(x2 - x1), float(y2 - y1)],
-                            "iscrowd": 0,
-                        }
-                    )
-                pm = (out["masks"][:, 0] > 0.5).cpu().numpy().astype(np.uint8)
-                for k in range(len(out["scores"])):
-                    x1, y1, x2, y2 = (float(v) for v in out["boxes"][k])
-                    rle = mask_utils.encode(np.asfortranarray(pm[k]))
-                    results.append(
-                        {
-                            "image_id": i + 1,
-                            "category_id": int(out["labels"][k]),
-                            "bbox": [x1, y1, x2 - x1, y2 - y1],
-                            "segmentation": rle,
-                            "score": float(out["scores"][k]),
-                        }
-                    )
-    if was_training:
-        model.train()
-    metrics = {"bbox_ap": 0.0, "bbox_ap50": 0.0, "segm_ap": 0.0, "segm_ap50": 0.0}
-    if not results or not gt["annotations"]:
-        return metrics
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco_gt = COCO()
-        coco_gt.dataset = gt
-        coco_gt.createIndex()
-        coco_dt = coco_gt.loadRes(results)
-        for iou_type in ("bbox", "segm"):
-            ev = COCOeval(coco_gt, coco_dt, iou_type)
-            ev.params.maxDets = [1, 10, max(100, max_dets)]
-            ev.evaluate()
-            ev.accumulate()
-            ev.summarize()
-            ap, ap50 = _ap_from_eval(ev)
-            metrics[f"{iou_type}_ap"] = ap
-            metrics[f"{iou_type}_ap50"] = ap50
-    return metrics
-
-
-def _ap_from_eval(ev: Any) -> tuple[float, float]:
-    """``(AP@[.5:.95], AP@.5)`` (all areas, largest ``maxDets``) of an accumulated COCOeval.
-
-    Read from ``ev.eval["precision"]`` (``[T, R, K, A, M]``) rather than ``ev.stats``: pycocotools'
-    ``summarize`` computes ``stats[0]`` at a hard-coded 100 detections per image, which is -1
-    (no data) once ``maxDets`` is raised above 100 for dense scenes.
-    """
-    precision = ev.eval["precision"][:, :, :, 0, -1]  # all areas, largest maxDets
-    iou_thrs = np.asarray(ev.params.iouThrs)
-
-    def mean_valid(p: Any) -> float:
-        valid = p[p > -1]
-        return float(valid.mean()) if valid.size else 0.0
-
-    return mean_valid(precision), mean_valid(precision[np.isclose(iou_thrs, 0.5)])
-
-
-# --------------------------------------------------------------------------------------------
 # training state (no pickle: tensors in safetensors, the rest in JSON)
 
 
@@ -499,7 +353,7 @@ def _save_state(
         "scaler": None if scaler is None else scaler.state_dict(),
         "loop": loop,
     }
-    _atomic_write_text(out / "last_state.json", json.dumps(info, indent=1, default=_json_default))
+    atomic_write_text(out / "last_state.json", json.dumps(info, indent=1, default=_json_default))
 
 
 def _json_default(value: Any) -> Any:
@@ -529,18 +383,6 @@ def _optimizer_state(info: Mapping[str, Any], tensors: Mapping[str, Tensor]) -> 
     for pid, values in info["optimizer_plain_state"].items():
         state.setdefault(int(pid), {}).update(values)
     return {"state": state, "param_groups": info["optimizer_param_groups"]}
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # --------------------------------------------------------------------------------------------
@@ -940,8 +782,8 @@ def _write_metrics(out: Path, history: Sequence[Mapping[str, Any]]) -> None:
     writer.writeheader()
     for row in history:
         writer.writerow(dict(row))
-    _atomic_write_text(out / "metrics.csv", buf.getvalue())
-    _atomic_write_text(
+    atomic_write_text(out / "metrics.csv", buf.getvalue())
+    atomic_write_text(
         out / "metrics.json",
         json.dumps({"epochs": list(history)}, indent=1, default=_json_default) + "\n",
     )
@@ -950,8 +792,8 @@ def _write_metrics(out: Path, history: Sequence[Mapping[str, Any]]) -> None:
 def iter_chip_folders(root: str | Path) -> Iterator[Path]:
     """Chip folders (holding ``annotations.json``) at or below ``root``, sorted."""
     root = Path(root)
-    if (root / "annotations.json").is_file():
+    if (root / ANNOTATIONS_FILE).is_file():
         yield root
         return
-    for p in sorted(root.rglob("annotations.json")):
+    for p in sorted(root.rglob(ANNOTATIONS_FILE)):
         yield p.parent

@@ -1,9 +1,9 @@
 """Masks to polygons in the scene CRS, with shape attributes.
 
 Outlines follow **pixel edges**: each box-cropped mask is traced by
-:func:`rasterio.features.shapes` with the affine ``transform * Affine.translation(x1, y1)`` of
-its mask box (:func:`shifted`), so rasterising the polygon back onto the scene grid reproduces
-the mask exactly
+:func:`rasterio.features.shapes` with the affine of its mask box (:func:`shifted`, i.e.
+:func:`rasterio.windows.transform` of the box window), so rasterising the polygon back onto
+the scene grid reproduces the mask exactly
 (tracing pixel *centres*, as contour finders do, shaves half a pixel off every side, which
 costs small objects a lot of IoU). Holes are kept.
 
@@ -27,14 +27,18 @@ Attributes (one row per object):
   ``[0, 180)``.
 * ``scene``: the ``scene`` argument (e.g. the scene's file name).
 
-Where the metres come from: in a projected CRS, the CRS's own linear unit converted to metres
-(so a UTM scene gives UTM metres). In a geographic CRS (degrees) and in Web ("Pseudo")
-Mercator, whose metres are stretched by ``1 / cos(latitude)``, the outlines are first projected
-onto a local transverse Mercator centred on the scene (scale 1 at its centre), which is exact to
-well under 0.1 % over a satellite scene. Without a CRS the geometries stay in the frame of
-``transform`` (scene pixels for an identity transform): ``area_m2``, ``length_m`` and
-``width_m`` are NaN (a warning is logged), ``heading_deg`` is measured clockwise from the image's
-up direction, and ``min_area`` is compared with the area in the geometry's own units.
+The class names in model order (``detections.classes``) are recorded in
+``gdf.attrs["classes"]``; :func:`geoseg.export.write_vectors` numbers COCO categories by them.
+
+Where the metres come from (:func:`geoseg.geometry.to_metric`): in a projected CRS, the CRS's
+own linear unit converted to metres (so a UTM scene gives UTM metres). In a geographic CRS
+(degrees) and in Web ("Pseudo") Mercator, whose metres are stretched by ``1 / cos(latitude)``,
+the outlines are first projected onto a local transverse Mercator centred on the scene (scale 1
+at its centre), which is exact to well under 0.1 % over a satellite scene. Without a CRS the
+geometries stay in the frame of ``transform`` (scene pixels for an identity transform):
+``area_m2``, ``length_m`` and ``width_m`` are NaN (a warning is logged), ``heading_deg`` is
+measured clockwise from the image's up direction, and ``min_area`` is compared with the area in
+the geometry's own units.
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ import numpy as np
 import numpy.typing as npt
 from affine import Affine
 
+from geoseg.geometry import polygonal, rectangle_axes, to_metric
 from geoseg.types import Detections
 
 if TYPE_CHECKING:
@@ -62,12 +67,14 @@ COLUMNS = ("geometry", "class", "score", "area_m2", "length_m", "width_m", "head
 def shifted(transform: Affine, col: int, row: int) -> Affine:
     """``transform`` composed with a shift by ``(col, row)`` pixels.
 
-    The affine of a mask cropped at scene pixel ``(col, row)``: the same as
-    ``transform * Affine.translation(col, row)``, written out so that it works with every
-    ``affine`` version (2.x spells composition ``*``, 3.x ``@``).
+    The affine of a mask cropped at scene pixel ``(col, row)``:
+    :func:`rasterio.windows.transform` of a window at that offset.
     """
-    a, b, c, d, e, f = transform.a, transform.b, transform.c, transform.d, transform.e, transform.f
-    return Affine(a, b, c + a * col + b * row, d, e, f + d * col + e * row)
+    from rasterio.windows import Window
+    from rasterio.windows import transform as window_transform
+
+    out: Affine = window_transform(Window(col, row, 0, 0), transform)
+    return out
 
 
 def mask_to_geometry(mask: npt.NDArray[Any], transform: Affine) -> Any:
@@ -76,7 +83,7 @@ def mask_to_geometry(mask: npt.NDArray[Any], transform: Affine) -> Any:
     Args:
         mask: bool ``[h, w]``, the mask cropped to its box.
         transform: affine from the mask's own pixel grid (column, row of ``mask``) to the output
-            frame, e.g. ``scene_transform * Affine.translation(x1, y1)``.
+            frame, e.g. ``shifted(scene_transform, x1, y1)``.
 
     Returns:
         A shapely ``Polygon`` (one 4-connected part) or ``MultiPolygon`` with holes kept, or
@@ -96,77 +103,8 @@ def mask_to_geometry(mask: npt.NDArray[Any], transform: Affine) -> Any:
     ]
     geom = parts[0] if len(parts) == 1 else shapely.MultiPolygon(parts)
     if not geom.is_valid:
-        geom = _polygonal(shapely.make_valid(geom))
+        geom = polygonal(geom, repair=True)
     return geom
-
-
-def _polygonal(geom: Any) -> Any:
-    """The polygonal part of a geometry (``Polygon``/``MultiPolygon``), or ``None``."""
-    import shapely
-
-    parts = [
-        p
-        for p in shapely.get_parts(geom)
-        if p.geom_type in ("Polygon", "MultiPolygon") and not p.is_empty
-    ]
-    if not parts:
-        return None
-    polys = [q for p in parts for q in shapely.get_parts(p)]
-    return polys[0] if len(polys) == 1 else shapely.MultiPolygon(polys)
-
-
-def _metric_frame(crs_wkt: str, geoms: npt.NDArray[Any]) -> tuple[npt.NDArray[Any], float]:
-    """Geometries in a frame whose units times the returned factor are metres, y = north."""
-    import shapely
-    from pyproj import CRS, Transformer
-
-    crs = CRS.from_user_input(crs_wkt)
-    method = ""
-    if crs.is_projected and crs.coordinate_operation is not None:
-        method = crs.coordinate_operation.method_name.lower()
-    if crs.is_projected and "pseudo" not in method:
-        factor = 1.0
-        if crs.axis_info and crs.axis_info[0].unit_conversion_factor:
-            factor = float(crs.axis_info[0].unit_conversion_factor)
-        return geoms, factor
-    # geographic (or Web Mercator): project onto a local transverse Mercator at the centre
-    x0, y0, x1, y1 = shapely.total_bounds(geoms)
-    to_geo = Transformer.from_crs(crs, crs.geodetic_crs, always_xy=True)
-    lon, lat = to_geo.transform((x0 + x1) / 2, (y0 + y1) / 2)
-    local = CRS.from_proj4(
-        f"+proj=tmerc +lat_0={lat:.10f} +lon_0={lon:.10f} +k=1 +x_0=0 +y_0=0 +ellps=WGS84 +units=m"
-    )
-    fwd = Transformer.from_crs(crs, local, always_xy=True)
-    out = shapely.transform(geoms, lambda xy: np.column_stack(fwd.transform(xy[:, 0], xy[:, 1])))
-    return out, 1.0
-
-
-def _rectangle_axes(
-    geoms: npt.NDArray[Any], y_up: bool
-) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64], npt.NDArray[np.float64]]:
-    """Long side, short side and heading (deg clockwise from up, [0, 180)) per geometry."""
-    import shapely
-
-    n = len(geoms)
-    if n == 0:
-        z = np.zeros(0)
-        return z, z, z
-    rect = shapely.minimum_rotated_rectangle(geoms)
-    coords, index = shapely.get_coordinates(rect, return_index=True)
-    first = np.searchsorted(index, np.arange(n))
-    count = np.bincount(index, minlength=n)
-    p0 = coords[first]
-    p1 = coords[np.minimum(first + 1, first + count - 1)]
-    p2 = coords[np.minimum(first + 2, first + count - 1)]
-    e1, e2 = p1 - p0, p2 - p1
-    l1, l2 = np.hypot(e1[:, 0], e1[:, 1]), np.hypot(e2[:, 0], e2[:, 1])
-    long_vec = np.where((l1 >= l2)[:, None], e1, e2)
-    dx, dy = long_vec[:, 0], long_vec[:, 1]
-    if not y_up:
-        dy = -dy
-    heading = np.degrees(np.arctan2(dx, dy)) % 180.0
-    heading = np.where(np.isclose(heading, 180.0), 0.0, heading)
-    return np.maximum(l1, l2), np.minimum(l1, l2), heading
 
 
 def vectorize(
@@ -231,12 +169,12 @@ def vectorize(
                 "(scene pixels for an identity transform) and area_m2/length_m/width_m are NaN",
                 scene,
             )
-        length, width, heading = _rectangle_axes(garr, y_up=transform.e < 0)
+        length, width, heading = rectangle_axes(garr, y_up=transform.e < 0)
         area_m2, length_m, width_m = nan, nan, nan
         size_for_filter = shapely.area(garr) if len(garr) else nan
     else:
-        metric, factor = _metric_frame(crs_wkt, garr) if len(garr) else (garr, 1.0)
-        length, width, heading = _rectangle_axes(metric, y_up=True)
+        metric, factor = to_metric(garr, crs_wkt)
+        length, width, heading = rectangle_axes(metric, y_up=True)
         area_m2 = shapely.area(metric) * factor**2 if len(garr) else nan
         length_m, width_m = length * factor, width * factor
         size_for_filter = area_m2
@@ -246,7 +184,7 @@ def vectorize(
         out_geoms = shapely.simplify(out_geoms, simplify_tolerance, preserve_topology=True)
         bad = ~shapely.is_valid(out_geoms)
         for i in np.flatnonzero(bad):
-            out_geoms[i] = _polygonal(shapely.make_valid(out_geoms[i]))
+            out_geoms[i] = polygonal(out_geoms[i], repair=True)
     data = {
         "class": [names[i] for i in sel],
         "score": detections.scores[idx][sel].astype(np.float64),
@@ -260,5 +198,6 @@ def vectorize(
         data, geometry=geopandas.GeoSeries(list(out_geoms), crs=crs_wkt), crs=crs_wkt
     )
     gdf = gdf[list(COLUMNS)]
+    gdf.attrs["classes"] = tuple(detections.classes)
     logger.debug("vectorize: %d masks -> %d polygons", len(detections), len(gdf))
     return gdf

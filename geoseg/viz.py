@@ -21,7 +21,6 @@ import logging
 import math
 import os
 import re
-import uuid
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -44,6 +43,7 @@ from geoseg.errors import (
     RasterReadError,
     UnsupportedTransformError,
 )
+from geoseg.io import atomic_write
 
 __all__ = [
     "CLASS_COLOURS",
@@ -254,19 +254,13 @@ def _class_order(gdf: gpd.GeoDataFrame, classes: Sequence[str] | None) -> list[s
 
 
 def _atomic_write(out: Path, write: Callable[[Path], object]) -> Path:
-    """Call ``write(tmp)`` for a temporary path beside ``out``, then move it into place."""
+    """:func:`geoseg.io.atomic_write` into an existing folder, errors as ExportError."""
     if not out.parent.exists():
         raise ExportError(f"{out}: the folder {out.parent} does not exist; create it first")
-    tmp = out.with_name(f".{out.stem}.{uuid.uuid4().hex[:8]}.tmp{out.suffix}")
     try:
-        write(tmp)
-        os.replace(tmp, out)
+        return atomic_write(out, write, make_parents=False)
     except OSError as err:
         raise ExportError(f"{out}: cannot write ({err})") from err
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return out
 
 
 # --------------------------------------------------------------------------------------------

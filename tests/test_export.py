@@ -14,12 +14,12 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pyproj import CRS
 
+from geoseg.coco import encode_rle_crop
 from geoseg.errors import ExportError
 from geoseg.export import (
     SHAPEFILE_FIELD_NAMES,
     VectorFormat,
     check_writable,
-    coco_rle,
     format_for_path,
     write_vectors,
 )
@@ -70,7 +70,7 @@ def objects():
 def test_format_for_path():
     assert format_for_path("a/b.GPKG") is VectorFormat.GPKG
     assert format_for_path("x.geojson") is VectorFormat.GEOJSON
-    assert format_for_path("x.json") is VectorFormat.GEOJSON
+    assert format_for_path("x.json") is VectorFormat.COCO  # .json is COCO, everywhere
     assert format_for_path("x.coco.json") is VectorFormat.COCO
     assert format_for_path("x.shp") is VectorFormat.SHAPEFILE
     assert format_for_path("x.parquet") is VectorFormat.PARQUET
@@ -169,7 +169,69 @@ def test_coco_needs_scene_info(tmp_path, objects):
     _, gdf = objects
     with pytest.raises(ExportError, match="scene_info"):
         write_vectors(gdf, tmp_path / "out.coco.json")
+    with pytest.raises(ExportError, match=r"out\.json.*scene_info.*\.geojson"):
+        write_vectors(gdf, tmp_path / "out.json")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_json_is_coco_and_geojson_is_geojson(tmp_path, objects):
+    _, gdf = objects
+    coco = json.loads(write_vectors(gdf, tmp_path / "a.json", scene_info=scene_info()).read_text())
+    assert {"images", "annotations", "categories"} <= set(coco)
+    assert "type" not in coco
+    assert coco["images"] == [{"id": 1, "file_name": "scene.tif", "width": W, "height": H}]
+    assert len(coco["annotations"]) == len(gdf)
+    geo = json.loads(write_vectors(gdf, tmp_path / "a.geojson").read_text())
+    assert geo["type"] == "FeatureCollection" and len(geo["features"]) == len(gdf)
+    assert "annotations" not in geo
+
+
+def test_coco_category_ids_follow_model_class_order(tmp_path, objects):
+    det, gdf = objects
+    assert gdf.attrs["classes"] == det.classes  # vectorize records the model's classes
+    doc = json.loads(write_vectors(gdf, tmp_path / "a.json", scene_info=scene_info()).read_text())
+    assert [(c["id"], c["name"]) for c in doc["categories"]] == [
+        (1, "ship"),
+        (2, "vehicle"),
+        (3, "building"),
+    ]
+    for ann, (_, row) in zip(doc["annotations"], gdf.iterrows(), strict=True):
+        assert ann["category_id"] == det.classes.index(row["class"]) + 1
+    # an explicit class list wins; classes missing from it are appended
+    doc = json.loads(
+        write_vectors(
+            gdf, tmp_path / "b.json", scene_info=scene_info(), classes=("building", "ship")
+        ).read_text()
+    )
+    assert [c["name"] for c in doc["categories"]] == ["building", "ship", "vehicle"]
+    # without a class list (plain GeoDataFrame): sorted names
+    plain = gdf.copy()
+    plain.attrs = {}
+    doc = json.loads(write_vectors(plain, tmp_path / "c.json", scene_info=scene_info()).read_text())
+    assert [c["name"] for c in doc["categories"]] == ["building", "ship", "vehicle"]
+
+
+def test_fmt_by_name(tmp_path, objects):
+    _, gdf = objects
+    path = write_vectors(gdf, tmp_path / "out.dat", fmt="fgb")
+    assert len(gpd.read_file(path, driver="FlatGeobuf")) == len(gdf)
+    with pytest.raises(ExportError, match="unknown vector format 'kml'"):
+        write_vectors(gdf, tmp_path / "out.kml", fmt="kml")
+
+
+@pytest.mark.parametrize("name", ["v.gpkg", "v.geojson", "v.shp", "v.parquet", "v.fgb", "v.json"])
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_vector_files_follow_umask(tmp_path, objects, name, umask):
+    _, gdf = objects
+    old = os.umask(umask)
+    try:
+        path = write_vectors(gdf, tmp_path / name, scene_info=scene_info())
+    finally:
+        os.umask(old)
+    want = 0o666 & ~umask
+    for f in tmp_path.iterdir():  # the .shp and its sidecars alike
+        assert f.stat().st_mode & 0o777 == want, f.name
+    assert path.exists()
 
 
 def test_coco_rle_matches_pycocotools():
@@ -178,7 +240,7 @@ def test_coco_rle_matches_pycocotools():
     full = np.zeros((20, 30), np.uint8, order="F")
     full[4:11, 13:22] = m
     ref = mask_utils.encode(full)
-    got = coco_rle(m, 13, 4, 30, 20)
+    got = encode_rle_crop(m, 13, 4, 30, 20)
     assert got["counts"] == ref["counts"].decode("ascii")
     assert got["size"] == [20, 30]
 

@@ -342,6 +342,21 @@ def test_gsd_metres_projected_feet_and_geographic(tmp_path):
     assert gy == pytest.approx(deg * 111_320, rel=0.01)
 
 
+def test_gsd_web_mercator_is_not_metres(tmp_path):
+    # a 1-unit Web Mercator pixel at 60 degrees north is 0.5 m on the ground
+    from pyproj import Transformer
+
+    x, y = Transformer.from_crs(4326, 3857, always_xy=True).transform(10.0, 60.0)
+    p = write_tif(
+        tmp_path / "merc.tif",
+        rand((1, 100, 100), np.uint8),
+        crs="EPSG:3857",
+        transform=from_origin(x - 50, y + 50, 1.0, 1.0),
+    )
+    gx, gy = ground_sample_distance_m(open_scene(p))
+    assert gx == pytest.approx(0.5, rel=0.01) and gy == pytest.approx(0.5, rel=0.01)
+
+
 # -------------------------------------------------------------- /vsicurl/
 
 

@@ -331,7 +331,7 @@ def test_coco_ap_is_read_at_the_raised_max_dets():
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
-    from geoseg.train import _ap_from_eval
+    from geoseg.evaluate import _ap_from_eval
 
     boxes = [[10.0 * (i % 20), 10.0 * (i // 20), 8.0, 8.0] for i in range(150)]
     gt = {
