@@ -323,7 +323,7 @@ def run_scene(
     """
     from geoseg.export import check_writable, write_vectors
     from geoseg.raster import open_scene
-    from geoseg.tiling import TileDataset, tile_loader
+    from geoseg.datasets import TileDataset, tile_loader
 
     t0 = time.perf_counter()
     out_path = None if output is None else Path(output)
