@@ -59,8 +59,9 @@ def write_scene(path: Path, *, seed: int, size: int) -> Path:
 def make_model(folder: Path, tile: int) -> Path:
     import torch
 
+    from geoseg.checkpoint import ModelMeta, save_checkpoint
     from geoseg.config import Backbone, ModelConfig, config_to_dict
-    from geoseg.model import ModelMeta, build_model, save_checkpoint
+    from geoseg.models import build_model
 
     cfg = ModelConfig(
         backbone=Backbone.RESNET18,

@@ -153,7 +153,7 @@ def run_training(
 
 def publish(work: Path, which: str = "last") -> Path:
     """Copy the run's checkpoint to data_samples/models/demo_lite0.*, weights as float16."""
-    from geoseg.model import load_checkpoint, save_checkpoint
+    from geoseg.checkpoint import load_checkpoint, save_checkpoint
 
     dest = REPO / "data_samples" / "models"
     dest.mkdir(parents=True, exist_ok=True)
@@ -208,7 +208,7 @@ def tune_scores(work: Path, checkpoint: Path, *, tile: int, overlap: int, size: 
 
 def chip_ap(checkpoint: Path, val_dirs) -> dict:
     """Per-chip COCO box/mask AP of the published model on the validation chips."""
-    from geoseg.model import load_checkpoint
+    from geoseg.checkpoint import load_checkpoint
     from geoseg.train import ChipDataset, coco_evaluate
 
     model, meta = load_checkpoint(checkpoint)
@@ -220,8 +220,8 @@ def held_out(
     work: Path, checkpoint: Path, *, size: int, seeds: list[int], tile: int, overlap: int
 ) -> dict:
     """Scene-level scores on held-out seeds with the checkpoint's per-class thresholds."""
+    from geoseg.checkpoint import read_meta
     from geoseg.evaluate import evaluate
-    from geoseg.model import read_meta
     from geoseg.pipeline import run_scene
     from geoseg.predict import MaskRCNNPredictor
     from geoseg.synth import generate_scene
@@ -446,7 +446,7 @@ def main() -> None:
         if not args.skip_train:
             report["data_seconds"] = round(time.monotonic() - t0, 1)
         if args.skip_train:
-            from geoseg.model import read_meta
+            from geoseg.checkpoint import read_meta
 
             metrics = json.loads((args.work / "run" / "metrics.json").read_text())
             history = metrics["epochs"]

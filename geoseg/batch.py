@@ -1033,7 +1033,7 @@ def resolve_settings(
         CheckpointError: the checkpoint's sidecar is missing or unreadable.
         ConfigError: the preset is unknown or invalid, or the overlap does not fit the tile.
     """
-    from geoseg.model import read_meta
+    from geoseg.checkpoint import read_meta
 
     meta = read_meta(Path(model))
     return resolve_run_settings(
@@ -1282,8 +1282,8 @@ def run_batch(
         raise ConfigError(f"n_workers must be >= 1, got {n_workers}")
     if retries < 0:
         raise ConfigError(f"retries must be >= 0, got {retries}")
+    from geoseg.checkpoint import read_meta
     from geoseg.errors import CheckpointError
-    from geoseg.model import read_meta
 
     fmt_value, ext = _format_ext(fmt)
     scenes = resolve_inputs(inputs, asset=asset)

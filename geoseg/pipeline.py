@@ -321,9 +321,9 @@ def run_scene(
         ConfigError: invalid tile size, overlap, batch size, worker count or score
             thresholds (including a per-class threshold for a class the model lacks).
     """
+    from geoseg.datasets import TileDataset, tile_loader
     from geoseg.export import check_writable, write_vectors
     from geoseg.raster import open_scene
-    from geoseg.datasets import TileDataset, tile_loader
 
     t0 = time.perf_counter()
     out_path = None if output is None else Path(output)

@@ -384,7 +384,7 @@ class MaskRCNNPredictor:
         Raises:
             CheckpointError: the checkpoint is missing, unsafe or corrupt.
         """
-        from geoseg.model import load_checkpoint
+        from geoseg.checkpoint import load_checkpoint
 
         model, meta = load_checkpoint(path)
         return cls(

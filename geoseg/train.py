@@ -45,6 +45,13 @@ import torch
 from torch import Tensor, nn
 
 from geoseg._version import __version__
+from geoseg.checkpoint import (
+    ModelMeta,
+    load_checkpoint,
+    read_safetensors,
+    save_checkpoint,
+    write_safetensors,
+)
 from geoseg.config import (
     AugmentConfig,
     ModelConfig,
@@ -55,15 +62,7 @@ from geoseg.config import (
     load_config,
 )
 from geoseg.errors import BandError, CheckpointError, ConfigError, LabelError
-from geoseg.model import (
-    ModelMeta,
-    build_model,
-    load_checkpoint,
-    load_matching,
-    read_safetensors,
-    save_checkpoint,
-    write_safetensors,
-)
+from geoseg.models import build_model, load_matching
 from geoseg.types import NormStats
 
 __all__ = [

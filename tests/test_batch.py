@@ -71,8 +71,9 @@ def write_corrupt(path: Path, good: Path) -> Path:
 def tiny_model(tmp_path_factory):
     import torch
 
+    from geoseg.checkpoint import ModelMeta, save_checkpoint
     from geoseg.config import Backbone, ModelConfig, config_to_dict
-    from geoseg.model import ModelMeta, build_model, save_checkpoint
+    from geoseg.models import build_model
 
     cfg = ModelConfig(
         backbone=Backbone.RESNET18,

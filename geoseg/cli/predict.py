@@ -138,10 +138,10 @@ def command(
     """
     from tqdm import tqdm
 
+    from geoseg.checkpoint import check_compatible, read_meta
     from geoseg.config import load_config, resolve_run_settings
     from geoseg.errors import CheckpointError
     from geoseg.export import check_writable
-    from geoseg.model import check_compatible, read_meta
     from geoseg.pipeline import run_scene
     from geoseg.predict import MaskRCNNPredictor
     from geoseg.raster import open_scene, validate_bands
