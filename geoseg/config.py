@@ -6,8 +6,8 @@ Python without YAML.
 
 Two kinds of file exist:
 
-* **presets** (``configs/<name>.yaml``, also shipped inside the package as
-  ``geoseg/configs/<name>.yaml``): model architecture + tiling + stitching for one use (ships,
+* **presets** (``geoseg/configs/<name>.yaml``, package data, so they load by name from an
+  installed wheel too): model architecture + tiling + stitching for one use (ships,
   vehicles, buildings, all). :func:`load_config` reads one by name or path.
 * **training runs** (a YAML the user writes, see :class:`TrainConfig` for the schema):
   chip folders, the preset to start from, schedule, output folder. :func:`load_train_config`
@@ -512,14 +512,12 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 
 
 def _preset_dirs() -> list[Path]:
-    """Folders holding preset YAMLs: the installed package's, then the source tree's."""
+    """Folders holding preset YAMLs: the package's own ``geoseg/configs``."""
     dirs: list[Path] = []
     try:
-        packaged = Path(str(resources.files("geoseg") / "configs"))
-        dirs.append(packaged)
+        dirs.append(Path(str(resources.files("geoseg") / "configs")))
     except (ModuleNotFoundError, TypeError):  # pragma: no cover
         pass
-    dirs.append(Path(__file__).resolve().parent.parent / "configs")
     return [d for d in dirs if d.is_dir()]
 
 
