@@ -8,7 +8,6 @@ not importable is skipped with the missing piece named.
 from __future__ import annotations
 
 import importlib
-import os
 from pathlib import Path
 
 import pytest
@@ -26,14 +25,13 @@ REQUIRES = {
         "geoseg.synth": ["generate_scene"],
         "geoseg.pipeline": ["run_scene"],
         "geoseg.predict": ["MaskRCNNPredictor"],
-        "geoseg.checkpoint": ["ModelMeta", "save_checkpoint"],
-        "geoseg.models": ["build_model"],
-        "geoseg.config": ["ModelConfig", "config_from_dict", "config_to_dict"],
+        "geoseg.samples": ["demo_model_path"],
         "geoseg.evaluate": ["evaluate", "format_table"],
         "geoseg.viz": ["quicklook", "web_map"],
     },
     "02_count_and_analyse": {
         "geoseg.synth": ["generate_scene"],
+        "geoseg.samples": ["demo_model_path"],
         "geoseg.count": ["count", "format_counts", "write_counts"],
     },
     "03_train_on_your_labels": {
@@ -142,10 +140,6 @@ def test_02_count_and_analyse_runs(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_02_with_batch_predictions(tmp_path, monkeypatch):
-    if not os.environ.get("GEOSEG_NB_MODEL") and not list(
-        (ROOT / "data_samples").rglob("*.safetensors")
-    ):
-        pytest.skip("no model: set GEOSEG_NB_MODEL or bundle the demo model in data_samples/")
     reason = missing_dependency("02_count_and_analyse") or (
         None if importlib.util.find_spec("geoseg.batch") else "geoseg.batch"
     )
