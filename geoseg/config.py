@@ -513,12 +513,8 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 
 def _preset_dirs() -> list[Path]:
     """Folders holding preset YAMLs: the package's own ``geoseg/configs``."""
-    dirs: list[Path] = []
-    try:
-        dirs.append(Path(str(resources.files("geoseg") / "configs")))
-    except (ModuleNotFoundError, TypeError):  # pragma: no cover
-        pass
-    return [d for d in dirs if d.is_dir()]
+    packaged = Path(str(resources.files("geoseg") / "configs"))
+    return [packaged] if packaged.is_dir() else []
 
 
 def list_presets() -> list[str]:
