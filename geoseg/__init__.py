@@ -3,6 +3,11 @@
 The public API is re-exported here lazily (importing :mod:`geoseg` does not import torch).
 Each pipeline stage lives in its own module: :mod:`geoseg.raster`, :mod:`geoseg.tiling`,
 :mod:`geoseg.predict`, :mod:`geoseg.stitch`, :mod:`geoseg.vectorize`, :mod:`geoseg.export`.
+Torch-backed names (``build_model``, ``TileDataset``, ``MaskRCNNPredictor``...) and reading
+weights (``load_checkpoint``) need the ``ml`` extra (``pip install 'geoseg[ml]'``); without it
+they raise :class:`~geoseg.errors.MissingExtraError` (``read_meta`` never needs it). The demo
+model and a sample scene ship as package data: :func:`demo_model_path`,
+:func:`sample_scene_path`.
 """
 
 from __future__ import annotations
