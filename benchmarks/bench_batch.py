@@ -59,8 +59,9 @@ def write_scene(path: Path, *, seed: int, size: int) -> Path:
 def make_model(folder: Path, tile: int) -> Path:
     import torch
 
+    from geoseg.checkpoint import ModelMeta, save_checkpoint
     from geoseg.config import Backbone, ModelConfig, config_to_dict
-    from geoseg.model import ModelMeta, build_model, save_checkpoint
+    from geoseg.models import build_model
 
     cfg = ModelConfig(
         backbone=Backbone.RESNET18,
@@ -103,7 +104,7 @@ def main() -> None:
 
     from geoseg.batch import run_batch
     from geoseg.batch.cluster import start_local_cluster
-    from geoseg.model import read_meta
+    from geoseg.checkpoint import read_meta
     from geoseg.pipeline import run_scene
     from geoseg.predict import load_predictor
     from geoseg.settings import resolve

@@ -399,13 +399,13 @@ def load_model(model_path, seed=0, min_score=0.5):
     from geoseg.synth import CLASSES
 
     if model_path and Path(model_path).exists():
-        from geoseg.model import load_checkpoint
+        from geoseg.checkpoint import load_checkpoint
 
         model, meta = load_checkpoint(model_path)
         model.roi_heads.score_thresh = min_score
         return model.eval(), tuple(meta.classes), tuple(meta.bands), meta.tile_size
     from geoseg.config import Backbone, ModelConfig
-    from geoseg.model import build_model
+    from geoseg.models import build_model
 
     torch.manual_seed(seed)
     # the demo model's architecture (efficientnet-lite0, 128-channel FPN), randomly initialised;

@@ -7,7 +7,7 @@ Every tile reports every object it sees, cropped where the tile cuts it, so obje
 borders come as duplicates and fragments. Each size runs in its own process pinned to one CPU
 core; the JSON line per size gives the number of input detections, the stitch wall time (best
 of ``--repeat``, and every run) and CPU time, the output count against the true object count,
-the resident memory before stitching (the input, plus torch imported by geoseg.tiling) and the
+the resident memory before stitching (the input plus the imported modules) and the
 process's peak resident memory. On a shared machine compare CPU seconds: wall time includes
 waiting for the core (the 1-minute load average is recorded).
 

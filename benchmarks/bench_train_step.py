@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_demo import CLASSES, DEMO_MODEL
 
 from geoseg.config import ModelConfig, config_from_dict
-from geoseg.model import build_model
+from geoseg.models import build_model
 from geoseg.train import ChipDataset, _collate
 
 

@@ -1,10 +1,10 @@
-"""Reproduce the bundled demo model (data_samples/models/demo_lite0.*).
+"""Reproduce the bundled demo model (geoseg/samples/models/demo_lite0.*).
 
 Steps (all data outside the git tree, under WORK):
   1. synthetic training scenes (seeds 100..), one validation scene (seed 150), 0.5 m GSD;
   2. chips of CHIP px with geoseg.chips.make_chips;
   3. geoseg.train.train() on efficientnet_lite0 (ImageNet weights, offline), CPU;
-  4. copy best checkpoint to data_samples/models/demo_lite0.{safetensors,json};
+  4. copy best checkpoint to geoseg/samples/models/demo_lite0.{safetensors,json};
   5. held-out scene-level evaluation (seeds 900..) with geoseg.pipeline.run_scene +
      geoseg.evaluate when the pipeline is available; prints JSON.
 
@@ -152,10 +152,10 @@ def run_training(
 
 
 def publish(work: Path, which: str = "last") -> Path:
-    """Copy the run's checkpoint to data_samples/models/demo_lite0.*, weights as float16."""
-    from geoseg.model import load_checkpoint, save_checkpoint
+    """Copy the run's checkpoint to geoseg/samples/models/demo_lite0.*, weights as float16."""
+    from geoseg.checkpoint import load_checkpoint, save_checkpoint
 
-    dest = REPO / "data_samples" / "models"
+    dest = REPO / "geoseg" / "samples" / "models"
     dest.mkdir(parents=True, exist_ok=True)
     chosen = work / "run" / which
     src = chosen if chosen.with_suffix(".safetensors").is_file() else work / "run" / "last"
@@ -208,8 +208,8 @@ def tune_scores(work: Path, checkpoint: Path, *, tile: int, overlap: int, size: 
 
 def chip_ap(checkpoint: Path, val_dirs) -> dict:
     """Per-chip COCO box/mask AP of the published model on the validation chips."""
+    from geoseg.checkpoint import load_checkpoint
     from geoseg.evaluate import coco_evaluate
-    from geoseg.model import load_checkpoint
     from geoseg.train import ChipDataset
 
     model, meta = load_checkpoint(checkpoint)
@@ -221,8 +221,8 @@ def held_out(
     work: Path, checkpoint: Path, *, size: int, seeds: list[int], tile: int, overlap: int
 ) -> dict:
     """Scene-level scores on held-out seeds with the checkpoint's per-class thresholds."""
+    from geoseg.checkpoint import read_meta
     from geoseg.evaluate import evaluate
-    from geoseg.model import read_meta
     from geoseg.pipeline import run_scene
     from geoseg.predict import MaskRCNNPredictor
     from geoseg.synth import generate_scene
@@ -261,7 +261,7 @@ def _f(v) -> str:
 
 
 def write_card(report: dict, args) -> Path:
-    """Write data_samples/models/MODEL_CARD.md from the measured report (numbers as measured)."""
+    """Write geoseg/samples/models/MODEL_CARD.md from the measured report (numbers as measured)."""
     lines = [
         "# Demo model `demo_lite0`",
         "",
@@ -389,7 +389,7 @@ def write_card(report: dict, args) -> Path:
     else:
         lines.append(f"Scene-level held-out evaluation: {held}")
     lines.append("")
-    path = REPO / "data_samples" / "models" / "MODEL_CARD.md"
+    path = REPO / "geoseg" / "samples" / "models" / "MODEL_CARD.md"
     path.write_text("\n".join(lines))
     return path
 
@@ -447,7 +447,7 @@ def main() -> None:
         if not args.skip_train:
             report["data_seconds"] = round(time.monotonic() - t0, 1)
         if args.skip_train:
-            from geoseg.model import read_meta
+            from geoseg.checkpoint import read_meta
 
             metrics = json.loads((args.work / "run" / "metrics.json").read_text())
             history = metrics["epochs"]
@@ -478,7 +478,7 @@ def main() -> None:
         checkpoint = publish(args.work, args.publish)
         report["val_chip_ap"] = chip_ap(checkpoint, val_dirs)
     else:
-        checkpoint = REPO / "data_samples" / "models" / "demo_lite0.safetensors"
+        checkpoint = REPO / "geoseg" / "samples" / "models" / "demo_lite0.safetensors"
     if not args.eval_only or args.tune:
         report["score_tuning"] = tune_scores(
             args.work, checkpoint, tile=args.chip, overlap=args.overlap, size=args.eval_size

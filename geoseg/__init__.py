@@ -3,6 +3,11 @@
 The public API is re-exported here lazily (importing :mod:`geoseg` does not import torch).
 Each pipeline stage lives in its own module: :mod:`geoseg.raster`, :mod:`geoseg.tiling`,
 :mod:`geoseg.predict`, :mod:`geoseg.stitch`, :mod:`geoseg.vectorize`, :mod:`geoseg.export`.
+Torch-backed names (``build_model``, ``TileDataset``, ``MaskRCNNPredictor``...) and reading
+weights (``load_checkpoint``) need the ``ml`` extra (``pip install 'geoseg[ml]'``); without it
+they raise :class:`~geoseg.errors.MissingExtraError` (``read_meta`` never needs it). The demo
+model and a sample scene ship as package data: :func:`demo_model_path`,
+:func:`sample_scene_path`.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ _EXPORTS: dict[str, str] = {
     "Layout": "geoseg.synth",
     "MaskRCNNPredictor": "geoseg.predict",
     "ModelConfig": "geoseg.config",
-    "ModelMeta": "geoseg.model",
+    "ModelMeta": "geoseg.checkpoint",
     "NormStats": "geoseg.types",
     "PixelWindow": "geoseg.types",
     "Predictor": "geoseg.predict",
@@ -47,7 +52,7 @@ _EXPORTS: dict[str, str] = {
     "StitchConfig": "geoseg.config",
     "SynthScene": "geoseg.synth",
     "Tile": "geoseg.types",
-    "TileDataset": "geoseg.tiling",
+    "TileDataset": "geoseg.datasets",
     "TileDetections": "geoseg.types",
     "TileSpec": "geoseg.types",
     "TilingConfig": "geoseg.config",
@@ -55,12 +60,13 @@ _EXPORTS: dict[str, str] = {
     "TrainResult": "geoseg.train",
     "UnsupportedTransformError": "geoseg.errors",
     "VectorFormat": "geoseg.export",
-    "build_model": "geoseg.model",
+    "build_model": "geoseg.models",
     "check_writable": "geoseg.export",
     "compute_norm_stats": "geoseg.raster",
+    "demo_model_path": "geoseg.samples",
     "generate_scene": "geoseg.synth",
     "iter_tiles": "geoseg.tiling",
-    "load_checkpoint": "geoseg.model",
+    "load_checkpoint": "geoseg.checkpoint",
     "load_config": "geoseg.config",
     "load_train_config": "geoseg.config",
     "make_chips": "geoseg.chips",
@@ -68,12 +74,15 @@ _EXPORTS: dict[str, str] = {
     "open_scene": "geoseg.raster",
     "pick_device": "geoseg.predict",
     "quicklook": "geoseg.viz",
+    "read_meta": "geoseg.checkpoint",
     "read_window": "geoseg.raster",
     "render_object_ids": "geoseg.synth",
     "run_batch": "geoseg.batch",
     "run_scene": "geoseg.pipeline",
-    "save_checkpoint": "geoseg.model",
-    "tile_loader": "geoseg.tiling",
+    "sample_labels_path": "geoseg.samples",
+    "sample_scene_path": "geoseg.samples",
+    "save_checkpoint": "geoseg.checkpoint",
+    "tile_loader": "geoseg.datasets",
     "web_map": "geoseg.viz",
     "write_counts": "geoseg.count",
     "write_vectors": "geoseg.export",

@@ -6,8 +6,8 @@ Python without YAML.
 
 Two kinds of file exist:
 
-* **presets** (``configs/<name>.yaml``, also shipped inside the package as
-  ``geoseg/configs/<name>.yaml``): model architecture + tiling + stitching for one use (ships,
+* **presets** (``geoseg/configs/<name>.yaml``, package data, so they load by name from an
+  installed wheel too): model architecture + tiling + stitching for one use (ships,
   vehicles, buildings, all). :func:`load_config` reads one by name or path.
 * **training runs** (a YAML the user writes, see :class:`TrainConfig` for the schema):
   chip folders, the preset to start from, schedule, output folder. :func:`load_train_config`
@@ -51,7 +51,7 @@ __all__ = [
 
 
 class Backbone(enum.StrEnum):
-    """Feature extractors :func:`geoseg.model.build_model` can put under the FPN."""
+    """Feature extractors :func:`geoseg.models.build_model` can put under the FPN."""
 
     RESNET50 = "resnet50"
     RESNET18 = "resnet18"
@@ -540,15 +540,9 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 
 
 def _preset_dirs() -> list[Path]:
-    """Folders holding preset YAMLs: the installed package's, then the source tree's."""
-    dirs: list[Path] = []
-    try:
-        packaged = Path(str(resources.files("geoseg") / "configs"))
-        dirs.append(packaged)
-    except (ModuleNotFoundError, TypeError):  # pragma: no cover
-        pass
-    dirs.append(Path(__file__).resolve().parent.parent / "configs")
-    return [d for d in dirs if d.is_dir()]
+    """Folders holding preset YAMLs: the package's own ``geoseg/configs``."""
+    packaged = Path(str(resources.files("geoseg") / "configs"))
+    return [packaged] if packaged.is_dir() else []
 
 
 def list_presets() -> list[str]:

@@ -15,6 +15,7 @@ __all__ = [
     "ExportError",
     "GeosegError",
     "LabelError",
+    "MissingExtraError",
     "RasterReadError",
     "UnsupportedTransformError",
 ]
@@ -50,3 +51,7 @@ class CheckpointError(GeosegError, ValueError):
 
 class ExportError(GeosegError, OSError):
     """An output cannot be written (unknown format, unwritable path)."""
+
+
+class MissingExtraError(GeosegError, ImportError):
+    """An optional dependency group (``pip install 'geoseg[EXTRA]'``) is not installed."""

@@ -418,7 +418,7 @@ def coco_evaluate(
     dataset's class order (:func:`geoseg.coco.categories`), masks as compressed RLE.
 
     Args:
-        model: a torchvision Mask R-CNN (e.g. from :func:`geoseg.model.build_model`); its
+        model: a torchvision Mask R-CNN (e.g. from :func:`geoseg.models.build_model`); its
             1-based labels index ``dataset.classes``. Put back in training mode afterwards if
             it was.
         dataset: the chips (:class:`~geoseg.train.ChipDataset`), read without augmentation.

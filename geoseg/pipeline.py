@@ -355,7 +355,7 @@ def predict_tiles(
         ConfigError: ``num_workers < 0``.
         ValueError: the predictor returned a wrong number of results.
     """
-    from geoseg.tiling import TileDataset, tile_loader
+    from geoseg.datasets import TileDataset, tile_loader
 
     if num_workers < 0:
         raise ConfigError(f"num_workers must be >= 0, got {num_workers}")

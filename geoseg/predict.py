@@ -452,7 +452,7 @@ class MaskRCNNPredictor:
         min_score: float = 0.05,
         mask_threshold: float | None = None,
     ) -> MaskRCNNPredictor:
-        """Load a geoseg checkpoint (safetensors + JSON sidecar) with :mod:`geoseg.model`.
+        """Load a geoseg checkpoint (safetensors + JSON sidecar) with :mod:`geoseg.checkpoint`.
 
         Args:
             path: the checkpoint file.
@@ -470,7 +470,7 @@ class MaskRCNNPredictor:
         Raises:
             CheckpointError: the checkpoint is missing, unsafe or corrupt.
         """
-        from geoseg.model import load_checkpoint
+        from geoseg.checkpoint import load_checkpoint
 
         model, meta = load_checkpoint(path)
         return cls(

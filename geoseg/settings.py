@@ -71,7 +71,7 @@ class NormSource(enum.StrEnum):
 class ModelFacts(Protocol):
     """What :func:`resolve` reads from a model.
 
-    A :class:`~geoseg.predict.Predictor` or a checkpoint's :class:`~geoseg.model.ModelMeta`
+    A :class:`~geoseg.predict.Predictor` or a checkpoint's :class:`~geoseg.checkpoint.ModelMeta`
     both qualify.
 
     Attributes:

@@ -1,15 +1,19 @@
-"""Tile grids over a scene (pure arithmetic) and tile iteration.
+"""Tile grids over a scene (pure arithmetic) and tile iteration, without torch.
 
 The grid arithmetic here touches no pixels: :func:`make_grid` turns a scene size, a tile size and
 an overlap into :class:`~geoseg.types.TileSpec` cells whose read windows cover the whole scene
 (the last row/column is shifted inward, never cut short) and whose *cores* partition it exactly.
+Windows and cores are in scene pixels (column/row offsets from the top-left corner);
+:func:`tile_transform` maps a window's own pixels to the scene CRS.
 
-The I/O half reads those cells as :class:`~geoseg.types.Tile` values: :func:`iter_tiles` in the
-calling process, :class:`TileDataset` / :func:`tile_loader` in a multi-worker
-:class:`torch.utils.data.DataLoader`. Each worker opens its own GDAL handle (handles never cross a
-fork) and reads its share of the grid window by window; tiles whose pixels are all invalid
-(nodata, masked or padding) are skipped by default. Images are normalised with one scene-wide
+The I/O half reads those cells as :class:`~geoseg.types.Tile` values in the calling process:
+:func:`iter_tiles` (row-major), or :func:`prepare_scene` + :func:`read_tiles` for any subset of
+the grid. Tiles whose pixels are all invalid (nodata, masked or padding) are skipped by default.
+Images are float32 ``[C, tile_size, tile_size]`` in [0, 1], normalised with one scene-wide
 :class:`~geoseg.types.NormStats`: the scene's own percentiles unless a saved one is passed in.
+
+This module imports neither torch nor any other ``ml`` extra; the torch ``IterableDataset`` /
+``DataLoader`` over the same grid (one GDAL handle per worker) is in :mod:`geoseg.datasets`.
 """
 
 from __future__ import annotations
@@ -18,11 +22,10 @@ import itertools
 import logging
 import os
 from collections.abc import Iterator, Sequence
-from typing import Any, Final, Literal
+from typing import Final, Literal
 
 import rasterio
 import rasterio.windows
-import torch.utils.data
 from affine import Affine
 from rasterio.errors import RasterioError
 
@@ -39,12 +42,12 @@ from geoseg.types import NormStats, PixelWindow, SceneInfo, Tile, TileSpec
 
 __all__ = [
     "DEFAULT_CACHE_MB",
-    "TileDataset",
-    "collate_tiles",
+    "check_grid_args",
     "iter_tiles",
     "make_grid",
     "metres_to_pixels",
-    "tile_loader",
+    "prepare_scene",
+    "read_tiles",
     "tile_transform",
 ]
 
@@ -150,12 +153,25 @@ def tile_transform(scene_transform: Affine, window: PixelWindow) -> Affine:
     return out
 
 
-def _prepare(
+def prepare_scene(
     scene: str | os.PathLike[str] | SceneInfo,
     bands: Sequence[int] | None,
     stats: NormStats | None,
 ) -> tuple[SceneInfo, tuple[int, ...], NormStats]:
-    """Open the scene, check bands against it and settle the statistics."""
+    """Open the scene, check bands against it and settle the statistics.
+
+    Args:
+        scene: a raster path or its :class:`~geoseg.types.SceneInfo`.
+        bands: 1-based band indexes, as in :func:`iter_tiles`.
+        stats: statistics, as in :func:`iter_tiles`; ``None`` computes the scene's own.
+
+    Returns:
+        ``(scene info, selected bands, statistics)``.
+
+    Raises:
+        BandError: a band does not exist, or ``stats`` is for other bands.
+        RasterReadError: the scene cannot be opened or read.
+    """
     info = scene if isinstance(scene, SceneInfo) else open_scene(scene)
     if bands is None and stats is not None:
         bands = stats.bands
@@ -178,7 +194,7 @@ def _prepare(
     return info, sel, stats
 
 
-def _read_tiles(
+def read_tiles(
     info: SceneInfo,
     specs: Sequence[TileSpec],
     *,
@@ -188,7 +204,15 @@ def _read_tiles(
     num_threads: int | Literal["ALL_CPUS"] | None,
     cache_mb: int | None,
 ) -> Iterator[Tile]:
-    """Open one handle and read ``specs`` in order (the handle lives in the calling process)."""
+    """Open one GDAL handle and read ``specs`` in order; the handle lives in the calling process.
+
+    ``bands`` and ``stats`` are those :func:`prepare_scene` settled; the other arguments are as
+    in :func:`iter_tiles`. Used by :func:`iter_tiles` and by each worker of
+    :class:`geoseg.datasets.TileDataset`.
+
+    Raises:
+        RasterReadError: the scene cannot be read.
+    """
     skipped = 0
     try:
         with gdal_env(num_threads=num_threads, cache_mb=cache_mb), rasterio.open(info.path) as ds:
@@ -212,7 +236,12 @@ def _read_tiles(
         logger.debug("%s: skipped %d all-invalid tiles", info.path, skipped)
 
 
-def _check_grid_args(tile_size: int, overlap: int) -> None:
+def check_grid_args(tile_size: int, overlap: int) -> None:
+    """Check a tile size and overlap in pixels.
+
+    Raises:
+        ConfigError: ``tile_size <= 0`` or ``overlap`` outside ``[0, tile_size)``.
+    """
     if tile_size <= 0:
         raise ConfigError(f"tile_size must be a positive number of pixels, got {tile_size}")
     if not 0 <= overlap < tile_size:
@@ -257,10 +286,10 @@ def iter_tiles(
         BandError: a band does not exist, or ``stats`` is for other bands.
         RasterReadError: the scene cannot be opened or read.
     """
-    _check_grid_args(tile_size, overlap)
-    info, sel, norm = _prepare(scene, bands, stats)
+    check_grid_args(tile_size, overlap)
+    info, sel, norm = prepare_scene(scene, bands, stats)
     specs = make_grid(info.width, info.height, tile_size=tile_size, overlap=overlap)
-    return _read_tiles(
+    return read_tiles(
         info,
         specs,
         bands=sel,
@@ -268,144 +297,4 @@ def iter_tiles(
         skip_empty=skip_empty,
         num_threads=num_threads,
         cache_mb=cache_mb,
-    )
-
-
-class TileDataset(torch.utils.data.IterableDataset[Tile]):
-    r"""A torch ``IterableDataset`` of a scene's tiles, for multi-worker ``DataLoader``\ s.
-
-    Construction (in the main process) opens and validates the scene, settles the bands and
-    statistics and plans the grid, then closes the file: the dataset holds no GDAL handle, so it
-    is safe to fork or pickle. Each iteration opens its own handle in the process that iterates.
-    In a ``DataLoader`` worker the grid is sharded by grid row: worker ``k`` of ``n`` reads the
-    tile rows ``r`` with ``r % n == k`` in row-major order, so all workers together yield every
-    (non-empty) tile exactly once and each worker reuses cached blocks along its rows.
-
-    Attributes:
-        scene: the scene's description.
-        bands: the band indexes read.
-        stats: the statistics tiles are normalised with.
-        specs: the grid cells to read (the whole grid unless ``indexes`` was given), including
-            tiles that will be skipped as empty.
-    """
-
-    def __init__(
-        self,
-        scene: str | os.PathLike[str] | SceneInfo,
-        *,
-        tile_size: int,
-        overlap: int,
-        bands: Sequence[int] | None = None,
-        stats: NormStats | None = None,
-        skip_empty: bool = True,
-        num_threads: int | Literal["ALL_CPUS"] | None = None,
-        cache_mb: int | None = DEFAULT_CACHE_MB,
-        indexes: Sequence[int] | None = None,
-    ) -> None:
-        """Plan the tiles; arguments as in :func:`iter_tiles`.
-
-        ``indexes`` keeps only those grid cells (row-major grid indexes), in that order.
-        """
-        super().__init__()
-        _check_grid_args(tile_size, overlap)
-        self.scene, self.bands, self.stats = _prepare(scene, bands, stats)
-        self.tile_size = tile_size
-        self.overlap = overlap
-        self.skip_empty = skip_empty
-        self.num_threads = num_threads
-        self.cache_mb = cache_mb
-        grid = make_grid(self.scene.width, self.scene.height, tile_size=tile_size, overlap=overlap)
-        self.specs: tuple[TileSpec, ...] = (
-            tuple(grid) if indexes is None else tuple(grid[int(i)] for i in indexes)
-        )
-
-    def shard(self, worker_id: int, num_workers: int) -> tuple[TileSpec, ...]:
-        """The grid cells worker ``worker_id`` of ``num_workers`` reads (by grid row)."""
-        return tuple(s for s in self.specs if s.row % num_workers == worker_id)
-
-    def __iter__(self) -> Iterator[Tile]:
-        worker = torch.utils.data.get_worker_info()
-        specs = self.specs if worker is None else self.shard(worker.id, worker.num_workers)
-        return _read_tiles(
-            self.scene,
-            specs,
-            bands=self.bands,
-            stats=self.stats,
-            skip_empty=self.skip_empty,
-            num_threads=self.num_threads,
-            cache_mb=self.cache_mb,
-        )
-
-
-def collate_tiles(batch: list[Tile]) -> list[Tile]:
-    """``DataLoader`` collate function that keeps tiles as a list of typed values."""
-    return list(batch)
-
-
-def tile_loader(
-    scene: str | os.PathLike[str] | SceneInfo | TileDataset,
-    *,
-    tile_size: int,
-    overlap: int,
-    bands: Sequence[int] | None = None,
-    stats: NormStats | None = None,
-    batch_size: int = 8,
-    num_workers: int = 0,
-    skip_empty: bool = True,
-    num_threads: int | Literal["ALL_CPUS"] | None = None,
-    cache_mb: int | None = DEFAULT_CACHE_MB,
-    prefetch_factor: int | None = None,
-    multiprocessing_context: Any = None,
-) -> torch.utils.data.DataLoader[Tile]:
-    """A ``DataLoader`` yielding batches (``list[Tile]``) of a scene's tiles.
-
-    Args:
-        scene: a raster path, its ``SceneInfo``, or a ready :class:`TileDataset` (then the grid
-            arguments below are ignored).
-        tile_size: side of the read windows in pixels, as in :func:`iter_tiles`.
-        overlap: pixels shared by neighbouring windows, as in :func:`iter_tiles`.
-        bands: 1-based band indexes, as in :func:`iter_tiles`.
-        stats: statistics, as in :func:`iter_tiles`; computed once, in this process.
-        skip_empty: skip all-invalid tiles.
-        num_threads: ``GDAL_NUM_THREADS`` of each reading process.
-        cache_mb: GDAL block cache of each reading process, in MiB.
-        batch_size: tiles per batch (batches never mix workers; the last one may be short).
-        num_workers: reading processes (0 = read in this process).
-        prefetch_factor: batches each worker reads ahead (torch's default when ``None``).
-        multiprocessing_context: e.g. ``"forkserver"``; torch's default when ``None``.
-
-    Returns:
-        The loader; each item is a ``list[Tile]`` (see :func:`collate_tiles`). Tile order
-        across workers is not row-major; use ``tile.spec.index``.
-    """
-    if batch_size < 1 or num_workers < 0:
-        raise ConfigError(
-            f"batch_size must be >= 1 and num_workers >= 0, got {batch_size}, {num_workers}"
-        )
-    dataset = (
-        scene
-        if isinstance(scene, TileDataset)
-        else TileDataset(
-            scene,
-            tile_size=tile_size,
-            overlap=overlap,
-            bands=bands,
-            stats=stats,
-            skip_empty=skip_empty,
-            num_threads=num_threads,
-            cache_mb=cache_mb,
-        )
-    )
-    extra: dict[str, Any] = {}
-    if num_workers > 0:
-        if prefetch_factor is not None:
-            extra["prefetch_factor"] = prefetch_factor
-        if multiprocessing_context is not None:
-            extra["multiprocessing_context"] = multiprocessing_context
-    return torch.utils.data.DataLoader(
-        dataset,
-        batch_size=batch_size,
-        num_workers=num_workers,
-        collate_fn=collate_tiles,
-        **extra,
     )

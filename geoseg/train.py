@@ -42,6 +42,13 @@ import torch
 from torch import Tensor, nn
 
 from geoseg._version import __version__
+from geoseg.checkpoint import (
+    ModelMeta,
+    load_checkpoint,
+    read_safetensors,
+    save_checkpoint,
+    write_safetensors,
+)
 from geoseg.coco import ANNOTATIONS_FILE, decode_segmentation, label_map, read_coco
 from geoseg.config import (
     AugmentConfig,
@@ -55,15 +62,7 @@ from geoseg.config import (
 from geoseg.errors import BandError, CheckpointError, ConfigError, LabelError
 from geoseg.evaluate import coco_evaluate
 from geoseg.io import atomic_write_text
-from geoseg.model import (
-    ModelMeta,
-    build_model,
-    load_checkpoint,
-    load_matching,
-    read_safetensors,
-    save_checkpoint,
-    write_safetensors,
-)
+from geoseg.models import build_model, load_matching
 from geoseg.types import NormStats
 
 __all__ = [

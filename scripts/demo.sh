@@ -12,13 +12,13 @@ set -euo pipefail
 OUT=${1:-demo_out}
 BIN=${BIN:-.venv/bin}
 GEOSEG="$BIN/geoseg"
-MODEL=${DEMO_MODEL:-data_samples/models/demo_lite0.safetensors}
+MODEL=${DEMO_MODEL:-geoseg/samples/models/demo_lite0.safetensors}
 mkdir -p "$OUT"
 "$GEOSEG" --version
 
 SCENE=${DEMO_SCENE:-}
 if [ -z "$SCENE" ]; then
-    for candidate in data_samples/marina.tif data_samples/town.tif; do
+    for candidate in geoseg/samples/marina.tif data_samples/town.tif; do
         if [ -f "$candidate" ]; then
             SCENE=$candidate
             break
@@ -28,7 +28,7 @@ fi
 if [ -z "$SCENE" ]; then
     mkdir -p "$OUT/scene"
     SCENE="$OUT/scene/synth_marina.tif"
-    echo "no bundled scene in data_samples/: generating $SCENE"
+    echo "no bundled sample scene: generating $SCENE"
     "$GEOSEG" synth -o "$SCENE" --size 1024 --seed 7 --layout marina
 fi
 NAME=$(basename "${SCENE%.*}")

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Reproduce the bundled demo model data_samples/models/demo_lite0.{safetensors,json}
-# (see data_samples/models/MODEL_CARD.md). All data goes to WORK (default /tmp/geoseg_demo),
+# Reproduce the bundled demo model geoseg/samples/models/demo_lite0.{safetensors,json}
+# (see geoseg/samples/models/MODEL_CARD.md). All data goes to WORK (default /tmp/geoseg_demo),
 # outside the git tree. Three stages on the CPU (about 25 + 20 + 110 minutes on a 2-core machine):
 #   1. 800 AdamW steps from the ImageNet EfficientNet-Lite0 backbone, chips at their own size;
 #   2. 700 more steps from stage 1's last checkpoint (a fresh warm-up + cosine cycle);

@@ -32,10 +32,10 @@ from geoseg.batch import (
 )
 from geoseg.batch.cluster import worker_specs
 from geoseg.batch.tasks import chunk_indexes
+from geoseg.checkpoint import read_meta
 from geoseg.cli import cli
 from geoseg.cli.batch import write_quicklook
 from geoseg.errors import CheckpointError, ConfigError
-from geoseg.model import read_meta
 from geoseg.settings import resolve
 
 TILE = dict(tile_size=128, overlap=16, min_score=0.3)
@@ -77,8 +77,9 @@ def write_corrupt(path: Path, good: Path) -> Path:
 def tiny_model(tmp_path_factory):
     import torch
 
+    from geoseg.checkpoint import ModelMeta, save_checkpoint
     from geoseg.config import Backbone, ModelConfig, config_to_dict
-    from geoseg.model import ModelMeta, build_model, save_checkpoint
+    from geoseg.models import build_model
 
     cfg = ModelConfig(
         backbone=Backbone.RESNET18,

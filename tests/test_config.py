@@ -24,6 +24,7 @@ from geoseg.config import (
 from geoseg.errors import ConfigError
 
 REPO = Path(__file__).resolve().parent.parent
+PRESETS = REPO / "geoseg" / "configs"
 
 
 @pytest.mark.parametrize("name", ["ships", "vehicles", "buildings", "all"])
@@ -69,7 +70,7 @@ def test_ship_preset_anchors_catch_dinghies():
 
 def test_every_preset_choice_is_commented():
     for name in list_presets():
-        lines = (REPO / "configs" / f"{name}.yaml").read_text().splitlines()
+        lines = (PRESETS / f"{name}.yaml").read_text().splitlines()
         model_lines = [ln for ln in lines if ln.startswith("  ") and ":" in ln]
         commented = [ln for ln in lines if "#" in ln]
         assert len(commented) >= 10, name
@@ -77,13 +78,15 @@ def test_every_preset_choice_is_commented():
 
 
 def test_presets_ship_inside_the_package():
-    packaged = REPO / "geoseg" / "configs"
+    packaged = PRESETS
+    assert packaged.is_dir() and not packaged.is_symlink()
+    assert not (REPO / "configs").exists()
     assert {p.stem for p in packaged.glob("*.yaml")} >= {"ships", "vehicles", "buildings", "all"}
-    assert preset_path("ships").read_text() == (REPO / "configs" / "ships.yaml").read_text()
+    assert preset_path("ships") == packaged / "ships.yaml"
 
 
 def test_load_by_path_and_unknown_preset(tmp_path):
-    data = yaml.safe_load((REPO / "configs" / "ships.yaml").read_text())
+    data = yaml.safe_load((PRESETS / "ships.yaml").read_text())
     data["model"]["backbone"] = "resnet18"
     path = tmp_path / "mine.yaml"
     path.write_text(yaml.safe_dump(data))
@@ -109,7 +112,7 @@ def test_load_by_path_and_unknown_preset(tmp_path):
     ],
 )
 def test_invalid_presets_name_the_key(tmp_path, patch, message):
-    data = yaml.safe_load((REPO / "configs" / "all.yaml").read_text())
+    data = yaml.safe_load((PRESETS / "all.yaml").read_text())
     for key, value in patch.items():
         if isinstance(value, dict):
             data[key] = {**data[key], **value}

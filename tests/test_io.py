@@ -157,7 +157,7 @@ def _tiny_scene(path):
 def _write_checkpoint(out):
     from torch import nn
 
-    from geoseg.model import ModelMeta, save_checkpoint
+    from geoseg.checkpoint import ModelMeta, save_checkpoint
 
     meta = ModelMeta(
         classes=("ship",), bands=(1, 2, 3), norm_stats=None, tile_size=64, gsd=None, config={}

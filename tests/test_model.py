@@ -1,4 +1,4 @@
-"""Tests for geoseg.model: builders, weights, safe checkpoints."""
+"""Tests for geoseg.models (builders, weights) and geoseg.checkpoint (safe checkpoints)."""
 
 from __future__ import annotations
 
@@ -10,18 +10,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from geoseg.config import Backbone, ModelConfig
-from geoseg.errors import BandError, CheckpointError, ConfigError
-from geoseg.model import (
+from geoseg.checkpoint import (
     ModelMeta,
-    _adapt_first_conv,
-    build_model,
     check_compatible,
     load_checkpoint,
     load_state_dict_file,
     read_meta,
     save_checkpoint,
 )
+from geoseg.config import Backbone, ModelConfig
+from geoseg.errors import BandError, CheckpointError, ConfigError
+from geoseg.models import adapt_first_conv, build_model
 from geoseg.types import NormStats
 
 
@@ -111,7 +110,7 @@ def test_extra_bands(in_channels):
 
 def test_adapt_first_conv_mean_and_scale():
     w = torch.randn(8, 3, 3, 3)
-    w4 = _adapt_first_conv(w, 4)
+    w4 = adapt_first_conv(w, 4)
     assert w4.shape == (8, 4, 3, 3)
     assert torch.allclose(w4[:, :3], w * 0.75)
     assert torch.allclose(w4[:, 3], w.mean(dim=1) * 0.75)
@@ -273,7 +272,7 @@ def test_sparse_match_equals_torchvision_matcher(seed):
     from torchvision.models.detection._utils import Matcher
     from torchvision.ops import box_iou
 
-    from geoseg.model import overlapping_pairs, sparse_match
+    from geoseg.models.matching import overlapping_pairs, sparse_match
 
     anchors = _anchor_grid()
     g = torch.Generator().manual_seed(seed)
@@ -297,14 +296,14 @@ def test_sparse_match_equals_torchvision_matcher(seed):
 
 def test_sparse_match_box_overlapping_no_anchor():
     # torchvision would match every anchor to box 0 here; no anchor is the sensible answer
-    from geoseg.model import sparse_match
+    from geoseg.models.matching import sparse_match
 
     far = torch.tensor([[5000.0, 5000.0, 5010.0, 5004.0]])
     assert (sparse_match(far, _anchor_grid(), high=0.7, low=0.3) == -1).all()
 
 
 def test_rpn_uses_sparse_matching_and_trains_on_empty_and_dense_chips():
-    from geoseg.model import _SparseMatchRPN
+    from geoseg.models.matching import _SparseMatchRPN
 
     model = build_model(tiny_config(), num_classes=2)
     assert isinstance(model.rpn, _SparseMatchRPN)

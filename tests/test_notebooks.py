@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -34,6 +33,7 @@ REQUIRES = {
     },
     "02_count_and_analyse": {
         "geoseg.synth": ["generate_scene"],
+        "geoseg.samples": ["demo_model_path"],
         "geoseg.count": ["count", "format_counts", "write_counts"],
     },
     "03_train_on_your_labels": {
@@ -160,10 +160,6 @@ def test_02_count_and_analyse_runs(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_02_with_batch_predictions(tmp_path, monkeypatch):
-    if not os.environ.get("GEOSEG_NB_MODEL") and not list(
-        (ROOT / "data_samples").rglob("*.safetensors")
-    ):
-        pytest.skip("no model: set GEOSEG_NB_MODEL or bundle the demo model in data_samples/")
     reason = missing_dependency("02_count_and_analyse") or (
         None if importlib.util.find_spec("geoseg.batch") else "geoseg.batch"
     )

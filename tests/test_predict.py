@@ -319,8 +319,9 @@ def write_scene(path, *, bands=3, size=64, seed=0):
 
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory):
+    from geoseg.checkpoint import ModelMeta, save_checkpoint
     from geoseg.config import Backbone, ModelConfig
-    from geoseg.model import ModelMeta, build_model, save_checkpoint
+    from geoseg.models import build_model
 
     cfg = ModelConfig(
         backbone=Backbone.RESNET18,

@@ -9,16 +9,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from rasterio.transform import from_origin
 
+from geoseg.datasets import TileDataset, tile_loader
 from geoseg.errors import BandError, ConfigError
 from geoseg.raster import compute_norm_stats, open_scene
-from geoseg.tiling import (
-    TileDataset,
-    iter_tiles,
-    make_grid,
-    metres_to_pixels,
-    tile_loader,
-    tile_transform,
-)
+from geoseg.tiling import iter_tiles, make_grid, metres_to_pixels, tile_transform
 from geoseg.types import NormStats, PixelWindow
 
 UTM = "EPSG:32633"

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
+from geoseg.checkpoint import load_checkpoint, read_safetensors
 from geoseg.config import AugmentConfig, ModelConfig, TrainConfig, config_to_dict
 from geoseg.errors import ConfigError, LabelError
-from geoseg.model import load_checkpoint, read_safetensors
 from geoseg.train import ChipDataset, _augment, _boxes_from_masks, train
 
 CLASSES = ("ship", "vehicle")

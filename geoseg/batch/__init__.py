@@ -227,14 +227,6 @@ class _Tally:
         self.emit()
 
 
-def _checkpoint_files(path: str | os.PathLike[str]) -> tuple[Path, Path]:
-    """``(NAME.safetensors, NAME.json)`` of a checkpoint given as ``NAME`` with any suffix."""
-    p = Path(path).expanduser()
-    if p.suffix in (".safetensors", ".json"):
-        p = p.with_suffix("")
-    return p.with_name(p.name + ".safetensors"), p.with_name(p.name + ".json")
-
-
 def run_batch(
     inputs: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
     *,
@@ -317,12 +309,12 @@ def run_batch(
         raise ConfigError(
             "quicklook must be a function (scene_path, gdf, png_path), e.g. geoseg.viz.quicklook"
         )
-    from geoseg.model import read_meta
+    from geoseg.checkpoint import checkpoint_paths, read_meta
     from geoseg.pipeline import score_thresholds
 
     fmt_value, ext = output_format(fmt)
     scenes = resolve_inputs(inputs, asset=asset)
-    weights, sidecar = (p.resolve() for p in _checkpoint_files(model))
+    weights, sidecar = (p.resolve() for p in checkpoint_paths(Path(model).expanduser()))
     if not weights.is_file() or not sidecar.is_file():
         raise CheckpointError(
             f"{model}: checkpoint not found (need {weights.name} and {sidecar.name}); check -m"

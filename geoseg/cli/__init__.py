@@ -2,17 +2,24 @@
 
 Each subcommand lives in its own module ``geoseg/cli/<name>.py`` defining a click command named
 ``command``; it is imported only when invoked (so ``geoseg --help`` stays fast and does not
-import torch). Register a new subcommand by adding it to ``_COMMANDS``.
+import torch). Register a new subcommand by adding it to ``_COMMANDS``, and to ``_NEEDS`` when
+it needs an optional dependency group: run without it, the command stops with a message naming
+the extra to install (``geoseg predict needs the 'ml' extra: pip install 'geoseg[ml]'``);
+``--help`` still works.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 import logging
 import sys
+from collections.abc import Callable
+from typing import Any
 
 import click
 
+from geoseg._extras import extra_error, missing_modules
 from geoseg._version import __version__
 
 __all__ = ["cli", "main"]
@@ -29,6 +36,28 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("geoseg.cli.train", "Train or fine-tune a Mask R-CNN on training chips."),
 }
 
+# subcommand name -> the extra it needs beyond the core install (see geoseg._extras)
+_NEEDS: dict[str, str] = {
+    "batch": "batch",
+    "map": "maps",
+    "predict": "ml",
+    "train": "ml",
+}
+
+
+def _requiring(extra: str, name: str, callback: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap a command callback so it first checks that ``extra`` is installed."""
+
+    @functools.wraps(callback)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        missing = missing_modules(extra)
+        if missing:
+            raise click.ClickException(str(extra_error(extra, f"geoseg {name}", missing)))
+        return callback(*args, **kwargs)
+
+    wrapper._geoseg_extra = extra  # type: ignore[attr-defined]
+    return wrapper
+
 
 class _LazyGroup(click.Group):
     """A click group that imports each subcommand's module on first use."""
@@ -42,6 +71,10 @@ class _LazyGroup(click.Group):
             return None
         module = importlib.import_module(entry[0])
         command: click.Command = module.command
+        extra = _NEEDS.get(cmd_name)
+        callback = command.callback
+        if extra and callback is not None and not hasattr(callback, "_geoseg_extra"):
+            command.callback = _requiring(extra, cmd_name, callback)
         return command
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:

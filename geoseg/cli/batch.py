@@ -172,7 +172,7 @@ def command(
     from tqdm import tqdm
 
     from geoseg.batch import resolve_inputs, run_batch
-    from geoseg.model import read_meta
+    from geoseg.checkpoint import read_meta
     from geoseg.settings import resolve
 
     band_sel = parse_bands(bands)

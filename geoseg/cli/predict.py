@@ -131,8 +131,8 @@ def command(
     """
     from tqdm import tqdm
 
+    from geoseg.checkpoint import check_compatible, read_meta
     from geoseg.export import check_writable
-    from geoseg.model import check_compatible, read_meta
     from geoseg.pipeline import run_scene
     from geoseg.predict import load_predictor
     from geoseg.raster import open_scene, validate_bands
