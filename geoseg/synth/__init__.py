@@ -25,7 +25,7 @@ Coordinate frames: *scene pixels* (col, row; see :mod:`geoseg.types`), *scene me
 grid angle, in which cells are axis-aligned squares) and the *scene CRS* (a projected CRS in
 metres, reached from scene pixels by the scene's affine transform).
 
-Modules (all but this one private to the package):
+Modules (internal: import the public names from ``geoseg.synth`` itself):
 
 * :mod:`~geoseg.synth.spec`: the public values (:class:`SceneSpec`, :class:`SynthScene`,
   :class:`Layout`, :class:`BandSet`, :data:`CLASSES`) and the scene's CRS and transform.

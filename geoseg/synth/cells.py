@@ -33,7 +33,10 @@ _SIDEWALK = 2.5
 
 
 class _Rect(NamedTuple):
-    """An axis-aligned rectangle (a lot, parcel or part) in town-frame metres, cell-local."""
+    """An axis-aligned rectangle ``[u0, u1] x [v0, v1]`` in metres along the town-frame axes.
+
+    Lots and parcels are cell-local; the parts of a building footprint are in its parcel frame.
+    """
 
     u0: float
     v0: float

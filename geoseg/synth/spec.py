@@ -3,7 +3,7 @@
 :class:`SceneSpec` holds everything that determines a scene (same spec -> identical pixels and
 labels) and validates it; :class:`SynthScene` describes a written scene. The scene's affine
 transform maps *scene pixels* (col, row) to the *scene CRS* (a projected CRS in metres, north
-up); its upper-left corner lies near the centre of the CRS's area of use.
+up); the scene lies within about 20 km of the centre of the CRS's area of use.
 """
 
 from __future__ import annotations
