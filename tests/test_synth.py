@@ -166,7 +166,8 @@ def test_town_has_touching_cars(town):
 def test_ships_on_water_vehicles_and_buildings_on_land(marina):
     import math
 
-    from geoseg.synth import _CELL, _Kind, _World
+    from geoseg.synth.cells import _CELL, _Kind
+    from geoseg.synth.world import _World
 
     world = _World(marina.spec)
     labels = scene_labels(marina.spec)
@@ -306,7 +307,7 @@ def test_uint16_uses_11_bits(multiband):
 
 
 def test_rgbn_vegetation_bright_and_water_dark_in_nir(tmp_path):
-    from geoseg.synth import _World
+    from geoseg.synth.world import _World
 
     scene = generate_scene(tmp_path / "n.tif", size=512, seed=12, bands=BandSet.RGBN)
     data = _read(scene.raster_path).astype(np.float32)
