@@ -267,6 +267,19 @@ def evaluate(
     Raises:
         LabelError: unreadable files, a missing CRS on one side, a class column on one side
             only, or a threshold outside (0, 1].
+
+    Example:
+        >>> import geopandas as gpd
+        >>> from shapely.geometry import box
+        >>> truth = gpd.GeoDataFrame(
+        ...     {"class": ["ship", "ship"]}, geometry=[box(0, 0, 10, 4), box(20, 0, 30, 4)],
+        ...     crs="EPSG:32633")
+        >>> pred = gpd.GeoDataFrame(
+        ...     {"class": ["ship", "ship"], "score": [0.9, 0.8]},
+        ...     geometry=[box(0, 0, 10, 5), box(50, 0, 60, 4)], crs="EPSG:32633")
+        >>> m = evaluate(pred, truth).per_class["ship"]
+        >>> (m.tp, m.fp, m.fn, round(m.f1, 2))
+        (1, 1, 1, 0.5)
     """
     if not 0.0 < iou_threshold <= 1.0:
         raise LabelError(f"iou_threshold must be in (0, 1], got {iou_threshold}")

@@ -574,13 +574,19 @@ def run_scene(
             model lacks).
 
     Example:
-        >>> from geoseg.pipeline import run_scene
+        >>> import tempfile
+        >>> from pathlib import Path
         >>> from geoseg.predict import load_predictor
-        >>> from geoseg import samples
-        >>> predictor = load_predictor(samples.demo_model_path())  # doctest: +SKIP
-        >>> result = run_scene(samples.sample_scene_path("marina"), predictor)  # doctest: +SKIP
-        >>> sorted(result.counts)  # doctest: +SKIP
-        ['building', 'ship', 'vehicle']
+        >>> from geoseg.samples import demo_model_path
+        >>> from geoseg.synth import generate_scene
+        >>> scene = generate_scene(Path(tempfile.mkdtemp()) / "s.tif", size=200, seed=3,
+        ...                        layout="marina")
+        >>> predictor = load_predictor(demo_model_path())
+        >>> result = run_scene(scene.raster_path, predictor)
+        >>> result.settings.tile_size == predictor.tile_size  # the checkpoint's choice
+        True
+        >>> sorted(result.counts), result.gdf.crs == scene.crs_wkt
+        (['building', 'ship', 'vehicle'], True)
     """
     t0 = time.perf_counter()
     plan = plan_scene(scene, predictor, settings, stats=stats, output=output, **overrides)

@@ -96,6 +96,13 @@ def make_grid(width: int, height: int, *, tile_size: int, overlap: int) -> list[
 
     Raises:
         ValueError: for non-positive sizes or an overlap outside ``[0, tile_size)``.
+
+    Example:
+        >>> grid = make_grid(1000, 600, tile_size=512, overlap=64)
+        >>> [(t.window.col_off, t.window.row_off) for t in grid]
+        [(0, 0), (448, 0), (488, 0), (0, 88), (448, 88), (488, 88)]
+        >>> sum(t.core.width * t.core.height for t in grid) == 1000 * 600
+        True
     """
     if width <= 0 or height <= 0:
         raise ValueError(f"scene size must be positive, got {width} x {height}")

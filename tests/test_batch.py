@@ -74,35 +74,17 @@ def write_corrupt(path: Path, good: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    import torch
-
-    from geoseg.checkpoint import ModelMeta, save_checkpoint
-    from geoseg.config import Backbone, ModelConfig, config_to_dict
-    from geoseg.models import build_model
-
-    cfg = ModelConfig(
-        backbone=Backbone.RESNET18,
+def tiny_model(tiny_checkpoint_factory):
+    return tiny_checkpoint_factory(
+        "tiny",
+        tile_size=128,
         fpn_out_channels=32,
         box_head_size=64,
         mask_head_channels=16,
         rpn_pre_nms_top_n_test=200,
         rpn_post_nms_top_n_test=100,
         box_detections_per_img=8,
-        min_size=128,
-        max_size=128,
     )
-    torch.manual_seed(0)
-    model = build_model(cfg, num_classes=2, in_channels=3, pretrained=None)
-    meta = ModelMeta(
-        classes=("ship", "vehicle"),
-        bands=(1, 2, 3),
-        norm_stats=None,
-        tile_size=128,
-        gsd=0.5,
-        config=config_to_dict(cfg),
-    )
-    return save_checkpoint(tmp_path_factory.mktemp("model") / "tiny", model, meta)
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY_MODEL
 
 from geoseg.checkpoint import (
     ModelMeta,
@@ -18,7 +19,7 @@ from geoseg.checkpoint import (
     read_meta,
     save_checkpoint,
 )
-from geoseg.config import Backbone, ModelConfig
+from geoseg.config import Backbone, ModelConfig, config_from_dict
 from geoseg.errors import BandError, CheckpointError, ConfigError
 from geoseg.models import adapt_first_conv, build_model
 from geoseg.types import NormStats
@@ -33,18 +34,7 @@ def _one_thread():
 
 
 def tiny_config(**kw) -> ModelConfig:
-    base = {
-        "backbone": Backbone.RESNET18,
-        "fpn_out_channels": 16,
-        "box_head_size": 32,
-        "mask_head_channels": 8,
-        "min_size": 64,
-        "max_size": 64,
-        "rpn_pre_nms_top_n_test": 100,
-        "rpn_post_nms_top_n_test": 50,
-    }
-    base.update(kw)
-    return ModelConfig(**base)
+    return config_from_dict(ModelConfig, {**TINY_MODEL, **kw})
 
 
 def _meta(model_config: ModelConfig, bands=(1, 2, 3), classes=("ship", "vehicle")) -> ModelMeta:

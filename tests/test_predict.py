@@ -318,34 +318,8 @@ def write_scene(path, *, bands=3, size=64, seed=0):
 
 
 @pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory):
-    from geoseg.checkpoint import ModelMeta, save_checkpoint
-    from geoseg.config import Backbone, ModelConfig
-    from geoseg.models import build_model
-
-    cfg = ModelConfig(
-        backbone=Backbone.RESNET18,
-        fpn_out_channels=16,
-        box_head_size=32,
-        mask_head_channels=8,
-        min_size=64,
-        max_size=64,
-        box_detections_per_img=20,
-    )
-    torch.manual_seed(0)
-    model = build_model(cfg, num_classes=len(CLASSES), in_channels=3, pretrained=None)
-    from geoseg.config import config_to_dict
-
-    meta = ModelMeta(
-        classes=CLASSES,
-        bands=(1, 2, 3),
-        norm_stats=None,
-        tile_size=64,
-        gsd=0.5,
-        config=config_to_dict(cfg),
-    )
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
-    return save_checkpoint(path, model, meta)
+def tiny_checkpoint(tiny_checkpoint_factory):
+    return tiny_checkpoint_factory("tiny", classes=CLASSES, tile_size=64, box_detections_per_img=20)
 
 
 def invoke(args):

@@ -10,20 +10,19 @@ The per-scene output formats (:data:`OUTPUT_FORMATS`) are listed here, in one pl
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import datetime as dt
 import enum
 import hashlib
 import json
 import os
-import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from geoseg.errors import ConfigError
+from geoseg.io import VectorFormat, atomic_write
 
 __all__ = [
     "FORMAT_ALIASES",
@@ -49,22 +48,16 @@ SUMMARY_PARQUET = "summary.parquet"
 _MANIFEST_FORMAT = "geoseg-batch-manifest"
 _MANIFEST_VERSION = 1
 
-# TODO(io): use geoseg.io's output-format table once it exists (one table for predict + batch).
-#: Per-scene output formats of a batch and their extensions. COCO JSON is not offered: a batch
-#: folder is read back as georeferenced vectors (``geoseg count``, notebooks), and COCO holds
-#: scene-pixel outlines; ``geoseg predict`` writes COCO for one scene.
+#: Per-scene output formats of a batch (short name -> extension), from the one format table
+#: :class:`geoseg.io.VectorFormat`. COCO JSON is not offered: a batch folder is read back as
+#: georeferenced vectors (``geoseg count``, notebooks), and COCO holds scene-pixel outlines;
+#: ``geoseg predict`` writes COCO for one scene.
 OUTPUT_FORMATS: Mapping[str, str] = {
-    "gpkg": ".gpkg",
-    "geojson": ".geojson",
-    "shapefile": ".shp",
-    "parquet": ".parquet",
-    "flatgeobuf": ".fgb",
+    f.value: f.extension for f in VectorFormat if f is not VectorFormat.COCO
 }
-#: Other names accepted for :data:`OUTPUT_FORMATS`.
+#: Other names accepted for :data:`OUTPUT_FORMATS` (``shp``, ``fgb``, ``geoparquet``...).
 FORMAT_ALIASES: Mapping[str, str] = {
-    "shp": "shapefile",
-    "fgb": "flatgeobuf",
-    "geoparquet": "parquet",
+    alias: f.value for f in VectorFormat if f is not VectorFormat.COCO for alias in f.aliases
 }
 
 
@@ -156,36 +149,6 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _umask()
-
-
-# TODO(io): use geoseg.io.atomic_write (it respects the umask too) once geoseg/io.py is merged;
-# this is batch's only copy.
-def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
-    """Call ``write(tmp)`` on a temporary path in ``path``'s folder, then move it into place.
-
-    A killed process leaves at most a hidden ``.NAME.*.tmp`` beside ``path``, never a partial
-    file under its name; the file gets the usual permissions (``0666`` less the umask).
-    """
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
 
 
 def utc_now() -> str:
