@@ -513,7 +513,7 @@ def vectorize_scene(
         crs_wkt=info.crs_wkt,
         scene=Path(info.path).stem,
         simplify_tolerance=settings.simplify_tolerance,
-        min_area=settings.min_area_m2,
+        min_area_m2=settings.min_area_m2,
     )
 
 

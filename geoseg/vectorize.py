@@ -37,7 +37,7 @@ the outlines are first projected onto a local transverse Mercator centred on the
 at its centre), which is exact to well under 0.1 % over a satellite scene. Without a CRS the
 geometries stay in the frame of ``transform`` (scene pixels for an identity transform):
 ``area_m2``, ``length_m`` and ``width_m`` are NaN (a warning is logged), ``heading_deg`` is
-measured clockwise from the image's up direction, and ``min_area`` is compared with the area in
+measured clockwise from the image's up direction, and ``min_area_m2`` is compared with the area in
 the geometry's own units.
 """
 
@@ -114,7 +114,7 @@ def vectorize(
     crs_wkt: str | None,
     scene: str = "",
     simplify_tolerance: float = 0.0,
-    min_area: float = 0.0,
+    min_area_m2: float = 0.0,
 ) -> geopandas.GeoDataFrame:
     """Turn scene-pixel detections into polygons in the scene CRS (see the module docstring).
 
@@ -127,7 +127,7 @@ def vectorize(
         scene: value of the ``scene`` column (e.g. the scene's file name).
         simplify_tolerance: topology-preserving simplification tolerance in scene CRS units;
             0 keeps the exact pixel-edge outline.
-        min_area: objects smaller than this many square metres are dropped (without a CRS:
+        min_area_m2: objects smaller than this many square metres are dropped (without a CRS:
             the geometry's own area units).
 
     Returns:
@@ -136,15 +136,15 @@ def vectorize(
         with the scene CRS (``None`` without one).
 
     Raises:
-        ValueError: a negative ``simplify_tolerance`` or ``min_area``.
+        ValueError: a negative ``simplify_tolerance`` or ``min_area_m2``.
     """
     import geopandas
     import shapely
 
     if simplify_tolerance < 0:
         raise ValueError(f"vectorize: simplify_tolerance must be >= 0, got {simplify_tolerance}")
-    if min_area < 0:
-        raise ValueError(f"vectorize: min_area must be >= 0, got {min_area}")
+    if min_area_m2 < 0:
+        raise ValueError(f"vectorize: min_area_m2 must be >= 0, got {min_area_m2}")
     geoms: list[Any] = []
     keep: list[int] = []
     for k in range(len(detections)):
@@ -178,7 +178,9 @@ def vectorize(
         area_m2 = shapely.area(metric) * factor**2 if len(garr) else nan
         length_m, width_m = length * factor, width * factor
         size_for_filter = area_m2
-    sel = np.flatnonzero(size_for_filter >= min_area) if min_area > 0 else np.arange(len(garr))
+    sel = (
+        np.flatnonzero(size_for_filter >= min_area_m2) if min_area_m2 > 0 else np.arange(len(garr))
+    )
     out_geoms = garr[sel]
     if simplify_tolerance > 0 and len(out_geoms):
         out_geoms = shapely.simplify(out_geoms, simplify_tolerance, preserve_topology=True)

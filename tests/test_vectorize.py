@@ -190,10 +190,10 @@ def test_min_area_and_simplify():
     disc = (xx - 20) ** 2 + (yy - 20) ** 2 <= 18**2
     tiny = np.ones((2, 2), bool)  # 1 m2
     d = dets([(0, 0, disc, 2, 0.9), (50, 50, tiny, 0, 0.9)])
-    gdf = vectorize(d, transform=UTM_TRANSFORM, crs_wkt=UTM, min_area=5.0)
+    gdf = vectorize(d, transform=UTM_TRANSFORM, crs_wkt=UTM, min_area_m2=5.0)
     assert len(gdf) == 1 and gdf["class"].iloc[0] == "building"
     simple = vectorize(
-        d, transform=UTM_TRANSFORM, crs_wkt=UTM, min_area=5.0, simplify_tolerance=0.5
+        d, transform=UTM_TRANSFORM, crs_wkt=UTM, min_area_m2=5.0, simplify_tolerance=0.5
     )
     g0, g1 = gdf.geometry.iloc[0], simple.geometry.iloc[0]
     assert shapely.get_num_coordinates(g1) < shapely.get_num_coordinates(g0) / 2
@@ -210,7 +210,7 @@ def test_empty_inputs():
     empty_mask = dets([(0, 0, np.zeros((3, 3), bool), 0, 0.9)])
     assert len(vectorize(empty_mask, transform=UTM_TRANSFORM, crs_wkt=UTM)) == 0
     with pytest.raises(ValueError, match="min_area"):
-        vectorize(empty_mask, transform=UTM_TRANSFORM, crs_wkt=UTM, min_area=-1)
+        vectorize(empty_mask, transform=UTM_TRANSFORM, crs_wkt=UTM, min_area_m2=-1)
 
 
 def test_unknown_class_names_fall_back_to_label_text():
