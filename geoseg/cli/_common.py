@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from geoseg.errors import GeosegError
+
+if TYPE_CHECKING:
+    from geoseg.checkpoint import ModelMeta
+    from geoseg.settings import RunSettings
 
 __all__ = [
     "MinScore",
     "fail_on_geoseg_error",
     "parse_bands",
     "parse_classes",
+    "resolve_cli_settings",
     "run_settings_options",
     "split_min_score",
 ]
@@ -127,3 +132,36 @@ def run_settings_options(func: F) -> F:
     for option in reversed(options):
         func = option(func)
     return func
+
+
+def resolve_cli_settings(
+    meta: ModelMeta,
+    *,
+    config: str | None,
+    bands: str | None,
+    min_score: tuple[float | tuple[str, float], ...],
+    tile_size: int | None,
+    overlap: int | None,
+    batch_size: int | None,
+    device: str,
+    norm: str,
+) -> RunSettings:
+    """The run settings of ``predict``/``batch`` from their options and the checkpoint.
+
+    One call of :func:`geoseg.settings.resolve` (options > preset > checkpoint > defaults).
+    """
+    from geoseg.settings import resolve
+
+    global_score, class_scores = split_min_score(min_score)
+    return resolve(
+        meta,
+        config,
+        bands=parse_bands(bands),
+        tile_size=tile_size,
+        overlap=overlap,
+        min_score=global_score,
+        class_min_score=class_scores,
+        batch_size=batch_size,
+        device=device,
+        norm=norm,
+    )

@@ -12,9 +12,8 @@ import click
 from geoseg.batch.manifest import FORMAT_ALIASES, OUTPUT_FORMATS
 from geoseg.cli._common import (
     fail_on_geoseg_error,
-    parse_bands,
+    resolve_cli_settings,
     run_settings_options,
-    split_min_score,
 )
 from geoseg.predict import Device
 from geoseg.settings import NormSource
@@ -173,20 +172,16 @@ def command(
 
     from geoseg.batch import resolve_inputs, run_batch
     from geoseg.checkpoint import read_meta
-    from geoseg.settings import resolve
 
-    band_sel = parse_bands(bands)
-    global_score, class_scores = split_min_score(min_score)
     n_scenes = len(resolve_inputs(inputs, asset=asset))  # bad INPUTS fail before any work
     meta = read_meta(model)
-    settings = resolve(
+    settings = resolve_cli_settings(
         meta,
-        config,
-        bands=band_sel,
+        config=config,
+        bands=bands,
+        min_score=min_score,
         tile_size=tile_size,
         overlap=overlap,
-        min_score=global_score,
-        class_min_score=class_scores,
         batch_size=batch_size,
         device=device,
         norm=norm,

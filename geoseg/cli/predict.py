@@ -9,9 +9,8 @@ import click
 
 from geoseg.cli._common import (
     fail_on_geoseg_error,
-    parse_bands,
+    resolve_cli_settings,
     run_settings_options,
-    split_min_score,
 )
 from geoseg.predict import Device
 from geoseg.settings import NormSource
@@ -136,24 +135,20 @@ def command(
     from geoseg.pipeline import run_scene
     from geoseg.predict import load_predictor
     from geoseg.raster import open_scene, validate_bands
-    from geoseg.settings import resolve
 
-    band_sel = parse_bands(bands)
-    global_score, class_scores = split_min_score(min_score)
     # Cheap checks first, so that bad input fails before the model is loaded.
     check_writable(output)
     if quicklook is not None:
         _check_png_path(quicklook)
     info = open_scene(scene)
     meta = read_meta(model)
-    settings = resolve(
+    settings = resolve_cli_settings(
         meta,
-        config,
-        bands=band_sel,
+        config=config,
+        bands=bands,
+        min_score=min_score,
         tile_size=tile_size,
         overlap=overlap,
-        min_score=global_score,
-        class_min_score=class_scores,
         batch_size=batch_size,
         device=device,
         norm=norm,
