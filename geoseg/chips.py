@@ -459,7 +459,7 @@ def pixel_frame_transform(gsd: float) -> Affine:
     size is the stated GSD; coordinates are local to the image and match no map.
 
     Example:
-        >>> pixel_frame_transform(0.3) * (10, 20)
+        >>> pixel_frame_transform(0.3) @ (10, 20)
         (3.0, -6.0)
     """
     if not gsd > 0:

@@ -516,7 +516,7 @@ def write_dataset(
                 if (out_w, out_h) == (ds.width, ds.height)
                 else (Resampling.average if factor < 1 else Resampling.bilinear)
             )
-            chip_frame = frame * Affine.scale(1.0 / sx, 1.0 / sy)
+            chip_frame = frame @ Affine.scale(1.0 / sx, 1.0 / sy)
             gsd_values.append(image_gsd / ((sx + sy) / 2))
             gsd_sources.append("resampled" if target_gsd is not None else how)
 
