@@ -278,6 +278,15 @@ def test_coco_errors_name_the_file(tmp_path):
         import_coco(ann, tmp_path / "out", images_dir=images, gsd=0.3, mapping=["tank=vehicle"])
     with pytest.raises(LabelError, match=r"train\.json: image 'a\.png' not found"):
         import_coco(ann, tmp_path / "out", images_dir=tmp_path, gsd=0.3)
+    far = json.loads(ann.read_text())
+    for a in far["annotations"]:
+        if isinstance(a["segmentation"], list):
+            a["segmentation"] = [[500, 500, 520, 500, 520, 520, 500, 520]]
+        else:
+            a["iscrowd"] = 1
+    (tmp_path / "far.json").write_text(json.dumps(far))
+    with pytest.raises(LabelError, match=r"far\.json: no object left inside the images"):
+        import_coco(tmp_path / "far.json", tmp_path / "o4", images_dir=images, gsd=0.3)
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
     with pytest.raises(LabelError, match=r"bad\.json"):

@@ -644,6 +644,12 @@ def write_dataset(
 
     # ---- folder-level facts
     assert dtype is not None
+    if not annotations:
+        raise LabelError(
+            f"{src_name}: no object left inside the images ({n_invalid} invalid geometries, "
+            f"{n_outside} outside their image, {n_slivers} without a pixel or too small); "
+            "check that the labels are in image pixels"
+        )
     warns: list[str] = []
     folder_gsd = float(target_gsd) if target_gsd is not None else float(np.median(gsd_values))
     if min(gsd_values) > 0 and max(gsd_values) / min(gsd_values) > 1.25:

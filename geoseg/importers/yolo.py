@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,7 @@ from typing import Any
 import yaml
 from shapely.geometry import Polygon, box
 
-from geoseg.errors import LabelError
+from geoseg.errors import LabelError, RasterReadError
 from geoseg.importers.classes import ClassMapping
 from geoseg.importers.writer import (
     IMAGE_SUFFIXES,
@@ -191,6 +192,7 @@ def read_yolo_dataset(
         LabelError: no names, no images, or a malformed label file.
     """
     import rasterio
+    from rasterio.errors import NotGeoreferencedWarning, RasterioError
 
     src_path = Path(src)
     pairs: list[tuple[Path, Path]] = []  # (images folder, labels folder)
@@ -241,8 +243,13 @@ def read_yolo_dataset(
             label = _labels_for(image, images_root, labels_root)
             objects: list[Instance] = []
             if label.is_file():
-                with rasterio.open(image) as ds:
-                    width, height = ds.width, ds.height
+                try:
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+                        with rasterio.open(image) as ds:
+                            width, height = ds.width, ds.height
+                except RasterioError as err:
+                    raise RasterReadError(f"{image}: cannot read the image ({err})") from err
                 objects, boxes = read_yolo_file(
                     label, name_list, width, height, box_masks=box_masks
                 )
