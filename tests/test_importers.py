@@ -587,6 +587,19 @@ def test_large_image_is_cut_and_labels_follow_the_windows(tmp_path):
         ],
         "categories": [{"id": 1, "name": "thing"}],
     }
+    # a building with a courtyard, as RLE: stored as whole-chip RLE (a polygon has no hole)
+    donut = box(62, 100, 100, 140).difference(box(72, 110, 90, 130))
+    shapes.append(donut)
+    doc["annotations"].append(
+        {
+            "id": 9,
+            "image_id": 1,
+            "category_id": 1,
+            "segmentation": encode_rle(footprint(donut, big[1], big[0])),
+            "bbox": list(donut.bounds),
+            "iscrowd": 0,
+        }
+    )
     (tmp_path / "a.json").write_text(json.dumps(doc))
     s = import_coco(
         tmp_path / "a.json",
@@ -605,6 +618,7 @@ def test_large_image_is_cut_and_labels_follow_the_windows(tmp_path):
     for g in shapes:
         truth |= footprint(g, big[1], big[0])
     by_image = coco.annotations_by_image()
+    n_rle = 0
     for im in coco.images:
         c, r, w, h = im["window"]
         assert (w, h) == (im["width"], im["height"]) and w <= 64 and h <= 64
@@ -612,8 +626,10 @@ def test_large_image_is_cut_and_labels_follow_the_windows(tmp_path):
         for a in by_image.get(im["id"], []):
             union |= decode_segmentation(a["segmentation"], h, w).astype(bool)
         assert np.array_equal(union, truth[r : r + h, c : c + w]), im["file_name"]
+        n_rle += sum(isinstance(a["segmentation"], dict) for a in by_image.get(im["id"], []))
         with rasterio.open(tmp_path / "out" / im["file_name"]) as ds:
             assert ds.transform == Affine(0.5, 0, 0.5 * c, 0, -0.5, -0.5 * r)
+    assert n_rle >= 1  # the courtyard
 
 
 def test_target_gsd_resamples_images_and_labels(tmp_path):

@@ -26,7 +26,8 @@ Rules (the same as ``geoseg chips`` where they overlap):
 * **Cutting.** An image at most ``size`` pixels on both sides is one chip, at its own size
   (not padded). A larger image is cut into the overlapping grid of
   :func:`geoseg.tiling.make_grid`, windows cropped to the image. Images are read window by
-  window, never whole.
+  window, except PNG/JPEG/BMP/GIF images up to 1 GiB, which GDAL can only decode from the top:
+  they are read once, whole.
 * **Bands.** Alpha bands are dropped (alpha 0 = not valid), palette images expanded to RGB, a
   single-band image in a multi-band dataset repeated to every band; ``bands`` then selects
   (1-based). All images must end with the same band count and dtype.
@@ -73,7 +74,14 @@ from geoseg.chips import (
     _write_chip,
     pixel_frame_transform,
 )
-from geoseg.coco import ANNOTATIONS_FILE, IMAGES_DIR, mask_bbox, segmentation_from_mask, write_coco
+from geoseg.coco import (
+    ANNOTATIONS_FILE,
+    IMAGES_DIR,
+    encode_rle_crop,
+    mask_bbox,
+    segmentation_from_mask,
+    write_coco,
+)
 from geoseg.errors import BandError, ConfigError, LabelError, RasterReadError
 from geoseg.geometry import polygonal
 from geoseg.importers.classes import ClassMapping, output_classes
@@ -95,6 +103,10 @@ logger = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 
 _STATS_SAMPLE = 1_000_000  # pixels per band kept for the percentiles, over the whole dataset
+# Formats GDAL decodes line by line from the top (a window read restarts the decoder): an image
+# cut into several chips is read once, whole, when it fits in this many bytes.
+_SEQUENTIAL_DRIVERS = frozenset({"PNG", "JPEG", "BMP", "GIF"})
+_WHOLE_READ_BYTES = 1 << 30
 
 
 @dataclass(frozen=True, slots=True)
@@ -303,6 +315,38 @@ def _clean(geom: BaseGeometry | None) -> tuple[BaseGeometry | None, bool]:
     if poly is None or poly.area <= 0:
         return None, repaired
     return poly, repaired
+
+
+def _segment(part: BaseGeometry, width: int, height: int) -> dict[str, Any] | None:
+    """COCO ``segmentation``, ``area`` and ``bbox`` of ``part`` (chip pixels) in a chip.
+
+    The footprint (pixel centres inside ``part``) is rasterised on the part's bounding box
+    grown by one pixel, not on the whole chip, and stored as
+    :func:`geoseg.coco.segmentation_from_mask` would store the whole-chip mask: pixel-edge
+    polygons shifted to chip pixels (an integer shift, which pycocotools' rasteriser follows),
+    or whole-chip RLE from the crop (:func:`geoseg.coco.encode_rle_crop`). ``None`` when no
+    pixel centre lies inside.
+    """
+    x0, y0, x1, y1 = part.bounds
+    c0, r0 = max(0, math.floor(x0) - 1), max(0, math.floor(y0) - 1)
+    c1, r1 = min(width, math.ceil(x1) + 1), min(height, math.ceil(y1) + 1)
+    if c1 <= c0 or r1 <= r0:
+        return None
+    crop = rasterize(
+        [(translate(part, -c0, -r0), 1)],
+        out_shape=(r1 - r0, c1 - c0),
+        transform=Affine.identity(),
+        dtype="uint8",
+    ).astype(bool)
+    if not crop.any():
+        return None
+    seg: Any = segmentation_from_mask(crop)
+    if isinstance(seg, list):
+        seg = [[v + (c0 if k % 2 == 0 else r0) for k, v in enumerate(ring)] for ring in seg]
+    else:
+        seg = encode_rle_crop(crop, c0, r0, width, height)
+    bx, by, bw, bh = mask_bbox(crop)
+    return {"segmentation": seg, "area": float(crop.sum()), "bbox": [bx + c0, by + r0, bw, bh]}
 
 
 def _norm_stats(samples: list[list[npt.NDArray[Any]]], sel: Sequence[int], dtype: str) -> NormStats:
@@ -559,7 +603,15 @@ def write_dataset(
                 "compress": "deflate",
             }
 
-            for grid_row, grid_col, w in _windows(out_w, out_h, size, overlap):
+            cells = _windows(out_w, out_h, size, overlap)
+            whole_window = PixelWindow(0, 0, out_w, out_h)
+            whole_read = (
+                len(cells) > 1
+                and ds.driver in _SEQUENTIAL_DRIVERS
+                and out_w * out_h * len(sel) * np.dtype(dtype).itemsize <= _WHOLE_READ_BYTES
+            )
+            whole: tuple[npt.NDArray[Any], npt.NDArray[np.bool_]] | None = None
+            for grid_row, grid_col, w in cells:
                 chip_box = box(w.col_off, w.row_off, w.col_end, w.row_end)
                 hits = [] if tree is None else tree.query(chip_box, predicate="intersects")
                 chip_anns: list[tuple[dict[str, Any], int]] = []
@@ -574,14 +626,8 @@ def write_dataset(
                     ):
                         n_slivers += 1
                         continue
-                    local = translate(part, -w.col_off, -w.row_off)
-                    mask = rasterize(
-                        [(local, 1)],
-                        out_shape=(w.height, w.width),
-                        transform=Affine.identity(),
-                        dtype="uint8",
-                    ).astype(bool)
-                    if not mask.any():
+                    seg = _segment(translate(part, -w.col_off, -w.row_off), w.width, w.height)
+                    if seg is None:
                         n_slivers += 1
                         continue
                     chip_anns.append(
@@ -590,9 +636,7 @@ def write_dataset(
                                 "id": 0,
                                 "image_id": 0,
                                 "category_id": cls_idx[i] + 1,
-                                "segmentation": segmentation_from_mask(mask),
-                                "area": float(mask.sum()),
-                                "bbox": mask_bbox(mask),
+                                **seg,
                                 "iscrowd": 0,
                                 "source_ref": refs[i],
                             },
@@ -601,7 +645,15 @@ def write_dataset(
                     )
                 if not chip_anns and rng.random() >= keep_empty_fraction:
                     continue
-                data, valid = _read_chip(ds, plan, w, (sx, sy), resampling, sel)
+                if whole_read:
+                    if whole is None:
+                        whole = _read_chip(ds, plan, whole_window, (sx, sy), resampling, sel)
+                    rows = slice(w.row_off, w.row_end)
+                    cols = slice(w.col_off, w.col_end)
+                    data = np.ascontiguousarray(whole[0][:, rows, cols])
+                    valid = whole[1][rows, cols]
+                else:
+                    data, valid = _read_chip(ds, plan, w, (sx, sy), resampling, sel)
                 if not valid.any():
                     continue
                 if not chip_anns:
