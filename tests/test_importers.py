@@ -780,3 +780,36 @@ def test_chip_dataset_reads_imported_folder_and_one_training_step(tmp_path, tiny
     assert meta.gsd == pytest.approx(0.375)  # the median of 0.25 and 0.5
     assert meta.classes == ("ship", "vehicle")
     assert math.isfinite(meta.tile_size)
+
+
+def test_coco_with_georeferenced_tiffs_needs_no_gsd(tmp_path):
+    (tmp_path / "imgs").mkdir()
+    transform = from_origin(500000.0, 4000000.0, 0.4, 0.4)
+    with rasterio.open(
+        tmp_path / "imgs" / "g.tif",
+        "w",
+        driver="GTiff",
+        width=W,
+        height=H,
+        count=3,
+        dtype="uint8",
+        crs="EPSG:32633",
+        transform=transform,
+    ) as ds:
+        ds.write(np.full((3, H, W), 40, np.uint8))
+    ring = [float(v) for xy in list(RECT_A.exterior.coords)[:-1] for v in xy]
+    doc = {
+        "images": [{"id": 1, "file_name": "g.tif", "width": W, "height": H}],
+        "annotations": [
+            {"id": 1, "image_id": 1, "category_id": 1, "segmentation": [ring], "iscrowd": 0}
+        ],
+        "categories": [{"id": 1, "name": "car"}],
+    }
+    (tmp_path / "g.json").write_text(json.dumps(doc))
+    s = import_coco(tmp_path / "g.json", tmp_path / "out", images_dir=tmp_path / "imgs")
+    assert s.gsd == pytest.approx(0.4) and s.gsd_source == "georeference"
+    coco, got = read_folder(tmp_path / "out")
+    assert coco.extra["geoseg"]["crs_wkt"] is not None
+    match_masks([("car", RECT_A)], got["g"], min_iou=1.0)
+    with rasterio.open(tmp_path / "out" / coco.images[0]["file_name"]) as ds:
+        assert ds.crs.to_epsg() == 32633 and ds.transform == transform
