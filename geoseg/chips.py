@@ -45,7 +45,7 @@ import contextlib
 import logging
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -80,16 +80,23 @@ from geoseg.raster import (
     validate_bands,
 )
 from geoseg.tiling import make_grid, tile_transform
-from geoseg.types import NormStats, SceneInfo
+from geoseg.types import NormStats, PixelWindow, SceneInfo
 
 __all__ = [
     "ANNOTATIONS_FILE",
     "CLASS_BALANCE_FILE",
     "IMAGES_DIR",
+    "TRAIN_DIR",
+    "VAL_AREA_FILE",
+    "VAL_DIR",
     "ChipSummary",
     "ClassBalance",
+    "SplitSummary",
     "format_class_balance",
     "make_chips",
+    "make_split_chips",
+    "pixel_frame_transform",
+    "split_windows",
 ]
 
 logger = logging.getLogger(__name__)
@@ -440,6 +447,62 @@ def format_class_balance(balance: Sequence[ClassBalance]) -> str:
     return "\n".join(lines)
 
 
+# ------------------------------------------------------------------------ grid
+
+
+def pixel_frame_transform(gsd: float) -> Affine:
+    """The georeference geoseg gives an image that has none: its *pixel frame* in metres.
+
+    ``x = col * gsd``, ``y = -row * gsd``: origin at the top-left corner of the top-left pixel,
+    x to the right, y up (the north-up GeoTIFF convention), one pixel = ``gsd`` metres, no CRS.
+    Chips cut from such an image carry this transform (offset to the chip), so their pixel
+    size is the stated GSD; coordinates are local to the image and match no map.
+
+    Example:
+        >>> pixel_frame_transform(0.3) @ (10, 20)
+        (3.0, -6.0)
+    """
+    if not gsd > 0:
+        raise ConfigError(f"the GSD must be a positive number of metres, got {gsd}")
+    return Affine(float(gsd), 0.0, 0.0, 0.0, -float(gsd), 0.0)
+
+
+def _clip_region(info: SceneInfo, region: PixelWindow) -> PixelWindow:
+    clipped = region.intersection(PixelWindow(0, 0, info.width, info.height))
+    if clipped.area == 0:
+        raise ConfigError(f"{info.path}: the chip region {region} does not overlap the scene")
+    return clipped
+
+
+def _chip_cells(
+    info: SceneInfo, *, size: int, overlap: int, region: PixelWindow | None
+) -> list[tuple[int, int, PixelWindow]]:
+    """``(grid row, grid col, window in scene pixels)`` of every chip to cut.
+
+    Without ``region`` this is :func:`geoseg.tiling.make_grid` over the scene (windows of a
+    scene smaller than a chip run past it: padding). With one, the grid covers the region and
+    each window is cropped to it.
+    """
+    if region is None:
+        grid = make_grid(info.width, info.height, tile_size=size, overlap=overlap)
+        return [(t.row, t.col, t.window) for t in grid]
+    r = _clip_region(info, region)
+    cells: list[tuple[int, int, PixelWindow]] = []
+    for t in make_grid(r.width, r.height, tile_size=size, overlap=overlap):
+        w = t.window
+        shifted = PixelWindow(w.col_off + r.col_off, w.row_off + r.row_off, w.width, w.height)
+        cells.append((t.row, t.col, shifted.intersection(r)))
+    return cells
+
+
+def _chip_layout(width: int, height: int) -> dict[str, Any]:
+    """GeoTIFF size and tiling options of a ``width x height`` chip."""
+    layout: dict[str, Any] = {"width": width, "height": height}
+    if width % 16 == 0 and height % 16 == 0:
+        layout.update(tiled=True, blockxsize=min(width, 256), blockysize=min(height, 256))
+    return layout
+
+
 # ------------------------------------------------------------------------ main
 
 
@@ -461,6 +524,10 @@ def make_chips(
     overwrite: bool = False,
     imbalance_ratio: float = 10.0,
     progress: Callable[[int, int], None] | None = None,
+    region: PixelWindow | None = None,
+    chip_filter: Callable[[PixelWindow], bool] | None = None,
+    scene_gsd: float | None = None,
+    metadata: Mapping[str, Any] | None = None,
 ) -> ChipSummary:
     """Cut training chips and COCO instance labels from a scene and vector labels.
 
@@ -487,6 +554,17 @@ def make_chips(
         overwrite: replace the chips already in ``out_dir``.
         imbalance_ratio: class-balance warning threshold, see the module docstring.
         progress: called as ``progress(done, total)`` after each grid cell.
+        region: cut the grid inside this window of scene pixels only (clipped to the scene);
+            chips are cropped to it, so none reaches outside (a chip may then be smaller than
+            ``size``). ``None`` = the whole scene. Used by :func:`make_split_chips`.
+        chip_filter: ``chip_filter(window) -> bool`` for each chip window (scene pixels); a
+            chip it refuses is skipped before any pixel is read.
+        scene_gsd: for a scene without CRS (an image without georeference whose labels are in
+            its pixels): its ground sample distance in metres, stated by the user. The chips
+            then get the pixel frame of :func:`pixel_frame_transform` and the folder records
+            this GSD in metres. Ignored (with a warning) for a scene with a CRS.
+        metadata: extra keys merged into the ``"geoseg"`` block of ``annotations.json``
+            (e.g. where the data came from, the split it belongs to).
 
     Returns:
         A :class:`ChipSummary` (also see ``class_balance.json``).
@@ -513,26 +591,34 @@ def make_chips(
     _prepare_out_dir(out, overwrite=overwrite)
 
     gsd_m: tuple[float, float] | None = None
+    chip_frame = info.transform
     if info.crs_wkt is not None:
         gsd_m = ground_sample_distance_m(info)
+        if scene_gsd is not None:
+            logger.warning(
+                "%s is georeferenced: its GSD comes from its transform, scene_gsd=%g is ignored",
+                info.path,
+                scene_gsd,
+            )
+    elif scene_gsd is not None:
+        if not scene_gsd > 0:
+            raise ConfigError(f"scene_gsd must be a positive number of metres, got {scene_gsd}")
+        gsd_m = (float(scene_gsd), float(scene_gsd))
+        chip_frame = pixel_frame_transform(scene_gsd)
     stem = Path(info.path.rstrip("/")).stem or "scene"
     profile: dict[str, Any] = {
         "driver": "GTiff",
-        "width": size,
-        "height": size,
         "count": len(sel),
         "dtype": info.dtype,
         "crs": info.crs_wkt,
         "nodata": info.nodata,
         "compress": "deflate",
     }
-    if size % 16 == 0:
-        profile.update(tiled=True, blockxsize=min(size, 256), blockysize=min(size, 256))
 
     tree = shapely.STRtree(lab.geoms)
     areas = shapely.area(lab.geoms)
     scene_box = box(0, 0, info.width, info.height)
-    specs = make_grid(info.width, info.height, tile_size=size, overlap=overlap)
+    specs = _chip_cells(info, size=size, overlap=overlap, region=region)
     rng = np.random.default_rng(seed)
     images: list[dict[str, Any]] = []
     annotations: list[dict[str, Any]] = []
@@ -540,8 +626,11 @@ def make_chips(
     n_empty = 0
     n_slivers = 0
     with rasterio.open(info.path) as ds:
-        for done, spec in enumerate(specs, start=1):
-            w = spec.window
+        for done, (grid_row, grid_col, w) in enumerate(specs, start=1):
+            if chip_filter is not None and not chip_filter(w):
+                if progress is not None:
+                    progress(done, len(specs))
+                continue
             chip_box = box(w.col_off, w.row_off, w.col_end, w.row_end).intersection(scene_box)
             data, valid = read_window_raw(ds, w, bands=sel, nodata=info.nodata)
             if not valid.any():
@@ -592,8 +681,13 @@ def make_chips(
                         progress(done, len(specs))
                     continue
                 n_empty += 1
-            name = f"{stem}_r{spec.row}_c{spec.col}.tif"
-            _write_chip(out / IMAGES_DIR / name, data, profile, tile_transform(info.transform, w))
+            name = f"{stem}_r{grid_row}_c{grid_col}.tif"
+            _write_chip(
+                out / IMAGES_DIR / name,
+                data,
+                {**profile, **_chip_layout(w.width, w.height)},
+                tile_transform(chip_frame, w),
+            )
             images.append(
                 {
                     "id": image_id,
@@ -602,7 +696,7 @@ def make_chips(
                     "height": w.height,
                     "scene": info.path,
                     "window": [w.col_off, w.row_off, w.width, w.height],
-                    "grid": [spec.row, spec.col],
+                    "grid": [grid_row, grid_col],
                 }
             )
             for ann, obj in chip_anns:
@@ -624,6 +718,9 @@ def make_chips(
         "bands": list(sel),
         "gsd": float((gsd_m[0] + gsd_m[1]) / 2) if gsd_m else float(sum(info.gsd) / 2),
         "gsd_units": "metre" if gsd_m else "pixel-size in scene units (no CRS)",
+        "gsd_source": "stated"
+        if gsd_m and info.crs_wkt is None
+        else ("georeference" if gsd_m else None),
         "crs_wkt": info.crs_wkt,
         "tile_size": size,
         "overlap": overlap,
@@ -635,6 +732,11 @@ def make_chips(
         "keep_empty_fraction": keep_empty_fraction,
         "seed": seed,
     }
+    if region is not None:
+        r = _clip_region(info, region)
+        geoseg_block["region"] = [r.col_off, r.row_off, r.width, r.height]
+    for key, value in (metadata or {}).items():
+        geoseg_block[key] = value
     ann_path = out / ANNOTATIONS_FILE
     bal_path = out / CLASS_BALANCE_FILE
     atomic_write_json(
@@ -683,3 +785,326 @@ def make_chips(
         out,
     )
     return summary
+
+
+# ------------------------------------------------------------------ area split
+
+#: Sub-folders and the validation-area file written by :func:`make_split_chips`.
+TRAIN_DIR: Final = "train"
+VAL_DIR: Final = "val"
+VAL_AREA_FILE: Final = "val_area.gpkg"
+
+
+@dataclass(frozen=True, slots=True)
+class SplitSummary:
+    """What :func:`make_split_chips` wrote.
+
+    Attributes:
+        train: the training chip folder (``OUT/train``).
+        val: the validation chip folder (``OUT/val``).
+        val_area: the validation area in scene pixels (a shapely polygon).
+        train_region: the window the training grid was cut in (strip split), ``None`` when the
+            training grid covers the scene minus the (buffered) validation polygon.
+        gap: pixels between the validation area and the nearest training chip (at least).
+        val_area_path: the validation area as a vector file in the scene CRS
+            (``OUT/val_area.gpkg``; in the scene's own frame when it has no CRS).
+    """
+
+    train: ChipSummary
+    val: ChipSummary
+    val_area: BaseGeometry
+    train_region: PixelWindow | None
+    gap: int
+    val_area_path: str
+
+
+def split_windows(
+    width: int,
+    height: int,
+    val_fraction: float,
+    *,
+    gap: int = 0,
+    side: str = "end",
+) -> tuple[PixelWindow, PixelWindow]:
+    """Split a ``width x height`` scene into a training and a validation strip (scene pixels).
+
+    The validation strip spans the whole shorter side and takes ``val_fraction`` of the longer
+    one (rounded, at least one pixel), at its ``"end"`` (right or bottom) or ``"start"`` (left
+    or top). The training window is the rest minus a ``gap`` of pixels next to the strip.
+
+    Returns:
+        ``(train_window, val_window)``, disjoint, ``gap`` pixels apart.
+
+    Raises:
+        ConfigError: ``val_fraction`` outside (0, 1), ``side`` unknown, negative ``gap``, or a
+            training part of no pixel.
+
+    Example:
+        >>> train, val = split_windows(1000, 600, 0.2, gap=64)
+        >>> (train.col_off, train.width), (val.col_off, val.width)
+        ((0, 736), (800, 200))
+    """
+    if not 0.0 < val_fraction < 1.0:
+        raise ConfigError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    if side not in ("start", "end"):
+        raise ConfigError(f"side must be 'start' or 'end', got {side!r}")
+    if gap < 0:
+        raise ConfigError(f"gap must be >= 0 pixels, got {gap}")
+    length = max(width, height)
+    n_val = min(max(1, round(val_fraction * length)), length - 1)
+    n_train = length - n_val - gap
+    if n_train < 1:
+        raise ConfigError(
+            f"a validation strip of {n_val} px plus a gap of {gap} px leaves no training pixel "
+            f"on a {width} x {height} scene; lower val_fraction or the gap"
+        )
+    if side == "end":
+        train_span, val_span = (0, n_train), (n_train + gap, n_val)
+    else:
+        train_span, val_span = (n_val + gap, n_train), (0, n_val)
+    if width >= height:
+        return (
+            PixelWindow(train_span[0], 0, train_span[1], height),
+            PixelWindow(val_span[0], 0, val_span[1], height),
+        )
+    return (
+        PixelWindow(0, train_span[0], width, train_span[1]),
+        PixelWindow(0, val_span[0], width, val_span[1]),
+    )
+
+
+def _val_polygon_px(val_area: str | os.PathLike[str] | Any, info: SceneInfo) -> BaseGeometry:
+    """The validation area (vector file, GeoDataFrame or shapely geometry) in scene pixels."""
+    if isinstance(val_area, BaseGeometry):
+        geom: BaseGeometry | None = polygonal(val_area)
+        name = "val_area (geometry, scene pixels)"
+    else:
+        name = str(val_area) if isinstance(val_area, str | os.PathLike) else "val_area"
+        gdf = read_vectors(val_area, what="validation area", allow_empty=False)
+        if gdf.crs is not None and info.crs_wkt is not None:
+            from pyproj import CRS
+
+            gdf = gdf.to_crs(CRS.from_wkt(info.crs_wkt))
+        elif (gdf.crs is None) != (info.crs_wkt is None):
+            raise LabelError(
+                f"{name}: the validation area and the scene {info.path} must both have a CRS or "
+                "both have none (then the area is in the scene's own frame)"
+            )
+        union = shapely.union_all(np.asarray(gdf.geometry.values, dtype=object))
+        inv = ~info.transform
+        geom = polygonal(
+            shapely.transform(
+                union,
+                lambda xy: np.column_stack(
+                    (
+                        inv.a * xy[:, 0] + inv.b * xy[:, 1] + inv.c,
+                        inv.d * xy[:, 0] + inv.e * xy[:, 1] + inv.f,
+                    )
+                ),
+            )
+        )
+    if geom is not None:
+        geom = polygonal(geom.intersection(box(0, 0, info.width, info.height)))
+    if geom is None or geom.area <= 0:
+        raise LabelError(f"{name}: the validation area has no polygon inside the scene {info.path}")
+    return geom
+
+
+def _write_val_area(path: Path, area_px: BaseGeometry, info: SceneInfo) -> None:
+    import geopandas as gpd
+
+    t = info.transform
+    geom = shapely.transform(
+        area_px,
+        lambda xy: np.column_stack(
+            (t.a * xy[:, 0] + t.b * xy[:, 1] + t.c, t.d * xy[:, 0] + t.e * xy[:, 1] + t.f)
+        ),
+    )
+    gdf = gpd.GeoDataFrame({"part": ["val"]}, geometry=[geom], crs=info.crs_wkt)
+
+    def write(tmp: Path) -> None:
+        tmp.unlink()
+        gdf.to_file(tmp, driver="GPKG", layer="val_area")
+
+    atomic_write(path, write)
+
+
+def make_split_chips(
+    scene: str | os.PathLike[str],
+    labels: str | os.PathLike[str] | Any,
+    out_dir: str | os.PathLike[str],
+    *,
+    val_fraction: float | None = None,
+    val_area: str | os.PathLike[str] | Any = None,
+    val_side: str = "end",
+    gap: int | None = None,
+    size: int = 512,
+    overlap: int = 64,
+    bands: Sequence[int] | None = None,
+    stats: NormStats | None = None,
+    overwrite: bool = False,
+    scene_gsd: float | None = None,
+    metadata: Mapping[str, Any] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    **options: Any,
+) -> SplitSummary:
+    """Cut one scene into a training and a validation chip folder, split by area.
+
+    For a scene (or two) that must give both training and validation data: the validation
+    area is either a strip along the scene's longer side (``val_fraction``, see
+    :func:`split_windows`) or a polygon (``val_area``). **No training chip overlaps the
+    validation area**, and at least ``gap`` pixels lie between them:
+
+    * strip: the training grid is cut inside the training window only (chips cropped to it),
+      the validation grid inside the strip;
+    * polygon: the validation grid is cut inside the polygon's bounding window (chips that do
+      not touch the polygon are skipped, so validation chips may hold pixels just outside it);
+      the training grid covers the scene and every chip that intersects the polygon grown by
+      ``gap`` is skipped.
+
+    Objects that straddle the boundary are clipped to each part (the sliver rule of
+    :func:`make_chips` applies). Both folders record the same normalisation statistics (the
+    whole scene's, or ``stats``) so the validation chips are normalised as the training ones.
+
+    Layout: ``OUT/train`` and ``OUT/val`` (chip folders as :func:`make_chips` writes them, their
+    ``"geoseg"`` block has a ``"split"`` entry) and ``OUT/val_area.gpkg`` (the validation area
+    in the scene CRS, e.g. for ``geoseg evaluate`` on predictions of the whole scene).
+
+    Args:
+        scene: the raster.
+        labels: the vector labels, as :func:`make_chips`.
+        out_dir: the output folder.
+        val_fraction: fraction of the longer side given to the validation strip, in (0, 1).
+        val_area: the validation area instead: a vector file or GeoDataFrame (polygons, in any
+            CRS; reprojected), or a shapely geometry in scene pixels.
+        val_side: where the strip lies: ``"end"`` (right/bottom) or ``"start"`` (left/top).
+        gap: pixels kept free between the validation area and the training chips; default the
+            ``overlap``.
+        size: chip side in pixels.
+        overlap: pixels shared by neighbouring chips.
+        bands: 1-based bands written to the chips.
+        stats: normalisation statistics to record (default: the whole scene's).
+        overwrite: replace chips already in ``OUT/train`` / ``OUT/val``.
+        scene_gsd: GSD in metres of a scene without CRS (see :func:`make_chips`).
+        metadata: extra keys for both folders' ``"geoseg"`` blocks.
+        progress: ``progress(done, total)`` over both grids.
+        **options: the other :func:`make_chips` options (``classes``, ``class_column``,
+            ``min_visible_fraction``, ``keep_empty_fraction``, ``seed``...).
+
+    Returns:
+        A :class:`SplitSummary`.
+
+    Raises:
+        ConfigError: neither or both of ``val_fraction`` / ``val_area``, a negative ``gap``,
+            or a split that leaves a part without chips.
+        LabelError: the validation area is unreadable or misses the scene; and as
+            :func:`make_chips`.
+    """
+    if (val_fraction is None) == (val_area is None):
+        raise ConfigError("give exactly one of val_fraction (a strip) or val_area (a polygon)")
+    gap_px = overlap if gap is None else int(gap)
+    if gap_px < 0:
+        raise ConfigError(f"gap must be >= 0 pixels, got {gap_px}")
+    info = open_scene(scene)
+    sel = validate_bands(info, bands if bands is not None or stats is None else stats.bands)
+    norm = stats if stats is not None else compute_norm_stats(info, bands=sel)
+    out = Path(out_dir)
+
+    train_region: PixelWindow | None
+    val_region: PixelWindow
+    train_filter: Callable[[PixelWindow], bool] | None
+    val_filter: Callable[[PixelWindow], bool] | None
+    if val_fraction is not None:
+        train_region, val_region = split_windows(
+            info.width, info.height, val_fraction, gap=gap_px, side=val_side
+        )
+        val_px: BaseGeometry = box(
+            val_region.col_off, val_region.row_off, val_region.col_end, val_region.row_end
+        )
+        train_filter = val_filter = None
+    else:
+        val_px = _val_polygon_px(val_area, info)
+        x0, y0, x1, y1 = val_px.bounds
+        c0, r0 = math.floor(x0), math.floor(y0)
+        val_region = PixelWindow(c0, r0, math.ceil(x1) - c0, math.ceil(y1) - r0)
+        train_region = None
+        keep_out = val_px.buffer(gap_px, join_style="mitre") if gap_px > 0 else val_px
+
+        def train_filter(w: PixelWindow) -> bool:
+            return not keep_out.intersection(_window_box(w)).area > 0
+
+        def val_filter(w: PixelWindow) -> bool:
+            return val_px.intersection(_window_box(w)).area > 0
+
+    split_info = {
+        "val_area_px": shapely.to_wkt(val_px, rounding_precision=3),
+        "gap": gap_px,
+        "method": "strip" if val_fraction is not None else "polygon",
+        "val_fraction": val_fraction,
+        "val_side": val_side if val_fraction is not None else None,
+    }
+    n_train = len(_chip_cells(info, size=size, overlap=overlap, region=train_region))
+    n_val = len(_chip_cells(info, size=size, overlap=overlap, region=val_region))
+    total = n_train + n_val
+
+    def part_progress(offset: int) -> Callable[[int, int], None] | None:
+        if progress is None:
+            return None
+        report = progress
+        return lambda done, _total: report(offset + done, total)
+
+    common: dict[str, Any] = {
+        "size": size,
+        "overlap": overlap,
+        "bands": sel,
+        "stats": norm,
+        "overwrite": overwrite,
+        "scene_gsd": scene_gsd,
+        **options,
+    }
+    train = make_chips(
+        scene,
+        labels,
+        out / TRAIN_DIR,
+        region=train_region,
+        chip_filter=train_filter,
+        metadata={**(metadata or {}), "split": {"part": "train", **split_info}},
+        progress=part_progress(0),
+        **common,
+    )
+    val = make_chips(
+        scene,
+        labels,
+        out / VAL_DIR,
+        region=val_region,
+        chip_filter=val_filter,
+        metadata={**(metadata or {}), "split": {"part": "val", **split_info}},
+        progress=part_progress(n_train),
+        **common,
+    )
+    for part, summary in (("training", train), ("validation", val)):
+        if summary.n_chips == 0:
+            raise ConfigError(
+                f"{info.path}: the {part} part holds no chip; move or resize the validation area"
+            )
+    area_path = out / VAL_AREA_FILE
+    _write_val_area(area_path, val_px, info)
+    logger.info(
+        "%s: split by area: %d training chips, %d validation chips, gap %d px",
+        info.path,
+        train.n_chips,
+        val.n_chips,
+        gap_px,
+    )
+    return SplitSummary(
+        train=train,
+        val=val,
+        val_area=val_px,
+        train_region=train_region,
+        gap=gap_px,
+        val_area_path=str(area_path),
+    )
+
+
+def _window_box(w: PixelWindow) -> BaseGeometry:
+    return box(w.col_off, w.row_off, w.col_end, w.row_end)

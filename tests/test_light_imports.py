@@ -26,6 +26,7 @@ LIGHT_MODULES = (
     "geoseg.errors",
     "geoseg.evaluate",
     "geoseg.export",
+    "geoseg.importers",
     "geoseg.raster",
     "geoseg.samples",
     "geoseg.stitch",
@@ -195,6 +196,37 @@ def test_cli_names_the_missing_extra(tmp_path):
         assert r.exit_code == 1 and "pip install 'geoseg[batch]'" in r.output, r.output
         r = runner.invoke(cli, ["count", str(sample_scene_path().with_suffix(".gpkg"))])
         assert r.exit_code == 0 and "ship" in r.output, r.output
+        """,
+        tmp_path,
+    )
+
+
+def test_import_command_runs_without_torch(tmp_path):
+    run_blocked(
+        """
+        from pathlib import Path
+
+        import numpy as np
+        from click.testing import CliRunner
+        from PIL import Image
+
+        from geoseg.cli import cli
+        from geoseg.coco import read_coco
+
+        root = Path("yolo")
+        (root / "images").mkdir(parents=True)
+        (root / "labels").mkdir()
+        Image.fromarray(np.full((40, 60, 3), 50, np.uint8)).save(root / "images" / "a.png")
+        (root / "labels" / "a.txt").write_text("1 0.1 0.1 0.5 0.1 0.5 0.5 0.1 0.5\\n")
+        (root / "classes.txt").write_text("plane\\ncar\\n")
+        r = CliRunner().invoke(
+            cli, ["import", "yolo-obb", str(root), "-o", "chips", "--gsd", "0.3",
+                  "--map", "car=vehicle"],
+        )
+        assert r.exit_code == 0, r.output
+        coco = read_coco("chips/annotations.json")
+        assert [c["name"] for c in coco.categories] == ["vehicle"], coco.categories
+        assert coco.annotations[0]["area"] == 24 * 16, coco.annotations
         """,
         tmp_path,
     )

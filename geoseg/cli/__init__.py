@@ -30,6 +30,10 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "chips": ("geoseg.cli.chips", "Cut training chips + COCO instance labels from a scene."),
     "count": ("geoseg.cli.count", "Count objects per scene, class, zone and grid cell."),
     "evaluate": ("geoseg.cli.evaluate", "Score predicted polygons against truth, per class."),
+    "import": (
+        "geoseg.cli.import_",
+        "Import COCO, DOTA, YOLO-OBB or vector labels as a chip folder.",
+    ),
     "map": ("geoseg.cli.map", "Write an offline HTML map of results over their scene."),
     "predict": ("geoseg.cli.predict", "Find and outline the objects of one scene with a model."),
     "synth": ("geoseg.cli.synth", "Write a synthetic scene (GeoTIFF) with exact labels (.gpkg)."),

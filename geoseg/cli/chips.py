@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -68,6 +69,37 @@ def parse_length(value: str, *, name: str) -> tuple[float, bool]:
     help="Fraction of chips without objects to keep (0 = skip them all).",
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the empty-chip draw.")
+@click.option(
+    "--val-fraction",
+    type=click.FloatRange(0.0, 1.0, min_open=True, max_open=True),
+    help="Split by area: a validation strip of this fraction of the scene's longer side; writes "
+    "OUTPUT/train, OUTPUT/val and OUTPUT/val_area.gpkg. No training chip overlaps it.",
+)
+@click.option(
+    "--val-area",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Split by area: the validation area as polygons in a vector file (instead of a strip).",
+)
+@click.option(
+    "--val-side",
+    type=click.Choice(["end", "start"]),
+    default="end",
+    show_default=True,
+    help="Where the --val-fraction strip lies: end = right/bottom, start = left/top.",
+)
+@click.option(
+    "--gap",
+    default=None,
+    help="Pixels (or metres: 10m) kept free between the validation area and the training "
+    "chips [default: the overlap].",
+)
+@click.option(
+    "--gsd",
+    "scene_gsd",
+    type=click.FloatRange(0.0, min_open=True),
+    help="Ground sample distance (metres/pixel) of a scene without georeference, whose labels "
+    "are in its pixels.",
+)
 @click.option("--overwrite", is_flag=True, help="Replace chips already in the output directory.")
 @fail_on_geoseg_error
 def command(
@@ -83,6 +115,11 @@ def command(
     min_visible_pixels: float,
     keep_empty_fraction: float,
     seed: int,
+    val_fraction: float | None,
+    val_area: Path | None,
+    val_side: str,
+    gap: str | None,
+    scene_gsd: float | None,
     overwrite: bool,
 ) -> None:
     """Cut SCENE into overlapping chips with the instance polygons of LABELS in COCO format.
@@ -91,10 +128,16 @@ def command(
     repaired. Chips keep the scene's dtype (not normalised); annotations.json also records the
     scene's normalisation statistics. Objects without holes are stored as polygons, objects
     with holes as RLE. The class balance is printed and written to class_balance.json.
+
+    With --val-fraction or --val-area the scene is split by area into OUTPUT/train and
+    OUTPUT/val (in the training run file: `train_chips: [OUTPUT/train]`, `val_chips:
+    [OUTPUT/val]`): the training
+    grid is cut away from the validation area, at least --gap pixels from it, so no training
+    chip overlaps it. OUTPUT/val_area.gpkg holds the area in the scene CRS.
     """
     from tqdm import tqdm
 
-    from geoseg.chips import format_class_balance, make_chips
+    from geoseg.chips import format_class_balance, make_chips, make_split_chips
     from geoseg.raster import open_scene
     from geoseg.tiling import metres_to_pixels
 
@@ -102,13 +145,22 @@ def command(
     class_list = parse_classes(classes)
     size_v, size_m = parse_length(size, name="--size")
     overlap_v, overlap_m = parse_length(overlap, name="--overlap")
-    if size_m or overlap_m:
+    gap_v, gap_m = parse_length(gap, name="--gap") if gap is not None else (None, False)
+    if size_m or overlap_m or gap_m:
         info = open_scene(scene)
         size_px = metres_to_pixels(info, size_v) if size_m else round(size_v)
         overlap_px = metres_to_pixels(info, overlap_v) if overlap_m else round(overlap_v)
         click.echo(f"chip size {size_px} px, overlap {overlap_px} px", err=True)
     else:
         size_px, overlap_px = round(size_v), round(overlap_v)
+    gap_px = None
+    if gap_v is not None:
+        gap_px = metres_to_pixels(info, gap_v) if gap_m else round(gap_v)
+    if val_fraction is not None and val_area is not None:
+        raise click.UsageError("give --val-fraction or --val-area, not both")
+    split = val_fraction is not None or val_area is not None
+    if gap_px is not None and not split:
+        raise click.UsageError("--gap only applies with --val-fraction or --val-area")
     if size_px < 1 or not 0 <= overlap_px < size_px:
         raise click.BadParameter(
             f"need 0 <= overlap < size, got size {size_px} px and overlap {overlap_px} px",
@@ -121,29 +173,51 @@ def command(
             bar.total = total
             bar.update(done - bar.n)
 
-        summary = make_chips(
-            scene,
-            labels,
-            out_dir,
-            size=size_px,
-            overlap=overlap_px,
-            bands=band_list,
-            classes=class_list,
-            class_column=class_column,
-            min_visible_fraction=min_visible_fraction,
-            min_visible_pixels=min_visible_pixels,
-            keep_empty_fraction=keep_empty_fraction,
-            seed=seed,
-            overwrite=overwrite,
-            progress=progress,
+        options: dict[str, Any] = {
+            "size": size_px,
+            "overlap": overlap_px,
+            "bands": band_list,
+            "classes": class_list,
+            "class_column": class_column,
+            "min_visible_fraction": min_visible_fraction,
+            "min_visible_pixels": min_visible_pixels,
+            "keep_empty_fraction": keep_empty_fraction,
+            "seed": seed,
+            "scene_gsd": scene_gsd,
+            "overwrite": overwrite,
+            "progress": progress,
+        }
+        if split:
+            result = make_split_chips(
+                scene,
+                labels,
+                out_dir,
+                val_fraction=val_fraction,
+                val_area=val_area,
+                val_side=val_side,
+                gap=gap_px,
+                **options,
+            )
+            parts = [("train", result.train), ("val", result.val)]
+        else:
+            parts = [("", make_chips(scene, labels, out_dir, **options))]
+    for name, summary in parts:
+        if name:
+            click.echo(f"{name}: {summary.out_dir}")
+        click.echo(format_class_balance(summary.class_balance))
+        for msg in summary.warnings:
+            click.echo(f"warning: {msg}", err=True)
+        click.echo(
+            f"wrote {summary.n_chips} chips ({summary.n_empty_chips} without objects) and "
+            f"{summary.n_annotations} annotations to {summary.out_dir}; labels used "
+            f"{summary.n_labels}, repaired {summary.n_repaired}, dropped "
+            f"{summary.n_dropped_geometry} (geometry) + {summary.n_dropped_class} (class), "
+            f"slivers dropped {summary.n_slivers}",
+            err=True,
         )
-    click.echo(format_class_balance(summary.class_balance))
-    for msg in summary.warnings:
-        click.echo(f"warning: {msg}", err=True)
-    click.echo(
-        f"wrote {summary.n_chips} chips ({summary.n_empty_chips} without objects) and "
-        f"{summary.n_annotations} annotations to {summary.out_dir}; labels used "
-        f"{summary.n_labels}, repaired {summary.n_repaired}, dropped {summary.n_dropped_geometry} "
-        f"(geometry) + {summary.n_dropped_class} (class), slivers dropped {summary.n_slivers}",
-        err=True,
-    )
+    if split:
+        click.echo(
+            f"validation area: {result.val_area_path} (gap {result.gap} px); in the training "
+            f"run file: train_chips: [{result.train.out_dir}], val_chips: [{result.val.out_dir}]",
+            err=True,
+        )
