@@ -16,11 +16,22 @@ Outputs in ``TrainConfig.output_dir``:
 * ``last.safetensors`` + ``last.json``: the model after the latest checkpoint;
 * ``last_state.safetensors`` + ``last_state.json``: optimiser (tensors in safetensors, the rest
   in JSON), scheduler, AMP scaler, RNG and loop position; nothing is pickled;
-* ``best.safetensors`` + ``best.json``: the model with the best validation mask AP;
-* ``metrics.csv`` and ``metrics.json``: one row per epoch.
+* ``best.safetensors`` + ``best.json``: the model at the best validation
+  (``TrainConfig.monitor``, mask AP by default);
+* ``steps.csv``: one row per optimiser step (loss and its parts, learning rate, seconds),
+  appended and flushed as it happens;
+* ``metrics.csv`` and ``metrics.json``: one row per validation (each epoch, or every
+  ``validate_every`` steps, and the last step): COCO AP, precision/recall/F1 at IoU 0.5 per
+  class, the per-class score thresholds calibrated on the validation chips
+  (:mod:`geoseg.calibrate`) and the F1 they give. Checkpoints written after a validation carry
+  those thresholds in their sidecar.
 
 An interrupted run started again with the same output folder resumes from ``last`` with the
-same optimiser/scheduler state, step and data order.
+same optimiser/scheduler state, step, data order, metric history and early-stopping count.
+
+Chip folders may be given through a parent folder (:func:`expand_chip_folders`). Fine-tuning
+(``init_checkpoint``) keeps every shared layer and copies the class-specific rows of the
+classes the checkpoint already has, by name (see :class:`~geoseg.config.TrainConfig`).
 """
 
 from __future__ import annotations
