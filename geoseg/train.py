@@ -1007,8 +1007,16 @@ def train(
         step, epoch, batch_in_epoch = loop["step"], loop["epoch"], loop["batch_in_epoch"]
         history = list(loop.get("history", []))
         track.update({k: v for k, v in (loop.get("track") or {}).items() if k in track})
-        if not loop.get("track") and history:
+        if not loop.get("track") and history:  # a state written by an earlier geoseg
             track["last_eval_step"] = int(history[-1].get("step", 0))
+            old_best = float(loop.get("best_score", -1.0))  # segm_ap, or -train_loss
+            if monitor == "train_loss" and "segm_ap" not in history[-1]:
+                track["best_value"] = -old_best
+            elif monitor == "segm_ap" and old_best > -1.0:
+                track["best_value"] = old_best
+        if track["stopped"] and (not config.patience or track["bad_evals"] < config.patience):
+            logger.info("patience raised to %d: continuing after early stop", config.patience)
+            track["stopped"] = ""
         resumed_from = step
         logger.info("resuming %s at step %d (epoch %d)", out, step, epoch)
     else:
@@ -1110,7 +1118,7 @@ def train(
             if config.patience and track["bad_evals"] >= config.patience:
                 track["stopped"] = (
                     f"{monitor} did not improve for {track['bad_evals']} validation(s) after "
-                    f"step {track['best_step']}"
+                    f"step {track['best_step']}; raise patience to continue"
                 )
                 logger.info("early stopping at step %d: %s", step, track["stopped"])
         _write_metrics(out, history)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -453,9 +454,12 @@ def test_validation_f1_and_early_stopping(tmp_path):
     text = result.summary()
     assert "stopped early" in text and "best       segm_ap" in text and "ship" in text
     assert str(cfg.output_dir / "best.safetensors") in text
-    # an early-stopped run stays stopped when started again
+    # an early-stopped run stays stopped when started again, unless patience is raised
     again = train(cfg)
     assert again.steps == 4 and again.losses == () and again.stopped_early
+    more = train(dataclasses.replace(cfg, patience=2))
+    assert more.resumed_from_step == 4 and more.steps == 6 and more.stopped_early
+    assert [r["step"] for r in more.history] == [2, 4, 6] and more.best_step == 2
 
 
 def test_best_checkpoint_carries_the_calibrated_thresholds(tmp_path, monkeypatch):
