@@ -31,7 +31,7 @@ from geoseg._extras import require_extra
 from geoseg._version import __version__
 from geoseg.config import ModelConfig, check_class_scores, config_from_dict, config_to_dict
 from geoseg.errors import BandError, CheckpointError, ConfigError
-from geoseg.io import atomic_write_bytes
+from geoseg.io import atomic_write_bytes, atomic_write_json
 from geoseg.types import NormStats
 
 if TYPE_CHECKING:
@@ -48,6 +48,7 @@ __all__ = [
     "read_meta",
     "read_safetensors",
     "save_checkpoint",
+    "set_score_thresholds",
     "write_safetensors",
 ]
 
@@ -302,6 +303,49 @@ def _read_sidecar(path: str | Path) -> tuple[ModelMeta, dict[str, Any]]:
         return ModelMeta.from_dict(raw), raw
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise CheckpointError(f"{sidecar}: malformed checkpoint sidecar ({err!r})") from err
+
+
+def set_score_thresholds(
+    path: str | Path,
+    thresholds: Mapping[str, float],
+    *,
+    metrics: Mapping[str, Any] | None = None,
+) -> ModelMeta:
+    """Replace the recommended per-class score thresholds in a checkpoint's sidecar.
+
+    Only the JSON sidecar is rewritten (atomically, in the format :func:`save_checkpoint`
+    writes); the weights and their SHA-256 fields are untouched, so :func:`load_checkpoint`
+    still verifies the pair. No torch needed.
+
+    Args:
+        path: ``NAME``, ``NAME.safetensors`` or ``NAME.json``.
+        thresholds: class name -> score in [0, 1]; replaces the whole ``score_thresholds``
+            block (merge with ``read_meta(path).score_thresholds`` first to keep others).
+        metrics: entries merged into the sidecar's ``metrics`` (e.g. a ``calibration``
+            record of how the thresholds were chosen).
+
+    Returns:
+        The sidecar's new content.
+
+    Raises:
+        CheckpointError: a missing or malformed checkpoint, or a class it does not have.
+        ConfigError: a threshold that is not a score in [0, 1].
+    """
+    meta, raw = _read_sidecar(path)
+    scores = check_class_scores(thresholds, "score_thresholds")
+    unknown = sorted(set(scores) - set(meta.classes))
+    if unknown:
+        raise CheckpointError(
+            f"{path}: score thresholds for class(es) {', '.join(unknown)} the checkpoint does "
+            f"not predict (its classes: {', '.join(meta.classes)})"
+        )
+    raw["score_thresholds"] = scores
+    if metrics:
+        raw["metrics"] = config_to_dict({**dict(raw.get("metrics") or {}), **dict(metrics)})
+    _, sidecar = checkpoint_paths(path)
+    atomic_write_json(sidecar, raw, indent=2, allow_nan=False)
+    logger.info("%s: score thresholds %s", sidecar, scores)
+    return ModelMeta.from_dict(raw)
 
 
 def load_checkpoint(

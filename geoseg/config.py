@@ -29,6 +29,8 @@ from typing import Any, TypeVar
 from geoseg.errors import ConfigError
 
 __all__ = [
+    "FINE_TUNE_FIXED",
+    "MONITOR_METRICS",
     "AugmentConfig",
     "Backbone",
     "FilterConfig",
@@ -41,6 +43,7 @@ __all__ = [
     "TrainConfig",
     "VectorizeConfig",
     "check_class_scores",
+    "check_fine_tune",
     "config_from_dict",
     "config_to_dict",
     "list_presets",
@@ -315,23 +318,67 @@ class AugmentConfig:
         _check(0.0 < self.scale_min <= self.scale_max, "augment.scale_min <= scale_max, > 0")
 
 
+#: Validation metrics :class:`TrainConfig` can monitor for the best checkpoint and early
+#: stopping; all but ``train_loss`` (lower is better) are higher-is-better.
+MONITOR_METRICS: tuple[str, ...] = (
+    "segm_ap",
+    "segm_ap50",
+    "bbox_ap",
+    "bbox_ap50",
+    "f1",
+    "f1_tuned",
+    "train_loss",
+)
+
+#: :class:`ModelConfig` fields a fine-tuning run may not change: they set the shapes of the
+#: layers it keeps (backbone, FPN, RPN, box and mask heads).
+FINE_TUNE_FIXED: tuple[str, ...] = (
+    "backbone",
+    "fpn_out_channels",
+    "box_head_size",
+    "mask_head_channels",
+)
+
+
 @dataclass(frozen=True, slots=True)
 class TrainConfig:
     """One training run (the YAML given to ``geoseg train``).
 
     Relative paths in the YAML are resolved against the YAML's folder.
 
+    **Fine-tuning** (``init_checkpoint``, ``geoseg train --from``). Every layer of the
+    checkpoint is kept: backbone, FPN, RPN and the class-agnostic parts of the heads (the box
+    head's two fully connected layers, the four mask convolutions and the mask up-sampling).
+    When the class set differs, only the class-specific layers (``cls_score``, ``bbox_pred``,
+    ``mask_fcn_logits``) are rebuilt for the new classes: the rows of the background and of
+    every class the checkpoint already had (matched by name) are copied, new classes start
+    from a fresh initialisation. The model settings are the checkpoint's, changed by
+    ``model``:
+
+    * may change: ``upsample``, ``min_size``/``max_size``, ``trainable_layers``,
+      ``mask_roi_size``, ``mask_threshold``, every ``rpn_*`` and ``box_*`` count and
+      threshold (``box_score_thresh``, ``box_nms_thresh``, ``box_detections_per_img``,
+      ``box_batch_size_per_image``...), ``anchor_sizes`` and ``aspect_ratios`` as long as the
+      number of anchors per location (sizes per level x ratios) stays the same;
+    * may not (:data:`FINE_TUNE_FIXED`, a :class:`~geoseg.errors.ConfigError` names the
+      setting): ``backbone``, ``fpn_out_channels``, ``box_head_size``,
+      ``mask_head_channels``, and the number of anchors per location.
+
     Attributes:
         train_chips: chip folders written by :func:`geoseg.chips.make_chips` (each holds
-            ``annotations.json`` and ``images/``).
-        val_chips: chip folders for validation (COCO AP each epoch); may be empty.
-        output_dir: where checkpoints, ``metrics.csv`` and ``metrics.json`` go.
+            ``annotations.json`` and ``images/``), or parent folders of chip folders: a folder
+            without ``annotations.json`` stands for the chip folders directly inside it
+            (sorted by name).
+        val_chips: chip folders (or parents of chip folders) for validation; may be empty.
+        output_dir: where checkpoints, ``metrics.csv``/``metrics.json`` (one row per
+            validation) and ``steps.csv`` (one row per optimiser step) go.
         preset: preset name or YAML path for the architecture (see :func:`load_config`).
-        classes: class names; default: the preset's. Chip categories are matched by name.
-        model: overrides of the preset's model section (same keys as :class:`ModelConfig`).
+        classes: class names; default: the preset's (the checkpoint's when fine-tuning).
+            Chip categories are matched by name.
+        model: overrides of the preset's (or checkpoint's) model section (same keys as
+            :class:`ModelConfig`).
         pretrained: ``imagenet`` / ``coco`` / ``none`` or a weights file path.
-        init_checkpoint: a geoseg checkpoint to fine-tune from (``--from``); its backbone
-            and FPN are kept, heads are replaced when the classes differ.
+        init_checkpoint: a geoseg checkpoint to fine-tune from (``--from``), see above.
         epochs: passes over the training chips; max_steps: stop after this many optimiser
             steps (0 = no limit).
         batch_size: chips per forward pass; grad_accum: forward passes per optimiser step.
@@ -342,7 +389,17 @@ class TrainConfig:
         amp: mixed precision (used on CUDA only).
         seed: seeds the model initialisation, the chip order and the augmentations.
         checkpoint_every: save ``last`` every N optimiser steps (and at each epoch end).
-        validate: whether to compute COCO AP on ``val_chips`` each epoch.
+        validate: whether to validate on ``val_chips`` (COCO AP, F1 at IoU 0.5).
+        validate_every: validate every N optimiser steps (for runs of few, long epochs);
+            0 = at the end of each epoch. The last step of a run is always validated.
+        monitor: the metric (one of :data:`MONITOR_METRICS`) that picks ``best`` and drives
+            early stopping; without validation chips, ``train_loss``.
+        patience: stop when ``monitor`` has not improved for this many validations in a row
+            (0 = never stop early).
+        min_delta: the least change of ``monitor`` that counts as an improvement.
+        calibrate: at each validation, choose per-class score thresholds that maximise F1 on
+            the validation chips (see :mod:`geoseg.calibrate`) and store them in the
+            checkpoints' sidecars, where ``geoseg predict`` reads them.
         class_balanced: sample chips with probability inversely related to the frequency of
             the rarest class they contain (helps rare classes).
         skip_empty: fraction of chips without objects to drop from each epoch.
@@ -374,6 +431,11 @@ class TrainConfig:
     seed: int = 0
     checkpoint_every: int = 200
     validate: bool = True
+    validate_every: int = 0
+    monitor: str = "segm_ap"
+    patience: int = 0
+    min_delta: float = 0.0
+    calibrate: bool = True
     class_balanced: bool = False
     skip_empty: float = 0.0
     device: str = "auto"
@@ -389,6 +451,45 @@ class TrainConfig:
         _check(self.checkpoint_every >= 1, "checkpoint_every must be >= 1")
         _check(0.0 <= self.skip_empty <= 1.0, "skip_empty must be in [0, 1]")
         _check(self.warmup_steps >= 0, "warmup_steps must be >= 0")
+        _check(self.validate_every >= 0, "validate_every must be >= 0 (0 = each epoch)")
+        _check(self.patience >= 0, "patience must be >= 0 (0 = no early stopping)")
+        _check(self.min_delta >= 0, "min_delta must be >= 0")
+        _check(
+            self.monitor in MONITOR_METRICS,
+            f"monitor: {self.monitor!r} is not one of {', '.join(MONITOR_METRICS)}",
+        )
+
+
+def check_fine_tune(old: ModelConfig, new: ModelConfig, *, source: str | Path = "") -> None:
+    """Refuse model settings a fine-tuning run may not change (see :class:`TrainConfig`).
+
+    Args:
+        old: the checkpoint's model settings.
+        new: the run's (the checkpoint's with the run's ``model`` overrides).
+        source: the checkpoint, for the message.
+
+    Raises:
+        ConfigError: a :data:`FINE_TUNE_FIXED` setting, or the number of anchors per location,
+            differs; the message names it.
+    """
+    where = f" from {source}" if source else ""
+    for name in FINE_TUNE_FIXED:
+        a, b = getattr(old, name), getattr(new, name)
+        if a != b:
+            value = a.value if isinstance(a, enum.Enum) else a
+            raise ConfigError(
+                f"model.{name} cannot change when fine-tuning{where} (checkpoint: {value}, "
+                f"run: {b.value if isinstance(b, enum.Enum) else b}): the kept layers' shapes "
+                f"depend on it; remove it from the run's model section or train from scratch"
+            )
+    per_old = len(old.anchor_sizes[0]) * len(old.aspect_ratios)
+    per_new = len(new.anchor_sizes[0]) * len(new.aspect_ratios)
+    if per_old != per_new:
+        raise ConfigError(
+            f"model.anchor_sizes/aspect_ratios cannot change the number of anchors per location "
+            f"when fine-tuning{where} (checkpoint: {per_old}, run: {per_new}): the RPN head's "
+            "shape depends on it; keep as many sizes per level and aspect ratios"
+        )
 
 
 def _check(ok: bool, message: str) -> None:

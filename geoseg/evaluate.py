@@ -17,7 +17,9 @@ Comparisons are made in a metric frame (:func:`geoseg.geometry.metric_crs`): the
 when its unit is the metre, else (geographic, Web Mercator, feet) its UTM zone.
 
 :func:`coco_evaluate` is the chip-level counterpart used while training: COCO box and mask AP
-of a model on a :class:`~geoseg.train.ChipDataset`, with pycocotools (needs torch).
+of a model on a :class:`~geoseg.train.ChipDataset`, with pycocotools (needs torch);
+:func:`predict_chips` runs the model over the chips once and :func:`coco_scores` reduces them,
+so training computes AP and F1 (:mod:`geoseg.calibrate`) from the same pass.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from __future__ import annotations
 import contextlib
 import io
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -45,12 +47,17 @@ if TYPE_CHECKING:
     from geoseg.train import ChipDataset
 
 __all__ = [
+    "AlignedInputs",
+    "ChipPrediction",
     "ClassMetrics",
     "EvaluationResult",
+    "align_inputs",
     "coco_evaluate",
+    "coco_scores",
     "evaluate",
     "format_table",
     "match_polygons",
+    "predict_chips",
     "write_json",
 ]
 
@@ -125,6 +132,89 @@ def _polygons(df: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
     keep = np.asarray([g is not None for g in geoms], dtype=bool)
     out = df.loc[keep].copy()
     return out.set_geometry(list(geoms[keep]), crs=df.crs)
+
+
+@dataclass(frozen=True, eq=False)
+class AlignedInputs:
+    """Predictions and truth as polygon arrays in one metric frame (see :func:`align_inputs`).
+
+    Attributes:
+        pred_geoms: object ``[P]`` shapely polygons/multipolygons of the predictions.
+        pred_classes: str ``[P]`` class names.
+        pred_scores: float64 ``[P]`` confidences (1.0 where the file has no score column).
+        truth_geoms: object ``[T]`` truth polygons; truth_classes: str ``[T]``.
+        crs: the frame both are in (a metric CRS), or ``None`` when neither side has a CRS.
+    """
+
+    pred_geoms: npt.NDArray[Any]
+    pred_classes: npt.NDArray[Any]
+    pred_scores: npt.NDArray[np.float64]
+    truth_geoms: npt.NDArray[Any]
+    truth_classes: npt.NDArray[Any]
+    crs: Any
+
+
+def align_inputs(
+    pred: gpd.GeoDataFrame | str | Path,
+    truth: gpd.GeoDataFrame | str | Path,
+    *,
+    class_column: str = "class",
+    score_column: str = "score",
+) -> AlignedInputs:
+    """Read both sides, bring them into one metric frame and keep their polygonal parts.
+
+    The rules of :func:`evaluate` (which calls this): the truth's CRS when its unit is the
+    metre, else (geographic, Web Mercator, feet) its UTM zone; no CRS on either side: compared
+    as they are (e.g. pixel coordinates). Invalid geometries are repaired, non-polygonal ones
+    dropped.
+
+    Raises:
+        LabelError: unreadable files, a missing CRS on one side, a class column on one side.
+    """
+    p_df = _read(pred, "prediction")
+    t_df = _read(truth, "truth")
+    if (p_df.crs is None) != (t_df.crs is None) and len(p_df) and len(t_df):
+        side = "prediction" if p_df.crs is None else "truth"
+        raise LabelError(
+            f"the {side} file has no CRS while the other has one; set it (e.g. "
+            "GeoDataFrame.set_crs) so both can be compared in the scene CRS"
+        )
+    crs = t_df.crs if t_df.crs is not None else p_df.crs
+    if crs is not None:
+        ref = t_df if len(t_df) and t_df.crs is not None else p_df
+        if len(ref):
+            crs = metric_crs(ref.crs, ref.total_bounds)
+    if crs is not None:
+        if t_df.crs is not None and t_df.crs != crs:
+            t_df = t_df.to_crs(crs)
+        if p_df.crs is not None and p_df.crs != crs:
+            p_df = p_df.to_crs(crs)
+    has_p, has_t = class_column in p_df.columns, class_column in t_df.columns
+    if has_p != has_t:
+        side = "prediction" if not has_p else "truth"
+        raise LabelError(
+            f"the {side} file has no {class_column!r} column; name the class column with "
+            "--class-column"
+        )
+    p_df, t_df = _polygons(p_df), _polygons(t_df)
+    p_cls = (
+        p_df[class_column].astype(str).to_numpy() if has_p else np.full(len(p_df), DEFAULT_CLASS)
+    )
+    t_cls = (
+        t_df[class_column].astype(str).to_numpy() if has_t else np.full(len(t_df), DEFAULT_CLASS)
+    )
+    if score_column in p_df.columns:
+        p_score = p_df[score_column].to_numpy(dtype=np.float64)
+    else:
+        p_score = np.ones(len(p_df), np.float64)
+    return AlignedInputs(
+        np.asarray(p_df.geometry.values, dtype=object),
+        p_cls,
+        p_score,
+        np.asarray(t_df.geometry.values, dtype=object),
+        t_cls,
+        crs,
+    )
 
 
 def match_polygons(
@@ -283,45 +373,10 @@ def evaluate(
     """
     if not 0.0 < iou_threshold <= 1.0:
         raise LabelError(f"iou_threshold must be in (0, 1], got {iou_threshold}")
-    p_df = _read(pred, "prediction")
-    t_df = _read(truth, "truth")
-    if (p_df.crs is None) != (t_df.crs is None) and len(p_df) and len(t_df):
-        side = "prediction" if p_df.crs is None else "truth"
-        raise LabelError(
-            f"the {side} file has no CRS while the other has one; set it (e.g. "
-            "GeoDataFrame.set_crs) so both can be compared in the scene CRS"
-        )
-    crs = t_df.crs if t_df.crs is not None else p_df.crs
-    if crs is not None:
-        ref = t_df if len(t_df) and t_df.crs is not None else p_df
-        if len(ref):
-            crs = metric_crs(ref.crs, ref.total_bounds)
-    if crs is not None:
-        if t_df.crs is not None and t_df.crs != crs:
-            t_df = t_df.to_crs(crs)
-        if p_df.crs is not None and p_df.crs != crs:
-            p_df = p_df.to_crs(crs)
-    has_p, has_t = class_column in p_df.columns, class_column in t_df.columns
-    if has_p != has_t:
-        side = "prediction" if not has_p else "truth"
-        raise LabelError(
-            f"the {side} file has no {class_column!r} column; name the class column with "
-            "--class-column"
-        )
-    p_df, t_df = _polygons(p_df), _polygons(t_df)
-    p_cls = (
-        p_df[class_column].astype(str).to_numpy() if has_p else np.full(len(p_df), DEFAULT_CLASS)
-    )
-    t_cls = (
-        t_df[class_column].astype(str).to_numpy() if has_t else np.full(len(t_df), DEFAULT_CLASS)
-    )
-    if score_column in p_df.columns:
-        p_score = p_df[score_column].to_numpy(dtype=np.float64)
-    else:
-        p_score = np.ones(len(p_df), np.float64)
-    keep = p_score >= min_score
-    p_geoms, p_cls, p_score = p_df.geometry.values[keep], p_cls[keep], p_score[keep]
-    t_geoms = t_df.geometry.values
+    a = align_inputs(pred, truth, class_column=class_column, score_column=score_column)
+    keep = a.pred_scores >= min_score
+    p_geoms, p_cls, p_score = a.pred_geoms[keep], a.pred_classes[keep], a.pred_scores[keep]
+    t_geoms, t_cls, crs = a.truth_geoms, a.truth_classes, a.crs
     names = list(classes) if classes is not None else sorted(set(p_cls) | set(t_cls))
 
     thresholds = sorted({*AP_THRESHOLDS, float(iou_threshold)})
@@ -417,18 +472,44 @@ def write_json(result: EvaluationResult, path: str | Path) -> Path:
 # chip-level COCO AP (training validation)
 
 
-def coco_evaluate(
+@dataclass(frozen=True, eq=False)
+class ChipPrediction:
+    """One validation chip's truth and a model's detections, in **chip pixels**.
+
+    Attributes:
+        index: the chip's index in its :class:`~geoseg.train.ChipDataset`.
+        height, width: chip size in pixels.
+        truth_masks: uint8 ``[N, H, W]`` truth instance masks.
+        truth_labels: int64 ``[N]`` 0-based indexes into the dataset's classes.
+        boxes: float32 ``[M, 4]`` detected boxes ``(x1, y1, x2, y2)``, pixel edges.
+        scores: float32 ``[M]`` detection confidences.
+        labels: int64 ``[M]`` 0-based class indexes of the detections.
+        masks: uint8 ``[M, H, W]`` detected masks (probability above the mask threshold).
+    """
+
+    index: int
+    height: int
+    width: int
+    truth_masks: npt.NDArray[np.uint8]
+    truth_labels: npt.NDArray[np.int64]
+    boxes: npt.NDArray[np.float32]
+    scores: npt.NDArray[np.float32]
+    labels: npt.NDArray[np.int64]
+    masks: npt.NDArray[np.uint8]
+
+
+def predict_chips(
     model: nn.Module,
     dataset: ChipDataset,
     *,
     device: torch.device | str = "cpu",
     batch_size: int = 4,
-    max_dets: int = 300,
-) -> dict[str, float]:
-    """COCO box and mask AP of ``model`` on ``dataset`` (no augmentation), with pycocotools.
+    mask_threshold: float = 0.5,
+) -> Iterator[ChipPrediction]:
+    """Run ``model`` over every chip of ``dataset`` (no augmentation), one chip at a time.
 
-    Ground truth and detections are COCO documents in chip pixels, category ids in the
-    dataset's class order (:func:`geoseg.coco.categories`), masks as compressed RLE.
+    Only one batch of chips is in memory at a time, so a caller that reduces each chip as it
+    comes (COCO RLE, matches) does not hold every mask of the dataset.
 
     Args:
         model: a torchvision Mask R-CNN (e.g. from :func:`geoseg.models.build_model`); its
@@ -437,63 +518,97 @@ def coco_evaluate(
         dataset: the chips (:class:`~geoseg.train.ChipDataset`), read without augmentation.
         device: where the model runs.
         batch_size: chips per forward pass.
+        mask_threshold: mask probability above which a pixel is part of a detection.
+
+    Yields:
+        One :class:`ChipPrediction` per chip, in dataset order.
+    """
+    import torch
+
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for start in range(0, len(dataset), batch_size):
+                idx = list(range(start, min(start + batch_size, len(dataset))))
+                samples = [dataset.read(i) for i in idx]
+                batch = [torch.from_numpy(s[0]).to(device) for s in samples]
+                outputs = model(batch)
+                for i, (image, masks, labels), out in zip(idx, samples, outputs, strict=True):
+                    h, w = image.shape[1:]
+                    yield ChipPrediction(
+                        index=i,
+                        height=int(h),
+                        width=int(w),
+                        truth_masks=np.asarray(masks, np.uint8),
+                        truth_labels=np.asarray(labels, np.int64).reshape(-1) - 1,
+                        boxes=out["boxes"].float().cpu().numpy().astype(np.float32),
+                        scores=out["scores"].float().cpu().numpy().astype(np.float32),
+                        labels=out["labels"].cpu().numpy().astype(np.int64) - 1,
+                        masks=(out["masks"][:, 0] > mask_threshold).cpu().numpy().astype(np.uint8),
+                    )
+    finally:
+        if was_training:
+            model.train()
+
+
+def coco_scores(
+    chips: Iterable[ChipPrediction], classes: Sequence[str], *, max_dets: int = 300
+) -> dict[str, float]:
+    """COCO box and mask AP of chip predictions, with pycocotools.
+
+    Ground truth and detections become COCO documents in chip pixels, category ids in the
+    class order (:func:`geoseg.coco.categories`), masks as compressed RLE; each chip is
+    reduced to RLE as it arrives.
+
+    Args:
+        chips: e.g. from :func:`predict_chips`.
+        classes: class names the 0-based labels index.
         max_dets: detections per chip kept for the AP (COCO's ``maxDets``).
 
     Returns:
         ``{"bbox_ap", "bbox_ap50", "segm_ap", "segm_ap50"}`` (AP over IoU 0.50:0.95 and at
         0.50, up to ``max_dets`` detections per chip); all 0.0 when nothing was predicted.
     """
-    import torch
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
     from geoseg.coco import coco_document, encode_rle, mask_bbox
 
-    device = torch.device(device)
-    was_training = model.training
-    model.eval()
     images: list[dict[str, Any]] = []
     annotations: list[dict[str, Any]] = []
     results: list[dict[str, Any]] = []
-    with torch.no_grad():
-        for start in range(0, len(dataset), batch_size):
-            idx = list(range(start, min(start + batch_size, len(dataset))))
-            samples = [dataset.read(i) for i in idx]
-            batch = [torch.from_numpy(s[0]).to(device) for s in samples]
-            outputs = model(batch)
-            for i, (image, masks, labels), out in zip(idx, samples, outputs, strict=True):
-                h, w = image.shape[1:]
-                images.append({"id": i + 1, "width": w, "height": h})
-                for m, lab in zip(masks, labels, strict=True):
-                    annotations.append(
-                        {
-                            "id": len(annotations) + 1,
-                            "image_id": i + 1,
-                            "category_id": int(lab),
-                            "segmentation": encode_rle(m),
-                            "area": float(m.sum()),
-                            "bbox": mask_bbox(m),
-                            "iscrowd": 0,
-                        }
-                    )
-                pm = (out["masks"][:, 0] > 0.5).cpu().numpy().astype(np.uint8)
-                for k in range(len(out["scores"])):
-                    x1, y1, x2, y2 = (float(v) for v in out["boxes"][k])
-                    results.append(
-                        {
-                            "image_id": i + 1,
-                            "category_id": int(out["labels"][k]),
-                            "bbox": [x1, y1, x2 - x1, y2 - y1],
-                            "segmentation": encode_rle(pm[k]),
-                            "score": float(out["scores"][k]),
-                        }
-                    )
-    if was_training:
-        model.train()
+    for chip in chips:
+        image_id = chip.index + 1
+        images.append({"id": image_id, "width": chip.width, "height": chip.height})
+        for m, lab in zip(chip.truth_masks, chip.truth_labels, strict=True):
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": int(lab) + 1,
+                    "segmentation": encode_rle(m),
+                    "area": float(m.sum()),
+                    "bbox": mask_bbox(m),
+                    "iscrowd": 0,
+                }
+            )
+        for k in range(len(chip.scores)):
+            x1, y1, x2, y2 = (float(v) for v in chip.boxes[k])
+            results.append(
+                {
+                    "image_id": image_id,
+                    "category_id": int(chip.labels[k]) + 1,
+                    "bbox": [x1, y1, x2 - x1, y2 - y1],
+                    "segmentation": encode_rle(chip.masks[k]),
+                    "score": float(chip.scores[k]),
+                }
+            )
     metrics = {"bbox_ap": 0.0, "bbox_ap50": 0.0, "segm_ap": 0.0, "segm_ap50": 0.0}
     if not results or not annotations:
         return metrics
-    gt = coco_document(images, annotations, dataset.classes)
+    gt = coco_document(images, annotations, classes)
     with contextlib.redirect_stdout(io.StringIO()):
         coco_gt = COCO()
         coco_gt.dataset = gt
@@ -509,6 +624,28 @@ def coco_evaluate(
             metrics[f"{iou_type}_ap"] = ap
             metrics[f"{iou_type}_ap50"] = ap50
     return metrics
+
+
+def coco_evaluate(
+    model: nn.Module,
+    dataset: ChipDataset,
+    *,
+    device: torch.device | str = "cpu",
+    batch_size: int = 4,
+    max_dets: int = 300,
+    mask_threshold: float = 0.5,
+) -> dict[str, float]:
+    """COCO box and mask AP of ``model`` on ``dataset`` (no augmentation), with pycocotools.
+
+    :func:`predict_chips` then :func:`coco_scores`; see them for the arguments.
+
+    Returns:
+        ``{"bbox_ap", "bbox_ap50", "segm_ap", "segm_ap50"}``.
+    """
+    chips = predict_chips(
+        model, dataset, device=device, batch_size=batch_size, mask_threshold=mask_threshold
+    )
+    return coco_scores(chips, dataset.classes, max_dets=max_dets)
 
 
 def _ap_from_eval(ev: Any) -> tuple[float, float]:

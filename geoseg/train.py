@@ -16,11 +16,22 @@ Outputs in ``TrainConfig.output_dir``:
 * ``last.safetensors`` + ``last.json``: the model after the latest checkpoint;
 * ``last_state.safetensors`` + ``last_state.json``: optimiser (tensors in safetensors, the rest
   in JSON), scheduler, AMP scaler, RNG and loop position; nothing is pickled;
-* ``best.safetensors`` + ``best.json``: the model with the best validation mask AP;
-* ``metrics.csv`` and ``metrics.json``: one row per epoch.
+* ``best.safetensors`` + ``best.json``: the model at the best validation
+  (``TrainConfig.monitor``, mask AP by default);
+* ``steps.csv``: one row per optimiser step (loss and its parts, learning rate, seconds),
+  appended and flushed as it happens;
+* ``metrics.csv`` and ``metrics.json``: one row per validation (each epoch, or every
+  ``validate_every`` steps, and the last step): COCO AP, precision/recall/F1 at IoU 0.5 per
+  class, the per-class score thresholds calibrated on the validation chips
+  (:mod:`geoseg.calibrate`) and the F1 they give. Checkpoints written after a validation carry
+  those thresholds in their sidecar.
 
 An interrupted run started again with the same output folder resumes from ``last`` with the
-same optimiser/scheduler state, step and data order.
+same optimiser/scheduler state, step, data order, metric history and early-stopping count.
+
+Chip folders may be given through a parent folder (:func:`expand_chip_folders`). Fine-tuning
+(``init_checkpoint``) keeps every shared layer and copies the class-specific rows of the
+classes the checkpoint already has, by name (see :class:`~geoseg.config.TrainConfig`).
 """
 
 from __future__ import annotations
@@ -42,9 +53,18 @@ import torch
 from torch import Tensor, nn
 
 from geoseg._version import __version__
+from geoseg.calibrate import (
+    DEFAULT_FLOOR,
+    ScoreCurve,
+    chip_curves,
+    choose_thresholds,
+    merge_curves,
+    scores_at,
+)
 from geoseg.checkpoint import (
     ModelMeta,
     load_checkpoint,
+    read_meta,
     read_safetensors,
     save_checkpoint,
     write_safetensors,
@@ -55,20 +75,23 @@ from geoseg.config import (
     ModelConfig,
     OptimizerKind,
     TrainConfig,
+    check_fine_tune,
     config_from_dict,
     config_to_dict,
     load_config,
 )
 from geoseg.errors import BandError, CheckpointError, ConfigError, LabelError
-from geoseg.evaluate import coco_evaluate
+from geoseg.evaluate import ChipPrediction, coco_scores, predict_chips
 from geoseg.io import atomic_write_text
 from geoseg.models import build_model, load_matching
+from geoseg.settings import DEFAULT_MIN_SCORE
 from geoseg.types import NormStats
 
 __all__ = [
     "ChipDataset",
     "TrainProgress",
     "TrainResult",
+    "expand_chip_folders",
     "train",
 ]
 
@@ -414,13 +437,25 @@ class TrainProgress:
 
 @dataclass(frozen=True)
 class TrainResult:
-    """What :func:`train` produced.
+    """What :func:`train` produced; :meth:`summary` is the report ``geoseg train`` prints.
 
     Attributes:
         output_dir: the run folder; last_checkpoint / best_checkpoint: ``.safetensors`` paths.
         steps: optimiser steps done in total; resumed_from_step: 0 for a fresh run.
         losses: total loss of each step run in *this* call, in order.
-        history: one metrics row per epoch finished in this call.
+        history: one metrics row per validation (or per epoch without validation chips) of the
+            whole run, resumed parts included (the rows of ``metrics.csv``).
+        total_steps: the planned number of steps.
+        seconds: wall time of this call; elapsed: training time of the whole run.
+        classes: the model's classes.
+        monitor: the metric that chose ``best`` (``train_loss`` without validation).
+        best_value, best_step, best_epoch: its best value and when (``None``: never measured).
+        best_row: the history row of the best checkpoint.
+        score_thresholds: the per-class thresholds stored with the best checkpoint (empty when
+            not calibrated).
+        stopped_early: whether early stopping ended the run; stop_reason says why.
+        n_val_chips: validation chips (0 without validation).
+        metrics_file, steps_file: ``metrics.csv`` (per validation), ``steps.csv`` (per step).
     """
 
     output_dir: Path
@@ -430,6 +465,89 @@ class TrainResult:
     resumed_from_step: int
     losses: tuple[float, ...]
     history: tuple[Mapping[str, Any], ...]
+    total_steps: int = 0
+    seconds: float = 0.0
+    elapsed: float = 0.0
+    classes: tuple[str, ...] = ()
+    monitor: str = "train_loss"
+    best_value: float | None = None
+    best_step: int | None = None
+    best_epoch: int | None = None
+    best_row: Mapping[str, Any] = field(default_factory=dict)
+    score_thresholds: Mapping[str, float] = field(default_factory=dict)
+    stopped_early: bool = False
+    stop_reason: str = ""
+    n_val_chips: int = 0
+    metrics_file: Path | None = None
+    steps_file: Path | None = None
+
+    def summary(self) -> str:
+        """The run in a few lines: steps, time, best metric and when, per-class F1, files."""
+        lines = [f"training run {self.output_dir}"]
+        state = "stopped early: " + self.stop_reason if self.stopped_early else ""
+        if not state and self.steps < self.total_steps:
+            state = "interrupted; run again to resume"
+        lines.append(
+            f"  steps      {self.steps} of {self.total_steps}" + (f" ({state})" if state else "")
+        )
+        when = f" (this call {_duration(self.seconds)}"
+        when += f", resumed at step {self.resumed_from_step})" if self.resumed_from_step else ")"
+        lines.append(f"  time       {_duration(self.elapsed)}{when}")
+        if self.losses:
+            tail = self.losses[-min(len(self.losses), 20) :]
+            lines.append(f"  loss       {np.mean(tail):.4f} (mean of the last {len(tail)} steps)")
+        if self.best_value is not None:
+            lines.append(
+                f"  best       {self.monitor} {self.best_value:.4f} at step {self.best_step} "
+                f"(epoch {self.best_epoch})"
+            )
+        row = self.best_row
+        if self.n_val_chips and "f1" in row:
+            lines.append(
+                f"  per class  on {self.n_val_chips} validation chips, IoU 0.5, at the best "
+                "checkpoint:"
+            )
+            lines.append(f"    {'class':<14} {'F1@0.5':>7} {'threshold':>10} {'F1@thr':>7}")
+            for c in self.classes:
+                thr = self.score_thresholds.get(c)
+                tuned = row.get(f"f1_tuned_{c}")
+                lines.append(
+                    f"    {c[:14]:<14} {_num(row.get(f'f1_{c}')):>7} "
+                    f"{_num(thr):>10} {_num(tuned if thr is not None else None):>7}"
+                )
+            lines.append(
+                f"    {'overall':<14} {_num(row.get('f1')):>7} {'':>10} "
+                f"{_num(row.get('f1_tuned')):>7}"
+            )
+        ckpt = self.best_checkpoint or self.last_checkpoint
+        lines.append(f"  checkpoint {ckpt}")
+        if self.score_thresholds:
+            lines.append(
+                "             score thresholds calibrated on the validation chips; "
+                "`geoseg predict` uses them"
+            )
+        else:
+            lines.append(
+                "             score thresholds not calibrated: run `geoseg calibrate "
+                f"{ckpt.name} SCENE LABELS` on a labelled scene"
+            )
+        files = [str(p) for p in (self.metrics_file, self.steps_file) if p is not None]
+        if files:
+            lines.append(f"  logs       {', '.join(files)}")
+        return "\n".join(lines)
+
+
+def _num(value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{float(value):.3f}"
+
+
+def _duration(seconds: float) -> str:
+    s = round(seconds)
+    h, rem = divmod(s, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h} h {m:02d} min" if h else f"{m} min {s:02d} s" if m else f"{s} s"
 
 
 _RESUME_KEYS = (
@@ -442,6 +560,54 @@ _RESUME_KEYS = (
     "optimizer",
     "seed",
 )
+
+#: The class-specific layers (name -> rows per class): rebuilt when fine-tuning to new classes.
+_CLASS_LAYERS: dict[str, int] = {
+    "roi_heads.box_predictor.cls_score.weight": 1,
+    "roi_heads.box_predictor.cls_score.bias": 1,
+    "roi_heads.box_predictor.bbox_pred.weight": 4,
+    "roi_heads.box_predictor.bbox_pred.bias": 4,
+    "roi_heads.mask_predictor.mask_fcn_logits.weight": 1,
+    "roi_heads.mask_predictor.mask_fcn_logits.bias": 1,
+}
+
+
+def expand_chip_folders(paths: Sequence[str | Path], *, what: str = "chip folders") -> list[Path]:
+    """Chip folders from a list of chip folders and parent folders of chip folders.
+
+    A folder holding ``annotations.json`` is a chip folder; any other folder stands for the
+    chip folders directly inside it, sorted by name. Duplicates are dropped (first kept).
+
+    Args:
+        paths: folders, in order.
+        what: what the list is (``train_chips``...), for messages.
+
+    Raises:
+        LabelError: a path that does not exist, or a folder that is neither a chip folder nor
+            holds one (the message names it).
+    """
+    found: list[Path] = []
+    for raw in paths:
+        p = Path(raw)
+        if (p / ANNOTATIONS_FILE).is_file():
+            found.append(p)
+            continue
+        if not p.is_dir():
+            raise LabelError(
+                f"{what}: {p} does not exist (give chip folders written by `geoseg chips`)"
+            )
+        children = sorted(c for c in p.iterdir() if (c / ANNOTATIONS_FILE).is_file())
+        if not children:
+            raise LabelError(
+                f"{what}: {p} holds no chip folder: neither it nor a folder directly inside it "
+                f"has an {ANNOTATIONS_FILE} (written by `geoseg chips`)"
+            )
+        found.extend(children)
+    unique: list[Path] = []
+    for p in found:
+        if p not in unique:
+            unique.append(p)
+    return unique
 
 
 def _resolve_device(name: str) -> torch.device:
@@ -467,19 +633,56 @@ def _make_schedule(config: TrainConfig, total_steps: int) -> Callable[[int], flo
     return factor
 
 
+def _transfer_class_rows(
+    model: nn.Module,
+    old_state: Mapping[str, Tensor],
+    old_classes: Sequence[str],
+    new_classes: Sequence[str],
+) -> list[str]:
+    """Copy the class-specific rows of the background and of classes in both sets, by name.
+
+    The other rows (new classes) keep ``model``'s fresh initialisation. Returns the classes
+    whose rows were copied.
+    """
+    old_index = {c: i + 1 for i, c in enumerate(old_classes)}
+    pairs = [(0, 0)] + [(j + 1, old_index[c]) for j, c in enumerate(new_classes) if c in old_index]
+    own = model.state_dict()
+    update: dict[str, Tensor] = {}
+    for name, per in _CLASS_LAYERS.items():
+        new = own[name].clone()
+        old = old_state[name]
+        for dst, src in pairs:
+            new[dst * per : (dst + 1) * per] = old[src * per : (src + 1) * per]
+        update[name] = new
+    model.load_state_dict(update, strict=False)
+    return [c for c in new_classes if c in old_index]
+
+
 def _build_for_training(
     config: TrainConfig, classes: tuple[str, ...], in_channels: int
 ) -> tuple[nn.Module, ModelConfig, dict[str, Any]]:
-    """The model to train: fresh (preset + overrides) or fine-tuned from ``init_checkpoint``."""
+    """The model to train: fresh (preset + overrides) or fine-tuned from ``init_checkpoint``.
+
+    Fine-tuning keeps every tensor of the checkpoint except the class-specific layers
+    (:data:`_CLASS_LAYERS`), whose rows are copied per class name (background included); new
+    classes start from a fresh initialisation (see :class:`~geoseg.config.TrainConfig`).
+
+    Raises:
+        ConfigError: invalid model settings, or a setting fine-tuning may not change.
+        BandError: the checkpoint takes another number of bands.
+        CheckpointError: an unreadable checkpoint, or weights that do not fit.
+    """
+    old_config: ModelConfig | None = None
     if config.init_checkpoint is not None:
         old_model, old_meta = load_checkpoint(config.init_checkpoint)
         base = dict(old_meta.config)
-        provenance = {"init_checkpoint": str(config.init_checkpoint)}
+        provenance: dict[str, Any] = {"init_checkpoint": str(config.init_checkpoint)}
         if old_meta.in_channels != in_channels:
             raise BandError(
                 f"{config.init_checkpoint}: the checkpoint takes {old_meta.in_channels} bands, "
                 f"the chips have {in_channels}"
             )
+        old_config = old_meta.model_config
     else:
         preset = load_config(config.preset)
         base = config_to_dict(preset.model)
@@ -496,21 +699,161 @@ def _build_for_training(
             in_channels=in_channels,
             pretrained=config.pretrained,
         )
-    else:
-        model = build_model(model_config, num_classes=len(classes), in_channels=in_channels)
-        state = old_model.state_dict()
-        if tuple(old_meta.classes) != classes:
-            # New classes: keep backbone, FPN, RPN and shared heads; new class predictors.
-            state = {
-                k: v
-                for k, v in state.items()
-                if not k.startswith(
-                    ("roi_heads.box_predictor.", "roi_heads.mask_predictor.mask_fcn_logits")
-                )
-            }
-        n = load_matching(model, state, in_channels=in_channels)
-        logger.info("fine-tuning from %s (%d tensors kept)", config.init_checkpoint, n)
+        return model, model_config, provenance
+    assert old_config is not None
+    check_fine_tune(old_config, model_config, source=config.init_checkpoint)
+    model = build_model(model_config, num_classes=len(classes), in_channels=in_channels)
+    state = old_model.state_dict()
+    shared = {k: v for k, v in state.items() if k not in _CLASS_LAYERS}
+    own = model.state_dict()
+    misfit = sorted(
+        k
+        for k in own
+        if k not in _CLASS_LAYERS and (k not in shared or shared[k].shape != own[k].shape)
+    )
+    if misfit:
+        raise CheckpointError(
+            f"{config.init_checkpoint}: {len(misfit)} tensor(s) of the model do not fit the "
+            f"checkpoint ({', '.join(misfit[:4])}...); was it made by another geoseg version?"
+        )
+    n = load_matching(model, shared, in_channels=in_channels)
+    copied = _transfer_class_rows(model, state, old_meta.classes, classes)
+    new = [c for c in classes if c not in copied]
+    provenance.update(class_rows_copied=copied, class_rows_new=new)
+    logger.info(
+        "fine-tuning from %s: %d tensors kept; class rows copied for %s, new for %s",
+        config.init_checkpoint,
+        n,
+        copied or "none",
+        new or "none",
+    )
     return model, model_config, provenance
+
+
+class _StepLog:
+    """``steps.csv``: one row per optimiser step, appended and flushed as it happens.
+
+    Resuming at step ``S`` keeps the rows up to ``S`` (steps after the last checkpoint are
+    run again) and appends; a fresh run starts a new file. The columns are fixed by the first
+    row written (a torn last line of an interrupted run is dropped).
+    """
+
+    def __init__(self, path: Path, *, keep_until: int | None) -> None:
+        self.path = path
+        self.fields: list[str] | None = None
+        self._fh: io.TextIOWrapper | None = None
+        self._writer: csv.DictWriter[str] | None = None
+        if keep_until is None:
+            path.unlink(missing_ok=True)
+            return
+        if not path.is_file():
+            return
+        with open(path, encoding="utf-8", newline="") as fh:
+            reader = csv.DictReader(fh)
+            fields = list(reader.fieldnames or [])
+            rows = [r for r in reader if _step_of(r) is not None]
+        kept = [r for r in rows if (_step_of(r) or 0) <= keep_until]
+        if not fields:
+            path.unlink(missing_ok=True)
+            return
+        self.fields = fields
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(kept)
+        atomic_write_text(path, buf.getvalue())
+
+    def write(self, row: Mapping[str, Any]) -> None:
+        """Append one row and flush it to the file."""
+        if self._fh is None:
+            new_file = not self.path.is_file() or self.path.stat().st_size == 0
+            if self.fields is None:
+                self.fields = list(row)
+            self._fh = open(self.path, "a", encoding="utf-8", newline="")  # noqa: SIM115
+            self._writer = csv.DictWriter(
+                self._fh, fieldnames=self.fields, lineterminator="\n", extrasaction="ignore"
+            )
+            if new_file:
+                self._writer.writeheader()
+        assert self._writer is not None and self._fh is not None
+        self._writer.writerow(dict(row))
+        self._fh.flush()
+
+    def close(self) -> None:
+        """Close the file (rows are already flushed)."""
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+
+def _step_of(row: Mapping[str, Any]) -> int | None:
+    """The step of a ``steps.csv`` row, ``None`` for a torn or malformed one."""
+    if None in row.values() or None in row:
+        return None
+    try:
+        return int(row["step"])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def _validate(
+    model: nn.Module,
+    dataset: ChipDataset,
+    model_config: ModelConfig,
+    *,
+    device: torch.device,
+    batch_size: int,
+    calibrate: bool,
+) -> tuple[dict[str, Any], dict[str, float]]:
+    """Validation metrics of ``model`` on ``dataset`` in one pass over the chips.
+
+    Returns:
+        ``(row, thresholds)``: ``row`` has COCO ``bbox_ap``, ``bbox_ap50``, ``segm_ap``,
+        ``segm_ap50``; ``precision``, ``recall``, ``f1`` (all classes, IoU 0.5) and
+        ``f1_<class>`` at the uncalibrated threshold :data:`geoseg.settings.DEFAULT_MIN_SCORE`;
+        ``f1_tuned`` and ``f1_tuned_<class>`` at the calibrated thresholds, ``thr_<class>``
+        those thresholds. ``thresholds`` maps the calibrated classes to their threshold
+        (empty when ``calibrate`` is false).
+    """
+    classes = dataset.classes
+    parts: list[dict[str, ScoreCurve]] = []
+
+    def feed(chips: Iterator[ChipPrediction]) -> Iterator[ChipPrediction]:
+        for chip in chips:
+            parts.append(chip_curves(chip, classes))
+            yield chip
+
+    chips = predict_chips(
+        model,
+        dataset,
+        device=device,
+        batch_size=batch_size,
+        mask_threshold=model_config.mask_threshold,
+    )
+    row: dict[str, Any] = dict(
+        coco_scores(feed(chips), classes, max_dets=model_config.box_detections_per_img)
+    )
+    curves = merge_curves(parts)
+    per, overall = scores_at(curves, {}, DEFAULT_MIN_SCORE)
+    thresholds = choose_thresholds(curves) if calibrate else {}
+    per_t, overall_t = scores_at(curves, thresholds, DEFAULT_MIN_SCORE)
+    row.update(precision=overall.precision, recall=overall.recall, f1=overall.f1)
+    row["f1_tuned"] = overall_t.f1
+    for c in classes:
+        row[f"f1_{c}"] = per[c].f1
+    for c in classes:
+        row[f"f1_tuned_{c}"] = per_t[c].f1
+    for c, t in thresholds.items():
+        row[f"thr_{c}"] = t
+    return row, thresholds
+
+
+def _better(value: float, best: float | None, *, monitor: str, min_delta: float) -> bool:
+    if best is None:
+        return True
+    if monitor == "train_loss":
+        return value < best - min_delta
+    return value > best + min_delta
 
 
 def train(
@@ -522,47 +865,65 @@ def train(
 ) -> TrainResult:
     """Train (or fine-tune) a Mask R-CNN on chip folders.
 
+    Every optimiser step appends a row to ``output_dir/steps.csv`` (step, epoch, loss and its
+    parts, learning rate, training seconds) and flushes it. Each validation (every epoch, or
+    every ``validate_every`` steps, and at the last step) adds a row to ``metrics.csv`` /
+    ``metrics.json``: COCO mask and box AP, precision/recall/F1 at IoU 0.5 per class and
+    overall, the per-class score thresholds that maximise F1 on the validation chips and the
+    F1 they give (see :func:`_validate`). The best validation (``config.monitor``) is saved as
+    ``best``; with ``patience``, the run stops after that many validations without
+    improvement. Checkpoints written after a validation carry its calibrated thresholds in
+    their sidecar (``score_thresholds``), so ``geoseg predict`` uses them; thresholds are
+    chosen on validation chips (chip level), which ``geoseg calibrate`` can redo on a whole
+    labelled scene.
+
     Args:
         config: the run (see :class:`~geoseg.config.TrainConfig`).
         progress: called after each optimiser step, validation and checkpoint.
         resume: continue from ``output_dir/last_state.*`` when present (same optimiser,
-            scheduler, step and data order); ``False`` starts afresh and overwrites.
+            scheduler, step, data order, metric history and early-stopping count); ``False``
+            starts afresh and overwrites (``steps.csv``, ``metrics.*`` and ``best.*`` too).
         stop_at_step: stop (after checkpointing) once this many steps are done, without
             changing the learning-rate schedule: for time-boxed runs and tests.
 
     Returns:
-        The checkpoints written and the losses/metrics of this call.
+        The checkpoints written, the losses of this call, the metric history and the summary
+        (:meth:`TrainResult.summary`).
 
     Raises:
         ConfigError: invalid settings, or an output folder holding a different run.
         LabelError, BandError: unusable chip folders.
         CheckpointError: an unreadable ``init_checkpoint`` or training state.
     """
+    call_started = time.monotonic()
     if config.num_threads > 0:
         torch.set_num_threads(config.num_threads)
     out = config.output_dir
     out.mkdir(parents=True, exist_ok=True)
     device = _resolve_device(config.device)
+    train_dirs = expand_chip_folders(config.train_chips, what="train_chips")
+    val_dirs = expand_chip_folders(config.val_chips, what="val_chips") if config.val_chips else []
 
     if config.classes:
         classes = tuple(config.classes)
     elif config.init_checkpoint is None:
         classes = load_config(config.preset).classes
     else:
-        classes = load_checkpoint(config.init_checkpoint)[1].classes
+        classes = read_meta(config.init_checkpoint).classes
     torch.manual_seed(config.seed)
-    train_ds = ChipDataset(
-        config.train_chips, classes=classes, augment=config.augment, seed=config.seed
-    )
+    train_ds = ChipDataset(train_dirs, classes=classes, augment=config.augment, seed=config.seed)
     val_ds = (
-        ChipDataset(config.val_chips, classes=classes, augment=None)
-        if config.val_chips and config.validate
+        ChipDataset(val_dirs, classes=classes, augment=None)
+        if val_dirs and config.validate
         else None
     )
     if val_ds is not None and val_ds.band_count != train_ds.band_count:
         raise BandError(
             f"validation chips have {val_ds.band_count} bands, training chips {train_ds.band_count}"
         )
+    monitor = config.monitor if val_ds is not None else "train_loss"
+    if monitor != config.monitor:
+        logger.info("no validation chips: monitoring train_loss instead of %s", config.monitor)
     model, model_config, provenance = _build_for_training(config, classes, train_ds.band_count)
     model.to(device)
     model.train()
@@ -572,8 +933,8 @@ def train(
     gsd = first.info.get("gsd")
     trained_on = {
         **provenance,
-        "train_chips": [str(p) for p in config.train_chips],
-        "val_chips": [str(p) for p in config.val_chips],
+        "train_chips": [str(p) for p in train_dirs],
+        "val_chips": [str(p) for p in val_dirs],
         "n_train_chips": len(train_ds),
         "scenes": [f.info.get("scene") for f in train_ds.folders if f.info.get("scene")],
     }
@@ -606,11 +967,29 @@ def train(
     use_amp = config.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda") if use_amp else None
 
-    run_key = {k: config_to_dict(getattr(config, k)) for k in _RESUME_KEYS}
-    step, epoch, batch_in_epoch, best_score = 0, 0, 0, -1.0
+    run_key: dict[str, Any] = {k: config_to_dict(getattr(config, k)) for k in _RESUME_KEYS}
+    run_key["train_chips"] = [str(p) for p in train_dirs]
+    step, epoch, batch_in_epoch = 0, 0, 0
     history: list[dict[str, Any]] = []
     resumed_from = 0
-    if resume and (out / "last_state.json").is_file():
+    # early stopping, best checkpoint and calibration (saved with the loop state)
+    track: dict[str, Any] = {
+        "best_value": None,
+        "best_step": None,
+        "best_epoch": None,
+        "best_row": {},
+        "best_thresholds": {},
+        "thresholds": {},
+        "bad_evals": 0,
+        "stopped": "",
+        "elapsed": 0.0,
+        "window_sum": 0.0,
+        "window_n": 0,
+        "last_eval_step": 0,
+    }
+    state_file = out / "last_state.json"
+    resuming = resume and state_file.is_file()
+    if resuming:
         info, tensors = _load_state(out)
         if info["loop"].get("run_key") != json.loads(json.dumps(run_key)):
             raise ConfigError(
@@ -626,12 +1005,39 @@ def train(
         torch.set_rng_state(tensors["rng.torch"])
         loop = info["loop"]
         step, epoch, batch_in_epoch = loop["step"], loop["epoch"], loop["batch_in_epoch"]
-        best_score = float(loop.get("best_score", -1.0))
         history = list(loop.get("history", []))
+        track.update({k: v for k, v in (loop.get("track") or {}).items() if k in track})
+        if not loop.get("track") and history:  # a state written by an earlier geoseg
+            track["last_eval_step"] = int(history[-1].get("step", 0))
+            old_best = float(loop.get("best_score", -1.0))  # segm_ap, or -train_loss
+            if monitor == "train_loss" and "segm_ap" not in history[-1]:
+                track["best_value"] = -old_best
+            elif monitor == "segm_ap" and old_best > -1.0:
+                track["best_value"] = old_best
+        if track["stopped"] and (not config.patience or track["bad_evals"] < config.patience):
+            logger.info("patience raised to %d: continuing after early stop", config.patience)
+            track["stopped"] = ""
         resumed_from = step
         logger.info("resuming %s at step %d (epoch %d)", out, step, epoch)
+    else:
+        for name in ("metrics.csv", "metrics.json", "best.safetensors", "best.json"):
+            (out / name).unlink(missing_ok=True)
+    step_log = _StepLog(out / "steps.csv", keep_until=step if resuming else None)
+    elapsed_before = float(track["elapsed"])
 
-    def meta(metrics: Mapping[str, Any]) -> ModelMeta:
+    def elapsed() -> float:
+        return elapsed_before + time.monotonic() - call_started
+
+    def meta(metrics: Mapping[str, Any], thresholds: Mapping[str, float]) -> ModelMeta:
+        record = dict(metrics)
+        if thresholds and val_ds is not None:
+            record["calibration"] = {
+                "source": "validation chips",
+                "n_chips": len(val_ds),
+                "iou_threshold": 0.5,
+                "floor": DEFAULT_FLOOR,
+                "step": step,
+            }
         return ModelMeta(
             classes=classes,
             bands=tuple(first.info.get("bands") or first.norm_stats.bands),
@@ -640,13 +1046,15 @@ def train(
             gsd=None if gsd is None else float(gsd),
             config=config_to_dict(model_config),
             trained_on=trained_on,
-            metrics=dict(metrics),
+            metrics=record,
+            score_thresholds=dict(thresholds),
             step=step,
         )
 
     def checkpoint() -> None:
         last_metrics = history[-1] if history else {}
-        save_checkpoint(out / "last", model, meta(last_metrics))
+        save_checkpoint(out / "last", model, meta(last_metrics, track["thresholds"]))
+        track["elapsed"] = elapsed()
         _save_state(
             out,
             optimizer=optimizer,
@@ -656,8 +1064,8 @@ def train(
                 "step": step,
                 "epoch": epoch,
                 "batch_in_epoch": batch_in_epoch,
-                "best_score": best_score,
                 "history": history,
+                "track": track,
                 "total_steps": total_steps,
                 "run_key": run_key,
             },
@@ -665,101 +1073,146 @@ def train(
         if progress is not None:
             progress(TrainProgress(step, total_steps, epoch, phase="checkpoint"))
 
+    def evaluate_now() -> None:
+        """Validate (when there are validation chips), log a row, keep the best, early-stop."""
+        n = int(track["window_n"])
+        row: dict[str, Any] = {
+            "epoch": epoch,
+            "step": step,
+            "train_loss": float(track["window_sum"]) / n if n else float("nan"),
+            "lr": float(optimizer.param_groups[0]["lr"]),
+            "seconds": round(elapsed(), 1),
+        }
+        thresholds: dict[str, float] = {}
+        if val_ds is not None:
+            metrics, thresholds = _validate(
+                model,
+                val_ds,
+                model_config,
+                device=device,
+                batch_size=config.batch_size,
+                calibrate=config.calibrate,
+            )
+            row.update(metrics)
+            track["thresholds"] = thresholds
+            if progress is not None:
+                progress(TrainProgress(step, total_steps, epoch, phase="validate", metrics=metrics))
+        history.append(row)
+        track["window_sum"], track["window_n"] = 0.0, 0
+        track["last_eval_step"] = step
+        value = float(row[monitor])
+        if not math.isnan(value) and _better(
+            value, track["best_value"], monitor=monitor, min_delta=config.min_delta
+        ):
+            track.update(
+                best_value=value,
+                best_step=step,
+                best_epoch=epoch,
+                best_row=row,
+                best_thresholds=thresholds,
+                bad_evals=0,
+            )
+            save_checkpoint(out / "best", model, meta(row, thresholds))
+        else:
+            track["bad_evals"] = int(track["bad_evals"]) + 1
+            if config.patience and track["bad_evals"] >= config.patience:
+                track["stopped"] = (
+                    f"{monitor} did not improve for {track['bad_evals']} validation(s) after "
+                    f"step {track['best_step']}; raise patience to continue"
+                )
+                logger.info("early stopping at step %d: %s", step, track["stopped"])
+        _write_metrics(out, history)
+
     losses: list[float] = []
-    epoch_losses: list[float] = []
-    started = time.monotonic()
     stop = stop_at_step if stop_at_step is not None else total_steps
     stop = min(stop, total_steps)
-    while step < stop and epoch < config.epochs:
-        train_ds.set_epoch(epoch)
-        order = _epoch_order(
-            train_ds,
-            seed=config.seed,
-            epoch=epoch,
-            class_balanced=config.class_balanced,
-            skip_empty=config.skip_empty,
-        )
-        batches = [
-            order[i : i + config.batch_size] for i in range(0, len(order), config.batch_size)
-        ]
-        optimizer.zero_grad(set_to_none=True)
-        accum: dict[str, float] = {}
-        n_accum = 0
-        while batch_in_epoch < len(batches) and step < stop:
-            images, targets = _collate([train_ds[i] for i in batches[batch_in_epoch]])
-            images = [im.to(device, non_blocking=True) for im in images]
-            targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
-            with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-                loss_dict = model(images, targets)
-                loss = sum(loss_dict.values(), torch.zeros((), device=device))
-            if not torch.isfinite(loss):
-                raise ConfigError(
-                    f"the loss became {float(loss)} at step {step}; lower lr (now {config.lr})"
-                    " or raise warmup_steps"
-                )
-            scaled = loss / config.grad_accum
-            if scaler is not None:
-                scaler.scale(scaled).backward()
-            else:
-                scaled.backward()
-            for k, v in loss_dict.items():
-                accum[k] = accum.get(k, 0.0) + float(v.detach()) / config.grad_accum
-            n_accum += 1
-            batch_in_epoch += 1
-            if n_accum < config.grad_accum and batch_in_epoch < len(batches):
-                continue
-            if scaler is not None:
-                scaler.unscale_(optimizer)
-            if config.clip_grad_norm > 0:
-                torch.nn.utils.clip_grad_norm_(params, config.clip_grad_norm)
-            if scaler is not None:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
+    try:
+        while step < stop and epoch < config.epochs and not track["stopped"]:
+            train_ds.set_epoch(epoch)
+            order = _epoch_order(
+                train_ds,
+                seed=config.seed,
+                epoch=epoch,
+                class_balanced=config.class_balanced,
+                skip_empty=config.skip_empty,
+            )
+            batches = [
+                order[i : i + config.batch_size] for i in range(0, len(order), config.batch_size)
+            ]
             optimizer.zero_grad(set_to_none=True)
-            lr = float(optimizer.param_groups[0]["lr"])
-            scheduler.step()
-            step += 1
-            total = sum(accum.values()) * config.grad_accum / n_accum
-            losses.append(total)
-            epoch_losses.append(total)
-            if progress is not None:
-                progress(TrainProgress(step, total_steps, epoch, total, lr, dict(accum), "train"))
-            accum, n_accum = {}, 0
-            if step % config.checkpoint_every == 0 and batch_in_epoch < len(batches):
-                checkpoint()
-        if batch_in_epoch >= len(batches):
-            row: dict[str, Any] = {
-                "epoch": epoch,
-                "step": step,
-                "train_loss": float(np.mean(epoch_losses)) if epoch_losses else float("nan"),
-                "lr": float(optimizer.param_groups[0]["lr"]),
-                "seconds": round(time.monotonic() - started, 1),
-            }
-            if val_ds is not None:
-                metrics = coco_evaluate(
-                    model,
-                    val_ds,
-                    device=device,
-                    batch_size=config.batch_size,
-                    max_dets=model_config.box_detections_per_img,
+            accum: dict[str, float] = {}
+            n_accum = 0
+            while batch_in_epoch < len(batches) and step < stop and not track["stopped"]:
+                images, targets = _collate([train_ds[i] for i in batches[batch_in_epoch]])
+                images = [im.to(device, non_blocking=True) for im in images]
+                targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
+                with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+                    loss_dict = model(images, targets)
+                    loss = sum(loss_dict.values(), torch.zeros((), device=device))
+                if not torch.isfinite(loss):
+                    raise ConfigError(
+                        f"the loss became {float(loss)} at step {step}; lower lr (now "
+                        f"{config.lr}) or raise warmup_steps"
+                    )
+                scaled = loss / config.grad_accum
+                if scaler is not None:
+                    scaler.scale(scaled).backward()
+                else:
+                    scaled.backward()
+                for k, v in loss_dict.items():
+                    accum[k] = accum.get(k, 0.0) + float(v.detach()) / config.grad_accum
+                n_accum += 1
+                batch_in_epoch += 1
+                if n_accum < config.grad_accum and batch_in_epoch < len(batches):
+                    continue
+                if scaler is not None:
+                    scaler.unscale_(optimizer)
+                if config.clip_grad_norm > 0:
+                    torch.nn.utils.clip_grad_norm_(params, config.clip_grad_norm)
+                if scaler is not None:
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                lr = float(optimizer.param_groups[0]["lr"])
+                scheduler.step()
+                step += 1
+                total = sum(accum.values()) * config.grad_accum / n_accum
+                losses.append(total)
+                track["window_sum"] = float(track["window_sum"]) + total
+                track["window_n"] = int(track["window_n"]) + 1
+                step_log.write(
+                    {
+                        "step": step,
+                        "epoch": epoch,
+                        "loss": round(total, 6),
+                        "lr": lr,
+                        "seconds": round(elapsed(), 2),
+                        **{k: round(v * config.grad_accum / n_accum, 6) for k, v in accum.items()},
+                    }
                 )
-                row.update(metrics)
                 if progress is not None:
                     progress(
-                        TrainProgress(step, total_steps, epoch, phase="validate", metrics=metrics)
+                        TrainProgress(step, total_steps, epoch, total, lr, dict(accum), "train")
                     )
-            history.append(row)
-            epoch_losses = []
-            epoch += 1
-            batch_in_epoch = 0
-            score = float(row.get("segm_ap", -float(row["train_loss"])))
-            if score > best_score or not (out / "best.safetensors").is_file():
-                best_score = score
-                save_checkpoint(out / "best", model, meta(row))
-            _write_metrics(out, history)
-        checkpoint()
+                accum, n_accum = {}, 0
+                epoch_done = batch_in_epoch >= len(batches)
+                due = step % config.validate_every == 0 if config.validate_every else epoch_done
+                if due:
+                    evaluate_now()
+                if step % config.checkpoint_every == 0 and not epoch_done:
+                    checkpoint()
+            if batch_in_epoch >= len(batches):
+                epoch += 1
+                batch_in_epoch = 0
+            checkpoint()
+        finished = step >= total_steps or epoch >= config.epochs
+        if finished and step > 0 and track["last_eval_step"] != step and not track["stopped"]:
+            evaluate_now()  # the last step is always validated
+            checkpoint()
+    finally:
+        step_log.close()
     best = out / "best.safetensors"
     return TrainResult(
         output_dir=out,
@@ -769,10 +1222,26 @@ def train(
         resumed_from_step=resumed_from,
         losses=tuple(losses),
         history=tuple(history),
+        total_steps=total_steps,
+        seconds=time.monotonic() - call_started,
+        elapsed=elapsed(),
+        classes=classes,
+        monitor=monitor,
+        best_value=track["best_value"],
+        best_step=track["best_step"],
+        best_epoch=track["best_epoch"],
+        best_row=dict(track["best_row"]),
+        score_thresholds=dict(track["best_thresholds"]),
+        stopped_early=bool(track["stopped"]),
+        stop_reason=str(track["stopped"]),
+        n_val_chips=0 if val_ds is None else len(val_ds),
+        metrics_file=out / "metrics.csv" if history else None,
+        steps_file=out / "steps.csv" if (out / "steps.csv").is_file() else None,
     )
 
 
 def _write_metrics(out: Path, history: Sequence[Mapping[str, Any]]) -> None:
+    """``metrics.csv`` and ``metrics.json`` (key ``epochs``: the rows), rewritten atomically."""
     keys: list[str] = []
     for row in history:
         keys.extend(k for k in row if k not in keys)

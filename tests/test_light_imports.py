@@ -18,6 +18,7 @@ BLOCKED = ("torch", "torchvision", "timm", "safetensors", "dask", "distributed")
 
 LIGHT_MODULES = (
     "geoseg",
+    "geoseg.calibrate",
     "geoseg.checkpoint",
     "geoseg.chips",
     "geoseg.cli",
@@ -144,6 +145,8 @@ def test_light_modules_import_and_work_without_torch(tmp_path):
         assert int(counts.per_scene["count"].sum()) == 1, counts.per_scene
         result = evaluate(gdf, gdf)
         assert result.per_class["ship"].f1 == 1.0, result.per_class
+        from geoseg.calibrate import calibrate_thresholds
+        assert list(calibrate_thresholds(gdf, gdf, ["ship"])) == ["ship"]
 
         png = quicklook(sample_scene_path("marina"), gdf, "q.png", max_size=128)
         assert png.stat().st_size > 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -298,7 +299,8 @@ def test_cli_train_runs_from_yaml(tmp_path):
 
     from geoseg.cli import cli
 
-    make_chip_folder(tmp_path / "chips", n=2)
+    make_chip_folder(tmp_path / "chips" / "a", n=2)  # "chips": a folder of chip folders
+    make_chip_folder(tmp_path / "other", n=1, seed=2)
     run = tmp_path / "run.yaml"
     run.write_text(
         yaml.safe_dump(
@@ -318,6 +320,13 @@ def test_cli_train_runs_from_yaml(tmp_path):
     result = CliRunner().invoke(cli, ["train", str(run), "--max-steps", "1", "--no-progress"])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "out" / "last.safetensors").is_file()
+    assert "training run" in result.output and "steps      1 of 1" in result.output
+    assert "steps.csv" in result.output
+    args = ["train", str(run), "--max-steps", "1", "--no-progress", "--no-resume"]
+    result = CliRunner().invoke(cli, [*args, "--train-chips", str(tmp_path / "other")])
+    assert result.exit_code == 0, result.output
+    meta = json.loads((tmp_path / "out" / "last.json").read_text())
+    assert meta["trained_on"]["train_chips"] == [str(tmp_path / "other")]
     bad = CliRunner().invoke(cli, ["train", str(tmp_path / "missing.yaml")])
     assert bad.exit_code != 0 and "cannot read" in bad.output
 
@@ -360,3 +369,265 @@ def test_coco_ap_is_read_at_the_raised_max_dets():
     ap, ap50 = _ap_from_eval(ev)
     assert ap == pytest.approx(1.0, abs=0.02)
     assert ap50 == pytest.approx(1.0, abs=0.02)
+
+
+# --------------------------------------------------------------------------------------------
+# metrics as they happen, validation, early stopping, summary
+
+
+def _steps(out: Path) -> list[dict[str, str]]:
+    import csv
+
+    with open(out / "steps.csv", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_interrupted_run_keeps_its_step_history(tmp_path):
+    chips = make_chip_folder(tmp_path / "c", n=4)  # 2 steps per epoch, checkpoint at each end
+    cfg = _config(tmp_path, chips, max_steps=4, checkpoint_every=100)
+
+    def interrupt(p):
+        if p.phase == "train" and p.step == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, progress=interrupt)
+    out = cfg.output_dir
+    first = _steps(out)
+    assert [r["step"] for r in first] == ["1", "2", "3"]  # on disk as it happened
+    assert {"epoch", "loss", "lr", "seconds", "loss_classifier", "loss_mask"} <= set(first[0])
+    assert json.loads((out / "last_state.json").read_text())["loop"]["step"] == 2
+
+    result = train(cfg)
+    rows = _steps(out)
+    assert [int(r["step"]) for r in rows] == [1, 2, 3, 4]  # step 3 redone once, not twice
+    assert rows[:2] == first[:2]
+    assert float(rows[2]["loss"]) == pytest.approx(float(first[2]["loss"]), rel=1e-4)
+    assert float(rows[3]["seconds"]) >= float(rows[1]["seconds"])
+    assert result.resumed_from_step == 2 and result.steps == 4
+    assert [r["step"] for r in result.history] == [2, 4]
+    saved = json.loads((out / "metrics.json").read_text())["epochs"]
+    assert [r["step"] for r in saved] == [2, 4]
+    # a fresh start replaces the log
+    train(_config(tmp_path, chips, max_steps=1), resume=False)
+    assert [r["step"] for r in _steps(out)] == ["1"]
+
+
+def test_validate_every_n_steps_and_at_the_last_step(tmp_path):
+    chips = make_chip_folder(tmp_path / "c", n=4)
+    r = train(_config(tmp_path, chips, max_steps=3, validate_every=2))
+    assert [row["step"] for row in r.history] == [2, 3]
+    r = train(_config(tmp_path, chips, max_steps=3, output_dir=tmp_path / "b"))
+    assert [row["step"] for row in r.history] == [2, 3]  # epoch end, then the last step
+    assert r.monitor == "train_loss" and r.best_checkpoint is not None
+    text = r.summary()
+    assert "steps      3 of 3" in text and "not calibrated" in text and "geoseg calibrate" in text
+
+
+def test_validation_f1_and_early_stopping(tmp_path):
+    chips = make_chip_folder(tmp_path / "c", n=4)
+    val = make_chip_folder(tmp_path / "v", n=2, seed=5)
+    # the model cannot improve segm_ap by 0.5 with a learning rate of 1e-9
+    cfg = _config(
+        tmp_path,
+        chips,
+        epochs=10,
+        val_chips=(val,),
+        validate=True,
+        lr=1e-9,
+        warmup_steps=0,
+        patience=1,
+        min_delta=0.5,
+    )
+    result = train(cfg)
+    assert result.stopped_early and "segm_ap did not improve" in result.stop_reason
+    assert result.steps == 4 and result.total_steps == 20
+    assert [r["step"] for r in result.history] == [2, 4]
+    assert result.best_step == 2 and result.best_epoch == 0 and result.n_val_chips == 2
+    row = result.history[-1]
+    for key in ("segm_ap", "bbox_ap50", "precision", "recall", "f1", "f1_tuned"):
+        assert 0.0 <= row[key] <= 1.0, key
+    for c in CLASSES:
+        assert 0.0 <= row[f"f1_{c}"] <= 1.0 and f"f1_tuned_{c}" in row
+    header = (cfg.output_dir / "metrics.csv").read_text().splitlines()[0]
+    assert "f1_ship" in header and "segm_ap" in header
+    text = result.summary()
+    assert "stopped early" in text and "best       segm_ap" in text and "ship" in text
+    assert str(cfg.output_dir / "best.safetensors") in text
+    # an early-stopped run stays stopped when started again, unless patience is raised
+    again = train(cfg)
+    assert again.steps == 4 and again.losses == () and again.stopped_early
+    more = train(dataclasses.replace(cfg, patience=2))
+    assert more.resumed_from_step == 4 and more.steps == 6 and more.stopped_early
+    assert [r["step"] for r in more.history] == [2, 4, 6] and more.best_step == 2
+
+
+def test_best_checkpoint_carries_the_calibrated_thresholds(tmp_path, monkeypatch):
+    import geoseg.train
+    from geoseg.checkpoint import read_meta
+    from geoseg.settings import resolve
+
+    chips = make_chip_folder(tmp_path / "c", n=2)  # one step per epoch
+    scripted = iter([(0.1, {"ship": 0.4}), (0.3, {"ship": 0.6}), (0.2, {"ship": 0.7})])
+
+    def fake_validate(model, dataset, model_config, **kw):
+        ap, thresholds = next(scripted)
+        row = {"segm_ap": ap, "f1": 0.5, "f1_tuned": 0.6, "f1_ship": 0.5, "f1_vehicle": 0.5}
+        row.update(f1_tuned_ship=0.7, f1_tuned_vehicle=0.5, thr_ship=thresholds["ship"])
+        return row, thresholds
+
+    monkeypatch.setattr(geoseg.train, "_validate", fake_validate)
+    cfg = _config(tmp_path, chips, epochs=3, val_chips=(chips,), validate=True, patience=2)
+    result = train(cfg)
+    assert not result.stopped_early and result.steps == 3
+    assert result.best_step == 2 and result.best_value == pytest.approx(0.3)
+    assert dict(result.score_thresholds) == {"ship": 0.6}
+    best = read_meta(result.best_checkpoint)
+    assert dict(best.score_thresholds) == {"ship": 0.6}
+    assert best.metrics["calibration"]["source"] == "validation chips"
+    assert dict(read_meta(result.last_checkpoint).score_thresholds) == {"ship": 0.7}
+    # geoseg predict's settings pick them up
+    assert resolve(best).class_min_score == {"ship": 0.6}
+    text = result.summary()
+    assert "calibrated on the validation chips" in text
+    assert "0.600" in text and "0.700" in text
+
+
+def test_validate_measures_f1_and_calibrates_on_chips(tmp_path):
+    from geoseg.train import _validate
+
+    val = make_chip_folder(tmp_path / "v", n=2, seed=5)
+    ds = ChipDataset([val], classes=CLASSES)
+    outputs = []
+    for i in range(len(ds)):
+        _, masks, labels = ds.read(i)
+        fp = np.zeros((1, *masks.shape[1:]), np.uint8)
+        fp[0, :3, :3] = 1  # a small false "ship" in the corner, scored 0.55
+        all_masks = np.concatenate([masks, fp])
+        outputs.append(
+            {
+                "boxes": torch.from_numpy(_boxes_from_masks(all_masks)),
+                "scores": torch.tensor([0.9] * len(labels) + [0.55]),
+                "labels": torch.tensor([*labels, 1], dtype=torch.int64),
+                "masks": torch.from_numpy(all_masks[:, None].astype(np.float32)),
+            }
+        )
+
+    class Oracle(torch.nn.Module):
+        def forward(self, images):
+            return [outputs.pop(0) for _ in images]
+
+    row, thresholds = _validate(
+        Oracle(), ds, ModelConfig(), device=torch.device("cpu"), batch_size=1, calibrate=True
+    )
+    assert thresholds == {"ship": pytest.approx(0.725), "vehicle": pytest.approx(0.475)}
+    assert row["f1_vehicle"] == 1.0 and row["f1_ship"] < 1.0  # the false ships pass 0.5
+    assert row["f1_tuned"] == 1.0 and row["f1_tuned_ship"] == 1.0
+    assert row["segm_ap50"] == pytest.approx(1.0) and row["thr_ship"] == thresholds["ship"]
+
+
+# --------------------------------------------------------------------------------------------
+# parent folders of chip folders
+
+
+def test_parent_folder_of_chip_folders(tmp_path):
+    from geoseg.train import expand_chip_folders
+
+    a = make_chip_folder(tmp_path / "chips" / "a", n=1)
+    b = make_chip_folder(tmp_path / "chips" / "b", n=1, seed=1)
+    (tmp_path / "chips" / "notes").mkdir()
+    assert expand_chip_folders([tmp_path / "chips"]) == [a, b]
+    assert expand_chip_folders([b, tmp_path / "chips"]) == [b, a]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(LabelError, match=r"train_chips: .*empty holds no chip folder"):
+        expand_chip_folders([tmp_path / "empty"], what="train_chips")
+    with pytest.raises(LabelError, match="does not exist"):
+        expand_chip_folders([tmp_path / "nope"])
+    result = train(_config(tmp_path, tmp_path / "chips", max_steps=1, batch_size=1))
+    from geoseg.checkpoint import read_meta
+
+    assert read_meta(result.last_checkpoint).trained_on["train_chips"] == [str(a), str(b)]
+
+
+# --------------------------------------------------------------------------------------------
+# fine-tuning with another class set
+
+
+def _fine_tune_config(tmp_path, ckpt, **model):
+    chips = make_chip_folder(tmp_path / "c", n=1)
+    return _config(tmp_path, chips, init_checkpoint=ckpt, model=model)
+
+
+def test_fine_tune_keeps_shared_layers_and_copies_class_rows_by_name(
+    tmp_path, tiny_checkpoint_factory
+):
+    from geoseg.train import _CLASS_LAYERS, _build_for_training
+
+    ckpt = tiny_checkpoint_factory("ft", classes=("ship", "vehicle"))
+    old = read_safetensors(ckpt)
+    cfg = _fine_tune_config(tmp_path, ckpt)
+    model, model_config, prov = _build_for_training(cfg, ("vehicle", "building"), 3)
+    new = model.state_dict()
+    assert model_config.fpn_out_channels == 16  # the checkpoint's architecture
+    shared = [k for k in new if k not in _CLASS_LAYERS]
+    assert any(k.startswith("backbone.fpn.") for k in shared)
+    assert any(k.startswith("rpn.head.") for k in shared)
+    assert "roi_heads.box_head.fc6.weight" in shared
+    assert "roi_heads.mask_head.0.0.weight" in shared
+    assert "roi_heads.mask_predictor.conv5_mask.weight" in shared
+    for k in shared:
+        assert torch.equal(new[k], old[k]), k
+    cls = "roi_heads.box_predictor.cls_score.weight"
+    box = "roi_heads.box_predictor.bbox_pred.weight"
+    mask = "roi_heads.mask_predictor.mask_fcn_logits.weight"
+    assert new[cls].shape[0] == 3 and new[box].shape[0] == 12 and new[mask].shape[0] == 3
+    # background row and "vehicle" (old label 2, new label 1) copied; "building" is new
+    for name, per in _CLASS_LAYERS.items():
+        assert torch.equal(new[name][:per], old[name][:per]), name
+        assert torch.equal(new[name][per : 2 * per], old[name][2 * per : 3 * per]), name
+    for row in range(3):
+        assert not torch.equal(new[cls][2], old[cls][row])
+        assert not torch.equal(new[box][8:12], old[box][4 * row : 4 * row + 4])
+    assert prov["class_rows_copied"] == ["vehicle"] and prov["class_rows_new"] == ["building"]
+
+
+def test_fine_tune_may_change_inference_settings(tmp_path, tiny_checkpoint_factory):
+    from geoseg.train import _build_for_training
+
+    ckpt = tiny_checkpoint_factory("ft2")
+    cfg = _fine_tune_config(
+        tmp_path,
+        ckpt,
+        upsample=2.0,
+        box_detections_per_img=50,
+        box_score_thresh=0.1,
+        anchor_sizes=[[4], [8], [16], [32], [64]],
+        aspect_ratios=[0.25, 1.0, 4.0],
+        trainable_layers=3,
+    )
+    model, model_config, _ = _build_for_training(cfg, ("ship", "vehicle"), 3)
+    assert model_config.upsample == 2.0 and model_config.box_detections_per_img == 50
+    old = read_safetensors(ckpt)
+    new = model.state_dict()
+    assert all(torch.equal(new[k], old[k]) for k in old)  # same classes: every tensor kept
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        ({"fpn_out_channels": 32}, "model.fpn_out_channels"),
+        ({"backbone": "resnet34"}, "model.backbone"),
+        ({"box_head_size": 64}, "model.box_head_size"),
+        ({"mask_head_channels": 16}, "model.mask_head_channels"),
+        ({"aspect_ratios": [0.5, 1.0, 2.0, 4.0]}, "anchors per location"),
+        ({"anchor_sizes": [[8, 12]] * 5}, "anchors per location"),
+    ],
+)
+def test_fine_tune_refuses_shape_changing_settings(
+    tmp_path, tiny_checkpoint_factory, change, named
+):
+    from geoseg.train import _build_for_training
+
+    ckpt = tiny_checkpoint_factory("ft3")
+    with pytest.raises(ConfigError, match=named):
+        _build_for_training(_fine_tune_config(tmp_path, ckpt, **change), ("ship",), 3)

@@ -27,6 +27,10 @@ __all__ = ["cli", "main"]
 # subcommand name -> (module, one-line help shown in `geoseg --help`)
 _COMMANDS: dict[str, tuple[str, str]] = {
     "batch": ("geoseg.cli.batch", "Run a model over many scenes on dask, resumably."),
+    "calibrate": (
+        "geoseg.cli.calibrate",
+        "Tune a model's per-class score thresholds on a labelled scene.",
+    ),
     "chips": ("geoseg.cli.chips", "Cut training chips + COCO instance labels from a scene."),
     "count": ("geoseg.cli.count", "Count objects per scene, class, zone and grid cell."),
     "evaluate": ("geoseg.cli.evaluate", "Score predicted polygons against truth, per class."),
@@ -43,6 +47,7 @@ _COMMANDS: dict[str, tuple[str, str]] = {
 # subcommand name -> the extra it needs beyond the core install (see geoseg._extras)
 _NEEDS: dict[str, str] = {
     "batch": "batch",
+    "calibrate": "ml",
     "map": "maps",
     "predict": "ml",
     "train": "ml",

@@ -27,9 +27,31 @@ __all__ = ["command"]
     type=click.Path(file_okay=False, path_type=Path),
     help="Override the run file's output_dir.",
 )
+@click.option(
+    "--train-chips",
+    multiple=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Chip folder, or a folder of chip folders (repeatable); replaces train_chips.",
+)
+@click.option(
+    "--val-chips",
+    multiple=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Validation chip folder, or a folder of chip folders (repeatable); replaces val_chips.",
+)
 @click.option("--epochs", type=click.IntRange(min=1), help="Override the run file's epochs.")
 @click.option("--max-steps", type=click.IntRange(min=0), help="Override max_steps (0 = none).")
 @click.option("--device", help="Override device: auto, cpu, cuda, cuda:1.")
+@click.option(
+    "--validate-every",
+    type=click.IntRange(min=0),
+    help="Validate every N steps (0 = each epoch); overrides the run file.",
+)
+@click.option(
+    "--patience",
+    type=click.IntRange(min=0),
+    help="Stop after N validations without improvement (0 = never); overrides the run file.",
+)
 @click.option(
     "--resume/--no-resume",
     default=True,
@@ -42,25 +64,35 @@ def command(
     config_path: Path,
     init_checkpoint: Path | None,
     output_dir: Path | None,
+    train_chips: tuple[Path, ...],
+    val_chips: tuple[Path, ...],
     epochs: int | None,
     max_steps: int | None,
     device: str | None,
+    validate_every: int | None,
+    patience: int | None,
     resume: bool,
     no_progress: bool,
 ) -> None:
     """Train a Mask R-CNN from the run file CONFIG (YAML).
 
-    CONFIG names the chip folders (written by `geoseg chips`), the preset, the schedule and the
-    output folder; the schema is geoseg.config.TrainConfig. Example:
+    CONFIG names the chip folders (written by `geoseg chips`; a folder of chip folders stands
+    for all of them), the preset, the schedule and the output folder; the schema is
+    geoseg.config.TrainConfig. Example:
 
     \b
-        train_chips: [chips/scene_a, chips/scene_b]
+        train_chips: [chips/train]     # chips/train/scene_a, chips/train/scene_b...
         val_chips: [chips/scene_c]
-        preset: ships            # or a preset YAML path
+        preset: ships                  # or a preset YAML path
         output_dir: runs/ships
         epochs: 12
         batch_size: 4
         lr: 0.02
+        patience: 3                    # stop after 3 validations without progress
+
+    Every step is appended to OUTPUT_DIR/steps.csv, every validation (COCO AP, F1 per class)
+    to metrics.csv; per-class score thresholds tuned on the validation chips are stored with
+    the checkpoints. Ends with a summary of the run.
     """  # noqa: D301 (click needs a real \b before a verbatim block)
     from tqdm import tqdm
 
@@ -79,6 +111,14 @@ def command(
         overrides["max_steps"] = max_steps
     if device is not None:
         overrides["device"] = device
+    if train_chips:
+        overrides["train_chips"] = tuple(train_chips)
+    if val_chips:
+        overrides["val_chips"] = tuple(val_chips)
+    if validate_every is not None:
+        overrides["validate_every"] = validate_every
+    if patience is not None:
+        overrides["patience"] = patience
     if overrides:
         config = dataclasses.replace(config, **overrides)
 
@@ -92,13 +132,12 @@ def command(
             bar.set_postfix(epoch=p.epoch, loss=f"{p.loss:.3f}", lr=f"{p.lr:.2e}", refresh=False)
             bar.refresh()
         elif p.phase == "validate":
-            metrics = " ".join(f"{k}={v:.3f}" for k, v in p.metrics.items())
-            bar.write(f"epoch {p.epoch}: {metrics}")
+            keys = ("segm_ap", "segm_ap50", "bbox_ap", "f1", "f1_tuned")
+            metrics = " ".join(f"{k}={p.metrics[k]:.3f}" for k in keys if k in p.metrics)
+            bar.write(f"step {p.step} (epoch {p.epoch}): {metrics}")
 
     try:
         result = train(config, progress=on_progress, resume=resume)
     finally:
         bar.close()
-    click.echo(f"trained {result.steps} steps; last checkpoint {result.last_checkpoint}")
-    if result.best_checkpoint is not None:
-        click.echo(f"best checkpoint {result.best_checkpoint}")
+    click.echo(result.summary())
