@@ -56,7 +56,7 @@ def split(work: Path, *, holdout: float, overlap: int) -> dict[str, Path]:
     labels = gpd.read_file(DATA / "buildings.geojson")
     with rasterio.open(DATA / "rio.tif") as src:
         w, h = src.width, src.height
-        y0 = int(round(h * (1 - holdout)))
+        y0 = round(h * (1 - holdout))
         pts = labels.geometry.representative_point()
         cols, rows = ~src.transform * (np.asarray(pts.x), np.asarray(pts.y))
         xs = int(np.median(cols[rows >= y0]))
@@ -211,7 +211,7 @@ def main() -> None:
     dirs = make_data(args.work, parts, chip=args.chip, overlap=args.overlap)
     figures: dict = {"steps": args.steps, "batch": args.batch, "chip": args.chip}
     if not args.skip_train:
-        result, seconds = run_training(
+        _, seconds = run_training(
             args.work,
             dirs,
             steps=args.steps,
@@ -244,7 +244,8 @@ def main() -> None:
         },
     )
     save_checkpoint(tuned, model, meta, half=True)
-    test_gdf, test_scores, seconds = score(tuned.with_suffix(".safetensors"), parts["test"], truth_test)
+    weights = tuned.with_suffix(".safetensors")
+    _, test_scores, seconds = score(weights, parts["test"], truth_test)
     m = test_scores.per_class["building"]
     figures["test"] = {
         "precision": m.precision,
