@@ -3,11 +3,12 @@
 :class:`TileDataset` is a :class:`torch.utils.data.IterableDataset` of
 :class:`~geoseg.types.Tile` values over the grid of :func:`geoseg.tiling.make_grid`;
 :func:`tile_loader` wraps it in a ``DataLoader`` whose batches are ``list[Tile]`` (images float32
-``[C, tile_size, tile_size]`` in [0, 1], valid masks bool ``[tile_size, tile_size]``, transforms
-from tile pixels to the scene CRS). Each worker opens its own GDAL handle (handles never cross a
-fork) and reads its share of the grid window by window with :func:`geoseg.tiling.read_tiles`;
-tiles whose pixels are all invalid are skipped by default. Images are normalised with one
-scene-wide :class:`~geoseg.types.NormStats`, settled once in the main process.
+``[C, h, w]`` in [0, 1], valid masks bool ``[h, w]``, transforms from the image's pixels to the
+scene CRS; ``h, w`` the window's size in scene pixels, or ``out_size`` when a scene is read at a
+model's GSD). Each worker opens its own GDAL handle (handles never cross a fork) and reads its
+share of the grid window by window with :func:`geoseg.tiling.read_tiles`; tiles whose pixels
+are all invalid are skipped by default. Images are normalised with one scene-wide
+:class:`~geoseg.types.NormStats`, settled once in the main process.
 
 Everything here needs torch (``pip install 'geoseg[ml]'``); the torch-free grid arithmetic and
 single-process tile iteration are in :mod:`geoseg.tiling`.
@@ -60,18 +61,22 @@ class TileDataset(torch.utils.data.IterableDataset[Tile]):
         self,
         scene: str | os.PathLike[str] | SceneInfo,
         *,
-        tile_size: int,
-        overlap: int,
+        tile_size: int | tuple[int, int],
+        overlap: int | tuple[int, int],
         bands: Sequence[int] | None = None,
         stats: NormStats | None = None,
         skip_empty: bool = True,
         num_threads: int | Literal["ALL_CPUS"] | None = None,
         cache_mb: int | None = DEFAULT_CACHE_MB,
         indexes: Sequence[int] | None = None,
+        out_size: int | None = None,
     ) -> None:
         """Plan the tiles; arguments as in :func:`geoseg.tiling.iter_tiles`.
 
-        ``indexes`` keeps only those grid cells (row-major grid indexes), in that order.
+        ``tile_size`` and ``overlap`` are in scene pixels; ``out_size`` resamples each window
+        to ``out_size x out_size`` pixels while reading it (a scene read at a model's GSD, see
+        :func:`geoseg.tiling.plan_working_grid`). ``indexes`` keeps only those grid cells
+        (row-major grid indexes), in that order.
         """
         super().__init__()
         check_grid_args(tile_size, overlap)
@@ -81,6 +86,7 @@ class TileDataset(torch.utils.data.IterableDataset[Tile]):
         self.skip_empty = skip_empty
         self.num_threads = num_threads
         self.cache_mb = cache_mb
+        self.out_size = out_size
         grid = make_grid(self.scene.width, self.scene.height, tile_size=tile_size, overlap=overlap)
         self.specs: tuple[TileSpec, ...] = (
             tuple(grid) if indexes is None else tuple(grid[int(i)] for i in indexes)
@@ -101,6 +107,7 @@ class TileDataset(torch.utils.data.IterableDataset[Tile]):
             skip_empty=self.skip_empty,
             num_threads=self.num_threads,
             cache_mb=self.cache_mb,
+            out_size=self.out_size,
         )
 
 
@@ -112,8 +119,8 @@ def collate_tiles(batch: list[Tile]) -> list[Tile]:
 def tile_loader(
     scene: str | os.PathLike[str] | SceneInfo | TileDataset,
     *,
-    tile_size: int,
-    overlap: int,
+    tile_size: int | tuple[int, int],
+    overlap: int | tuple[int, int],
     bands: Sequence[int] | None = None,
     stats: NormStats | None = None,
     batch_size: int = 8,
@@ -123,14 +130,17 @@ def tile_loader(
     cache_mb: int | None = DEFAULT_CACHE_MB,
     prefetch_factor: int | None = None,
     multiprocessing_context: Any = None,
+    out_size: int | None = None,
 ) -> torch.utils.data.DataLoader[Tile]:
     """A ``DataLoader`` yielding batches (``list[Tile]``) of a scene's tiles.
 
     Args:
         scene: a raster path, its ``SceneInfo``, or a ready :class:`TileDataset` (then the grid
             arguments below are ignored).
-        tile_size: side of the read windows in pixels, as in :func:`~geoseg.tiling.iter_tiles`.
-        overlap: pixels shared by neighbouring windows, as in :func:`~geoseg.tiling.iter_tiles`.
+        tile_size: side of the read windows in scene pixels (or ``(width, height)``), as in
+            :func:`~geoseg.tiling.iter_tiles`.
+        overlap: scene pixels shared by neighbouring windows, as in
+            :func:`~geoseg.tiling.iter_tiles`.
         bands: 1-based band indexes, as in :func:`~geoseg.tiling.iter_tiles`.
         stats: statistics, as in :func:`~geoseg.tiling.iter_tiles`; computed once, in this process.
         skip_empty: skip all-invalid tiles.
@@ -140,6 +150,8 @@ def tile_loader(
         num_workers: reading processes (0 = read in this process).
         prefetch_factor: batches each worker reads ahead (torch's default when ``None``).
         multiprocessing_context: e.g. ``"forkserver"``; torch's default when ``None``.
+        out_size: resample each window to ``out_size x out_size`` pixels, as in
+            :func:`~geoseg.tiling.iter_tiles`.
 
     Returns:
         The loader; each item is a ``list[Tile]`` (see :func:`collate_tiles`). Tile order
@@ -161,6 +173,7 @@ def tile_loader(
             skip_empty=skip_empty,
             num_threads=num_threads,
             cache_mb=cache_mb,
+            out_size=out_size,
         )
     )
     extra: dict[str, Any] = {}

@@ -5,10 +5,14 @@
 
 1. :func:`plan_scene` checks the output path, opens and validates the scene, resolves the run
    settings (:mod:`geoseg.settings`: overrides > preset > checkpoint > defaults), settles the
-   bands and the scene-wide normalisation, and plans the tile grid (a :class:`ScenePlan`);
+   bands and the scene-wide normalisation, decides the ground resolution tiles are read at
+   (:func:`geoseg.tiling.plan_working_grid`: the model's, unless the settings say otherwise)
+   and plans the tile grid in scene pixels (a :class:`ScenePlan`);
 2. :func:`predict_tiles` reads a set of tiles in a background reader so that reading overlaps
-   with the model, sends batches to any :class:`~geoseg.predict.Predictor` and keeps the
-   detections that pass the score filter (boxes in **tile pixels**);
+   with the model (each window resampled to the working GSD while it is read, when the
+   scene's differs), sends batches to any :class:`~geoseg.predict.Predictor`, keeps the
+   detections that pass the score filter and maps them back to the scene pixels of their
+   window (boxes in **tile pixels**);
 3. :func:`finish_scene` stitches the per-tile detections into scene objects (**scene
    pixels**), turns them into polygons in the **scene CRS**, counts them per class and writes
    them atomically in the format the output's extension names.
@@ -37,7 +41,7 @@ from geoseg.config import check_class_scores
 from geoseg.errors import BandError, ConfigError
 from geoseg.predict import Predictor, check_predictor
 from geoseg.settings import NormSource, RunSettings, resolve
-from geoseg.tiling import make_grid
+from geoseg.tiling import WorkingGrid, detections_to_window, make_grid, plan_working_grid
 from geoseg.types import Detections, NormStats, SceneInfo, TileDetections, TileSpec
 
 if TYPE_CHECKING:
@@ -87,6 +91,7 @@ class SceneResult:
         settings: the run settings used.
         timings: wall seconds per stage (``setup``, ``predict`` (reading included),
             ``stitch``, ``vectorize``, ``write``).
+        grid: the GSD the scene was read at and its tile sizes in scene and working pixels.
     """
 
     detections: Detections
@@ -101,6 +106,7 @@ class SceneResult:
     output: Path | None = None
     settings: RunSettings | None = None
     timings: Mapping[str, float] = field(default_factory=dict)
+    grid: WorkingGrid | None = None
 
     @property
     def megapixels_per_second(self) -> float:
@@ -172,9 +178,11 @@ class ScenePlan:
         bands: 1-based bands read, in model-input order.
         stats: the scene-wide normalisation tiles are stretched with.
         specs: the whole tile grid in row-major order (``specs[i].index == i``), **scene
-            pixels**.
+            pixels** (windows of ``grid.scene_tile``).
         classes: the predictor's class names (labels index into them).
         output: the vector file :func:`finish_scene` writes, or ``None``.
+        grid: the GSD tiles are read at: window and overlap sizes in scene pixels and the
+            tile size the model sees (``None``: ``settings.tile_size``, read as it is).
     """
 
     info: SceneInfo
@@ -184,6 +192,7 @@ class ScenePlan:
     specs: tuple[TileSpec, ...]
     classes: tuple[str, ...]
     output: Path | None = None
+    grid: WorkingGrid | None = None
 
     @property
     def thresholds(self) -> npt.NDArray[np.float32]:
@@ -300,7 +309,18 @@ def plan_scene(
         norm = _model_stats(predictor, sel, info)
     else:
         norm = compute_norm_stats(info, bands=sel)
-    specs = tuple(make_grid(info.width, info.height, tile_size=s.tile_size, overlap=s.overlap))
+    grid = plan_working_grid(
+        info,
+        tile_size=s.tile_size,
+        overlap=s.overlap,
+        model_gsd=predictor.gsd,
+        gsd=s.gsd,
+        resample=s.resample,
+    )
+    specs = tuple(
+        make_grid(info.width, info.height, tile_size=grid.scene_tile, overlap=grid.scene_overlap)
+    )
+    logger.info("%s: %s", info.path, grid.describe())
     logger.info(
         "%s: %d x %d px, %d tiles, bands %s; %s",
         info.path,
@@ -318,6 +338,7 @@ def plan_scene(
         specs=specs,
         classes=classes,
         output=out_path,
+        grid=grid,
     )
 
 
@@ -336,6 +357,9 @@ def predict_tiles(
     processes, or a reader thread when ``num_workers == 0``) so that reading overlaps with the
     model; tiles without a valid pixel are skipped; detections below their class's score
     threshold are dropped here, so only kept detections (masks cropped to their boxes) travel.
+    When the plan reads the scene at another GSD (``plan.grid.resampled``), the predictor sees
+    ``tile_size`` working pixels per tile and its detections are mapped back to the scene
+    pixels of the tile's window (:func:`geoseg.tiling.detections_to_window`) here.
 
     Args:
         plan: from :func:`plan_scene`.
@@ -347,8 +371,9 @@ def predict_tiles(
         progress: ``progress(tiles_done, tiles_total)`` after each batch and at the end.
 
     Returns:
-        One :class:`~geoseg.types.TileDetections` per tile read (boxes in **tile pixels**,
-        ``tile`` set), in reading order.
+        One :class:`~geoseg.types.TileDetections` per tile read (boxes in **tile pixels**:
+        scene pixels relative to the tile's window, whatever GSD the model saw; ``tile``
+        set), in reading order.
 
     Raises:
         RasterReadError: the scene cannot be read.
@@ -361,19 +386,27 @@ def predict_tiles(
         raise ConfigError(f"num_workers must be >= 0, got {num_workers}")
     s = plan.settings
     batch_size = s.batch_for(predictor.device_type)
+    grid = plan.grid
+    if grid is None:
+        tile: int | tuple[int, int] = s.tile_size
+        over: int | tuple[int, int] = s.overlap
+        out_size = None
+    else:
+        tile, over, out_size = grid.scene_tile, grid.scene_overlap, grid.out_size
     dataset = TileDataset(
         plan.info,
-        tile_size=s.tile_size,
-        overlap=s.overlap,
+        tile_size=tile,
+        overlap=over,
         bands=plan.bands,
         stats=plan.stats,
         indexes=indexes,
+        out_size=out_size,
     )
     total = len(dataset.specs)
     loader = tile_loader(
         dataset,
-        tile_size=s.tile_size,
-        overlap=s.overlap,
+        tile_size=tile,
+        overlap=over,
         batch_size=batch_size,
         num_workers=num_workers,
         prefetch_factor=max(1, prefetch) if num_workers > 0 else None,
@@ -393,7 +426,10 @@ def predict_tiles(
                     f"{type(predictor).__name__}.predict_tiles returned {len(preds)} results "
                     f"for {len(batch)} tiles"
                 )
-            per_tile.extend(filter_scores(p, thresholds) for p in preds)
+            kept = [filter_scores(p, thresholds) for p in preds]
+            if out_size is not None:  # working pixels -> scene pixels of each tile's window
+                kept = [detections_to_window(d, (out_size, out_size)) for d in kept]
+            per_tile.extend(kept)
             if progress is not None:
                 progress(len(per_tile), total)
     finally:
@@ -445,6 +481,7 @@ def finish_scene(plan: ScenePlan, per_tile: Iterable[TileDetections]) -> SceneRe
         output=plan.output,
         settings=s,
         timings={"stitch": t_stitch - t0, "vectorize": t_vec - t_stitch, "write": t_end - t_vec},
+        grid=plan.grid,
     )
 
 

@@ -15,6 +15,13 @@ Decisions:
   ``None``, and later stages mark their outputs as scene-pixel coordinates.
 * **Geographic CRS** is allowed; :func:`ground_sample_distance_m` converts degrees to metres at
   the scene centre so that metre-based sizes are right.
+* **Resampled reads**: :func:`read_window` and :func:`read_window_raw` take an ``out_shape`` and
+  let GDAL resample the window while reading it (average when shrinking, bilinear when
+  enlarging, the valid mask nearest; nodata and masked pixels are left out of the averages), so
+  a scene is read at a model's ground resolution tile by tile, without warping it whole or
+  writing a copy. :func:`gsd_scale` decides whether a scene needs it (more than
+  :data:`GSD_TOLERANCE` from the working GSD); :class:`ResampledDataset` presents a whole
+  raster at another pixel size, window by window (training chips).
 * **Normalisation** is a per-band linear stretch between two percentiles of the *whole scene*
   (from overviews or a sample of windows, nodata and NaN excluded), never per tile. Every scene
   gets its own statistics by default; pass a saved :class:`~geoseg.types.NormStats` (e.g. the one
@@ -37,6 +44,7 @@ from typing import Any, Final, Literal
 import numpy as np
 import numpy.typing as npt
 import rasterio
+from affine import Affine
 from rasterio.enums import MaskFlags, Resampling
 from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.windows import Window
@@ -51,14 +59,18 @@ from geoseg.types import NormStats, PixelWindow, SceneInfo
 
 __all__ = [
     "FROM_DATASET",
+    "GSD_TOLERANCE",
     "NoCRSWarning",
+    "ResampledDataset",
     "StatsSource",
     "compute_norm_stats",
     "gdal_env",
     "ground_sample_distance_m",
+    "gsd_scale",
     "open_scene",
     "read_window",
     "read_window_raw",
+    "resampling_for",
     "validate_bands",
 ]
 
@@ -66,6 +78,11 @@ logger = logging.getLogger(__name__)
 
 #: Default sample budget of :func:`compute_norm_stats`, in pixels per band.
 DEFAULT_STATS_PIXELS: Final = 1 << 20
+
+#: Relative difference between a scene's pixel size and the working one (the model's) up to
+#: which the scene is read as it is (:func:`gsd_scale`): 10 %, less than the spread of the
+#: nominal GSDs of one sensor's products, and a scale the models take in their stride.
+GSD_TOLERANCE: Final = 0.10
 
 
 class NoCRSWarning(UserWarning):
@@ -341,24 +358,144 @@ def _stretch(data: npt.NDArray[Any], stats: NormStats, out: npt.NDArray[np.float
         np.clip(o, zero, one, out=o)
 
 
+def gsd_scale(
+    scene_gsd: tuple[float, float], working_gsd: float, *, tolerance: float = GSD_TOLERANCE
+) -> tuple[float, float] | None:
+    """Working pixels per scene pixel along x and y, or ``None`` when no resampling is due.
+
+    Args:
+        scene_gsd: the scene's pixel size ``(x, y)`` in metres
+            (:func:`ground_sample_distance_m`).
+        working_gsd: the pixel size to work at, in metres (e.g. the model's).
+        tolerance: relative difference up to which the scene is read as it is.
+
+    Returns:
+        ``(scene_gsd[0] / working_gsd, scene_gsd[1] / working_gsd)``: e.g. ``(0.6, 0.6)`` for a
+        0.3 m scene and a 0.5 m model (a window of 100 scene pixels becomes 60 working pixels);
+        ``None`` when both ratios are within ``tolerance`` of 1.
+
+    Raises:
+        ConfigError: a pixel size that is not a positive number.
+
+    Example:
+        >>> gsd_scale((0.3, 0.3), 0.5)
+        (0.6, 0.6)
+        >>> gsd_scale((0.52, 0.48), 0.5) is None
+        True
+    """
+    if not (working_gsd > 0 and math.isfinite(working_gsd)):
+        raise ConfigError(f"a GSD must be a positive number of metres, got {working_gsd}")
+    if not all(g > 0 and math.isfinite(g) for g in scene_gsd):
+        raise ConfigError(f"a scene pixel size must be positive, got {scene_gsd}")
+    rx, ry = scene_gsd[0] / working_gsd, scene_gsd[1] / working_gsd
+    if abs(rx - 1.0) <= tolerance and abs(ry - 1.0) <= tolerance:
+        return None
+    return (rx, ry)
+
+
+def resampling_for(window_shape: tuple[int, int], out_shape: tuple[int, int]) -> Resampling:
+    """GDAL resampling for reading a window of ``window_shape`` into ``out_shape`` pixels.
+
+    ``average`` when the output is smaller along both axes (every source pixel counts, no
+    aliasing), else ``bilinear``. Shapes are ``(height, width)``.
+    """
+    if out_shape[0] < window_shape[0] and out_shape[1] < window_shape[1]:
+        return Resampling.average
+    return Resampling.bilinear
+
+
 def _read_inner(
-    dataset: Any, inner: PixelWindow, sel: tuple[int, ...], nodata: float | None
+    dataset: Any,
+    source: Window,
+    sel: tuple[int, ...],
+    nodata: float | None,
+    out_shape: tuple[int, int] | None = None,
+    resampling: Resampling = Resampling.nearest,
 ) -> tuple[npt.NDArray[Any], npt.NDArray[np.bool_] | None]:
-    """Raw pixels ``[C, h, w]`` of an in-scene window and its valid mask (``None``: all valid)."""
-    rio_window = inner.to_rasterio()
+    """Raw pixels ``[C, h, w]`` of an in-scene window and its valid mask (``None``: all valid).
+
+    ``source`` is in scene pixels (fractional offsets and sizes allowed when resampling);
+    ``out_shape`` ``(h, w)`` resamples it with ``resampling`` (``None``: the window's own size).
+    GDAL's resampling skips nodata and masked source pixels; the mask is resampled nearest.
+    """
     try:
-        data = dataset.read(sel, window=rio_window)
+        if out_shape is None:
+            data = dataset.read(sel, window=source)
+        else:
+            data = dataset.read(
+                sel, window=source, out_shape=(len(sel), *out_shape), resampling=resampling
+            )
         mask_valid: npt.NDArray[np.bool_] | None
         if _uses_mask_band(dataset, sel):
-            mask_valid = dataset.read_masks(sel[0], window=rio_window) > 0
+            extra = {} if out_shape is None else {"out_shape": out_shape}
+            mask_valid = (
+                dataset.read_masks(sel[0], window=source, resampling=Resampling.nearest, **extra)
+                > 0
+            )
         else:
             mask_valid = _valid_from_data(data, nodata)
     except RasterioError as err:
         raise RasterReadError(
-            f"{dataset.name}: reading window {inner} failed: {err} ({err.__cause__}). The file "
+            f"{dataset.name}: reading window {source} failed: {err} ({err.__cause__}). The file "
             "may be truncated or corrupt, or the connection was lost."
         ) from err
     return data, mask_valid
+
+
+def _axis_placement(
+    off: int, size: int, out: int, length: int
+) -> tuple[int, int, float, float] | None:
+    """One axis of :func:`_placement`: output pixels ``[i0, i1)`` and source span ``[s0, s1)``.
+
+    The output pixels kept are those whose centres lie inside ``[0, length)``; their source
+    span is clamped to the scene (at most half an output pixel at a scene edge).
+    """
+    step = size / out
+    a, b = max(0, off) - off, min(length, off + size) - off
+    if b <= a:
+        return None
+    i0 = min(out, max(0, math.ceil(a / step - 0.5)))
+    i1 = min(out, max(0, math.ceil(b / step - 0.5)))
+    if i1 <= i0:
+        return None
+    return i0, i1, max(0.0, off + i0 * step), min(float(length), off + i1 * step)
+
+
+def _placement(
+    window: PixelWindow, out_shape: tuple[int, int] | None, width: int, height: int
+) -> tuple[slice, slice, Window, tuple[int, int] | None] | None:
+    """Where the in-scene part of ``window`` lands in the output, and what is read to fill it.
+
+    Returns:
+        ``(ys, xs, source, sub_shape)``: the output rows and columns that get scene pixels, the
+        source window in scene pixels (fractional when resampling) and the shape it is read
+        into (``None``: its own size); ``None`` when no output pixel lies inside the scene.
+    """
+    if out_shape is None:
+        inner = window.intersection(PixelWindow(0, 0, width, height))
+        if inner.area == 0:
+            return None
+        ys = slice(inner.row_off - window.row_off, inner.row_end - window.row_off)
+        xs = slice(inner.col_off - window.col_off, inner.col_end - window.col_off)
+        return ys, xs, inner.to_rasterio(), None
+    y = _axis_placement(window.row_off, window.height, out_shape[0], height)
+    x = _axis_placement(window.col_off, window.width, out_shape[1], width)
+    if y is None or x is None:
+        return None
+    source = Window(x[2], y[2], x[3] - x[2], y[3] - y[2])
+    return slice(y[0], y[1]), slice(x[0], x[1]), source, (y[1] - y[0], x[1] - x[0])
+
+
+def _out_shape(
+    window: PixelWindow, out_shape: tuple[int, int] | None
+) -> tuple[tuple[int, int], tuple[int, int] | None]:
+    """``(output shape, out_shape or None when it equals the window's own size)``."""
+    if out_shape is None:
+        return (window.height, window.width), None
+    shape = (int(out_shape[0]), int(out_shape[1]))
+    if min(shape) < 1:
+        raise ConfigError(f"out_shape must be positive, got {out_shape}")
+    return shape, (None if shape == (window.height, window.width) else shape)
 
 
 def read_window_raw(
@@ -368,19 +505,24 @@ def read_window_raw(
     bands: Sequence[int],
     nodata: float | Literal[_FromDataset.TOKEN] | None = FROM_DATASET,
     fill: float | None = None,
+    out_shape: tuple[int, int] | None = None,
+    resampling: Resampling | None = None,
 ) -> tuple[npt.NDArray[Any], npt.NDArray[np.bool_]]:
     """Read one window of an open dataset in its own dtype, boundless (for training chips).
 
     Args:
-        dataset: an open :class:`rasterio.DatasetReader`.
+        dataset: an open :class:`rasterio.DatasetReader` (or a :class:`ResampledDataset`).
         window: the window in scene pixels; it may extend past the scene (padding).
         bands: 1-based band indexes, in output-channel order.
         nodata: the nodata value; by default the dataset's own. ``None`` = no nodata value.
         fill: value of padding pixels; by default the nodata value, else 0.
+        out_shape: ``(h, w)`` to resample the window to (see :func:`read_window`); ``None``:
+            the window's own size.
+        resampling: GDAL resampling of the pixels; ``None``: :func:`resampling_for`.
 
     Returns:
-        ``(data, valid)``: data ``[C, window.height, window.width]`` in the dataset's dtype, raw
-        (nodata pixels keep their value); valid bool ``[window.height, window.width]`` as in
+        ``(data, valid)``: data ``[C, h, w]`` (the window's size, or ``out_shape``) in the
+        dataset's dtype, raw (nodata pixels keep their value); valid bool ``[h, w]`` as in
         :func:`read_window`.
 
     Raises:
@@ -391,18 +533,19 @@ def read_window_raw(
     if fill is None:
         fill = 0.0 if nd is None else nd
     dtype = np.dtype(dataset.dtypes[sel[0] - 1])
-    h, w = window.height, window.width
-    valid = np.zeros((h, w), dtype=np.bool_)
-    inner = window.intersection(PixelWindow(0, 0, int(dataset.width), int(dataset.height)))
-    if inner == window:
-        data, mask_valid = _read_inner(dataset, inner, sel, nd)
+    (h, w), rs_shape = _out_shape(window, out_shape)
+    if rs_shape is not None and resampling is None:
+        resampling = resampling_for((window.height, window.width), rs_shape)
+    rs = Resampling.nearest if resampling is None else resampling
+    place = _placement(window, rs_shape, int(dataset.width), int(dataset.height))
+    if place is None:
+        return np.full((len(sel), h, w), fill, dtype=dtype), np.zeros((h, w), dtype=np.bool_)
+    ys, xs, source, sub_shape = place
+    data, mask_valid = _read_inner(dataset, source, sel, nd, sub_shape, rs)
+    if (ys.start, ys.stop, xs.start, xs.stop) == (0, h, 0, w):
         return data, (np.ones((h, w), np.bool_) if mask_valid is None else mask_valid)
     out = np.full((len(sel), h, w), fill, dtype=dtype)
-    if inner.area == 0:
-        return out, valid
-    ys = slice(inner.row_off - window.row_off, inner.row_end - window.row_off)
-    xs = slice(inner.col_off - window.col_off, inner.col_end - window.col_off)
-    data, mask_valid = _read_inner(dataset, inner, sel, nd)
+    valid = np.zeros((h, w), dtype=np.bool_)
     out[:, ys, xs] = data
     valid[ys, xs] = True if mask_valid is None else mask_valid
     return out, valid
@@ -415,8 +558,17 @@ def read_window(
     bands: Sequence[int],
     stats: NormStats | None,
     nodata: float | Literal[_FromDataset.TOKEN] | None = FROM_DATASET,
+    out_shape: tuple[int, int] | None = None,
+    resampling: Resampling | None = None,
 ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.bool_]]:
-    """Read one window of an open dataset, boundless.
+    """Read one window of an open dataset, boundless, optionally resampled.
+
+    With ``out_shape``, GDAL resamples the window while reading it (no full-resolution copy):
+    output pixel ``(i, j)`` covers scene pixels ``[window.col_off + j * sx, ... + (j + 1) *
+    sx)`` with ``sx = window.width / out_shape[1]`` (``sy`` likewise), so the window's
+    transform composed with ``Affine.scale(sx, sy)`` georeferences the output. The valid mask
+    is resampled nearest; nodata and masked source pixels are left out of the resampling.
+    Output pixels whose centres lie outside the scene are padding.
 
     Args:
         dataset: an open :class:`rasterio.DatasetReader`.
@@ -425,15 +577,19 @@ def read_window(
         stats: scene-wide statistics to stretch the pixels to [0, 1] (``stats.bands`` must equal
             ``bands``), or ``None`` to return raw values as float32.
         nodata: the nodata value; by default the dataset's own. ``None`` = no nodata value.
+        out_shape: ``(h, w)`` of the output in resampled pixels; ``None``: the window's size.
+        resampling: GDAL resampling of the pixels; ``None``: :func:`resampling_for` (average
+            when shrinking, bilinear when enlarging).
 
     Returns:
-        ``(image, valid)``: image float32 ``[C, window.height, window.width]`` (C = len(bands)),
-        normalised when ``stats`` is given; valid bool ``[window.height, window.width]``, True
-        where the pixel lies inside the scene and is not nodata/masked/NaN. Invalid pixels are 0
-        in ``image``.
+        ``(image, valid)``: image float32 ``[C, h, w]`` (C = len(bands); ``h, w`` the window's
+        height and width, or ``out_shape``), normalised when ``stats`` is given; valid bool
+        ``[h, w]``, True where the pixel lies inside the scene and is not nodata/masked/NaN.
+        Invalid pixels are 0 in ``image``.
 
     Raises:
         BandError: ``stats`` belongs to other bands.
+        ConfigError: a non-positive ``out_shape``.
         RasterReadError: the read failed (corrupt block, lost connection...).
     """
     sel = tuple(bands)
@@ -443,10 +599,16 @@ def read_window(
             f"{sel} were requested; pass matching bands or recompute the statistics."
         )
     nd = dataset.nodata if nodata is FROM_DATASET else nodata
-    h, w = window.height, window.width
-    inner = window.intersection(PixelWindow(0, 0, int(dataset.width), int(dataset.height)))
-    if inner == window:  # the common case: no padding, no zero-filling
-        data, mask_valid = _read_inner(dataset, inner, sel, nd)
+    (h, w), rs_shape = _out_shape(window, out_shape)
+    if rs_shape is not None and resampling is None:
+        resampling = resampling_for((window.height, window.width), rs_shape)
+    rs = Resampling.nearest if resampling is None else resampling
+    place = _placement(window, rs_shape, int(dataset.width), int(dataset.height))
+    if place is None:
+        return np.zeros((len(sel), h, w), dtype=np.float32), np.zeros((h, w), dtype=np.bool_)
+    ys, xs, source, sub_shape = place
+    data, mask_valid = _read_inner(dataset, source, sel, nd, sub_shape, rs)
+    if (ys.start, ys.stop, xs.start, xs.stop) == (0, h, 0, w):  # common: no padding
         image = np.empty((len(sel), h, w), dtype=np.float32)
         if stats is not None:
             _stretch(data, stats, image)
@@ -458,11 +620,6 @@ def read_window(
         return image, mask_valid
     image = np.zeros((len(sel), h, w), dtype=np.float32)
     valid = np.zeros((h, w), dtype=np.bool_)
-    if inner.area == 0:
-        return image, valid
-    ys = slice(inner.row_off - window.row_off, inner.row_end - window.row_off)
-    xs = slice(inner.col_off - window.col_off, inner.col_end - window.col_off)
-    data, mask_valid = _read_inner(dataset, inner, sel, nd)
     sub = image[:, ys, xs]
     if stats is not None:
         _stretch(data, stats, sub)
@@ -474,6 +631,91 @@ def read_window(
         valid[ys, xs] = mask_valid
         sub[:, ~mask_valid] = 0.0
     return image, valid
+
+
+class ResampledDataset:
+    """An open dataset seen at another pixel size, for :func:`read_window_raw`/:func:`read_window`.
+
+    Windows given to it are in *resampled pixels*: a grid of ``width x height`` pixels that
+    covers exactly the source raster (so ``transform`` = the source transform composed with
+    ``Affine.scale(source.width / width, source.height / height)``). Each read is a windowed
+    read of the source with GDAL resampling (no warp of the whole raster, no copy on disk).
+    Used to cut training chips at a model's GSD.
+
+    Attributes:
+        width, height: size in resampled pixels.
+        transform: affine from resampled pixels to the source CRS.
+        resampling: GDAL resampling of the pixels (masks are always resampled nearest).
+    """
+
+    def __init__(
+        self, dataset: Any, width: int, height: int, resampling: Resampling | None = None
+    ) -> None:
+        """Wrap the open ``dataset`` (it stays owned, and closed, by the caller)."""
+        if width < 1 or height < 1:
+            raise ConfigError(f"a resampled size must be positive, got {width} x {height}")
+        self._ds = dataset
+        self.width, self.height = int(width), int(height)
+        self._sx = dataset.width / self.width
+        self._sy = dataset.height / self.height
+        self.transform = dataset.transform * Affine.scale(self._sx, self._sy)
+        self.resampling = resampling or resampling_for(
+            (int(dataset.height), int(dataset.width)), (self.height, self.width)
+        )
+
+    @property
+    def name(self) -> str:
+        """The source dataset's name."""
+        return str(self._ds.name)
+
+    def __getattr__(self, attr: str) -> Any:
+        if attr in ("nodata", "dtypes", "count", "crs", "mask_flag_enums"):
+            return getattr(self._ds, attr)
+        raise AttributeError(attr)
+
+    def _source(self, window: Any) -> Window:
+        if window is None:
+            return Window(0, 0, self._ds.width, self._ds.height)
+        return Window(
+            window.col_off * self._sx,
+            window.row_off * self._sy,
+            window.width * self._sx,
+            window.height * self._sy,
+        )
+
+    def read(
+        self,
+        indexes: Any,
+        window: Any = None,
+        out_shape: tuple[int, ...] | None = None,
+        resampling: Resampling | None = None,
+    ) -> npt.NDArray[Any]:
+        """Bands ``indexes`` of ``window`` (resampled pixels), like ``DatasetReader.read``."""
+        if out_shape is None:
+            h, w = (self.height, self.width) if window is None else (window.height, window.width)
+            out_shape = (len(indexes), h, w) if isinstance(indexes, Sequence) else (h, w)
+        return self._ds.read(
+            indexes,
+            window=self._source(window),
+            out_shape=out_shape,
+            resampling=resampling or self.resampling,
+        )
+
+    def read_masks(
+        self,
+        indexes: Any,
+        window: Any = None,
+        out_shape: tuple[int, ...] | None = None,
+        resampling: Resampling = Resampling.nearest,
+    ) -> npt.NDArray[Any]:
+        """The source's mask of ``window`` (resampled pixels), resampled nearest."""
+        if out_shape is None:
+            out_shape = (
+                (self.height, self.width) if window is None else (window.height, window.width)
+            )
+        return self._ds.read_masks(
+            indexes, window=self._source(window), out_shape=out_shape, resampling=resampling
+        )
 
 
 def _stats_window_grid(

@@ -98,8 +98,16 @@ class RunSettings:
     (:meth:`digest`) goes into each batch manifest record: a scene is redone when it changes.
 
     Attributes:
-        tile_size: tile side in scene pixels.
-        overlap: pixels shared by neighbouring tiles, ``0 <= overlap < tile_size``.
+        tile_size: tile side in *working pixels*, the pixels the model sees: scene pixels when
+            the scene is read as it is, pixels of the working GSD when it is resampled (see
+            ``gsd``).
+        overlap: working pixels shared by neighbouring tiles, ``0 <= overlap < tile_size``.
+        gsd: the ground sample distance tiles are read at, in metres; ``None``: the model's
+            (its checkpoint's ``gsd``). A scene whose GSD differs from it by more than
+            :data:`geoseg.raster.GSD_TOLERANCE` is resampled tile by tile while it is read
+            and its objects are mapped back to its own pixels
+            (:func:`geoseg.tiling.plan_working_grid`).
+        resample: ``False`` reads every scene at its own GSD, whatever the model's.
         bands: 1-based raster bands fed to the model, in model-input order (``None``: the
             model's bands, else all bands of the scene).
         norm: normalise with the scene's own statistics or the model's training statistics.
@@ -121,6 +129,8 @@ class RunSettings:
 
     tile_size: int = DEFAULT_TILE_SIZE
     overlap: int = DEFAULT_TILE_SIZE // 4
+    gsd: float | None = None
+    resample: bool = True
     bands: tuple[int, ...] | None = None
     norm: NormSource = NormSource.SCENE
     min_score: float = DEFAULT_MIN_SCORE
@@ -143,6 +153,17 @@ class RunSettings:
                 f"overlap {self.overlap} must be in [0, tile size {self.tile_size}) pixels: "
                 "lower the overlap"
             )
+        if self.gsd is not None:
+            ok = isinstance(self.gsd, int | float) and not isinstance(self.gsd, bool)
+            if not (ok and 0 < self.gsd < float("inf")):
+                raise ConfigError(f"gsd must be a positive number of metres, got {self.gsd}")
+            object.__setattr__(self, "gsd", float(self.gsd))
+            if not self.resample:
+                raise ConfigError(
+                    f"a working GSD ({self.gsd:g} m) and resampling switched off contradict "
+                    "each other: give one of --gsd / --no-resample"
+                )
+        object.__setattr__(self, "resample", bool(self.resample))
         if self.bands is not None:
             bands = tuple(int(b) for b in self.bands)
             if not bands or min(bands) < 1:
@@ -212,8 +233,14 @@ class RunSettings:
         per_class = ", ".join(f"{k} {v:g}" for k, v in sorted(self.class_min_score.items()))
         scores = f"min score {self.min_score:g}" + (f" ({per_class})" if per_class else "")
         preset = f", preset {self.preset}" if self.preset else ""
+        if not self.resample:
+            gsd = ", no resampling"
+        elif self.gsd is not None:
+            gsd = f", GSD {self.gsd:g} m"
+        else:
+            gsd = ""
         return (
-            f"tiles {self.tile_size} px, overlap {self.overlap} px, {scores}, "
+            f"tiles {self.tile_size} px, overlap {self.overlap} px{gsd}, {scores}, "
             f"norm {self.norm.value}{preset}"
         )
 
@@ -241,7 +268,9 @@ def resolve(
             size and recommended per-class score thresholds. ``None``: defaults only.
         preset: a preset name (``"ships"``), a YAML path or a loaded
             :class:`~geoseg.config.PresetConfig`; gives tiling, filter, stitch and vectorize.
-        **overrides: any :class:`RunSettings` field; ``None`` values are ignored.
+        **overrides: any :class:`RunSettings` field; ``None`` values are ignored. The working
+            GSD (``gsd``, ``resample``) comes from overrides only: the model's GSD applies
+            when they are not given.
 
     Returns:
         The validated :class:`RunSettings`. Without a tile size anywhere,
