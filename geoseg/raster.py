@@ -658,7 +658,7 @@ class ResampledDataset:
         self.width, self.height = int(width), int(height)
         self._sx = dataset.width / self.width
         self._sy = dataset.height / self.height
-        self.transform = dataset.transform * Affine.scale(self._sx, self._sy)
+        self.transform = dataset.transform @ Affine.scale(self._sx, self._sy)
         self.resampling = resampling or resampling_for(
             (int(dataset.height), int(dataset.width)), (self.height, self.width)
         )

@@ -200,7 +200,7 @@ def tile_transform(
     """
     out: Affine = rasterio.windows.transform(window.to_rasterio(), scene_transform)
     if out_shape is not None and out_shape != (window.height, window.width):
-        out = out * Affine.scale(window.width / out_shape[1], window.height / out_shape[0])
+        out = out @ Affine.scale(window.width / out_shape[1], window.height / out_shape[0])
     return out
 
 

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MinScore",
+    "describe_gsd",
     "fail_on_geoseg_error",
     "parse_bands",
     "parse_classes",
@@ -107,9 +108,9 @@ def fail_on_geoseg_error(func: F) -> F:
 def run_settings_options(func: F) -> F:
     """The options that choose how a scene is predicted, shared by ``predict`` and ``batch``.
 
-    Adds ``--config``, ``--bands``, ``--min-score``, ``--tile-size`` and ``--overlap``; their
-    values feed :func:`geoseg.config.resolve_run_settings` (options > preset > checkpoint >
-    defaults).
+    Adds ``--config``, ``--bands``, ``--min-score``, ``--tile-size``, ``--overlap``, ``--gsd``
+    and ``--no-resample``; their values feed :func:`resolve_cli_settings` (options > preset >
+    checkpoint > defaults).
     """
     options = [
         click.option(
@@ -124,14 +125,51 @@ def run_settings_options(func: F) -> F:
             "--min-score 0.5 --min-score vehicle=0.3 [default: preset, else the model's "
             "per-class scores, else 0.5].",
         ),
-        click.option("--tile-size", type=click.IntRange(min=16), help="Tile side in pixels."),
         click.option(
-            "--overlap", type=click.IntRange(min=0), help="Overlap between tiles in pixels."
+            "--tile-size",
+            type=click.IntRange(min=16),
+            help="Tile side in pixels the model sees (at the working GSD).",
+        ),
+        click.option(
+            "--overlap",
+            type=click.IntRange(min=0),
+            help="Overlap between tiles in pixels (at the working GSD).",
+        ),
+        click.option(
+            "--gsd",
+            type=click.FloatRange(min=0.0, min_open=True),
+            metavar="METRES",
+            help="Read scenes at this ground resolution (each tile resampled while read; "
+            "outputs stay in the scene's pixels and CRS) [default: the model's GSD; scenes "
+            "within 10 % of it are read as they are].",
+        ),
+        click.option(
+            "--no-resample",
+            is_flag=True,
+            help="Read scenes at their own ground resolution, whatever the model's.",
         ),
     ]
     for option in reversed(options):
         func = option(func)
     return func
+
+
+def describe_gsd(settings: RunSettings, model_gsd: float | None) -> str:
+    """One line on the GSD scenes are read at, for a command's stderr."""
+    from geoseg.raster import GSD_TOLERANCE
+
+    if not settings.resample:
+        return "working GSD: each scene's own (--no-resample)"
+    if settings.gsd is not None:
+        target = f"{settings.gsd:g} m (--gsd)"
+    elif model_gsd is not None:
+        target = f"the model's, {model_gsd:g} m"
+    else:
+        return "working GSD: each scene's own (the model's GSD is unknown)"
+    return (
+        f"working GSD: {target}; scenes more than {GSD_TOLERANCE:.0%} away are resampled "
+        "tile by tile"
+    )
 
 
 def resolve_cli_settings(
@@ -145,11 +183,18 @@ def resolve_cli_settings(
     batch_size: int | None,
     device: str,
     norm: str,
+    gsd: float | None = None,
+    no_resample: bool = False,
 ) -> RunSettings:
     """The run settings of ``predict``/``batch`` from their options and the checkpoint.
 
     One call of :func:`geoseg.settings.resolve` (options > preset > checkpoint > defaults).
+
+    Raises:
+        click.UsageError: ``--gsd`` together with ``--no-resample``.
     """
+    if gsd is not None and no_resample:
+        raise click.UsageError("--gsd and --no-resample contradict each other; give one")
     from geoseg.settings import resolve
 
     global_score, class_scores = split_min_score(min_score)
@@ -159,6 +204,8 @@ def resolve_cli_settings(
         bands=parse_bands(bands),
         tile_size=tile_size,
         overlap=overlap,
+        gsd=gsd,
+        resample=False if no_resample else None,
         min_score=global_score,
         class_min_score=class_scores,
         batch_size=batch_size,

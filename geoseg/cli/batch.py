@@ -11,6 +11,7 @@ import click
 
 from geoseg.batch.manifest import FORMAT_ALIASES, OUTPUT_FORMATS
 from geoseg.cli._common import (
+    describe_gsd,
     fail_on_geoseg_error,
     resolve_cli_settings,
     run_settings_options,
@@ -152,6 +153,8 @@ def command(
     min_score: tuple[float | tuple[str, float], ...],
     tile_size: int | None,
     overlap: int | None,
+    gsd: float | None,
+    no_resample: bool,
     norm: str,
     batch_size: int | None,
     asset: str | None,
@@ -165,7 +168,8 @@ def command(
     per line, # comments) or STAC ItemCollection JSONs (.json). Rerunning the same command
     skips the scenes already done with the same model and config; --force redoes them.
     Settings follow the same rule as geoseg predict: options > --config preset > the
-    checkpoint's tile size and score thresholds > defaults.
+    checkpoint's tile size and score thresholds > defaults; scenes are read at the model's
+    ground resolution unless --gsd or --no-resample says otherwise.
     Exits with status 1 when any scene failed (see OUTDIR/manifest.json).
     """
     from tqdm import tqdm
@@ -185,7 +189,10 @@ def command(
         batch_size=batch_size,
         device=device,
         norm=norm,
+        gsd=gsd,
+        no_resample=no_resample,
     )
+    click.echo(describe_gsd(settings, meta.gsd), err=True)
     shown = settings.bands or meta.bands
     writer = functools.partial(write_quicklook, bands=shown[:3] if len(shown) >= 3 else shown[:1])
     bar = tqdm(total=n_scenes, unit="scene", desc="batch", dynamic_ncols=True)

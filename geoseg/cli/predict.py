@@ -117,6 +117,8 @@ def command(
     min_score: tuple[float | tuple[str, float], ...],
     tile_size: int | None,
     overlap: int | None,
+    gsd: float | None,
+    no_resample: bool,
     quicklook: Path | None,
     device: str,
     norm: str,
@@ -126,7 +128,10 @@ def command(
     """Find and outline the objects of SCENE with MODEL; write polygons to OUT.
 
     SCENE is any raster GDAL reads (GeoTIFF, COG, VRT, /vsicurl/ URL). Objects cut by tile
-    borders are merged; polygons are in the scene's CRS (GeoJSON: WGS84).
+    borders are merged; polygons are in the scene's CRS (GeoJSON: WGS84). A scene whose
+    ground resolution differs from the model's by more than 10 % is read at the model's
+    (each tile resampled while it is read, no copy on disk); --gsd sets another working
+    GSD, --no-resample reads the scene as it is.
     """
     from tqdm import tqdm
 
@@ -135,6 +140,7 @@ def command(
     from geoseg.pipeline import run_scene
     from geoseg.predict import load_predictor
     from geoseg.raster import open_scene, validate_bands
+    from geoseg.tiling import plan_working_grid
 
     # Cheap checks first, so that bad input fails before the model is loaded.
     check_writable(output)
@@ -152,6 +158,8 @@ def command(
         batch_size=batch_size,
         device=device,
         norm=norm,
+        gsd=gsd,
+        no_resample=no_resample,
     )
     sel = validate_bands(info, settings.bands or meta.bands)
     check_compatible(meta, band_count=len(sel))
@@ -160,6 +168,15 @@ def command(
             f"{model}: the checkpoint has no normalisation statistics; use --norm scene",
             param_hint="--norm",
         )
+    grid = plan_working_grid(  # the same decision plan_scene makes; fails early on no CRS
+        info,
+        tile_size=settings.tile_size,
+        overlap=settings.overlap,
+        model_gsd=meta.gsd,
+        gsd=settings.gsd,
+        resample=settings.resample,
+    )
+    click.echo(grid.describe(), err=True)
     if settings.class_min_score:
         per_class = ", ".join(f"{k} {v:g}" for k, v in sorted(settings.class_min_score.items()))
         click.echo(f"score thresholds: {per_class}; other classes {settings.min_score:g}", err=True)
