@@ -310,9 +310,10 @@ def plan_working_grid(
 
     Example:
         >>> from affine import Affine
+        >>> from pyproj import CRS
         >>> from geoseg.types import SceneInfo
-        >>> info = SceneInfo("s.tif", 1000, 1000, 3, "uint8", "EPSG:32631",
-        ...                  Affine(0.3, 0, 500000, 0, -0.3, 0))
+        >>> utm = CRS.from_epsg(32631).to_wkt()
+        >>> info = SceneInfo("s.tif", 1000, 1000, 3, "uint8", utm, Affine(0.3, 0, 5e5, 0, -0.3, 0))
         >>> g = plan_working_grid(info, tile_size=256, overlap=64, model_gsd=0.5)
         >>> g.scene_tile, g.scene_overlap, g.tile_size
         ((427, 427), (107, 107), 256)
