@@ -90,9 +90,10 @@ class TileSpec:
     Attributes:
         index: position of the tile in its grid's row-major order.
         row: grid row; col: grid column.
-        window: the read window in scene pixels, always ``tile_size x tile_size``; it extends
-            past the scene's right/bottom edge only when the scene is smaller than a tile
-            (the excess is padding and marked invalid).
+        window: the read window in scene pixels, the grid's tile size (``tile_size x
+            tile_size``, or the scene-pixel size of one model tile when the scene is read at
+            another GSD); it extends past the scene's right/bottom edge only when the scene is
+            smaller than a tile (the excess is padding and marked invalid).
         core: the pixels this tile *owns*, in scene pixels. The cores of all tiles in a grid
             partition the scene exactly: every scene pixel lies in exactly one core.
     """
@@ -210,10 +211,13 @@ class Tile:
     Attributes:
         spec: the grid cell (window and core in scene pixels).
         image: float32 ``[C, h, w]`` normalised to [0, 1] with the scene-wide
-            :class:`NormStats`; ``h, w`` equal the window's height/width. Padding and nodata
-            pixels are 0.
+            :class:`NormStats`; ``h, w`` equal the window's height/width, or the model's tile
+            size when the window was resampled to the working GSD while read (then the
+            image's pixels are *working pixels*, not scene pixels). Padding and nodata pixels
+            are 0.
         valid: bool ``[h, w]``, True where the pixel is inside the scene and not nodata.
-        transform: affine from *tile pixels* to the scene CRS.
+        transform: affine from the image's pixels (*tile pixels*, or working pixels when
+            resampled) to the scene CRS.
         crs_wkt: WKT of the scene CRS (``None`` if the scene has none).
     """
 
