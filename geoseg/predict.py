@@ -15,8 +15,10 @@ a class that declares every attribute itself needs no base class. Declare ``band
 pipeline's settings follow them (see :func:`geoseg.settings.resolve`). For each tile the method
 must return a ``TileDetections`` with:
 
-* ``boxes``: float32 ``[N, 4]`` ``(x1, y1, x2, y2)`` in **tile pixels** (pixel-edge
-  coordinates, origin at the tile window's top-left corner);
+* ``boxes``: float32 ``[N, 4]`` ``(x1, y1, x2, y2)`` in **tile pixels**, the pixels of
+  ``tile.image`` (pixel-edge coordinates, origin at its top-left corner). When the pipeline
+  reads a scene at the model's GSD, ``tile.image`` holds the window resampled to the working
+  GSD and the pipeline maps these boxes back to scene pixels itself;
 * ``scores``: float32 ``[N]`` in [0, 1]; ``labels``: int64 ``[N]``, **0-based** indexes into
   ``classes`` (convert from 1-based "0 = background" conventions, as done here for torchvision);
 * ``mask_boxes``: int32 ``[N, 4]`` integer tile-pixel bounds of each mask, and ``masks``: a
