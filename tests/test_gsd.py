@@ -27,10 +27,12 @@ from geoseg.pipeline import finish_scene, plan_scene, predict_tiles, run_scene
 from geoseg.predict import PredictorBase
 from geoseg.raster import (
     GSD_TOLERANCE,
+    ResampledDataset,
     ground_sample_distance_m,
     gsd_scale,
     open_scene,
     read_window,
+    read_window_raw,
 )
 from geoseg.settings import RunSettings, resolve
 from geoseg.tiling import (
@@ -218,6 +220,21 @@ def test_resampled_read_keeps_nodata_out_of_the_average(tmp_path):
         )
     assert valid[:, 0].sum() == 0 and valid[:, 1:].all()
     assert (image[0, :, 1:] == 100).all()  # column 1 mixes nodata and 100: 100, not 50
+
+    masked = write(tmp_path / "mask.tif", np.full((3, 8, 8), 100, np.uint8), Affine.scale(1, -1))
+    with rasterio.open(masked, "r+") as ds:  # an internal mask instead of a nodata value
+        ds.write_mask(np.where(np.arange(8) < 3, 0, 255).astype(np.uint8)[None, :].repeat(8, 0))
+    with rasterio.open(masked) as ds:
+        image, valid = read_window(
+            ds, PixelWindow(0, 0, 8, 8), bands=(1, 2, 3), stats=None, out_shape=(4, 4)
+        )
+        chip, chip_valid = read_window_raw(
+            ResampledDataset(ds, 4, 4), PixelWindow(0, 0, 6, 6), bands=(1, 2, 3)
+        )
+    assert valid[:, 0].sum() == 0 and valid[:, 1:].all() and (image[:, :, 1:] == 100).all()
+    assert chip.shape == (3, 6, 6) and chip.dtype == np.uint8  # padded past the 4 x 4 grid
+    np.testing.assert_array_equal(chip_valid[:4, :4], valid)
+    assert not chip_valid[4:].any() and not chip_valid[:, 4:].any()
 
 
 def test_iter_tiles_at_another_gsd(blocky):
