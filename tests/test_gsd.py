@@ -221,7 +221,8 @@ def test_resampled_read_keeps_nodata_out_of_the_average(tmp_path):
     assert valid[:, 0].sum() == 0 and valid[:, 1:].all()
     assert (image[0, :, 1:] == 100).all()  # column 1 mixes nodata and 100: 100, not 50
 
-    masked = write(tmp_path / "mask.tif", np.full((3, 8, 8), 100, np.uint8), Affine.scale(1, -1))
+    t = Affine(0.25, 0, 5e5, 0, -0.25, 4e6)
+    masked = write(tmp_path / "mask.tif", np.full((3, 8, 8), 100, np.uint8), t)
     with rasterio.open(masked, "r+") as ds:  # an internal mask instead of a nodata value
         ds.write_mask(np.where(np.arange(8) < 3, 0, 255).astype(np.uint8)[None, :].repeat(8, 0))
     with rasterio.open(masked) as ds:
