@@ -56,7 +56,7 @@ import rasterio
 import shapely
 from affine import Affine
 from rasterio.features import rasterize
-from shapely.affinity import translate
+from shapely.affinity import affine_transform
 from shapely.geometry import box
 from shapely.geometry.base import BaseGeometry
 
@@ -75,6 +75,7 @@ from geoseg.io import atomic_write, atomic_write_json, read_vectors
 from geoseg.raster import (
     compute_norm_stats,
     ground_sample_distance_m,
+    gsd_scale,
     open_scene,
     read_window_raw,
     validate_bands,
@@ -475,9 +476,16 @@ def _clip_region(info: SceneInfo, region: PixelWindow) -> PixelWindow:
 
 
 def _chip_cells(
-    info: SceneInfo, *, size: int, overlap: int, region: PixelWindow | None
+    info: SceneInfo,
+    *,
+    size: int | tuple[int, int],
+    overlap: int | tuple[int, int],
+    region: PixelWindow | None,
 ) -> list[tuple[int, int, PixelWindow]]:
     """``(grid row, grid col, window in scene pixels)`` of every chip to cut.
+
+    ``size`` and ``overlap`` are in scene pixels (``(x, y)`` for chips cut at another GSD,
+    see :func:`_chip_scale`).
 
     Without ``region`` this is :func:`geoseg.tiling.make_grid` over the scene (windows of a
     scene smaller than a chip run past it: padding). With one, the grid covers the region and
@@ -493,6 +501,59 @@ def _chip_cells(
         shifted = PixelWindow(w.col_off + r.col_off, w.row_off + r.row_off, w.width, w.height)
         cells.append((t.row, t.col, shifted.intersection(r)))
     return cells
+
+
+def _scene_gsd_m(info: SceneInfo, scene_gsd: float | None) -> tuple[float, float] | None:
+    """The scene's pixel size in metres: from its CRS, else the stated one, else ``None``."""
+    if info.crs_wkt is not None:
+        return ground_sample_distance_m(info)
+    return None if scene_gsd is None else (float(scene_gsd), float(scene_gsd))
+
+
+def _chip_scale(
+    info: SceneInfo, gsd_m: tuple[float, float] | None, target_gsd: float | None
+) -> tuple[float, float] | None:
+    """Scene pixels per chip pixel ``(x, y)`` for chips cut at ``target_gsd`` metres.
+
+    ``None`` when no target is given or the scene is within
+    :data:`geoseg.raster.GSD_TOLERANCE` of it (chips cut as they are).
+
+    Raises:
+        ConfigError: a target for a scene whose GSD is unknown (no CRS, none stated).
+    """
+    if target_gsd is None:
+        return None
+    if gsd_m is None:
+        raise ConfigError(
+            f"{info.path}: the scene has no CRS and no stated GSD, so it cannot be cut at "
+            f"{target_gsd:g} m; state its GSD (scene_gsd=, --gsd) or leave out the target"
+        )
+    ratio = gsd_scale(gsd_m, target_gsd)
+    if ratio is None:
+        logger.info("%s: GSD %.2f m is within tolerance of %g m", info.path, gsd_m[0], target_gsd)
+        return None
+    logger.info(
+        "%s: scene %.2f m, chips cut at %g m: windows resampled by %.3g",
+        info.path,
+        gsd_m[0],
+        target_gsd,
+        ratio[0],
+    )
+    return (1.0 / ratio[0], 1.0 / ratio[1])
+
+
+def _cell_size(
+    size: int, overlap: int, scale: tuple[float, float] | None
+) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Chip side and overlap in chip pixels -> ``((x, y) side, (x, y) overlap)`` in scene px."""
+    if scale is None:
+        return (size, size), (overlap, overlap)
+    side = (max(1, round(size * scale[0])), max(1, round(size * scale[1])))
+    over = (
+        min(round(overlap * scale[0]), side[0] - 1),
+        min(round(overlap * scale[1]), side[1] - 1),
+    )
+    return side, over
 
 
 def _chip_layout(width: int, height: int) -> dict[str, Any]:
@@ -528,6 +589,7 @@ def make_chips(
     chip_filter: Callable[[PixelWindow], bool] | None = None,
     scene_gsd: float | None = None,
     metadata: Mapping[str, Any] | None = None,
+    target_gsd: float | None = None,
 ) -> ChipSummary:
     """Cut training chips and COCO instance labels from a scene and vector labels.
 
@@ -565,6 +627,13 @@ def make_chips(
             this GSD in metres. Ignored (with a warning) for a scene with a CRS.
         metadata: extra keys merged into the ``"geoseg"`` block of ``annotations.json``
             (e.g. where the data came from, the split it belongs to).
+        target_gsd: cut the chips at this ground sample distance in metres (a model's): a
+            scene more than 10 % away from it is resampled window by window while it is read
+            (GDAL average when shrinking, bilinear when enlarging; no copy of the scene) and
+            the labels are rasterised on each chip's resampled grid. ``size``, ``overlap`` and
+            ``min_visible_pixels`` are then in chip pixels at ``target_gsd``; ``region``,
+            ``chip_filter`` windows and the recorded ``window`` of each chip stay in scene
+            pixels. ``None``: the scene's own GSD.
 
     Returns:
         A :class:`ChipSummary` (also see ``class_balance.json``).
@@ -574,7 +643,8 @@ def make_chips(
         LabelError: labels unreadable, without CRS, without usable polygons, or not overlapping
             the scene.
         ExportError: ``out_dir`` already holds chips (without ``overwrite``) or is unwritable.
-        ConfigError: invalid size/overlap/fractions.
+        ConfigError: invalid size/overlap/fractions, or a ``target_gsd`` for a scene whose
+            GSD is unknown.
     """
     if size <= 0 or not 0 <= overlap < size:
         raise ConfigError(f"need size > 0 and 0 <= overlap < size, got size={size}, {overlap=}")
@@ -605,6 +675,10 @@ def make_chips(
             raise ConfigError(f"scene_gsd must be a positive number of metres, got {scene_gsd}")
         gsd_m = (float(scene_gsd), float(scene_gsd))
         chip_frame = pixel_frame_transform(scene_gsd)
+    scale = _chip_scale(info, gsd_m, target_gsd)  # scene px per chip px; None: as they are
+    cell, cell_overlap = _cell_size(size, overlap, scale)
+    if scale is not None and gsd_m is not None:
+        gsd_m = (gsd_m[0] * cell[0] / size, gsd_m[1] * cell[1] / size)  # the chips' pixels
     stem = Path(info.path.rstrip("/")).stem or "scene"
     profile: dict[str, Any] = {
         "driver": "GTiff",
@@ -618,7 +692,7 @@ def make_chips(
     tree = shapely.STRtree(lab.geoms)
     areas = shapely.area(lab.geoms)
     scene_box = box(0, 0, info.width, info.height)
-    specs = _chip_cells(info, size=size, overlap=overlap, region=region)
+    specs = _chip_cells(info, size=cell, overlap=cell_overlap, region=region)
     rng = np.random.default_rng(seed)
     images: list[dict[str, Any]] = []
     annotations: list[dict[str, Any]] = []
@@ -632,7 +706,13 @@ def make_chips(
                     progress(done, len(specs))
                 continue
             chip_box = box(w.col_off, w.row_off, w.col_end, w.row_end).intersection(scene_box)
-            data, valid = read_window_raw(ds, w, bands=sel, nodata=info.nodata)
+            ch, cw = (
+                (w.height, w.width)
+                if scale is None
+                else (max(1, round(w.height / scale[1])), max(1, round(w.width / scale[0])))
+            )
+            sx, sy = w.width / cw, w.height / ch  # scene px per chip px (1 unless resampled)
+            data, valid = read_window_raw(ds, w, bands=sel, nodata=info.nodata, out_shape=(ch, cw))
             if not valid.any():
                 if progress is not None:
                     progress(done, len(specs))
@@ -646,14 +726,16 @@ def make_chips(
                 visible = part.area
                 if (
                     visible < min_visible_fraction * areas[i] - 1e-9
-                    and visible < min_visible_pixels
+                    and visible / (sx * sy) < min_visible_pixels
                 ):
                     n_slivers += 1
                     continue
-                local = translate(part, -w.col_off, -w.row_off)
+                local = affine_transform(  # scene px -> chip px
+                    part, [1 / sx, 0, 0, 1 / sy, -w.col_off / sx, -w.row_off / sy]
+                )
                 mask = rasterize(
                     [(local, 1)],
-                    out_shape=(w.height, w.width),
+                    out_shape=(ch, cw),
                     transform=Affine.identity(),
                     dtype="uint8",
                 ).astype(bool)
@@ -685,15 +767,15 @@ def make_chips(
             _write_chip(
                 out / IMAGES_DIR / name,
                 data,
-                {**profile, **_chip_layout(w.width, w.height)},
-                tile_transform(chip_frame, w),
+                {**profile, **_chip_layout(cw, ch)},
+                tile_transform(chip_frame, w, (ch, cw)),
             )
             images.append(
                 {
                     "id": image_id,
                     "file_name": f"{IMAGES_DIR}/{name}",
-                    "width": w.width,
-                    "height": w.height,
+                    "width": cw,
+                    "height": ch,
                     "scene": info.path,
                     "window": [w.col_off, w.row_off, w.width, w.height],
                     "grid": [grid_row, grid_col],
@@ -732,6 +814,8 @@ def make_chips(
         "keep_empty_fraction": keep_empty_fraction,
         "seed": seed,
     }
+    if scale is not None:  # cut at target_gsd: "gsd" is the chips' pixel size
+        geoseg_block["gsd_source"] = "resampled"
     if region is not None:
         r = _clip_region(info, region)
         geoseg_block["region"] = [r.col_off, r.row_off, r.width, r.height]
@@ -978,10 +1062,10 @@ def make_split_chips(
         val_area: the validation area instead: a vector file or GeoDataFrame (polygons, in any
             CRS; reprojected), or a shapely geometry in scene pixels.
         val_side: where the strip lies: ``"end"`` (right/bottom) or ``"start"`` (left/top).
-        gap: pixels kept free between the validation area and the training chips; default the
-            ``overlap``.
-        size: chip side in pixels.
-        overlap: pixels shared by neighbouring chips.
+        gap: scene pixels kept free between the validation area and the training chips;
+            default the ``overlap`` (in scene pixels).
+        size: chip side in (chip) pixels.
+        overlap: (chip) pixels shared by neighbouring chips.
         bands: 1-based bands written to the chips.
         stats: normalisation statistics to record (default: the whole scene's).
         overwrite: replace chips already in ``OUT/train`` / ``OUT/val``.
@@ -989,7 +1073,7 @@ def make_split_chips(
         metadata: extra keys for both folders' ``"geoseg"`` blocks.
         progress: ``progress(done, total)`` over both grids.
         **options: the other :func:`make_chips` options (``classes``, ``class_column``,
-            ``min_visible_fraction``, ``keep_empty_fraction``, ``seed``...).
+            ``min_visible_fraction``, ``keep_empty_fraction``, ``seed``, ``target_gsd``...).
 
     Returns:
         A :class:`SplitSummary`.
@@ -1002,10 +1086,13 @@ def make_split_chips(
     """
     if (val_fraction is None) == (val_area is None):
         raise ConfigError("give exactly one of val_fraction (a strip) or val_area (a polygon)")
-    gap_px = overlap if gap is None else int(gap)
+    info = open_scene(scene)
+    # chip sizes in scene pixels (differ from size/overlap when cut at a target GSD)
+    scale = _chip_scale(info, _scene_gsd_m(info, scene_gsd), options.get("target_gsd"))
+    cell, cell_overlap = _cell_size(size, overlap, scale)
+    gap_px = max(cell_overlap) if gap is None else int(gap)
     if gap_px < 0:
         raise ConfigError(f"gap must be >= 0 pixels, got {gap_px}")
-    info = open_scene(scene)
     sel = validate_bands(info, bands if bands is not None or stats is None else stats.bands)
     norm = stats if stats is not None else compute_norm_stats(info, bands=sel)
     out = Path(out_dir)
@@ -1043,8 +1130,8 @@ def make_split_chips(
         "val_fraction": val_fraction,
         "val_side": val_side if val_fraction is not None else None,
     }
-    n_train = len(_chip_cells(info, size=size, overlap=overlap, region=train_region))
-    n_val = len(_chip_cells(info, size=size, overlap=overlap, region=val_region))
+    n_train = len(_chip_cells(info, size=cell, overlap=cell_overlap, region=train_region))
+    n_val = len(_chip_cells(info, size=cell, overlap=cell_overlap, region=val_region))
     total = n_train + n_val
 
     def part_progress(offset: int) -> Callable[[int, int], None] | None:

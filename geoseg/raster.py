@@ -19,9 +19,9 @@ Decisions:
   let GDAL resample the window while reading it (average when shrinking, bilinear when
   enlarging, the valid mask nearest; nodata and masked pixels are left out of the averages), so
   a scene is read at a model's ground resolution tile by tile, without warping it whole or
-  writing a copy. :func:`gsd_scale` decides whether a scene needs it (more than
-  :data:`GSD_TOLERANCE` from the working GSD); :class:`ResampledDataset` presents a whole
-  raster at another pixel size, window by window (training chips).
+  writing a copy (GDAL may serve such a read from an overview of at least the requested
+  resolution). :func:`gsd_scale` decides whether a scene needs it (more than
+  :data:`GSD_TOLERANCE` from the working GSD).
 * **Normalisation** is a per-band linear stretch between two percentiles of the *whole scene*
   (from overviews or a sample of windows, nodata and NaN excluded), never per tile. Every scene
   gets its own statistics by default; pass a saved :class:`~geoseg.types.NormStats` (e.g. the one
@@ -44,7 +44,6 @@ from typing import Any, Final, Literal
 import numpy as np
 import numpy.typing as npt
 import rasterio
-from affine import Affine
 from rasterio.enums import MaskFlags, Resampling
 from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.windows import Window
@@ -61,7 +60,6 @@ __all__ = [
     "FROM_DATASET",
     "GSD_TOLERANCE",
     "NoCRSWarning",
-    "ResampledDataset",
     "StatsSource",
     "compute_norm_stats",
     "gdal_env",
@@ -511,7 +509,7 @@ def read_window_raw(
     """Read one window of an open dataset in its own dtype, boundless (for training chips).
 
     Args:
-        dataset: an open :class:`rasterio.DatasetReader` (or a :class:`ResampledDataset`).
+        dataset: an open :class:`rasterio.DatasetReader`.
         window: the window in scene pixels; it may extend past the scene (padding).
         bands: 1-based band indexes, in output-channel order.
         nodata: the nodata value; by default the dataset's own. ``None`` = no nodata value.
@@ -631,91 +629,6 @@ def read_window(
         valid[ys, xs] = mask_valid
         sub[:, ~mask_valid] = 0.0
     return image, valid
-
-
-class ResampledDataset:
-    """An open dataset seen at another pixel size, for :func:`read_window_raw`/:func:`read_window`.
-
-    Windows given to it are in *resampled pixels*: a grid of ``width x height`` pixels that
-    covers exactly the source raster (so ``transform`` = the source transform composed with
-    ``Affine.scale(source.width / width, source.height / height)``). Each read is a windowed
-    read of the source with GDAL resampling (no warp of the whole raster, no copy on disk).
-    Used to cut training chips at a model's GSD.
-
-    Attributes:
-        width, height: size in resampled pixels.
-        transform: affine from resampled pixels to the source CRS.
-        resampling: GDAL resampling of the pixels (masks are always resampled nearest).
-    """
-
-    def __init__(
-        self, dataset: Any, width: int, height: int, resampling: Resampling | None = None
-    ) -> None:
-        """Wrap the open ``dataset`` (it stays owned, and closed, by the caller)."""
-        if width < 1 or height < 1:
-            raise ConfigError(f"a resampled size must be positive, got {width} x {height}")
-        self._ds = dataset
-        self.width, self.height = int(width), int(height)
-        self._sx = dataset.width / self.width
-        self._sy = dataset.height / self.height
-        self.transform = dataset.transform @ Affine.scale(self._sx, self._sy)
-        self.resampling = resampling or resampling_for(
-            (int(dataset.height), int(dataset.width)), (self.height, self.width)
-        )
-
-    @property
-    def name(self) -> str:
-        """The source dataset's name."""
-        return str(self._ds.name)
-
-    def __getattr__(self, attr: str) -> Any:
-        if attr in ("nodata", "dtypes", "count", "crs", "mask_flag_enums"):
-            return getattr(self._ds, attr)
-        raise AttributeError(attr)
-
-    def _source(self, window: Any) -> Window:
-        if window is None:
-            return Window(0, 0, self._ds.width, self._ds.height)
-        return Window(
-            window.col_off * self._sx,
-            window.row_off * self._sy,
-            window.width * self._sx,
-            window.height * self._sy,
-        )
-
-    def read(
-        self,
-        indexes: Any,
-        window: Any = None,
-        out_shape: tuple[int, ...] | None = None,
-        resampling: Resampling | None = None,
-    ) -> npt.NDArray[Any]:
-        """Bands ``indexes`` of ``window`` (resampled pixels), like ``DatasetReader.read``."""
-        if out_shape is None:
-            h, w = (self.height, self.width) if window is None else (window.height, window.width)
-            out_shape = (len(indexes), h, w) if isinstance(indexes, Sequence) else (h, w)
-        return self._ds.read(
-            indexes,
-            window=self._source(window),
-            out_shape=out_shape,
-            resampling=resampling or self.resampling,
-        )
-
-    def read_masks(
-        self,
-        indexes: Any,
-        window: Any = None,
-        out_shape: tuple[int, ...] | None = None,
-        resampling: Resampling = Resampling.nearest,
-    ) -> npt.NDArray[Any]:
-        """The source's mask of ``window`` (resampled pixels), resampled nearest."""
-        if out_shape is None:
-            out_shape = (
-                (self.height, self.width) if window is None else (window.height, window.width)
-            )
-        return self._ds.read_masks(
-            indexes, window=self._source(window), out_shape=out_shape, resampling=resampling
-        )
 
 
 def _stats_window_grid(

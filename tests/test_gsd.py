@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import geopandas as gpd
 import numpy as np
@@ -27,7 +28,6 @@ from geoseg.pipeline import finish_scene, plan_scene, predict_tiles, run_scene
 from geoseg.predict import PredictorBase
 from geoseg.raster import (
     GSD_TOLERANCE,
-    ResampledDataset,
     ground_sample_distance_m,
     gsd_scale,
     open_scene,
@@ -229,11 +229,11 @@ def test_resampled_read_keeps_nodata_out_of_the_average(tmp_path):
         image, valid = read_window(
             ds, PixelWindow(0, 0, 8, 8), bands=(1, 2, 3), stats=None, out_shape=(4, 4)
         )
-        chip, chip_valid = read_window_raw(
-            ResampledDataset(ds, 4, 4), PixelWindow(0, 0, 6, 6), bands=(1, 2, 3)
+        chip, chip_valid = read_window_raw(  # raw, for chips; padded past the scene
+            ds, PixelWindow(0, 0, 12, 12), bands=(1, 2, 3), out_shape=(6, 6)
         )
     assert valid[:, 0].sum() == 0 and valid[:, 1:].all() and (image[:, :, 1:] == 100).all()
-    assert chip.shape == (3, 6, 6) and chip.dtype == np.uint8  # padded past the 4 x 4 grid
+    assert chip.shape == (3, 6, 6) and chip.dtype == np.uint8
     np.testing.assert_array_equal(chip_valid[:4, :4], valid)
     assert not chip_valid[4:].any() and not chip_valid[:, 4:].any()
 
@@ -457,21 +457,64 @@ def test_chips_cut_at_the_model_gsd(tmp_path):
     path, truth = squares_scene(tmp_path / "sq.tif", 0.25)  # 320 x 320 px
     labels = gpd.GeoDataFrame({"class": ["ship"] * len(truth)}, geometry=truth, crs=UTM)
     summary = make_chips(
-        path, labels, tmp_path / "chips", size=80, overlap=0, gsd=0.5, keep_empty_fraction=1.0
+        path,
+        labels,
+        tmp_path / "chips",
+        size=80,
+        overlap=0,
+        target_gsd=0.5,
+        keep_empty_fraction=1.0,
     )
     assert summary.n_chips == 4  # 160 x 160 px at 0.5 m
     coco = json.loads((tmp_path / "chips" / "annotations.json").read_text())
     assert coco["geoseg"]["gsd"] == pytest.approx(0.5)
+    assert coco["geoseg"]["gsd_source"] == "resampled"
+    scene_t = open_scene(path).transform
     for im in coco["images"]:
+        assert (im["width"], im["height"]) == (80, 80) and im["window"][2:] == [160, 160]
         with rasterio.open(tmp_path / "chips" / im["file_name"]) as ds:
             assert (ds.width, ds.height) == (80, 80)
             assert ds.transform.a == pytest.approx(0.5)
+            assert ds.transform @ (0, 0) == scene_t @ tuple(im["window"][:2])
+            assert ds.read(1).max() == 230  # 2 x 2 averages of the flat squares
     # a 6 m square is 12 x 12 px at 0.5 m
     assert [a["area"] for a in coco["annotations"]] == [144] * len(truth)
-    with pytest.raises(ConfigError, match="no CRS"):
-        from geoseg.chips import _scene_at_gsd
 
-        _scene_at_gsd(info_for(Affine(1, 0, 0, 0, 1, 0), crs=None), 0.5)
+
+def test_split_chips_and_unreferenced_scenes_at_a_target_gsd(tmp_path):
+    from geoseg.chips import make_chips, make_split_chips
+
+    path, truth = squares_scene(tmp_path / "sq.tif", 0.25)
+    labels = gpd.GeoDataFrame({"class": ["ship"] * len(truth)}, geometry=truth, crs=UTM)
+    split = make_split_chips(
+        path, labels, tmp_path / "split", val_fraction=0.25, size=40, overlap=8, target_gsd=0.5
+    )
+    for part in (split.train, split.val):
+        coco = json.loads(Path(part.annotations_path).read_text())
+        assert coco["geoseg"]["gsd"] == pytest.approx(0.5)
+        for im in coco["images"]:  # chips cropped to their part may be smaller
+            assert im["width"] <= 40 and im["height"] <= 40
+            assert im["window"][2] == pytest.approx(2 * im["width"], abs=1)
+    # an image without georeference, its GSD stated: cut at the target GSD too
+    with rasterio.open(path) as ds:
+        pixels = ds.read()
+    bare = tmp_path / "bare.tif"
+    with rasterio.open(
+        bare, "w", driver="GTiff", width=320, height=320, count=3, dtype="uint8"
+    ) as dst:
+        dst.write(pixels)
+    px_labels = gpd.GeoDataFrame(  # labels in the image's pixels: 24 px = 6 m squares
+        {"class": ["ship", "ship"]}, geometry=[box(40, 40, 64, 64), box(200, 100, 224, 124)]
+    )
+    with pytest.warns(UserWarning):
+        summary = make_chips(
+            bare, px_labels, tmp_path / "bare", size=80, overlap=0, scene_gsd=0.25, target_gsd=0.5
+        )
+    coco = json.loads(Path(summary.annotations_path).read_text())
+    assert coco["geoseg"]["gsd"] == pytest.approx(0.5) and summary.n_chips >= 2
+    assert sorted(a["area"] for a in coco["annotations"]) == [144, 144]
+    with pytest.raises(ConfigError, match="no stated GSD"), pytest.warns(UserWarning):
+        make_chips(bare, px_labels, tmp_path / "bare2", size=80, overlap=0, target_gsd=0.5)
 
 
 # ------------------------------------------------------- real scales with the demo model

@@ -100,6 +100,14 @@ def parse_length(value: str, *, name: str) -> tuple[float, bool]:
     help="Ground sample distance (metres/pixel) of a scene without georeference, whose labels "
     "are in its pixels.",
 )
+@click.option(
+    "--target-gsd",
+    type=click.FloatRange(0.0, min_open=True),
+    metavar="METRES",
+    help="Cut the chips at this ground sample distance, e.g. the model's: a scene more than "
+    "10 % away is resampled window by window while it is read; --size and --overlap are then "
+    "pixels at this GSD.",
+)
 @click.option("--overwrite", is_flag=True, help="Replace chips already in the output directory.")
 @fail_on_geoseg_error
 def command(
@@ -120,6 +128,7 @@ def command(
     val_side: str,
     gap: str | None,
     scene_gsd: float | None,
+    target_gsd: float | None,
     overwrite: bool,
 ) -> None:
     """Cut SCENE into overlapping chips with the instance polygons of LABELS in COCO format.
@@ -148,8 +157,12 @@ def command(
     gap_v, gap_m = parse_length(gap, name="--gap") if gap is not None else (None, False)
     if size_m or overlap_m or gap_m:
         info = open_scene(scene)
-        size_px = metres_to_pixels(info, size_v) if size_m else round(size_v)
-        overlap_px = metres_to_pixels(info, overlap_v) if overlap_m else round(overlap_v)
+        if target_gsd is not None:  # chip pixels at the target GSD
+            size_px = round(size_v / target_gsd) if size_m else round(size_v)
+            overlap_px = round(overlap_v / target_gsd) if overlap_m else round(overlap_v)
+        else:
+            size_px = metres_to_pixels(info, size_v) if size_m else round(size_v)
+            overlap_px = metres_to_pixels(info, overlap_v) if overlap_m else round(overlap_v)
         click.echo(f"chip size {size_px} px, overlap {overlap_px} px", err=True)
     else:
         size_px, overlap_px = round(size_v), round(overlap_v)
@@ -184,6 +197,7 @@ def command(
             "keep_empty_fraction": keep_empty_fraction,
             "seed": seed,
             "scene_gsd": scene_gsd,
+            "target_gsd": target_gsd,
             "overwrite": overwrite,
             "progress": progress,
         }
