@@ -253,12 +253,8 @@ class WorkingGrid:
         """One line for the log, e.g. ``scene 0.30 m, model 0.50 m: tiles resampled by 0.6``."""
         scene = "scene GSD unknown"
         if self.scene_gsd is not None:
-            gx, gy = self.scene_gsd
-            scene = (
-                f"scene {gx:.2f} m"
-                if abs(gx - gy) <= 1e-3 * gx
-                else (f"scene {gx:.2f} x {gy:.2f} m")
-            )
+            x, y = f"{self.scene_gsd[0]:.2f}", f"{self.scene_gsd[1]:.2f}"
+            scene = f"scene {x} m" if x == y else f"scene {x} x {y} m"
         model = "model GSD unknown" if self.model_gsd is None else f"model {self.model_gsd:.2f} m"
         if self.working_gsd is not None and self.working_gsd != self.model_gsd:
             model += f", working GSD {self.working_gsd:.2f} m"
