@@ -23,10 +23,6 @@ Both are synthetic, made with geoseg, and under the project's licence (Apache-2.
 sample scenes (a town, a 16-bit 4-band scene with a nodata collar) are in the source tree's
 ``data_samples/`` folder, not in the wheel.
 
-* ``models/rio_buildings_lite0.*`` + ``RIO_BUILDINGS_CARD.md``: the building model trained on
-  real imagery (SpaceNet-1 Rio de Janeiro, CC BY-SA 4.0; see its card and
-  :func:`building_model_path`).
-
 The functions return real file paths (the package is installed as plain files, never zipped).
 """
 
@@ -38,8 +34,6 @@ from pathlib import Path
 from geoseg.errors import ConfigError, GeosegError
 
 __all__ = [
-    "building_model_card_path",
-    "building_model_path",
     "demo_model_card_path",
     "demo_model_path",
     "list_sample_scenes",
@@ -75,26 +69,6 @@ def demo_model_path() -> Path:
 def demo_model_card_path() -> Path:
     """The demo model's card (``MODEL_CARD.md``: training data, schedule, held-out scores)."""
     return _file("models", "MODEL_CARD.md")
-
-
-def building_model_path() -> Path:
-    """The real building model, ``.../geoseg/samples/models/rio_buildings_lite0.safetensors``.
-
-    An EfficientNet-Lite0 Mask R-CNN with one class, ``building``, fine-tuned from the demo
-    model on real WorldView-2 imagery of Rio de Janeiro (SpaceNet-1, 0.5 m, RGB); for 0.3-0.6 m
-    nadir RGB scenes. Trained on CC BY-SA 4.0 data: its weights carry that licence and the
-    attribution in its card (:func:`building_model_card_path`).
-
-    Raises:
-        GeosegError: the file is missing from this install.
-    """
-    _file("models", "rio_buildings_lite0.json")
-    return _file("models", "rio_buildings_lite0.safetensors")
-
-
-def building_model_card_path() -> Path:
-    """The building model's card: data, split, held-out scores, licence and attribution."""
-    return _file("models", "RIO_BUILDINGS_CARD.md")
 
 
 def list_sample_scenes() -> list[str]:
