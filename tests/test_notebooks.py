@@ -187,4 +187,3 @@ def test_03_train_on_your_labels_runs(tmp_path, monkeypatch):
         found["scores"]["overall"]["count_pred"] == len(predicted) == sum(found["counts"].values())
     )
     assert list((work / "run").glob("*.safetensors"))
-
