@@ -1,9 +1,11 @@
 """Train and score the real building model on the SpaceNet-1 Rio mosaic (data_samples/rio/).
 
 Split by area (reproducible): the southern strip of the mosaic (rows from (1 - ``--holdout``)
-x height on) is never trained on; its western part is the validation area (the score threshold
-is tuned there), its eastern part the test area (the figures in the model card), cut where each
-holds half of the strip's buildings.
+x height on) is never trained on; its northern half is the validation area (the score threshold
+is tuned there), its southern half the test area (the figures in the model card), cut at the
+row where each holds half of the strip's buildings. Both halves span the mosaic's whole width,
+so each has the same mix of dense neighbourhoods (west) and scattered houses in vegetation
+(east).
 A gap of ``--overlap`` px separates the training part from the strip, so no training chip sees
 a held-out pixel.
 
@@ -44,8 +46,8 @@ def split(work: Path, *, holdout: float, overlap: int) -> dict[str, Path]:
     """Write train / val / test windows of the mosaic as GeoTIFFs.
 
     The southern strip (rows from ``(1 - holdout) x height`` on) is held out; it is cut at the
-    median column of its buildings' centroids into a western validation area and an eastern
-    test area with about as many buildings each (the mosaic's east is mostly vegetation).
+    median row of its buildings' centroids into a northern validation area and a southern test
+    area with about as many buildings each, both the mosaic's full width.
     """
     import geopandas as gpd
     import numpy as np
@@ -58,15 +60,15 @@ def split(work: Path, *, holdout: float, overlap: int) -> dict[str, Path]:
         w, h = src.width, src.height
         y0 = round(h * (1 - holdout))
         pts = labels.geometry.representative_point()
-        cols, rows = ~src.transform * (np.asarray(pts.x), np.asarray(pts.y))
-        xs = int(np.median(cols[rows >= y0]))
+        _, rows = ~src.transform * (np.asarray(pts.x), np.asarray(pts.y))
+        ys = int(np.median(rows[rows >= y0]))
         parts = {
             "train": Window(0, 0, w, y0 - overlap),
-            "val": Window(0, y0, xs, h - y0),
-            "test": Window(xs, y0, w - xs, h - y0),
+            "val": Window(0, y0, w, ys - y0),
+            "test": Window(0, ys, w, h - ys),
         }
         for name, win in parts.items():
-            path = work / "parts" / f"rio_{name}.tif"
+            path = work / "parts" / f"rio_{name}_{win.row_off}_{win.height}.tif"
             path.parent.mkdir(parents=True, exist_ok=True)
             profile = src.profile | {
                 "width": int(win.width),
@@ -99,7 +101,7 @@ def make_data(work: Path, parts: dict[str, Path], *, chip: int, overlap: int):
 
     dirs = {}
     for name in ("train", "val"):
-        folder = work / "chips" / name
+        folder = work / "chips" / parts[name].stem
         if not (folder / "annotations.json").is_file():
             make_chips(
                 parts[name],
@@ -116,15 +118,29 @@ def make_data(work: Path, parts: dict[str, Path], *, chip: int, overlap: int):
     return dirs
 
 
-def run_training(work: Path, dirs, *, steps: int, batch: int, chip: int, seed: int, init: Path):
+def run_training(
+    work: Path,
+    dirs,
+    *,
+    steps: int,
+    batch: int,
+    chip: int,
+    seed: int,
+    init: Path,
+    upsample: float,
+    lr: float,
+):
     from geoseg.config import AugmentConfig, TrainConfig
     from geoseg.train import train
 
+    # The demo model's anchors (16..256 model px) are chip px 8..128 at its 2x input scale;
+    # at another scale they are rescaled so they cover the same buildings (4-60 m).
+    side = round(chip * upsample)
     model = {
-        "upsample": 1.0,
-        "anchor_sizes": [[8], [16], [32], [64], [128]],
-        "min_size": chip,
-        "max_size": chip,
+        "upsample": upsample,
+        "anchor_sizes": [[round(s * upsample)] for s in (8, 16, 32, 64, 128)],
+        "min_size": side,
+        "max_size": side,
     }
     config = TrainConfig(
         train_chips=(dirs["train"],),
@@ -138,7 +154,7 @@ def run_training(work: Path, dirs, *, steps: int, batch: int, chip: int, seed: i
         max_steps=steps,
         batch_size=batch,
         optimizer="adamw",
-        lr=3e-4,
+        lr=lr,
         weight_decay=1e-4,
         clip_grad_norm=5.0,
         warmup_steps=20,
@@ -195,6 +211,11 @@ def main() -> None:
     ap.add_argument("--overlap", type=int, default=64)
     ap.add_argument("--holdout", type=float, default=0.22)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--upsample", type=float, default=2.0, help="input scale (the demo's is 2)")
+    ap.add_argument("--lr", type=float, default=3e-4)
+    ap.add_argument(
+        "--init", type=Path, default=None, help="checkpoint to start from (default: demo model)"
+    )
     ap.add_argument("--which", default="best", help="checkpoint of the run to score: best|last")
     ap.add_argument("--skip-train", action="store_true")
     ap.add_argument("--publish", action="store_true")
@@ -209,7 +230,13 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     parts = split(args.work, holdout=args.holdout, overlap=args.overlap)
     dirs = make_data(args.work, parts, chip=args.chip, overlap=args.overlap)
-    figures: dict = {"steps": args.steps, "batch": args.batch, "chip": args.chip}
+    figures: dict = {
+        "steps": args.steps,
+        "batch": args.batch,
+        "chip": args.chip,
+        "upsample": args.upsample,
+        "lr": args.lr,
+    }
     if not args.skip_train:
         _, seconds = run_training(
             args.work,
@@ -218,7 +245,9 @@ def main() -> None:
             batch=args.batch,
             chip=args.chip,
             seed=args.seed,
-            init=demo_model_path(),
+            init=args.init or demo_model_path(),
+            upsample=args.upsample,
+            lr=args.lr,
         )
         figures["train_seconds"] = round(seconds, 1)
     run = args.work / "run"
