@@ -385,6 +385,10 @@ def _contact(flat: _Flat, win: IntArray) -> BoolArray:
     return contact
 
 
+#: Bits of :func:`_partial_flags` for the left, top, right and bottom window edges.
+_EDGE_BITS = (1, 2, 4, 8)
+
+
 def _partial_flags(
     masks: Sequence[npt.NDArray[Any]],
     mb: IntArray,
@@ -392,20 +396,24 @@ def _partial_flags(
     width: int,
     height: int,
     margin: int,
-) -> BoolArray:
+) -> npt.NDArray[np.int8]:
     """Partial views: masks at most ``margin`` px from a cut edge of their window.
 
     A cut edge is an edge of the valid window (``v``) that is not a scene edge; the gap is
     the number of empty pixels between the mask's own pixels and it (a mask box need not be
     tight), so ``margin=0`` flags only masks touching the edge. ``mb`` and ``v`` are
-    ``[K, 4]`` scene-pixel mask boxes and valid windows. ``True`` = partial, ``False`` = whole.
+    ``[K, 4]`` scene-pixel mask boxes and valid windows.
+
+    Returns:
+        int8 ``[K]``: the cut edges each mask is near, as bits (:data:`_EDGE_BITS`: left 1,
+        top 2, right 4, bottom 8); 0 = seen whole.
     """
     reach = margin + 1
     left = (mb[:, 0] - v[:, 0] < reach) & (v[:, 0] > 0)
     top = (mb[:, 1] - v[:, 1] < reach) & (v[:, 1] > 0)
     right = (v[:, 2] - mb[:, 2] < reach) & (v[:, 2] < width)
     bottom = (v[:, 3] - mb[:, 3] < reach) & (v[:, 3] < height)
-    out = np.zeros(len(mb), dtype=np.bool_)
+    out = np.zeros(len(mb), dtype=np.int8)
     for k in np.flatnonzero(left | top | right | bottom).tolist():
         m = masks[k]
         cols = np.flatnonzero(m.any(axis=0))
@@ -419,7 +427,9 @@ def _partial_flags(
             (right[k], int(v[k, 2]) - (x0 + int(cols[-1]) + 1)),
             (bottom[k], int(v[k, 3]) - (y0 + int(rows[-1]) + 1)),
         )
-        out[k] = any(bool(near) and gap < reach for near, gap in gaps)
+        out[k] = sum(
+            bit for bit, (near, gap) in zip(_EDGE_BITS, gaps, strict=True) if near and gap < reach
+        )
     return out
 
 
@@ -428,7 +438,7 @@ def _match_pairs(
     kidx: IntArray,
     bank: _MaskBank,
     win: IntArray,
-    partial: BoolArray,
+    edges: npt.NDArray[np.int8],
     *,
     match_iou: float,
     contain_frac: float,
@@ -437,10 +447,10 @@ def _match_pairs(
 ) -> tuple[IntArray, IntArray, FloatArray]:
     """Edges between detections of different tiles that are one object.
 
-    ``partial[k]`` flags ``kidx[k]``. An edge is either a *match* (restricted mask IoU inside
-    the two windows' intersection ``>= match_iou``) or an *absorption*: a partial detection
-    lying inside the other tile's window (give or take ``margin`` px) with at least
-    ``contain_frac`` of the smaller of the two masks inside the other, which is seen whole.
+    ``edges[k]``: the cut edges ``kidx[k]`` is near (:func:`_partial_flags`; > 0: partial).
+    An edge is either a *match* (restricted mask IoU inside the two windows' intersection
+    ``>= match_iou``) or an *absorption* of a partial view by a whole one
+    (:func:`_absorptions`).
 
     Returns:
         ``(a, b, strength)``: positions into ``kidx`` and the IoU or containment of each edge.
@@ -473,7 +483,7 @@ def _match_pairs(
         kidx,
         bank,
         win,
-        partial,
+        edges,
         np.stack([a[hit], b[hit]], axis=1),
         contain_frac=contain_frac,
         margin=margin,
@@ -515,12 +525,39 @@ def _near_count(
     return int((out[margin : margin + h, margin : margin + w] & small).sum())
 
 
+def _sliver_fit(
+    pb: IntArray, wb: IntArray, pv: IntArray, near: npt.NDArray[np.int8], margin: int
+) -> FloatArray:
+    """Per pair: how well a sliver (box ``pb``, window ``pv``) lines up with a whole copy.
+
+    All ``[Q, 4]`` in scene pixels; ``near``: the sliver's cut-edge bits. 0 where ``pb`` is
+    not a sliver across a cut edge or ``wb`` does not lie across that edge; else the overlap
+    of the two boxes' extents along the edge over the shorter extent.
+    """
+    best = np.zeros(len(pb))
+    thin = 2 * margin + 1
+    for bit, ax in zip(_EDGE_BITS, (0, 1, 0, 1), strict=True):
+        lo_side = bit in (1, 2)  # the cut edge is the window's left / top edge
+        e = pv[:, ax] if lo_side else pv[:, ax + 2]
+        if lo_side:  # the whole copy runs on past the edge, starting near it
+            across = (wb[:, ax] < e) & (wb[:, ax + 2] >= e - margin)
+        else:
+            across = (wb[:, ax + 2] > e) & (wb[:, ax] <= e + margin)
+        o = 1 - ax  # the axis along the edge
+        ok = ((near & bit) > 0) & (pb[:, ax + 2] - pb[:, ax] <= thin) & across
+        along = np.minimum(pb[:, o + 2], wb[:, o + 2]) - np.maximum(pb[:, o], wb[:, o])
+        shorter = np.minimum(pb[:, o + 2] - pb[:, o], wb[:, o + 2] - wb[:, o])
+        fit = np.where(ok, np.maximum(along, 0) / np.maximum(shorter, 1), 0.0)
+        best = np.maximum(best, fit)
+    return best
+
+
 def _absorptions(
     flat: _Flat,
     kidx: IntArray,
     bank: _MaskBank,
     win: IntArray,
-    partial: BoolArray,
+    edges: npt.NDArray[np.int8],
     matched: IntArray,
     *,
     contain_frac: float,
@@ -536,12 +573,18 @@ def _absorptions(
     (intersection over the smaller mask, tolerant of tiles that disagree by a pixel or two
     about an outline). ``matched``: ``[E, 2]`` pairs already joined by IoU, skipped.
 
+    A *sliver* (a partial view at most ``2 * margin + 1`` px thick across a cut edge it is
+    near) has too few pixels for that test when the tiles disagree about the outline; it is
+    absorbed when the whole copy lies across that edge (reaching within ``margin`` px of it
+    from the other side) and the two mask boxes' extents along the edge overlap by at least
+    ``contain_frac`` of the shorter.
+
     Returns:
         ``(partial, whole, containment)`` positions into ``kidx`` and the containment.
     """
     empty = np.zeros(0, dtype=np.int64)
-    pidx = np.flatnonzero(partial)
-    widx = np.flatnonzero(~partial)
+    pidx = np.flatnonzero(edges > 0)
+    widx = np.flatnonzero(edges == 0)
     if len(pidx) == 0 or len(widx) == 0:
         return empty, empty, np.zeros(0)
     import shapely
@@ -575,6 +618,8 @@ def _absorptions(
         fresh = ~np.isin(p * n + w, done)
         p, w = p[fresh], w[fresh]
     areas = bank.areas()[kidx]
+    sliver = _sliver_fit(kmb[p], kmb[w], win[flat.tile[kidx[p]]], edges[p], margin)
+    sliver_hit = sliver >= contain_frac
     grow = np.asarray([-margin, -margin, margin, margin])
 
     def room(x: IntArray, y: IntArray) -> BoolArray:
@@ -583,6 +628,8 @@ def _absorptions(
         px = np.where(_positive(r), (r[:, 2] - r[:, 0]) * (r[:, 3] - r[:, 1]), 0)
         return (px >= contain_frac * areas[x]) & (areas[x] > 0)
 
+    ps, ws, ss = p[sliver_hit], w[sliver_hit], sliver[sliver_hit]
+    p, w = p[~sliver_hit], w[~sliver_hit]
     p_in, w_in = room(p, w), room(w, p)
     keep = p_in | w_in
     p, w, p_in, w_in = p[keep], w[keep], p_in[keep], w_in[keep]
@@ -596,7 +643,11 @@ def _absorptions(
             near = _near_count(mw, kmb[wk], mp, kmb[pk], margin) / areas[wk]
             contain[i] = max(contain[i], near)
     hit = contain >= contain_frac
-    return p[hit], w[hit], contain[hit]
+    return (
+        np.concatenate([p[hit], ps]),
+        np.concatenate([w[hit], ws]),
+        np.concatenate([contain[hit], ss]),
+    )
 
 
 def _within_tile_fragments(
@@ -949,7 +1000,7 @@ def stitch(
     parts_labels = [flat.labels[fast]]
     masks: list[npt.NDArray[Any]] = [flat.masks[int(k)] for k in fast]
     if len(kidx):
-        partial = _partial_flags(
+        edges = _partial_flags(
             [flat.masks[int(k)] for k in kidx],
             flat.mb[kidx],
             win[flat.tile[kidx]],
@@ -957,12 +1008,13 @@ def stitch(
             scene_height,
             edge_margin,
         )
+        partial = edges > 0
         ma, mb_, strength = _match_pairs(
             flat,
             kidx,
             bank,
             win,
-            partial,
+            edges,
             match_iou=match_iou,
             contain_frac=contain_frac,
             margin=edge_margin,
