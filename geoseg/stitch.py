@@ -525,26 +525,38 @@ def _near_count(
     return int((out[margin : margin + h, margin : margin + w] & small).sum())
 
 
-def _sliver_fit(
+def _edge_fit(
     pb: IntArray, wb: IntArray, pv: IntArray, near: npt.NDArray[np.int8], margin: int
 ) -> FloatArray:
-    """Per pair: how well a sliver (box ``pb``, window ``pv``) lines up with a whole copy.
+    """Per pair: how well a partial view (box ``pb``, window ``pv``) lines up with a whole copy.
 
-    All ``[Q, 4]`` in scene pixels; ``near``: the sliver's cut-edge bits. 0 where ``pb`` is
-    not a sliver across a cut edge or ``wb`` does not lie across that edge; else the overlap
-    of the two boxes' extents along the edge over the shorter extent.
+    All ``[Q, 4]`` in scene pixels; ``near``: the partial's cut-edge bits. Per cut edge, the
+    whole copy's box ``wb`` must lie across that edge: either the partial is a *sliver* (at
+    most ``2 * margin + 1`` px thick across the edge) and ``wb`` reaches within ``margin`` px
+    of the edge from the far side, or ``wb`` crosses the edge and reaches back into the
+    partial's window as far as the partial does (within ``2 * margin`` px). The fit is then
+    the overlap of the two boxes' extents along the edge over the shorter extent; else 0.
     """
     best = np.zeros(len(pb))
     thin = 2 * margin + 1
     for bit, ax in zip(_EDGE_BITS, (0, 1, 0, 1), strict=True):
-        lo_side = bit in (1, 2)  # the cut edge is the window's left / top edge
-        e = pv[:, ax] if lo_side else pv[:, ax + 2]
-        if lo_side:  # the whole copy runs on past the edge, starting near it
-            across = (wb[:, ax] < e) & (wb[:, ax + 2] >= e - margin)
+        if bit in (1, 2):  # the cut edge is the partial's window's left / top edge
+            e = pv[:, ax]
+            reach = wb[:, ax + 2] >= e - margin
+            crosses = (
+                (wb[:, ax] < e)
+                & (wb[:, ax + 2] > e)
+                & (wb[:, ax + 2] >= pb[:, ax + 2] - 2 * margin)
+            )
+            start_ok = wb[:, ax] < e
         else:
-            across = (wb[:, ax + 2] > e) & (wb[:, ax] <= e + margin)
+            e = pv[:, ax + 2]
+            reach = wb[:, ax] <= e + margin
+            crosses = (wb[:, ax] < e) & (wb[:, ax + 2] > e) & (wb[:, ax] <= pb[:, ax] + 2 * margin)
+            start_ok = wb[:, ax + 2] > e
+        sliver = (pb[:, ax + 2] - pb[:, ax] <= thin) & reach & start_ok
         o = 1 - ax  # the axis along the edge
-        ok = ((near & bit) > 0) & (pb[:, ax + 2] - pb[:, ax] <= thin) & across
+        ok = ((near & bit) > 0) & (sliver | crosses)
         along = np.minimum(pb[:, o + 2], wb[:, o + 2]) - np.maximum(pb[:, o], wb[:, o])
         shorter = np.minimum(pb[:, o + 2] - pb[:, o], wb[:, o + 2] - wb[:, o])
         fit = np.where(ok, np.maximum(along, 0) / np.maximum(shorter, 1), 0.0)
@@ -573,11 +585,9 @@ def _absorptions(
     (intersection over the smaller mask, tolerant of tiles that disagree by a pixel or two
     about an outline). ``matched``: ``[E, 2]`` pairs already joined by IoU, skipped.
 
-    A *sliver* (a partial view at most ``2 * margin + 1`` px thick across a cut edge it is
-    near) has too few pixels for that test when the tiles disagree about the outline; it is
-    absorbed when the whole copy lies across that edge (reaching within ``margin`` px of it
-    from the other side) and the two mask boxes' extents along the edge overlap by at least
-    ``contain_frac`` of the shorter.
+    A partial view cut thin by its window has too few pixels for that test when the tiles
+    disagree about the outline; it is also absorbed when the whole copy lies across the cut
+    edge where the partial meets it (:func:`_edge_fit` ``>= contain_frac``).
 
     Returns:
         ``(partial, whole, containment)`` positions into ``kidx`` and the containment.
@@ -618,9 +628,10 @@ def _absorptions(
         fresh = ~np.isin(p * n + w, done)
         p, w = p[fresh], w[fresh]
     areas = bank.areas()[kidx]
-    sliver = _sliver_fit(kmb[p], kmb[w], win[flat.tile[kidx[p]]], edges[p], margin)
+    sliver = _edge_fit(kmb[p], kmb[w], win[flat.tile[kidx[p]]], edges[p], margin)
     sliver_hit = sliver >= contain_frac
-    grow = np.asarray([-margin, -margin, margin, margin])
+    tol = max(1, margin // 2)  # outline disagreement tolerated between two tiles
+    grow = np.asarray([-tol, -tol, tol, tol])
 
     def room(x: IntArray, y: IntArray) -> BoolArray:
         """Whether the box of ``x`` leaves room for enough pixels near ``y``'s grown box."""
@@ -638,9 +649,9 @@ def _absorptions(
         pk, wk = int(p[i]), int(w[i])
         mp, mw = flat.masks[int(kidx[pk])], flat.masks[int(kidx[wk])]
         if p_in[i]:
-            contain[i] = _near_count(mp, kmb[pk], mw, kmb[wk], margin) / areas[pk]
+            contain[i] = _near_count(mp, kmb[pk], mw, kmb[wk], tol) / areas[pk]
         if w_in[i] and contain[i] < contain_frac:
-            near = _near_count(mw, kmb[wk], mp, kmb[pk], margin) / areas[wk]
+            near = _near_count(mw, kmb[wk], mp, kmb[pk], tol) / areas[wk]
             contain[i] = max(contain[i], near)
     hit = contain >= contain_frac
     return (
