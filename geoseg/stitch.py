@@ -360,8 +360,8 @@ def _tile_neighbours(win: IntArray) -> tuple[IntArray, IntArray]:
     return np.concatenate([a, b]), np.concatenate([b, a])
 
 
-def _contact(flat: _Flat, win: IntArray) -> BoolArray:
-    """Whether each detection's mask box overlaps or touches another tile's window."""
+def _contact(flat: _Flat, win: IntArray, margin: int) -> BoolArray:
+    """Whether each detection's mask box, grown by ``margin`` px, meets another tile's window."""
     n = len(flat.tile)
     contact = np.zeros(n, dtype=np.bool_)
     if n == 0 or len(win) < 2:
@@ -380,7 +380,10 @@ def _contact(flat: _Flat, win: IntArray) -> BoolArray:
         b = mb[s:e]
         w = win[u]
         contact[s:e] |= (
-            (b[:, 0] <= w[2]) & (b[:, 2] >= w[0]) & (b[:, 1] <= w[3]) & (b[:, 3] >= w[1])
+            (b[:, 0] - margin <= w[2])
+            & (b[:, 2] + margin >= w[0])
+            & (b[:, 1] - margin <= w[3])
+            & (b[:, 3] + margin >= w[1])
         )
     return contact
 
@@ -525,6 +528,11 @@ def _near_count(
     return int((out[margin : margin + h, margin : margin + w] & small).sum())
 
 
+def _tolerance(margin: int) -> int:
+    """Pixels by which two tiles' outlines of one object may disagree: half the edge margin."""
+    return (margin + 1) // 2
+
+
 def _edge_fit(
     pb: IntArray, wb: IntArray, pv: IntArray, near: npt.NDArray[np.int8], margin: int
 ) -> FloatArray:
@@ -532,17 +540,19 @@ def _edge_fit(
 
     All ``[Q, 4]`` in scene pixels; ``near``: the partial's cut-edge bits. Per cut edge, the
     whole copy's box ``wb`` must lie across that edge: either the partial is a *sliver* (at
-    most ``2 * margin + 1`` px thick across the edge) and ``wb`` reaches within ``margin`` px
-    of the edge from the far side, or ``wb`` crosses the edge and reaches back into the
-    partial's window as far as the partial does (within ``2 * margin`` px). The fit is then
-    the overlap of the two boxes' extents along the edge over the shorter extent; else 0.
+    most ``2 * margin + 1`` px thick across the edge) and ``wb`` reaches within
+    :func:`_tolerance` px of the edge from the far side, or ``wb`` crosses the edge and
+    reaches back into the partial's window as far as the partial does (within
+    ``2 * margin`` px). The fit is then the overlap of the two boxes' extents along the edge
+    over the shorter extent; else 0.
     """
     best = np.zeros(len(pb))
     thin = 2 * margin + 1
+    tol = _tolerance(margin)
     for bit, ax in zip(_EDGE_BITS, (0, 1, 0, 1), strict=True):
         if bit in (1, 2):  # the cut edge is the partial's window's left / top edge
             e = pv[:, ax]
-            reach = wb[:, ax + 2] >= e - margin
+            reach = wb[:, ax + 2] >= e - tol
             crosses = (
                 (wb[:, ax] < e)
                 & (wb[:, ax + 2] > e)
@@ -551,7 +561,7 @@ def _edge_fit(
             start_ok = wb[:, ax] < e
         else:
             e = pv[:, ax + 2]
-            reach = wb[:, ax] <= e + margin
+            reach = wb[:, ax] <= e + tol
             crosses = (wb[:, ax] < e) & (wb[:, ax + 2] > e) & (wb[:, ax] <= pb[:, ax] + 2 * margin)
             start_ok = wb[:, ax + 2] > e
         sliver = (pb[:, ax + 2] - pb[:, ax] <= thin) & reach & start_ok
@@ -581,7 +591,7 @@ def _absorptions(
     A partial detection (``partial[k]``, positions into ``kidx``) is absorbed by a whole one of
     another tile when it lies inside that tile's window (give or take ``margin`` px: the whole
     copy's tile saw all of it) and its containment is at least ``contain_frac``: the larger
-    of the fractions of either mask's pixels lying within ``margin`` px of the other mask
+    of the fractions of either mask's pixels lying within :func:`_tolerance` px of the other
     (intersection over the smaller mask, tolerant of tiles that disagree by a pixel or two
     about an outline). ``matched``: ``[E, 2]`` pairs already joined by IoU, skipped.
 
@@ -630,7 +640,7 @@ def _absorptions(
     areas = bank.areas()[kidx]
     sliver = _edge_fit(kmb[p], kmb[w], win[flat.tile[kidx[p]]], edges[p], margin)
     sliver_hit = sliver >= contain_frac
-    tol = max(1, margin // 2)  # outline disagreement tolerated between two tiles
+    tol = _tolerance(margin)
     grow = np.asarray([-tol, -tol, tol, tol])
 
     def room(x: IntArray, y: IntArray) -> BoolArray:
@@ -998,7 +1008,7 @@ def stitch(
     if inner.any():
         logger.debug("stitch: dropped %d fragments inside a detection of their tile", inner.sum())
         nonempty &= ~inner
-    contact = _contact(flat, win)
+    contact = _contact(flat, win, edge_margin)
     kidx = np.flatnonzero(contact & nonempty).astype(np.int64)
     fast = np.flatnonzero(~contact & nonempty)
     if not nonempty.all():
