@@ -540,8 +540,9 @@ def _edge_fit(
 
     All ``[Q, 4]`` in scene pixels; ``near``: the partial's cut-edge bits. Per cut edge, the
     whole copy's box ``wb`` must lie across that edge: either the partial is a *sliver* (at
-    most ``2 * margin + 1`` px thick across the edge) and ``wb`` reaches within
-    :func:`_tolerance` px of the edge from the far side, or ``wb`` crosses the edge and
+    most ``2 * margin + 1`` px thick across the edge), ``wb`` reaches within
+    :func:`_tolerance` px of the edge from the far side and both ends of the two boxes along
+    the edge agree within ``2 * margin`` px, or ``wb`` crosses the edge and
     reaches back into the partial's window as far as the partial does (within
     ``2 * margin`` px). The fit is then the overlap of the two boxes' extents along the edge
     over the shorter extent; else 0.
@@ -564,8 +565,12 @@ def _edge_fit(
             reach = wb[:, ax] <= e + tol
             crosses = (wb[:, ax] < e) & (wb[:, ax + 2] > e) & (wb[:, ax] <= pb[:, ax] + 2 * margin)
             start_ok = wb[:, ax + 2] > e
-        sliver = (pb[:, ax + 2] - pb[:, ax] <= thin) & reach & start_ok
         o = 1 - ax  # the axis along the edge
+        # a sliver and its whole copy span the same stretch of the edge (give or take)
+        ends = (np.abs(pb[:, o] - wb[:, o]) <= 2 * margin) & (
+            np.abs(pb[:, o + 2] - wb[:, o + 2]) <= 2 * margin
+        )
+        sliver = (pb[:, ax + 2] - pb[:, ax] <= thin) & reach & start_ok & ends
         ok = ((near & bit) > 0) & (sliver | crosses)
         along = np.minimum(pb[:, o + 2], wb[:, o + 2]) - np.maximum(pb[:, o], wb[:, o])
         shorter = np.minimum(pb[:, o + 2] - pb[:, o], wb[:, o + 2] - wb[:, o])
@@ -588,12 +593,15 @@ def _absorptions(
 ) -> tuple[IntArray, IntArray, FloatArray]:
     """Edges (partial, whole) where a partial view is a part of an object seen whole.
 
-    A partial detection (``partial[k]``, positions into ``kidx``) is absorbed by a whole one of
-    another tile when it lies inside that tile's window (give or take ``margin`` px: the whole
-    copy's tile saw all of it) and its containment is at least ``contain_frac``: the larger
-    of the fractions of either mask's pixels lying within :func:`_tolerance` px of the other
-    (intersection over the smaller mask, tolerant of tiles that disagree by a pixel or two
-    about an outline). ``matched``: ``[E, 2]`` pairs already joined by IoU, skipped.
+    A partial detection (``edges[k] > 0``, positions into ``kidx``) is absorbed by a whole one
+    of another tile when it lies inside that tile's window (give or take ``margin`` px: the
+    whole copy's tile saw all of it) and its containment is at least ``contain_frac``: the
+    larger of the fractions of either mask's pixels lying within :func:`_tolerance` px of the
+    other (intersection over the smaller mask, tolerant of tiles that disagree by a pixel or
+    two about an outline). The whole copy's fraction counts only when at least
+    ``1 - contain_frac`` of the partial view lies near it: a partial view mostly of something
+    else is not a view of this object. ``matched``: ``[E, 2]`` pairs already joined by IoU,
+    skipped.
 
     A partial view cut thin by its window has too few pixels for that test when the tiles
     disagree about the outline; it is also absorbed when the whole copy lies across the cut
@@ -653,16 +661,18 @@ def _absorptions(
     p, w = p[~sliver_hit], w[~sliver_hit]
     p_in, w_in = room(p, w), room(w, p)
     keep = p_in | w_in
-    p, w, p_in, w_in = p[keep], w[keep], p_in[keep], w_in[keep]
+    p, w, w_in = p[keep], w[keep], w_in[keep]
     contain = np.zeros(len(p))
     for i in range(len(p)):
         pk, wk = int(p[i]), int(w[i])
         mp, mw = flat.masks[int(kidx[pk])], flat.masks[int(kidx[wk])]
-        if p_in[i]:
-            contain[i] = _near_count(mp, kmb[pk], mw, kmb[wk], tol) / areas[pk]
-        if w_in[i] and contain[i] < contain_frac:
-            near = _near_count(mw, kmb[wk], mp, kmb[pk], tol) / areas[wk]
-            contain[i] = max(contain[i], near)
+        c_p = _near_count(mp, kmb[pk], mw, kmb[wk], tol) / areas[pk]
+        if c_p >= contain_frac:
+            contain[i] = c_p
+        elif w_in[i] and c_p >= 1.0 - contain_frac:
+            # the whole copy inside a larger partial view: only when it explains enough of
+            # it (a partial view mostly of something else is not a view of this object)
+            contain[i] = _near_count(mw, kmb[wk], mp, kmb[pk], tol) / areas[wk]
     hit = contain >= contain_frac
     return (
         np.concatenate([p[hit], ps]),
