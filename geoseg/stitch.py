@@ -539,41 +539,49 @@ def _edge_fit(
     """Per pair: how well a partial view (box ``pb``, window ``pv``) lines up with a whole copy.
 
     All ``[Q, 4]`` in scene pixels; ``near``: the partial's cut-edge bits. Per cut edge, the
-    whole copy's box ``wb`` must lie across that edge: either the partial is a *sliver* (at
-    most ``2 * margin + 1`` px thick across the edge), ``wb`` reaches within
-    :func:`_tolerance` px of the edge from the far side and both ends of the two boxes along
-    the edge agree within ``2 * margin`` px, or ``wb`` crosses the edge and
-    reaches back into the partial's window as far as the partial does (within
-    ``2 * margin`` px). The fit is then the overlap of the two boxes' extents along the edge
-    over the shorter extent; else 0.
+    whole copy's box ``wb`` must lie across that edge, in one of three ways:
+
+    * it crosses the edge and reaches back into the partial's window as far as the partial
+      does (within ``2 * margin`` px);
+    * the partial is a *sliver* (at most ``2 * margin + 1`` px thick across the edge) and
+      ``wb`` runs from the edge (or before it) away from the partial;
+    * the partial is a sliver, ``wb`` starts at most :func:`_tolerance` px past the edge and
+      both ends of the two boxes along the edge agree within ``2 * margin`` px (a whole copy
+      drawn a little small; a different object beyond the edge rarely spans the same stretch).
+
+    and the middle of the partial's extent along the edge must lie within the whole copy's
+    (a neighbour of the partial's object, drawn a little large, reaches only its side). The
+    fit is then the overlap of the two boxes' extents along the edge (the whole copy's
+    widened by ``2 * margin`` px at both ends) over the shorter extent; else 0.
     """
     best = np.zeros(len(pb))
     thin = 2 * margin + 1
     tol = _tolerance(margin)
     for bit, ax in zip(_EDGE_BITS, (0, 1, 0, 1), strict=True):
-        if bit in (1, 2):  # the cut edge is the partial's window's left / top edge
-            e = pv[:, ax]
-            reach = wb[:, ax + 2] >= e - tol
-            crosses = (
-                (wb[:, ax] < e)
-                & (wb[:, ax + 2] > e)
-                & (wb[:, ax + 2] >= pb[:, ax + 2] - 2 * margin)
-            )
-            start_ok = wb[:, ax] < e
-        else:
-            e = pv[:, ax + 2]
-            reach = wb[:, ax] <= e + tol
-            crosses = (wb[:, ax] < e) & (wb[:, ax + 2] > e) & (wb[:, ax] <= pb[:, ax] + 2 * margin)
-            start_ok = wb[:, ax + 2] > e
         o = 1 - ax  # the axis along the edge
-        # a sliver and its whole copy span the same stretch of the edge (give or take)
+        w0, w1, p0, p1 = wb[:, ax], wb[:, ax + 2], pb[:, ax], pb[:, ax + 2]
+        if bit in (1, 2):  # the window's left / top edge: the whole copy lies before it
+            e = pv[:, ax]
+            crosses = (w0 < e) & (w1 > e) & (w1 >= p1 - 2 * margin)
+            touches = (w0 < e) & (w1 >= e)
+            close = (w0 < e) & (w1 >= e - tol)
+        else:  # the right / bottom edge: the whole copy lies after it
+            e = pv[:, ax + 2]
+            crosses = (w0 < e) & (w1 > e) & (w0 <= p0 + 2 * margin)
+            touches = (w0 <= e) & (w1 > e)
+            close = (w0 <= e + tol) & (w1 > e)
         ends = (np.abs(pb[:, o] - wb[:, o]) <= 2 * margin) & (
             np.abs(pb[:, o + 2] - wb[:, o + 2]) <= 2 * margin
         )
-        sliver = (pb[:, ax + 2] - pb[:, ax] <= thin) & reach & start_ok & ends
-        ok = ((near & bit) > 0) & (sliver | crosses)
-        along = np.minimum(pb[:, o + 2], wb[:, o + 2]) - np.maximum(pb[:, o], wb[:, o])
-        shorter = np.minimum(pb[:, o + 2] - pb[:, o], wb[:, o + 2] - wb[:, o])
+        sliver = (p1 - p0 <= thin) & (touches | (close & ends))
+        # the middle of the partial's stretch of the edge lies on the whole copy's stretch
+        mid2 = pb[:, o] + pb[:, o + 2]
+        centred = (2 * wb[:, o] <= mid2) & (mid2 < 2 * wb[:, o + 2])
+        ok = ((near & bit) > 0) & (crosses | sliver) & centred
+        # extents along the edge, the whole copy's widened by the outlines' disagreement
+        q0, q1 = wb[:, o] - 2 * margin, wb[:, o + 2] + 2 * margin
+        along = np.minimum(pb[:, o + 2], q1) - np.maximum(pb[:, o], q0)
+        shorter = np.minimum(pb[:, o + 2] - pb[:, o], q1 - q0)
         fit = np.where(ok, np.maximum(along, 0) / np.maximum(shorter, 1), 0.0)
         best = np.maximum(best, fit)
     return best

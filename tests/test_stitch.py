@@ -573,9 +573,13 @@ def _reshape(mask, d):
         return ndimage.binary_dilation(np.pad(mask, d), iterations=d), d
     for k in range(-d, 0, -1):  # a shrink that would erase the object erases less
         out = ndimage.binary_erosion(mask, iterations=k)
-        if out.any():
+        if out.sum() >= MIN_PREDICTED_PX:
             return out, 0
     return mask, 0
+
+
+#: The imperfect oracle reports no mask smaller than this (a model returns no 1-pixel objects).
+MIN_PREDICTED_PX = 4
 
 
 def imperfect_oracle(inst, cls, grid, *, seed, classes=CLASSES, drop=0.05, fragment=0.05):
@@ -614,7 +618,7 @@ def imperfect_oracle(inst, cls, grid, *, seed, classes=CLASSES, drop=0.05, fragm
             cy0, cx0 = max(y0, 0), max(x0, 0)
             cy1, cx1 = min(y0 + m.shape[0], th), min(x0 + m.shape[1], tw)
             m = m[cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0]
-            if m.size == 0 or not m.any():
+            if m.sum() < MIN_PREDICTED_PX:
                 return
             ys, xs = np.flatnonzero(m.any(1)), np.flatnonzero(m.any(0))
             m = m[ys[0] : ys[-1] + 1, xs[0] : xs[-1] + 1]
