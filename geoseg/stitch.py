@@ -492,6 +492,15 @@ def _match_pairs(
         margin=margin,
         class_aware=class_aware,
     )
+    # a partial view matched to another tile's view of its object is no part of a different
+    # detection of that tile: the tile told the two apart
+    partial = edges > 0
+    pp = hit & partial[a] & partial[b]
+    group = _components(len(kidx), a[pp], b[pp])
+    n_tiles = np.int64(len(win))
+    seen = np.unique(group[partial] * n_tiles + flat.tile[kidx[partial]])
+    told_apart = np.isin(group[ea] * n_tiles + flat.tile[kidx[eb]], seen)
+    ea, eb, es = ea[~told_apart], eb[~told_apart], es[~told_apart]
     return (
         np.concatenate([a[hit], ea]),
         np.concatenate([b[hit], eb]),

@@ -454,9 +454,13 @@ def test_partial_view_absorbed_by_the_whole_copy():
     assert det.masks[0].sum() == bus.sum()
     assert det.labels[0] == 1
     assert det.scores[0] == pytest.approx(0.95)
-    # judged by containment: restricted IoU alone (the old rule) keeps both
-    frac = stitch(tds, scene_width=224, scene_height=128, contain_frac=1.0)
-    assert len(frac) == 2
+    # absorbed, not matched: with IoU thresholds nothing could meet, still one object
+    strict = stitch(tds, scene_width=224, scene_height=128, match_iou=1.0, nms_iou=1.0)
+    assert len(strict) == 1
+    assert strict.masks[0].sum() == bus.sum()
+    # a partial view of another class is another object
+    tds[1] = tile_dets(b, [(lo, y1 - 1, half)], scores=[0.95], labels=[0])
+    assert len(stitch(tds, scene_width=224, scene_height=128)) == 2
 
 
 def test_sliver_absorbed_when_the_whole_copy_lies_across_the_cut():
@@ -585,8 +589,10 @@ MIN_PREDICTED_PX = 4
 def imperfect_oracle(inst, cls, grid, *, seed, classes=CLASSES, drop=0.05, fragment=0.05):
     """What a real model returns, roughly: per tile, every mask grown or shrunk by 1-2 px;
     random scores; a ``drop`` share of the objects seen by several tiles missed by one of
-    them (one that leaves another tile seeing at least half of the object); a ``fragment``
-    share predicted twice: whole and a half of it as a separate object."""
+    them (one that leaves another tile seeing the whole object: with only partial views
+    left, 2 px outline noise makes a 4 px boat indistinguishable from its neighbour's edge;
+    benchmarks/bench_fragments.py measures that harsher case); a ``fragment`` share
+    predicted twice: whole and a half of it as a separate object."""
     rng = np.random.default_rng(seed)
     areas = np.bincount(inst.ravel())
     seen = {}
@@ -601,7 +607,7 @@ def imperfect_oracle(inst, cls, grid, *, seed, classes=CLASSES, drop=0.05, fragm
     for i, views in seen.items():
         if len(views) > 1 and rng.random() < drop:
             t = int(rng.integers(len(views)))
-            if any(2 * c >= areas[i] for u, (_, c) in enumerate(views) if u != t):
+            if any(c == areas[i] for u, (_, c) in enumerate(views) if u != t):
                 missed_by[i] = views[t][0]
     out = []
     for t, spec in enumerate(grid):
