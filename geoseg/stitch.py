@@ -393,8 +393,8 @@ _EDGE_BITS = (1, 2, 4, 8)
 
 
 def _partial_flags(
-    masks: Sequence[npt.NDArray[Any]],
-    mb: IntArray,
+    bank: _MaskBank,
+    item: IntArray,
     v: IntArray,
     width: int,
     height: int,
@@ -402,37 +402,29 @@ def _partial_flags(
 ) -> npt.NDArray[np.int8]:
     """Partial views: masks at most ``margin`` px from a cut edge of their window.
 
-    A cut edge is an edge of the valid window (``v``) that is not a scene edge; the gap is
-    the number of empty pixels between the mask's own pixels and it (a mask box need not be
-    tight), so ``margin=0`` flags only masks touching the edge. ``mb`` and ``v`` are
-    ``[K, 4]`` scene-pixel mask boxes and valid windows.
+    ``item``: ``[K]`` masks of ``bank``; ``v``: ``[K, 4]`` their valid windows (scene px). A
+    cut edge is an edge of the valid window that is not a scene edge; the gap is the number
+    of empty pixels between the mask's own pixels and it (a mask box need not be tight), so
+    ``margin=0`` flags only masks touching the edge.
 
     Returns:
         int8 ``[K]``: the cut edges each mask is near, as bits (:data:`_EDGE_BITS`: left 1,
         top 2, right 4, bottom 8); 0 = seen whole.
     """
     reach = margin + 1
-    left = (mb[:, 0] - v[:, 0] < reach) & (v[:, 0] > 0)
-    top = (mb[:, 1] - v[:, 1] < reach) & (v[:, 1] > 0)
-    right = (v[:, 2] - mb[:, 2] < reach) & (v[:, 2] < width)
-    bottom = (v[:, 3] - mb[:, 3] < reach) & (v[:, 3] < height)
-    out = np.zeros(len(mb), dtype=np.int8)
-    for k in np.flatnonzero(left | top | right | bottom).tolist():
-        m = masks[k]
-        cols = np.flatnonzero(m.any(axis=0))
-        rows = np.flatnonzero(m.any(axis=1))
-        if len(cols) == 0:
-            continue
-        x0, y0 = int(mb[k, 0]), int(mb[k, 1])
-        gaps = (
-            (left[k], x0 + int(cols[0]) - int(v[k, 0])),
-            (top[k], y0 + int(rows[0]) - int(v[k, 1])),
-            (right[k], int(v[k, 2]) - (x0 + int(cols[-1]) + 1)),
-            (bottom[k], int(v[k, 3]) - (y0 + int(rows[-1]) + 1)),
-        )
-        out[k] = sum(
-            bit for bit, (near, gap) in zip(_EDGE_BITS, gaps, strict=True) if near and gap < reach
-        )
+    mb = bank.mb[item]
+    out = np.zeros(len(item), dtype=np.int8)
+    bands = (
+        (v[:, 0] > 0, (v[:, 0], mb[:, 1], v[:, 0] + reach, mb[:, 3])),
+        (v[:, 1] > 0, (mb[:, 0], v[:, 1], mb[:, 2], v[:, 1] + reach)),
+        (v[:, 2] < width, (v[:, 2] - reach, mb[:, 1], v[:, 2], mb[:, 3])),
+        (v[:, 3] < height, (mb[:, 0], v[:, 3] - reach, mb[:, 2], v[:, 3])),
+    )
+    for bit, (cut, band) in zip(_EDGE_BITS, bands, strict=True):
+        rect = _intersect(np.stack(band, axis=1), mb)  # the band next to the edge, in the box
+        k = np.flatnonzero(cut & _positive(rect))
+        hit = bank.rect_sums(item[k], rect[k]) > 0
+        out[k[hit]] |= np.int8(bit)
     return out
 
 
@@ -442,6 +434,7 @@ def _match_pairs(
     bank: _MaskBank,
     win: IntArray,
     edges: npt.NDArray[np.int8],
+    pairs: tuple[IntArray, IntArray],
     *,
     match_iou: float,
     contain_frac: float,
@@ -450,7 +443,8 @@ def _match_pairs(
 ) -> tuple[IntArray, IntArray, FloatArray]:
     """Edges between detections of different tiles that are one object.
 
-    ``edges[k]``: the cut edges ``kidx[k]`` is near (:func:`_partial_flags`; > 0: partial).
+    ``edges[k]``: the cut edges ``kidx[k]`` is near (:func:`_partial_flags`; > 0: partial);
+    ``pairs``: positions into ``kidx`` of the detections whose mask boxes meet.
     An edge is either a *match* (restricted mask IoU inside the two windows' intersection
     ``>= match_iou``) or an *absorption* of a partial view by a whole one
     (:func:`_absorptions`).
@@ -459,7 +453,7 @@ def _match_pairs(
         ``(a, b, strength)``: positions into ``kidx`` and the IoU or containment of each edge.
     """
     kmb = flat.mb[kidx]
-    a, b = _box_pairs(kmb)
+    a, b = pairs
     ta, tb = flat.tile[kidx[a]], flat.tile[kidx[b]]
     keep = ta != tb
     if class_aware:
@@ -699,20 +693,25 @@ def _absorptions(
 
 
 def _within_tile_fragments(
-    flat: _Flat, bank: _MaskBank, *, contain_frac: float, class_aware: bool
+    flat: _Flat,
+    bank: _MaskBank,
+    pairs: tuple[IntArray, IntArray],
+    *,
+    contain_frac: float,
+    class_aware: bool,
 ) -> BoolArray:
     """Flags of the model's own fragments: detections inside a larger one of their tile.
 
     A fragment has ``>= contain_frac`` of its pixels inside a larger detection of the same
     tile (and class, when ``class_aware``). Equal masks: the lower score (then the later
     index) goes. The detection that stays takes the better of the two scores (in place, in
-    ``flat.scores``).
+    ``flat.scores``). ``pairs``: the detections whose mask boxes meet (:func:`_box_pairs`).
     """
     n = len(flat.tile)
     drop = np.zeros(n, dtype=np.bool_)
     if n < 2:
         return drop
-    a, b = _box_pairs(flat.mb)
+    a, b = pairs
     keep = flat.tile[a] == flat.tile[b]
     if class_aware:
         keep &= flat.labels[a] == flat.labels[b]
@@ -1029,8 +1028,9 @@ def stitch(
 
     bank = _MaskBank(flat.masks, flat.mb)
     nonempty = bank.areas() > 0
+    pairs = _box_pairs(flat.mb)
     inner = _within_tile_fragments(
-        flat, bank, contain_frac=contain_frac, class_aware=not class_agnostic
+        flat, bank, pairs, contain_frac=contain_frac, class_aware=not class_agnostic
     )
     if inner.any():
         logger.debug("stitch: dropped %d fragments inside a detection of their tile", inner.sum())
@@ -1049,20 +1049,19 @@ def stitch(
     masks: list[npt.NDArray[Any]] = [flat.masks[int(k)] for k in fast]
     if len(kidx):
         edges = _partial_flags(
-            [flat.masks[int(k)] for k in kidx],
-            flat.mb[kidx],
-            win[flat.tile[kidx]],
-            scene_width,
-            scene_height,
-            edge_margin,
+            bank, kidx, win[flat.tile[kidx]], scene_width, scene_height, edge_margin
         )
         partial = edges > 0
+        pos = np.full(n, -1, dtype=np.int64)
+        pos[kidx] = np.arange(len(kidx))
+        both = (pos[pairs[0]] >= 0) & (pos[pairs[1]] >= 0)
         ma, mb_, strength = _match_pairs(
             flat,
             kidx,
             bank,
             win,
             edges,
+            (pos[pairs[0][both]], pos[pairs[1][both]]),
             match_iou=match_iou,
             contain_frac=contain_frac,
             margin=edge_margin,
