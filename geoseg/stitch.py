@@ -1,48 +1,70 @@
 """Cross-tile merging: per-tile detections in, one object per real object out.
 
 Tiles overlap, so an object near a tile border is seen by several tiles: whole by some, cut into
-*fragments* by others. A box-overlap merge gets this wrong both ways (it fuses touching
+*partial views* by others. A box-overlap merge gets this wrong both ways (it fuses touching
 neighbours, whose boxes overlap, and keeps fragments whose boxes do not). :func:`stitch` instead
-compares **masks**, and only where two tiles both see the scene:
+compares **masks**, and only where two tiles both see the scene. Real models add two troubles:
+neighbouring tiles draw one object's outline a pixel or two apart, and a tile that sees half a
+bus predicts half a bus. So a partial view is treated as *partial evidence*, judged by how it
+fits an object another tile saw whole, not only by IoU.
 
 1. **Shift** every detection from tile pixels to scene pixels (``tile.window.col_off/row_off``)
    and clip it to the part of its window that lies inside the scene.
-2. **Fast path.** A detection whose mask box neither overlaps nor touches any other tile's window
-   cannot have a counterpart; it is kept as is (no pixel work at all).
-3. **Fragments.** A detection is a *fragment* when its mask touches an edge of its window that is
-   not a scene edge (the tile cut it); otherwise it is *complete*.
-4. **Matching.** Two detections from different tiles (of the same class unless ``class_agnostic``)
-   are the same object when their masks agree **inside the intersection of the two windows**,
-   the only region both tiles saw: pixel IoU of the two masks restricted to that region
-   ``>= match_iou``. Touching neighbours have overlapping boxes but disjoint masks, so they never
-   match. Candidate pairs come from an STRtree over mask boxes, and all restricted IoUs are
-   computed at once (vectorised gathers over one flat buffer of mask pixels), so the cost grows
-   about linearly with the number of detections. When two windows only *touch* (no overlap),
-   the masks are compared across the seam: the fraction of edge pixels of the smaller profile
-   with an 8-neighbour on the other side (see the note on zero overlap below).
-5. **Merging.** Matches form groups (connected components). In a group with complete members,
-   the complete members that match each other form one object, represented by the member whose
+2. **Fragments within a tile.** A detection with ``>= contain_frac`` of its pixels inside a
+   larger detection of the same tile (and class) is the model's own fragment of it: dropped
+   (the larger one keeps its mask and class and takes the better score). This also applies
+   when the whole scene is one tile.
+3. **Fast path.** A detection whose mask box, grown by ``edge_margin`` px, meets no other
+   tile's window cannot have a counterpart; it is kept as is (no pixel work at all).
+4. **Partial or whole.** A detection is a *partial view* when its mask comes within
+   ``edge_margin`` px (default 2) of an edge of its window that is not a scene edge (the tile
+   cut it, or may have); otherwise it is *seen whole*.
+5. **Matching.** Two detections from different tiles (of the same class unless
+   ``class_agnostic``) are one object when
+   * their masks agree **inside the intersection of the two windows**, the only region both
+     tiles saw: pixel IoU of the two masks restricted to that region ``>= match_iou``
+     (touching neighbours have overlapping boxes but disjoint masks, so they never match); or
+   * one is a partial view and the other is seen whole, the partial view lies inside the
+     whole one's window (that tile saw all of it) and either (a) the *containment*, the
+     intersection over the smaller mask, counting pixels within ``(edge_margin + 1) // 2``
+     px (1 by default) of the other mask, is ``>= contain_frac`` (the whole copy's share
+     counts only when at least ``1 - contain_frac`` of the partial view lies near it), or
+     (b) the whole copy lies across the partial view's cut edge where the partial view meets
+     it (a *sliver* a few pixels thick has too few pixels for (a)). A partial view that
+     matched another tile's view of its object is never absorbed into a different detection
+     of that tile.
+   Candidate pairs come from an STRtree over mask boxes, and all restricted IoUs are computed
+   at once (vectorised gathers over one flat buffer of mask pixels), so the cost grows about
+   linearly with the number of detections.
+6. **Merging.** Matches form groups (connected components). In a group with whole members,
+   the whole members that match each other form one object, represented by the member whose
    tile *owns* it: its mask-box centre lies in that tile's core (ties: the member farthest from
-   its window's cut edges, then the highest score); fragments of such a group are dropped, as
-   they are parts of a complete member. A group of fragments only (an object cut by every tile
-   that sees it, e.g. a building larger than a tile) becomes the union of the fragments, so an
-   object spanning any number of tiles in both directions comes out as one.
-6. **Duplicates left over** (e.g. two predictions of one object whose restricted IoU fell below
+   its window's cut edges, then the highest score); the group's partial views are absorbed:
+   dropped, as they are parts of a whole member. A group of partial views only (an object cut
+   by every tile that sees it, e.g. a building larger than a tile) becomes the union of the
+   views, so an object spanning any number of tiles in both directions comes out as one.
+7. **Duplicates left over** (e.g. two predictions of one object whose restricted IoU fell below
    ``match_iou``) are suppressed among the objects of the overlap zones by greedy mask-IoU NMS
-   (``nms_iou``), class-aware by default; an unmatched fragment lying mostly
-   (``>= nms_iou`` of its pixels) inside a larger object of the same class is dropped too.
-   Duplicates *within* one tile are the predictor's business (its own NMS).
+   (``nms_iou``), class-aware by default; an object with ``>= contain_frac`` of its pixels
+   inside a larger one of its class is dropped (the larger takes the better score), and so is
+   an unmatched partial view with ``>= nms_iou`` of its pixels inside a larger object.
 
-Scores of merged objects are combined as :class:`ScoreMode` says; the class of a merged object
-is the one with the highest summed score among its members (without ``class_agnostic`` all
-members share it).
+**What a merged object is made of.** Mask, box and class: those of the representative whole
+copy (class: the highest summed score among the whole copies; without ``class_agnostic`` all
+members share it), or the union of the views and the highest summed score's class for an
+object cut by every tile. Score: the scores of the whole copies and of the partial views
+absorbed into them (each partial view counts for the object it fits best), combined as
+:class:`ScoreMode` says (default: the best score).
 
-Zero overlap: with ``overlap=0`` two different objects that touch exactly on a tile seam look
-the same, to any stitcher, as one object cut by the seam (the tiles carry no identity), and are
-merged. Use an overlap of at least the size of the objects to avoid this.
+**Zero overlap is refused.** With ``overlap=0`` two different objects touching exactly on a tile
+seam give the tiles the same detections, to any stitcher, as one object cut by the seam (the
+tiles carry no identity): merging fuses touching neighbours (boats in a marina), not merging
+splits every object a seam cuts. :func:`stitch` raises ``ValueError`` for two windows that meet
+edge to edge with no third window across their seam; use an overlap of at least the size of
+the largest object.
 
 Masks stay cropped to their mask boxes throughout; the only arrays allocated per object are the
-unions of fragment groups, of the size of the merged object.
+unions of partial-view groups, of the size of the merged object.
 """
 
 from __future__ import annotations
