@@ -576,8 +576,9 @@ def _edge_fit(
 
     and the middle of the partial's extent along the edge must lie within the whole copy's
     (a neighbour of the partial's object, drawn a little large, reaches only its side). The
-    fit is then the overlap of the two boxes' extents along the edge (the whole copy's
-    widened by ``2 * margin`` px at both ends) over the shorter extent; else 0.
+    fit is then the overlap of the two boxes' extents along the edge over the shorter extent
+    (for a sliver, the whole copy's extent widened by ``2 * margin`` px at both ends: the cut
+    end of a rotated object is short); else 0.
     """
     best = np.zeros(len(pb))
     thin = 2 * margin + 1
@@ -601,14 +602,14 @@ def _edge_fit(
         sliver = (p1 - p0 <= thin) & (touches | (close & ends))
         # the middle of the partial's stretch of the edge lies on the whole copy's stretch
         mid2 = pb[:, o] + pb[:, o + 2]
-        centred = (2 * wb[:, o] <= mid2) & (mid2 < 2 * wb[:, o + 2])
-        ok = ((near & bit) > 0) & (crosses | sliver) & centred
-        # extents along the edge, the whole copy's widened by the outlines' disagreement
-        q0, q1 = wb[:, o] - 2 * margin, wb[:, o + 2] + 2 * margin
-        along = np.minimum(pb[:, o + 2], q1) - np.maximum(pb[:, o], q0)
-        shorter = np.minimum(pb[:, o + 2] - pb[:, o], q1 - q0)
-        fit = np.where(ok, np.maximum(along, 0) / np.maximum(shorter, 1), 0.0)
-        best = np.maximum(best, fit)
+        centred = ((near & bit) > 0) & (2 * wb[:, o] <= mid2) & (mid2 < 2 * wb[:, o + 2])
+        for ok, widen in ((centred & crosses, margin), (centred & sliver, 2 * margin)):
+            # extents along the edge; a sliver's whole copy widened by the disagreement
+            q0, q1 = wb[:, o] - widen, wb[:, o + 2] + widen
+            along = np.minimum(pb[:, o + 2], q1) - np.maximum(pb[:, o], q0)
+            shorter = np.minimum(pb[:, o + 2] - pb[:, o], q1 - q0)
+            fit = np.where(ok, np.maximum(along, 0) / np.maximum(shorter, 1), 0.0)
+            best = np.maximum(best, fit)
     return best
 
 
