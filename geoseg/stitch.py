@@ -639,7 +639,8 @@ def _absorptions(
 
     A partial view cut thin by its window has too few pixels for that test when the tiles
     disagree about the outline; it is also absorbed when the whole copy lies across the cut
-    edge where the partial meets it (:func:`_edge_fit` ``>= contain_frac``).
+    edge where the partial meets it (:func:`_edge_fit` ``>= contain_frac``) and at least
+    ``1 - contain_frac`` of its pixels lie within ``margin`` px of the copy's.
 
     Returns:
         ``(partial, whole, containment)`` positions into ``kidx`` and the containment.
@@ -692,6 +693,19 @@ def _absorptions(
         return (px >= contain_frac * areas[x]) & (areas[x] > 0)
 
     ps, ws, ss = p[sliver_hit], w[sliver_hit], sliver[sliver_hit]
+    # boxes lined up, masks too: 1 - contain_frac of the view within margin px of the copy
+    near = np.asarray(
+        [
+            _near_count(
+                flat.masks[int(kidx[pk])], kmb[pk], flat.masks[int(kidx[wk])], kmb[wk], margin
+            )
+            / max(int(areas[pk]), 1)
+            for pk, wk in zip(ps.tolist(), ws.tolist(), strict=True)
+        ],
+        dtype=np.float64,
+    ).reshape(-1)
+    lined = near >= 1.0 - contain_frac
+    ps, ws, ss = ps[lined], ws[lined], ss[lined]
     p, w = p[~sliver_hit], w[~sliver_hit]
     p_in, w_in = room(p, w), room(w, p)
     keep = p_in | w_in
