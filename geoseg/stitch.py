@@ -30,7 +30,8 @@ fits an object another tile saw whole, not only by IoU.
      px (1 by default) of the other mask, is ``>= contain_frac`` (the whole copy's share
      counts only when at least ``1 - contain_frac`` of the partial view lies near it), or
      (b) the whole copy lies across the partial view's cut edge where the partial view meets
-     it (a *sliver* a few pixels thick has too few pixels for (a)). A partial view that
+     it and ``1 - contain_frac`` of the partial view lies within ``edge_margin`` px of it (a
+     *sliver* a few pixels thick has too few pixels for (a)). A partial view that
      matched another tile's view of its object is never absorbed into a different detection
      of that tile.
    Candidate pairs come from an STRtree over mask boxes, and all restricted IoUs are computed
