@@ -184,8 +184,8 @@ class TilingConfig:
 
     Attributes:
         tile_size: side of the square tiles, in scene pixels.
-        overlap: pixels shared by neighbouring tiles; must exceed the largest object's side
-            for every object to lie whole in some tile.
+        overlap: pixels shared by neighbouring tiles (> 0); must exceed the largest object's
+            side for every object to lie whole in some tile.
     """
 
     tile_size: int = 512
@@ -193,7 +193,11 @@ class TilingConfig:
 
     def __post_init__(self) -> None:
         _check(self.tile_size > 0, "tiling.tile_size must be > 0")
-        _check(0 <= self.overlap < self.tile_size, "tiling.overlap must be in [0, tile_size)")
+        _check(
+            0 < self.overlap < self.tile_size,
+            "tiling.overlap must be in [1, tile_size): with overlap 0, two objects touching on "
+            "a tile seam cannot be told from one object cut by it",
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,17 +232,22 @@ class StitchConfig:
             neighbouring tiles are the same object.
         nms_iou: mask IoU above which the lower-scored of two scene objects is a duplicate
             and dropped.
+        contain_frac: containment (intersection over the smaller mask) at which a detection
+            is a part of another: a model's own fragment inside a larger detection of its
+            tile, or a partial view at a tile edge inside an object another tile saw whole.
         class_agnostic: match and suppress across classes (the best-scoring class wins);
             ``False`` only merges detections of the same class.
     """
 
     match_iou: float = 0.5
     nms_iou: float = 0.5
+    contain_frac: float = 0.8
     class_agnostic: bool = False
 
     def __post_init__(self) -> None:
         _check(0.0 < self.match_iou <= 1.0, "stitch.match_iou must be in (0, 1]")
         _check(0.0 < self.nms_iou <= 1.0, "stitch.nms_iou must be in (0, 1]")
+        _check(0.0 < self.contain_frac <= 1.0, "stitch.contain_frac must be in (0, 1]")
 
 
 @dataclass(frozen=True, slots=True)

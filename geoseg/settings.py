@@ -101,7 +101,8 @@ class RunSettings:
         tile_size: tile side in *working pixels*, the pixels the model sees: scene pixels when
             the scene is read as it is, pixels of the working GSD when it is resampled (see
             ``gsd``).
-        overlap: working pixels shared by neighbouring tiles, ``0 <= overlap < tile_size``.
+        overlap: working pixels shared by neighbouring tiles, ``0 < overlap < tile_size``
+            (overlap 0 is refused: see :mod:`geoseg.stitch`).
         gsd: the ground sample distance tiles are read at, in metres; ``None``: the model's
             (its checkpoint's ``gsd``). A scene whose GSD differs from it by more than
             :data:`geoseg.raster.GSD_TOLERANCE` is resampled tile by tile while it is read
@@ -116,6 +117,7 @@ class RunSettings:
         min_area_px: stitched objects with fewer mask pixels (scene pixels) are dropped.
         match_iou: see :func:`geoseg.stitch.stitch`.
         nms_iou: see :func:`geoseg.stitch.stitch`.
+        contain_frac: see :func:`geoseg.stitch.stitch`.
         class_agnostic: stitch across classes (the best-scoring class wins).
         simplify_tolerance: polygon simplification in scene-CRS units (0 = none).
         min_area_m2: polygons smaller than this many square metres are dropped.
@@ -138,6 +140,7 @@ class RunSettings:
     min_area_px: int = 0
     match_iou: float = 0.5
     nms_iou: float = 0.5
+    contain_frac: float = 0.8
     class_agnostic: bool = False
     simplify_tolerance: float = 0.0
     min_area_m2: float = 0.0
@@ -150,8 +153,14 @@ class RunSettings:
             raise ConfigError(f"tile size must be >= 16 pixels, got {self.tile_size}")
         if not 0 <= self.overlap < self.tile_size:
             raise ConfigError(
-                f"overlap {self.overlap} must be in [0, tile size {self.tile_size}) pixels: "
+                f"overlap {self.overlap} must be in [1, tile size {self.tile_size}) pixels: "
                 "lower the overlap"
+            )
+        if self.overlap == 0:
+            raise ConfigError(
+                "overlap 0: two objects touching on a tile seam cannot be told from one object "
+                "cut by it, so stitching needs overlapping tiles; use an overlap of at least "
+                "the largest object's size in pixels"
             )
         if self.gsd is not None:
             ok = isinstance(self.gsd, int | float) and not isinstance(self.gsd, bool)
@@ -176,7 +185,7 @@ class RunSettings:
         object.__setattr__(self, "class_min_score", scores)
         if self.min_area_px < 0 or self.min_area_m2 < 0 or self.simplify_tolerance < 0:
             raise ConfigError("min_area_px, min_area_m2 and simplify_tolerance must be >= 0")
-        for name in ("match_iou", "nms_iou"):
+        for name in ("match_iou", "nms_iou", "contain_frac"):
             if not 0.0 < getattr(self, name) <= 1.0:
                 raise ConfigError(f"{name} must be in (0, 1], got {getattr(self, name)}")
         if self.batch_size is not None and self.batch_size < 1:
@@ -206,6 +215,7 @@ class RunSettings:
         return {
             "match_iou": self.match_iou,
             "nms_iou": self.nms_iou,
+            "contain_frac": self.contain_frac,
             "class_agnostic": self.class_agnostic,
         }
 
@@ -311,6 +321,7 @@ def resolve(
             min_area_px=cfg.filter.min_area_px,
             match_iou=cfg.stitch.match_iou,
             nms_iou=cfg.stitch.nms_iou,
+            contain_frac=cfg.stitch.contain_frac,
             class_agnostic=cfg.stitch.class_agnostic,
             simplify_tolerance=cfg.vectorize.simplify_tolerance,
             min_area_m2=cfg.vectorize.min_area_m2,

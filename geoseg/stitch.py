@@ -1,48 +1,71 @@
 """Cross-tile merging: per-tile detections in, one object per real object out.
 
 Tiles overlap, so an object near a tile border is seen by several tiles: whole by some, cut into
-*fragments* by others. A box-overlap merge gets this wrong both ways (it fuses touching
+*partial views* by others. A box-overlap merge gets this wrong both ways (it fuses touching
 neighbours, whose boxes overlap, and keeps fragments whose boxes do not). :func:`stitch` instead
-compares **masks**, and only where two tiles both see the scene:
+compares **masks**, and only where two tiles both see the scene. Real models add two troubles:
+neighbouring tiles draw one object's outline a pixel or two apart, and a tile that sees half a
+bus predicts half a bus. So a partial view is treated as *partial evidence*, judged by how it
+fits an object another tile saw whole, not only by IoU.
 
 1. **Shift** every detection from tile pixels to scene pixels (``tile.window.col_off/row_off``)
    and clip it to the part of its window that lies inside the scene.
-2. **Fast path.** A detection whose mask box neither overlaps nor touches any other tile's window
-   cannot have a counterpart; it is kept as is (no pixel work at all).
-3. **Fragments.** A detection is a *fragment* when its mask touches an edge of its window that is
-   not a scene edge (the tile cut it); otherwise it is *complete*.
-4. **Matching.** Two detections from different tiles (of the same class unless ``class_agnostic``)
-   are the same object when their masks agree **inside the intersection of the two windows**,
-   the only region both tiles saw: pixel IoU of the two masks restricted to that region
-   ``>= match_iou``. Touching neighbours have overlapping boxes but disjoint masks, so they never
-   match. Candidate pairs come from an STRtree over mask boxes, and all restricted IoUs are
-   computed at once (vectorised gathers over one flat buffer of mask pixels), so the cost grows
-   about linearly with the number of detections. When two windows only *touch* (no overlap),
-   the masks are compared across the seam: the fraction of edge pixels of the smaller profile
-   with an 8-neighbour on the other side (see the note on zero overlap below).
-5. **Merging.** Matches form groups (connected components). In a group with complete members,
-   the complete members that match each other form one object, represented by the member whose
+2. **Fragments within a tile.** A detection with ``>= contain_frac`` of its pixels inside a
+   larger detection of the same tile (and class) is the model's own fragment of it: dropped
+   (the larger one keeps its mask and class and takes the better score). This also applies
+   when the whole scene is one tile.
+3. **Fast path.** A detection whose mask box, grown by ``edge_margin`` px, meets no other
+   tile's window cannot have a counterpart; it is kept as is (no pixel work at all).
+4. **Partial or whole.** A detection is a *partial view* when its mask comes within
+   ``edge_margin`` px (default 2) of an edge of its window that is not a scene edge (the tile
+   cut it, or may have); otherwise it is *seen whole*.
+5. **Matching.** Two detections from different tiles (of the same class unless
+   ``class_agnostic``) are one object when
+   * their masks agree **inside the intersection of the two windows**, the only region both
+     tiles saw: pixel IoU of the two masks restricted to that region ``>= match_iou``
+     (touching neighbours have overlapping boxes but disjoint masks, so they never match); or
+   * one is a partial view and the other is seen whole, the partial view lies inside the
+     whole one's window (that tile saw all of it) and either (a) the *containment*, the
+     intersection over the smaller mask, counting pixels within ``(edge_margin + 1) // 2``
+     px (1 by default) of the other mask, is ``>= contain_frac`` (the whole copy's share
+     counts only when at least ``1 - contain_frac`` of the partial view lies near it), or
+     (b) the whole copy lies across the partial view's cut edge where the partial view meets
+     it and ``1 - contain_frac`` of the partial view lies within ``edge_margin`` px of it (a
+     *sliver* a few pixels thick has too few pixels for (a)). A partial view that
+     matched another tile's view of its object is never absorbed into a different detection
+     of that tile.
+   Candidate pairs come from an STRtree over mask boxes, and all restricted IoUs are computed
+   at once (vectorised gathers over one flat buffer of mask pixels), so the cost grows about
+   linearly with the number of detections.
+6. **Merging.** Matches form groups (connected components). In a group with whole members,
+   the whole members that match each other form one object, represented by the member whose
    tile *owns* it: its mask-box centre lies in that tile's core (ties: the member farthest from
-   its window's cut edges, then the highest score); fragments of such a group are dropped, as
-   they are parts of a complete member. A group of fragments only (an object cut by every tile
-   that sees it, e.g. a building larger than a tile) becomes the union of the fragments, so an
-   object spanning any number of tiles in both directions comes out as one.
-6. **Duplicates left over** (e.g. two predictions of one object whose restricted IoU fell below
+   its window's cut edges, then the highest score); the group's partial views are absorbed:
+   dropped, as they are parts of a whole member. A group of partial views only (an object cut
+   by every tile that sees it, e.g. a building larger than a tile) becomes the union of the
+   views, so an object spanning any number of tiles in both directions comes out as one.
+7. **Duplicates left over** (e.g. two predictions of one object whose restricted IoU fell below
    ``match_iou``) are suppressed among the objects of the overlap zones by greedy mask-IoU NMS
-   (``nms_iou``), class-aware by default; an unmatched fragment lying mostly
-   (``>= nms_iou`` of its pixels) inside a larger object of the same class is dropped too.
-   Duplicates *within* one tile are the predictor's business (its own NMS).
+   (``nms_iou``), class-aware by default; an object with ``>= contain_frac`` of its pixels
+   inside a larger one of its class is dropped (the larger takes the better score), and so is
+   an unmatched partial view with ``>= nms_iou`` of its pixels inside a larger object.
 
-Scores of merged objects are combined as :class:`ScoreMode` says; the class of a merged object
-is the one with the highest summed score among its members (without ``class_agnostic`` all
-members share it).
+**What a merged object is made of.** Mask, box and class: those of the representative whole
+copy (class: the highest summed score among the whole copies; without ``class_agnostic`` all
+members share it), or the union of the views and the highest summed score's class for an
+object cut by every tile. Score: the scores of the whole copies and of the partial views
+absorbed into them (each partial view counts for the object it fits best), combined as
+:class:`ScoreMode` says (default: the best score).
 
-Zero overlap: with ``overlap=0`` two different objects that touch exactly on a tile seam look
-the same, to any stitcher, as one object cut by the seam (the tiles carry no identity), and are
-merged. Use an overlap of at least the size of the objects to avoid this.
+**Zero overlap is refused.** With ``overlap=0`` two different objects touching exactly on a tile
+seam give the tiles the same detections, to any stitcher, as one object cut by the seam (the
+tiles carry no identity): merging fuses touching neighbours (boats in a marina), not merging
+splits every object a seam cuts. :func:`stitch` raises ``ValueError`` for two windows that meet
+edge to edge with no third window across their seam; use an overlap of at least the size of
+the largest object.
 
 Masks stay cropped to their mask boxes throughout; the only arrays allocated per object are the
-unions of fragment groups, of the size of the merged object.
+unions of partial-view groups, of the size of the merged object.
 """
 
 from __future__ import annotations
@@ -61,6 +84,10 @@ from geoseg.types import Detections, TileDetections
 __all__ = ["ScoreMode", "stitch"]
 
 logger = logging.getLogger(__name__)
+
+#: Default ``edge_margin`` of :func:`stitch`: a mask with at most this many empty pixels
+#: between it and a cut edge of its window is a partial view of its object.
+EDGE_MARGIN = 2
 
 #: Largest number of pixels gathered at once when computing mask intersections.
 _PIXEL_BUDGET = 1_000_000
@@ -320,6 +347,34 @@ def _gather(
     return win, core, flat, classes or ()
 
 
+def _refuse_seams(win: IntArray) -> None:
+    """Raise where two valid windows meet edge to edge and no window covers their seam.
+
+    ``win``: ``[T, 4]`` valid windows in scene pixels. A seam (a shared edge of two windows
+    that do not overlap) is fine when a third window straddles all of it (``make_grid`` with
+    an overlap can place a last tile so that two non-neighbours touch).
+    """
+    a, b = _box_pairs(win)
+    keep = _positive(win[a]) & _positive(win[b])
+    a, b = a[keep], b[keep]
+    shared = _intersect(win[a], win[b])
+    w = shared[:, 2] - shared[:, 0]
+    h = shared[:, 3] - shared[:, 1]
+    for k in np.flatnonzero(((w == 0) & (h > 0)) | ((h == 0) & (w > 0))).tolist():
+        x0, y0, x1, y1 = shared[k].tolist()
+        if x0 == x1:  # vertical seam at x0: a window must reach across it, over y0..y1
+            cover = (win[:, 0] < x0) & (win[:, 2] > x0) & (win[:, 1] <= y0) & (win[:, 3] >= y1)
+        else:
+            cover = (win[:, 1] < y0) & (win[:, 3] > y0) & (win[:, 0] <= x0) & (win[:, 2] >= x1)
+        if not cover.any():
+            raise ValueError(
+                f"stitch: tiles {int(a[k])} and {int(b[k])} touch without overlapping "
+                "(overlap 0); two objects touching on such a seam cannot be told from one "
+                "object cut by it, so instance outputs need overlapping tiles: use an overlap "
+                "of at least the largest object's size"
+            )
+
+
 def _tile_neighbours(win: IntArray) -> tuple[IntArray, IntArray]:
     """Directed pairs (t, u), t != u, of valid windows that overlap or touch."""
     a, b = _box_pairs(win)
@@ -328,8 +383,8 @@ def _tile_neighbours(win: IntArray) -> tuple[IntArray, IntArray]:
     return np.concatenate([a, b]), np.concatenate([b, a])
 
 
-def _contact(flat: _Flat, win: IntArray) -> BoolArray:
-    """Whether each detection's mask box overlaps or touches another tile's window."""
+def _contact(flat: _Flat, win: IntArray, margin: int) -> BoolArray:
+    """Whether each detection's mask box, grown by ``margin`` px, meets another tile's window."""
     n = len(flat.tile)
     contact = np.zeros(n, dtype=np.bool_)
     if n == 0 or len(win) < 2:
@@ -348,59 +403,52 @@ def _contact(flat: _Flat, win: IntArray) -> BoolArray:
         b = mb[s:e]
         w = win[u]
         contact[s:e] |= (
-            (b[:, 0] <= w[2]) & (b[:, 2] >= w[0]) & (b[:, 1] <= w[3]) & (b[:, 3] >= w[1])
+            (b[:, 0] - margin <= w[2])
+            & (b[:, 2] + margin >= w[0])
+            & (b[:, 1] - margin <= w[3])
+            & (b[:, 3] + margin >= w[1])
         )
     return contact
 
 
-def _cut_flags(
-    masks: Sequence[npt.NDArray[Any]], mb: IntArray, v: IntArray, width: int, height: int
-) -> BoolArray:
-    """Whether each mask touches an edge of its valid window that is not a scene edge."""
-    left = (mb[:, 0] == v[:, 0]) & (v[:, 0] > 0)
-    top = (mb[:, 1] == v[:, 1]) & (v[:, 1] > 0)
-    right = (mb[:, 2] == v[:, 2]) & (v[:, 2] < width)
-    bottom = (mb[:, 3] == v[:, 3]) & (v[:, 3] < height)
-    cut = np.zeros(len(mb), dtype=np.bool_)
-    for k in np.flatnonzero(left | top | right | bottom).tolist():
-        m = masks[k]
-        cut[k] = bool(
-            (left[k] and m[:, 0].any())
-            or (right[k] and m[:, -1].any())
-            or (top[k] and m[0, :].any())
-            or (bottom[k] and m[-1, :].any())
-        )
-    return cut
+#: Bits of :func:`_partial_flags` for the left, top, right and bottom window edges.
+_EDGE_BITS = (1, 2, 4, 8)
 
 
-def _seam_score(
-    ma: npt.NDArray[Any], mba: IntArray, mbb_: IntArray, mb_: npt.NDArray[Any], vertical: bool
-) -> float:
-    """Contact score of two masks on either side of a seam (a before b along the axis).
+def _partial_flags(
+    bank: _MaskBank,
+    item: IntArray,
+    v: IntArray,
+    width: int,
+    height: int,
+    margin: int,
+) -> npt.NDArray[np.int8]:
+    """Partial views: masks at most ``margin`` px from a cut edge of their window.
 
-    The edge profile of each mask next to the seam is compared with the other's; the score is
-    the larger of the two fractions of profile pixels that have an 8-neighbour across the seam.
+    ``item``: ``[K]`` masks of ``bank``; ``v``: ``[K, 4]`` their valid windows (scene px). A
+    cut edge is an edge of the valid window that is not a scene edge; the gap is the number
+    of empty pixels between the mask's own pixels and it (a mask box need not be tight), so
+    ``margin=0`` flags only masks touching the edge.
+
+    Returns:
+        int8 ``[K]``: the cut edges each mask is near, as bits (:data:`_EDGE_BITS`: left 1,
+        top 2, right 4, bottom 8); 0 = seen whole.
     """
-    if vertical:
-        pa, pb = ma[:, -1], mb_[:, 0]
-        oa, ob = int(mba[1]), int(mbb_[1])
-    else:
-        pa, pb = ma[-1, :], mb_[0, :]
-        oa, ob = int(mba[0]), int(mbb_[0])
-    ia = np.flatnonzero(pa) + oa
-    ib = np.flatnonzero(pb) + ob
-    if len(ia) == 0 or len(ib) == 0:
-        return 0.0
-    lo = min(ia.min(), ib.min()) - 1
-    hi = max(ia.max(), ib.max()) + 2
-    da = np.zeros(hi - lo, dtype=np.bool_)
-    db = np.zeros(hi - lo, dtype=np.bool_)
-    for d in (-1, 0, 1):
-        da[ia - lo + d] = True
-        db[ib - lo + d] = True
-    fa = float(db[ia - lo].sum()) / len(ia)
-    fb = float(da[ib - lo].sum()) / len(ib)
-    return max(fa, fb)
+    reach = margin + 1
+    mb = bank.mb[item]
+    out = np.zeros(len(item), dtype=np.int8)
+    bands = (
+        (v[:, 0] > 0, (v[:, 0], mb[:, 1], v[:, 0] + reach, mb[:, 3])),
+        (v[:, 1] > 0, (mb[:, 0], v[:, 1], mb[:, 2], v[:, 1] + reach)),
+        (v[:, 2] < width, (v[:, 2] - reach, mb[:, 1], v[:, 2], mb[:, 3])),
+        (v[:, 3] < height, (mb[:, 0], v[:, 3] - reach, mb[:, 2], v[:, 3])),
+    )
+    for bit, (cut, band) in zip(_EDGE_BITS, bands, strict=True):
+        rect = _intersect(np.stack(band, axis=1), mb)  # the band next to the edge, in the box
+        k = np.flatnonzero(cut & _positive(rect))
+        hit = bank.rect_sums(item[k], rect[k]) > 0
+        out[k[hit]] |= np.int8(bit)
+    return out
 
 
 def _match_pairs(
@@ -408,13 +456,27 @@ def _match_pairs(
     kidx: IntArray,
     bank: _MaskBank,
     win: IntArray,
+    edges: npt.NDArray[np.int8],
+    pairs: tuple[IntArray, IntArray],
     *,
     match_iou: float,
+    contain_frac: float,
+    margin: int,
     class_aware: bool,
-) -> tuple[IntArray, IntArray]:
-    """Pairs (positions into ``kidx``) of detections from different tiles that match."""
+) -> tuple[IntArray, IntArray, FloatArray]:
+    """Edges between detections of different tiles that are one object.
+
+    ``edges[k]``: the cut edges ``kidx[k]`` is near (:func:`_partial_flags`; > 0: partial);
+    ``pairs``: positions into ``kidx`` of the detections whose mask boxes meet.
+    An edge is either a *match* (restricted mask IoU inside the two windows' intersection
+    ``>= match_iou``) or an *absorption* of a partial view by a whole one
+    (:func:`_absorptions`).
+
+    Returns:
+        ``(a, b, strength)``: positions into ``kidx`` and the IoU or containment of each edge.
+    """
     kmb = flat.mb[kidx]
-    a, b = _box_pairs(kmb)
+    a, b = pairs
     ta, tb = flat.tile[kidx[a]], flat.tile[kidx[b]]
     keep = ta != tb
     if class_aware:
@@ -422,48 +484,296 @@ def _match_pairs(
     a, b, ta, tb = a[keep], b[keep], ta[keep], tb[keep]
     shared = _intersect(win[ta], win[tb])
     overlap = _positive(shared)
+    a, b, ta, tb, shared = a[overlap], b[overlap], ta[overlap], tb[overlap], shared[overlap]
 
-    # windows that overlap: restricted IoU inside the shared region
-    oa, ob, so = a[overlap], b[overlap], shared[overlap]
-    r = _intersect(_intersect(kmb[oa], kmb[ob]), so)
+    # restricted IoU inside the region both windows saw
+    r = _intersect(_intersect(kmb[a], kmb[b]), shared)
     pos = _positive(r)
-    oa, ob, so, r = oa[pos], ob[pos], so[pos], r[pos]
-    ga, gb = kidx[oa], kidx[ob]
+    a, b, ta, tb, shared, r = a[pos], b[pos], ta[pos], tb[pos], shared[pos], r[pos]
+    ga, gb = kidx[a], kidx[b]
     inter = bank.intersections(ga, gb, r)
-    sa = bank.rect_sums(ga, _intersect(kmb[oa], so))
-    sb = bank.rect_sums(gb, _intersect(kmb[ob], so))
+    sa = bank.rect_sums(ga, _intersect(kmb[a], shared))
+    sb = bank.rect_sums(gb, _intersect(kmb[b], shared))
     union = sa + sb - inter
     iou = np.where(union > 0, inter / np.maximum(union, 1), 0.0)
     hit = iou >= match_iou
-    out_a, out_b = [oa[hit]], [ob[hit]]
 
-    # windows that only touch along a seam (zero overlap)
-    vertical = (shared[:, 2] == shared[:, 0]) & (shared[:, 3] > shared[:, 1])
-    horizontal = (shared[:, 3] == shared[:, 1]) & (shared[:, 2] > shared[:, 0])
-    seam_a: list[int] = []
-    seam_b: list[int] = []
-    for k in np.flatnonzero(~overlap & (vertical | horizontal)).tolist():
-        p, q = int(a[k]), int(b[k])
-        ax = 0 if vertical[k] else 1
-        c = int(shared[k, ax])
-        # order the pair so that p lies before the seam, q after it
-        if win[ta[k], ax + 2] != c:
-            p, q = q, p
-        mbp, mbq = kmb[p], kmb[q]
-        if mbp[ax + 2] != c or mbq[ax] != c:
-            continue
-        o = 1 - ax
-        if min(mbp[o + 2], mbq[o + 2]) <= max(mbp[o], mbq[o]):
-            continue
-        score = _seam_score(
-            flat.masks[int(kidx[p])], mbp, mbq, flat.masks[int(kidx[q])], bool(vertical[k])
+    ea, eb, es = _absorptions(
+        flat,
+        kidx,
+        bank,
+        win,
+        edges,
+        np.stack([a[hit], b[hit]], axis=1),
+        contain_frac=contain_frac,
+        margin=margin,
+        class_aware=class_aware,
+    )
+    # a partial view matched to another tile's view of its object is no part of a different
+    # detection of that tile: the tile told the two apart
+    partial = edges > 0
+    pp = hit & partial[a] & partial[b]
+    group = _components(len(kidx), a[pp], b[pp])
+    n_tiles = np.int64(len(win))
+    seen = np.unique(group[partial] * n_tiles + flat.tile[kidx[partial]])
+    told_apart = np.isin(group[ea] * n_tiles + flat.tile[kidx[eb]], seen)
+    ea, eb, es = ea[~told_apart], eb[~told_apart], es[~told_apart]
+    return (
+        np.concatenate([a[hit], ea]),
+        np.concatenate([b[hit], eb]),
+        np.concatenate([iou[hit], es]),
+    )
+
+
+def _near_count(
+    small: npt.NDArray[Any], sb: IntArray, big: npt.NDArray[Any], bb: IntArray, margin: int
+) -> int:
+    """Pixels of ``small`` within ``margin`` px (square neighbourhood) of a pixel of ``big``.
+
+    ``sb``/``bb``: the two masks' boxes ``(x1, y1, x2, y2)`` in scene pixels.
+    """
+    x0, y0, x1, y1 = (int(v) for v in sb)
+    cx0, cy0 = x0 - margin, y0 - margin
+    canvas = np.zeros((y1 - y0 + 2 * margin, x1 - x0 + 2 * margin), dtype=np.bool_)
+    ix0, iy0 = max(int(bb[0]), cx0), max(int(bb[1]), cy0)
+    ix1, iy1 = min(int(bb[2]), x1 + margin), min(int(bb[3]), y1 + margin)
+    if ix1 <= ix0 or iy1 <= iy0:
+        return 0
+    canvas[iy0 - cy0 : iy1 - cy0, ix0 - cx0 : ix1 - cx0] = big[
+        iy0 - int(bb[1]) : iy1 - int(bb[1]), ix0 - int(bb[0]) : ix1 - int(bb[0])
+    ]
+    grown = canvas.copy()
+    for d in range(1, margin + 1):
+        grown[:, d:] |= canvas[:, :-d]
+        grown[:, :-d] |= canvas[:, d:]
+    out = grown.copy()
+    for d in range(1, margin + 1):
+        out[d:, :] |= grown[:-d, :]
+        out[:-d, :] |= grown[d:, :]
+    h, w = small.shape
+    return int((out[margin : margin + h, margin : margin + w] & small).sum())
+
+
+def _tolerance(margin: int) -> int:
+    """Pixels by which two tiles' outlines of one object may disagree: half the edge margin."""
+    return (margin + 1) // 2
+
+
+def _edge_fit(
+    pb: IntArray, wb: IntArray, pv: IntArray, near: npt.NDArray[np.int8], margin: int
+) -> FloatArray:
+    """Per pair: how well a partial view (box ``pb``, window ``pv``) lines up with a whole copy.
+
+    All ``[Q, 4]`` in scene pixels; ``near``: the partial's cut-edge bits. Per cut edge, the
+    whole copy's box ``wb`` must lie across that edge, in one of three ways:
+
+    * it crosses the edge and reaches back into the partial's window as far as the partial
+      does (within ``2 * margin`` px);
+    * the partial is a *sliver* (at most ``2 * margin + 1`` px thick across the edge) and
+      ``wb`` runs from the edge (or before it) away from the partial;
+    * the partial is a sliver, ``wb`` starts at most :func:`_tolerance` px past the edge and
+      both ends of the two boxes along the edge agree within ``2 * margin`` px (a whole copy
+      drawn a little small; a different object beyond the edge rarely spans the same stretch).
+
+    and the middle of the partial's extent along the edge must lie within the whole copy's
+    (a neighbour of the partial's object, drawn a little large, reaches only its side). The
+    fit is then the overlap of the two boxes' extents along the edge over the shorter extent
+    (for a sliver, the whole copy's extent widened by ``2 * margin`` px at both ends: the cut
+    end of a rotated object is short); else 0.
+    """
+    best = np.zeros(len(pb))
+    thin = 2 * margin + 1
+    tol = _tolerance(margin)
+    for bit, ax in zip(_EDGE_BITS, (0, 1, 0, 1), strict=True):
+        o = 1 - ax  # the axis along the edge
+        w0, w1, p0, p1 = wb[:, ax], wb[:, ax + 2], pb[:, ax], pb[:, ax + 2]
+        if bit in (1, 2):  # the window's left / top edge: the whole copy lies before it
+            e = pv[:, ax]
+            crosses = (w0 < e) & (w1 > e) & (w1 >= p1 - 2 * margin)
+            touches = (w0 < e) & (w1 >= e)
+            close = (w0 < e) & (w1 >= e - tol)
+        else:  # the right / bottom edge: the whole copy lies after it
+            e = pv[:, ax + 2]
+            crosses = (w0 < e) & (w1 > e) & (w0 <= p0 + 2 * margin)
+            touches = (w0 <= e) & (w1 > e)
+            close = (w0 <= e + tol) & (w1 > e)
+        ends = (np.abs(pb[:, o] - wb[:, o]) <= 2 * margin) & (
+            np.abs(pb[:, o + 2] - wb[:, o + 2]) <= 2 * margin
         )
-        if score >= match_iou:
-            seam_a.append(p)
-            seam_b.append(q)
-    out_a.append(np.asarray(seam_a, dtype=np.int64))
-    out_b.append(np.asarray(seam_b, dtype=np.int64))
-    return np.concatenate(out_a), np.concatenate(out_b)
+        sliver = (p1 - p0 <= thin) & (touches | (close & ends))
+        # the middle of the partial's stretch of the edge lies on the whole copy's stretch
+        mid2 = pb[:, o] + pb[:, o + 2]
+        centred = ((near & bit) > 0) & (2 * wb[:, o] <= mid2) & (mid2 < 2 * wb[:, o + 2])
+        for ok, widen in ((centred & crosses, margin), (centred & sliver, 2 * margin)):
+            # extents along the edge; a sliver's whole copy widened by the disagreement
+            q0, q1 = wb[:, o] - widen, wb[:, o + 2] + widen
+            along = np.minimum(pb[:, o + 2], q1) - np.maximum(pb[:, o], q0)
+            shorter = np.minimum(pb[:, o + 2] - pb[:, o], q1 - q0)
+            fit = np.where(ok, np.maximum(along, 0) / np.maximum(shorter, 1), 0.0)
+            best = np.maximum(best, fit)
+    return best
+
+
+def _absorptions(
+    flat: _Flat,
+    kidx: IntArray,
+    bank: _MaskBank,
+    win: IntArray,
+    edges: npt.NDArray[np.int8],
+    matched: IntArray,
+    *,
+    contain_frac: float,
+    margin: int,
+    class_aware: bool,
+) -> tuple[IntArray, IntArray, FloatArray]:
+    """Edges (partial, whole) where a partial view is a part of an object seen whole.
+
+    A partial detection (``edges[k] > 0``, positions into ``kidx``) is absorbed by a whole one
+    of another tile when it lies inside that tile's window (give or take ``margin`` px: the
+    whole copy's tile saw all of it) and its containment is at least ``contain_frac``: the
+    larger of the fractions of either mask's pixels lying within :func:`_tolerance` px of the
+    other (intersection over the smaller mask, tolerant of tiles that disagree by a pixel or
+    two about an outline). The whole copy's fraction counts only when at least
+    ``1 - contain_frac`` of the partial view lies near it: a partial view mostly of something
+    else is not a view of this object. ``matched``: ``[E, 2]`` pairs already joined by IoU,
+    skipped.
+
+    A partial view cut thin by its window has too few pixels for that test when the tiles
+    disagree about the outline; it is also absorbed when the whole copy lies across the cut
+    edge where the partial meets it (:func:`_edge_fit` ``>= contain_frac``) and at least
+    ``1 - contain_frac`` of its pixels lie within ``margin`` px of the copy's.
+
+    Returns:
+        ``(partial, whole, containment)`` positions into ``kidx`` and the containment.
+    """
+    empty = np.zeros(0, dtype=np.int64)
+    pidx = np.flatnonzero(edges > 0)
+    widx = np.flatnonzero(edges == 0)
+    if len(pidx) == 0 or len(widx) == 0:
+        return empty, empty, np.zeros(0)
+    import shapely
+
+    kmb = flat.mb[kidx]
+    pb = kmb[pidx]
+    tree = shapely.STRtree(
+        shapely.box(pb[:, 0] - margin, pb[:, 1] - margin, pb[:, 2] + margin, pb[:, 3] + margin)
+    )
+    wb = kmb[widx]
+    qi, ti = tree.query(shapely.box(wb[:, 0], wb[:, 1], wb[:, 2], wb[:, 3]))
+    p, w = pidx[ti].astype(np.int64), widx[qi].astype(np.int64)
+    tp, tw = flat.tile[kidx[p]], flat.tile[kidx[w]]
+    ok = tp != tw
+    if class_aware:
+        ok &= flat.labels[kidx[p]] == flat.labels[kidx[w]]
+    inside = win[tw]
+    pm = kmb[p]
+    ok &= (
+        (pm[:, 0] >= inside[:, 0] - margin)
+        & (pm[:, 1] >= inside[:, 1] - margin)
+        & (pm[:, 2] <= inside[:, 2] + margin)
+        & (pm[:, 3] <= inside[:, 3] + margin)
+    )
+    p, w = p[ok], w[ok]
+    if len(matched):
+        n = np.int64(len(kidx))
+        done = np.concatenate(
+            [matched[:, 0] * n + matched[:, 1], matched[:, 1] * n + matched[:, 0]]
+        )
+        fresh = ~np.isin(p * n + w, done)
+        p, w = p[fresh], w[fresh]
+    areas = bank.areas()[kidx]
+    sliver = _edge_fit(kmb[p], kmb[w], win[flat.tile[kidx[p]]], edges[p], margin)
+    sliver_hit = sliver >= contain_frac
+    tol = _tolerance(margin)
+    grow = np.asarray([-tol, -tol, tol, tol])
+
+    def room(x: IntArray, y: IntArray) -> BoolArray:
+        """Whether the box of ``x`` leaves room for enough pixels near ``y``'s grown box."""
+        r = _intersect(kmb[x], kmb[y] + grow)
+        px = np.where(_positive(r), (r[:, 2] - r[:, 0]) * (r[:, 3] - r[:, 1]), 0)
+        return (px >= contain_frac * areas[x]) & (areas[x] > 0)
+
+    ps, ws, ss = p[sliver_hit], w[sliver_hit], sliver[sliver_hit]
+    # boxes lined up, masks too: 1 - contain_frac of the view within margin px of the copy
+    near = np.asarray(
+        [
+            _near_count(
+                flat.masks[int(kidx[pk])], kmb[pk], flat.masks[int(kidx[wk])], kmb[wk], margin
+            )
+            / max(int(areas[pk]), 1)
+            for pk, wk in zip(ps.tolist(), ws.tolist(), strict=True)
+        ],
+        dtype=np.float64,
+    ).reshape(-1)
+    lined = near >= 1.0 - contain_frac
+    ps, ws, ss = ps[lined], ws[lined], ss[lined]
+    p, w = p[~sliver_hit], w[~sliver_hit]
+    p_in, w_in = room(p, w), room(w, p)
+    keep = p_in | w_in
+    p, w, w_in = p[keep], w[keep], w_in[keep]
+    contain = np.zeros(len(p))
+    for i in range(len(p)):
+        pk, wk = int(p[i]), int(w[i])
+        mp, mw = flat.masks[int(kidx[pk])], flat.masks[int(kidx[wk])]
+        c_p = _near_count(mp, kmb[pk], mw, kmb[wk], tol) / areas[pk]
+        if c_p >= contain_frac:
+            contain[i] = c_p
+        elif w_in[i] and c_p >= 1.0 - contain_frac:
+            # the whole copy inside a larger partial view: only when it explains enough of
+            # it (a partial view mostly of something else is not a view of this object)
+            contain[i] = _near_count(mw, kmb[wk], mp, kmb[pk], tol) / areas[wk]
+    hit = contain >= contain_frac
+    return (
+        np.concatenate([p[hit], ps]),
+        np.concatenate([w[hit], ws]),
+        np.concatenate([contain[hit], ss]),
+    )
+
+
+def _within_tile_fragments(
+    flat: _Flat,
+    bank: _MaskBank,
+    pairs: tuple[IntArray, IntArray],
+    *,
+    contain_frac: float,
+    class_aware: bool,
+) -> BoolArray:
+    """Flags of the model's own fragments: detections inside a larger one of their tile.
+
+    A fragment has ``>= contain_frac`` of its pixels inside a larger detection of the same
+    tile (and class, when ``class_aware``). Equal masks: the lower score (then the later
+    index) goes. The detection that stays takes the better of the two scores (in place, in
+    ``flat.scores``). ``pairs``: the detections whose mask boxes meet (:func:`_box_pairs`).
+    """
+    n = len(flat.tile)
+    drop = np.zeros(n, dtype=np.bool_)
+    if n < 2:
+        return drop
+    a, b = pairs
+    keep = flat.tile[a] == flat.tile[b]
+    if class_aware:
+        keep &= flat.labels[a] == flat.labels[b]
+    a, b = a[keep], b[keep]
+    r = _intersect(flat.mb[a], flat.mb[b])
+    areas = bank.areas()
+    smaller = np.minimum(areas[a], areas[b])
+    # a pair whose boxes share fewer pixels than the threshold cannot qualify
+    ok = _positive(r) & ((r[:, 2] - r[:, 0]) * (r[:, 3] - r[:, 1]) >= contain_frac * smaller)
+    a, b, r, smaller = a[ok], b[ok], r[ok], smaller[ok]
+    if len(a) == 0:
+        return drop
+    inter = bank.intersections(a, b, r)
+    hit = (inter >= contain_frac * np.maximum(smaller, 1)) & (smaller > 0)
+    a, b = a[hit], b[hit]
+    # the smaller one goes; equal areas: the lower score, then the later index
+    a_goes = (areas[a] < areas[b]) | (
+        (areas[a] == areas[b])
+        & ((flat.scores[a] < flat.scores[b]) | ((flat.scores[a] == flat.scores[b]) & (a > b)))
+    )
+    gone, stays = np.where(a_goes, a, b), np.where(a_goes, b, a)
+    np.maximum.at(flat.scores, stays, flat.scores[gone])
+    drop[gone] = True
+    return drop
 
 
 def _components(n: int, a: IntArray, b: IntArray) -> IntArray:
@@ -523,28 +833,33 @@ def _merge(
     core: IntArray,
     ma: IntArray,
     mb_: IntArray,
+    strength: FloatArray,
+    partial: BoolArray,
     *,
     width: int,
     height: int,
     score_mode: ScoreMode,
 ) -> _Out:
-    """Turn matched groups of overlap-zone detections into objects (see the module doc)."""
+    """Turn matched groups of overlap-zone detections into objects (see the module doc).
+
+    ``ma``, ``mb_``, ``strength``: the edges of :func:`_match_pairs`; ``partial[k]`` flags
+    ``kidx[k]`` as a partial view (near a cut edge of its window).
+    """
     n = len(kidx)
     tiles = flat.tile[kidx]
     v = win[tiles]
     boxes_mb = flat.mb[kidx]
-    cut = _cut_flags([flat.masks[int(k)] for k in kidx], boxes_mb, v, width, height)
+    whole = ~partial
     comp = _components(n, ma, mb_)
-    has_complete = np.zeros(n, dtype=np.bool_)
-    np.logical_or.at(has_complete, comp, ~cut)
-    complete_edge = ~cut[ma] & ~cut[mb_]
-    sub = _components(n, ma[complete_edge], mb_[complete_edge])
+    has_whole = np.zeros(n, dtype=np.bool_)
+    np.logical_or.at(has_whole, comp, whole)
+    whole_edge = whole[ma] & whole[mb_]
+    sub = _components(n, ma[whole_edge], mb_[whole_edge])
 
-    # units: complete members grouped by `sub`; fragments of all-fragment groups by `comp`
-    is_c = ~cut
-    is_u = cut & ~has_complete[comp]
-    member = np.flatnonzero(is_c | is_u)
-    key = np.where(is_c[member], sub[member], n + comp[member])
+    # units: whole members grouped by `sub`; partials of all-partial groups by `comp`
+    is_u = partial & ~has_whole[comp]
+    member = np.flatnonzero(whole | is_u)
+    key = np.where(whole[member], sub[member], n + comp[member])
     uniq, unit = np.unique(key, return_inverse=True)
     unit = unit.astype(np.int64)
     n_units = len(uniq)
@@ -553,7 +868,23 @@ def _merge(
     areas = bank.areas()[kidx]
     scores = flat.scores[kidx[member]]
     labels = flat.labels[kidx[member]]
-    out_scores = _combine_scores(unit, scores, areas[member], n_units, score_mode)
+    # an absorbed partial view adds its score to the whole unit of its strongest direct edge
+    unit_of = np.full(n, -1, dtype=np.int64)
+    unit_of[member] = unit
+    pw = partial[ma] != partial[mb_]
+    pp = np.where(partial[ma], ma, mb_)[pw]
+    pwh = np.where(partial[ma], mb_, ma)[pw]
+    by_p = np.lexsort((-strength[pw], pp))
+    first_p = np.ones(len(by_p), dtype=np.bool_)
+    first_p[1:] = pp[by_p][1:] != pp[by_p][:-1]
+    absorbed, into = pp[by_p][first_p], pwh[by_p][first_p]
+    out_scores = _combine_scores(
+        np.concatenate([unit, unit_of[into]]),
+        np.concatenate([scores, flat.scores[kidx[absorbed]]]),
+        np.concatenate([areas[member], areas[absorbed]]),
+        n_units,
+        score_mode,
+    )
     out_labels = _vote_labels(unit, labels, scores, n_units)
     size = np.bincount(unit, minlength=n_units)
 
@@ -615,7 +946,7 @@ def _merge(
     )
 
 
-def _suppress(out: _Out, *, nms_iou: float, class_aware: bool) -> BoolArray:
+def _suppress(out: _Out, *, nms_iou: float, contain_frac: float, class_aware: bool) -> BoolArray:
     """Keep-flags after mask-IoU NMS and removal of fragments lying inside other objects."""
     n = len(out.scores)
     keep = np.ones(n, dtype=np.bool_)
@@ -642,9 +973,20 @@ def _suppress(out: _Out, *, nms_iou: float, class_aware: bool) -> BoolArray:
     keep[a[frag_a]] = False
     keep[b[frag_b]] = False
 
+    # any object mostly inside a larger one of its class is a leftover part of it; the larger
+    # keeps its mask and class and takes the better of the two scores
+    sa, sb = out.scores[a], out.scores[b]
+    a_goes = (aa < ab) | ((aa == ab) & ((sa < sb) | ((sa == sb) & (a > b))))
+    small = np.where(a_goes, aa, ab)
+    part = (inter >= contain_frac * np.maximum(small, 1)) & (small > 0)
+    gone, stays = np.where(a_goes, a, b)[part], np.where(a_goes, b, a)[part]
+    np.maximum.at(out.scores, stays, out.scores[gone])
+    keep[gone] = False
+
     # greedy NMS: rank by score, then area, then index
     rank = np.empty(n, dtype=np.int64)
     rank[np.lexsort((np.arange(n), -areas, -out.scores))] = np.arange(n)
+
     dup = iou >= nms_iou
     hi = np.where(rank[a] < rank[b], a, b)[dup]
     lo = np.where(rank[a] < rank[b], b, a)[dup]
@@ -663,8 +1005,10 @@ def stitch(
     scene_height: int,
     match_iou: float = 0.5,
     nms_iou: float = 0.5,
+    contain_frac: float = 0.8,
     class_agnostic: bool = False,
     score_mode: ScoreMode = ScoreMode.MAX,
+    edge_margin: int = EDGE_MARGIN,
 ) -> Detections:
     """Merge per-tile detections into one set of scene objects (see the module docstring).
 
@@ -675,15 +1019,22 @@ def stitch(
         scene_width: scene width in pixels; detections are clipped to the scene.
         scene_height: scene height in pixels.
         match_iou: two detections from different tiles are one object when the IoU of their
-            masks inside the intersection of the two tiles' windows is at least this (for
-            windows that only touch: the seam contact score described in the module doc).
+            masks inside the intersection of the two tiles' windows is at least this.
         nms_iou: leftover duplicates with a full-mask IoU at least this are suppressed (the
             lower score goes), and unmatched fragments with at least this fraction of their
             pixels inside a larger object are dropped.
+        contain_frac: containment (intersection over the smaller mask) at which one
+            detection is a part of another: a detection with at least this fraction of its
+            pixels inside a larger one of its own tile (and class) is dropped before matching;
+            a partial view inside a whole one from another tile is absorbed by it; an object
+            of the overlap zones mostly inside a larger one is dropped after merging.
         class_agnostic: match and suppress detections whatever their label (the merged
             object takes the best-scoring member's label); ``False``: only detections of the
             same label are matched and suppressed.
         score_mode: how the scores of merged detections are combined.
+        edge_margin: a detection whose mask has at most this many empty pixels between it
+            and a cut edge of its window (not a scene edge) is a *partial* view; farther in,
+            it is seen whole (0: only masks touching the edge are partial).
 
     Returns:
         :class:`~geoseg.types.Detections` in **scene pixels**: float32 boxes ``[M, 4]``,
@@ -692,22 +1043,37 @@ def stitch(
 
     Raises:
         ValueError: a ``TileDetections`` without ``tile``, tiles with different ``classes``,
-            a mask whose shape does not match its mask box, or bad thresholds.
+            a mask whose shape does not match its mask box, bad thresholds, or tiles that
+            touch without overlapping (overlap 0, see the module doc).
     """
     if scene_width <= 0 or scene_height <= 0:
         raise ValueError(f"stitch: scene size must be positive, got {scene_width} x {scene_height}")
-    for name, val in (("match_iou", match_iou), ("nms_iou", nms_iou)):
+    for name, val in (
+        ("match_iou", match_iou),
+        ("nms_iou", nms_iou),
+        ("contain_frac", contain_frac),
+    ):
         if not 0.0 < val <= 1.0:
             raise ValueError(f"stitch: {name} must be in (0, 1], got {val}")
+    if edge_margin < 0:
+        raise ValueError(f"stitch: edge_margin must be >= 0, got {edge_margin}")
     score_mode = ScoreMode(score_mode)
     win, core, flat, classes = _gather(tile_detections, scene_width, scene_height)
+    _refuse_seams(win)
     n = len(flat.tile)
     if n == 0:
         return Detections.empty(classes)
 
     bank = _MaskBank(flat.masks, flat.mb)
     nonempty = bank.areas() > 0
-    contact = _contact(flat, win)
+    pairs = _box_pairs(flat.mb)
+    inner = _within_tile_fragments(
+        flat, bank, pairs, contain_frac=contain_frac, class_aware=not class_agnostic
+    )
+    if inner.any():
+        logger.debug("stitch: dropped %d fragments inside a detection of their tile", inner.sum())
+        nonempty &= ~inner
+    contact = _contact(flat, win, edge_margin)
     kidx = np.flatnonzero(contact & nonempty).astype(np.int64)
     fast = np.flatnonzero(~contact & nonempty)
     if not nonempty.all():
@@ -720,8 +1086,24 @@ def stitch(
     parts_labels = [flat.labels[fast]]
     masks: list[npt.NDArray[Any]] = [flat.masks[int(k)] for k in fast]
     if len(kidx):
-        ma, mb_ = _match_pairs(
-            flat, kidx, bank, win, match_iou=match_iou, class_aware=not class_agnostic
+        edges = _partial_flags(
+            bank, kidx, win[flat.tile[kidx]], scene_width, scene_height, edge_margin
+        )
+        partial = edges > 0
+        pos = np.full(n, -1, dtype=np.int64)
+        pos[kidx] = np.arange(len(kidx))
+        both = (pos[pairs[0]] >= 0) & (pos[pairs[1]] >= 0)
+        ma, mb_, strength = _match_pairs(
+            flat,
+            kidx,
+            bank,
+            win,
+            edges,
+            (pos[pairs[0][both]], pos[pairs[1][both]]),
+            match_iou=match_iou,
+            contain_frac=contain_frac,
+            margin=edge_margin,
+            class_aware=not class_agnostic,
         )
         out = _merge(
             flat,
@@ -731,11 +1113,17 @@ def stitch(
             core,
             ma,
             mb_,
+            strength,
+            partial,
             width=scene_width,
             height=scene_height,
             score_mode=score_mode,
         )
-        keep = np.flatnonzero(_suppress(out, nms_iou=nms_iou, class_aware=not class_agnostic))
+        keep = np.flatnonzero(
+            _suppress(
+                out, nms_iou=nms_iou, contain_frac=contain_frac, class_aware=not class_agnostic
+            )
+        )
         logger.debug(
             "stitch: %d overlap-zone detections -> %d objects (%d after NMS)",
             len(kidx),

@@ -108,6 +108,8 @@ def test_load_by_path_and_unknown_preset(tmp_path):
         ({"model": {"anchors": [8]}}, "unknown key"),
         ({"tiling": {"tile_size": 256, "overlap": 256}}, "overlap"),
         ({"stitch": {"match_iou": 0}}, "match_iou"),
+        ({"stitch": {"contain_frac": 1.5}}, "contain_frac"),
+        ({"tiling": {"tile_size": 256, "overlap": 0}}, "overlap must be in \\[1, tile_size\\)"),
         ({"classes": []}, "at least one class"),
     ],
 )

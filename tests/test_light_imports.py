@@ -124,16 +124,19 @@ def test_light_modules_import_and_work_without_torch(tmp_path):
 
         # two tiles, one object each, one of them cut by the tile border: stitch + vectorise
         classes = ("ship", "vehicle")
-        grid = make_grid(64, 32, tile_size=32, overlap=0)
-        def one(spec, x1):
-            mask = np.ones((4, 8), bool)
-            box = np.array([[x1, 10, x1 + 8, 14]], np.int32)
+        grid = make_grid(56, 32, tile_size=32, overlap=8)  # windows at x = 0 and 24
+        def one(spec, x1, width):
+            mask = np.ones((4, width), bool)
+            box = np.array([[x1, 10, x1 + width, 14]], np.int32)
             return TileDetections(
                 boxes=box.astype(np.float32), scores=np.array([0.9], np.float32),
                 labels=np.array([0], np.int64), mask_boxes=box, masks=(mask,),
                 classes=classes, tile=spec,
             )
-        dets = stitch([one(grid[0], 24), one(grid[1], 0)], scene_width=64, scene_height=32)
+        # an object over x = 20..36: tile 0 sees 20..32 (cut), tile 1 sees all of it
+        dets = stitch(
+            [one(grid[0], 20, 12), one(grid[1], 0, 12)], scene_width=56, scene_height=32
+        )
         assert isinstance(dets, Detections)
         transform = Affine(0.5, 0, 500_000, 0, -0.5, 4_000_000)
         crs = rasterio.crs.CRS.from_epsg(32633).to_wkt()

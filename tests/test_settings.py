@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
+import yaml
 
 from geoseg.config import load_config
 from geoseg.errors import ConfigError
 from geoseg.settings import DEFAULT_MIN_SCORE, DEFAULT_TILE_SIZE, NormSource, RunSettings, resolve
+
+PRESETS = Path(__file__).resolve().parents[1] / "geoseg" / "configs"
 
 
 @dataclass
@@ -67,6 +71,21 @@ def test_digest_follows_results_not_speed():
     assert a.digest() != resolve(Facts(), "ships", min_score=0.7).digest()
     assert a.digest() != a.replace(norm="model").digest()
     assert a.digest() != a.replace(class_agnostic=True).digest()
+    assert a.digest() != a.replace(contain_frac=0.9).digest()
+
+
+def test_contain_frac_threads_from_preset_to_stitch(tmp_path):
+    """overrides > preset > default, and stitch receives it."""
+    assert RunSettings().contain_frac == 0.8
+    data = yaml.safe_load((PRESETS / "vehicles.yaml").read_text())
+    assert data["stitch"]["contain_frac"] == 0.8
+    data["stitch"]["contain_frac"] = 0.65
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(data))
+    s = resolve(Facts(), path)
+    assert s.contain_frac == 0.65
+    assert s.stitch_kwargs()["contain_frac"] == 0.65
+    assert resolve(Facts(), path, contain_frac=0.9).stitch_kwargs()["contain_frac"] == 0.9
 
 
 @pytest.mark.parametrize(
@@ -74,6 +93,8 @@ def test_digest_follows_results_not_speed():
     [
         ({"tile_sise": 256}, "unknown run setting.*tile_sise"),
         ({"overlap": 600}, "overlap 600 must be in"),
+        ({"overlap": 0}, "overlap 0: two objects touching on a tile seam"),
+        ({"contain_frac": 0.0}, r"contain_frac must be in \(0, 1\]"),
         ({"min_score": 1.5}, r"min_score must be in \[0, 1\]"),
         ({"class_min_score": {"ship": 2.0}}, "class_min_score"),
         ({"norm": "sensor"}, "sensor"),

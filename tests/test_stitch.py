@@ -5,6 +5,11 @@ The main test is an *oracle* test: a synthetic scene is rasterised into an insta
 courtyard), each tile of ``make_grid`` receives the true objects clipped to its window (what a
 perfect predictor returns), and the stitched output must contain exactly one object per true
 object, each with mask IoU >= 0.95 against it.
+
+The *imperfect* oracle imitates what real models return: each tile grows or shrinks all its
+masks by 1-2 px, scores are random, some objects are missed by one of the tiles that see them,
+and some come with an extra fragment predicted as a separate object. There the stitched count
+must stay within 0.5 % of the truth and no true object may be lost.
 """
 
 from __future__ import annotations
@@ -13,9 +18,9 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from scipy import ndimage
 
 from geoseg.stitch import ScoreMode, stitch
+from geoseg.synth.oracle import oracle_detections, visible_ids
 from geoseg.tiling import make_grid
 from geoseg.types import Detections, PixelWindow, TileDetections, TileSpec
 
@@ -74,62 +79,9 @@ def make_scene(width, height, *, seed, building):
     return inst, np.asarray(cls)
 
 
-def separate_at_seams(inst, cls, grid):
-    """Remove objects that touch a same-class object exactly across a zero-overlap seam.
-
-    With no overlap, two objects touching on the seam are indistinguishable from one object cut
-    by it (to any stitcher: the tiles carry no identity). The oracle scene avoids that case.
-    """
-    xs = {a.window.col_end for a in grid for b in grid if a.window.col_end == b.window.col_off}
-    ys = {a.window.row_end for a in grid for b in grid if a.window.row_end == b.window.row_off}
-    for axis, seams in ((1, xs), (0, ys)):
-        for c in sorted(seams):
-            while True:
-                before = np.take(inst, c - 1, axis=axis)
-                after = np.take(inst, c, axis=axis)
-                bad = set()
-                for d in (-1, 0, 1):
-                    a = before[max(0, -d) : len(before) - max(0, d)]
-                    b = after[max(0, d) : len(after) - max(0, -d)]
-                    hit = (a > 0) & (b > 0) & (a != b) & (cls[a] == cls[b])
-                    bad |= set(b[hit].tolist())
-                if not bad:
-                    break
-                inst[np.isin(inst, list(bad))] = 0
-    return inst
-
-
 def oracle(inst, cls, grid, *, seed=0, classes=CLASSES):
     """A perfect predictor: every tile reports the true objects clipped to its window."""
-    rng = np.random.default_rng(seed)
-    out = []
-    for spec in grid:
-        win = spec.window
-        crop = inst[win.row_off : win.row_end, win.col_off : win.col_end]
-        ids = np.unique(crop)
-        ids = ids[ids > 0]
-        boxes, masks, labels = [], [], []
-        if len(ids):
-            objs = ndimage.find_objects(crop, max_label=int(ids.max()))
-            for i in ids.tolist():
-                sl = objs[i - 1]
-                masks.append(crop[sl] == i)
-                boxes.append((sl[1].start, sl[0].start, sl[1].stop, sl[0].stop))
-                labels.append(int(cls[i]))
-        n = len(masks)
-        box_arr = np.asarray(boxes, np.int32).reshape(n, 4)
-        out.append(
-            TileDetections(
-                boxes=box_arr.astype(np.float32),
-                scores=rng.uniform(0.5, 1.0, n).astype(np.float32),
-                labels=np.asarray(labels, np.int64),
-                mask_boxes=box_arr,
-                masks=tuple(masks),
-                classes=classes,
-                tile=spec,
-            )
-        )
-    return out
+    return oracle_detections(inst, cls, grid, classes, seed=seed)
 
 
 def match_truth(inst, cls, det):
@@ -163,11 +115,9 @@ def assert_exact(inst, cls, det):
 
 
 def run_oracle(tile_size, overlap_frac, *, seed, width, height):
-    overlap = round(tile_size * overlap_frac)
+    overlap = max(1, round(tile_size * overlap_frac))
     grid = make_grid(width, height, tile_size=tile_size, overlap=overlap)
     inst, cls = make_scene(width, height, seed=seed, building=tile_size * 2 + 8)
-    if overlap == 0:
-        inst = separate_at_seams(inst, cls, grid)
     tds = oracle(inst, cls, grid, seed=seed)
     assert any(len(t) for t in tds)
     det = stitch(tds, scene_width=width, scene_height=height)
@@ -180,7 +130,7 @@ def run_oracle(tile_size, overlap_frac, *, seed, width, height):
 
 @pytest.mark.parametrize(
     ("tile_size", "overlap_frac"),
-    [(128, 0.0), (128, 0.125), (128, 0.25), (160, 0.05), (200, 0.2)],
+    [(128, 0.01), (128, 0.125), (128, 0.25), (160, 0.05), (200, 0.2)],
 )
 def test_oracle_exact_one_output_per_object(tile_size, overlap_frac):
     w, h = 2 * tile_size + 160, 2 * tile_size + 120
@@ -197,7 +147,7 @@ def test_oracle_exact_one_output_per_object(tile_size, overlap_frac):
 @settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     tile_size=st.integers(128, 256),
-    overlap_frac=st.floats(0.0, 0.25),
+    overlap_frac=st.floats(0.01, 0.25),
     seed=st.integers(0, 10_000),
     extra_w=st.integers(0, 150),
     extra_h=st.integers(0, 150),
@@ -210,37 +160,44 @@ def test_oracle_exact_random_grids(tile_size, overlap_frac, seed, extra_w, extra
 
 @pytest.mark.slow
 @pytest.mark.parametrize("tile_size", [256, 512, 1024])
-@pytest.mark.parametrize("overlap_frac", [0.0, 0.1, 0.25])
+@pytest.mark.parametrize("overlap_frac", [0.01, 0.1, 0.25])
 def test_oracle_exact_large_tiles(tile_size, overlap_frac):
     w, h = 2 * tile_size + 700, 2 * tile_size + 500
     inst, cls, det = run_oracle(tile_size, overlap_frac, seed=7, width=w, height=h)
     assert_exact(inst, cls, det)
 
 
-@pytest.mark.parametrize(("tile_size", "overlap"), [(128, 32), (160, 0)])
-def test_oracle_on_synthetic_marina(tmp_path, tile_size, overlap):
-    """A real geoseg.synth marina: its label polygons, rasterised, are the truth."""
+SYNTH_CLASSES = ("ship", "vehicle", "building")
+
+
+def synth_truth(path, layout, *, size=448, seed=5):
+    """A geoseg.synth scene: its label polygons, rasterised, as (scene, inst, cls)."""
     synth = pytest.importorskip("geoseg.synth")
     import geopandas as gpd
     from rasterio.features import rasterize
 
-    from geoseg.vectorize import vectorize
-
-    scene = synth.generate_scene(tmp_path / "marina.tif", size=448, seed=5, layout="marina")
+    scene = synth.generate_scene(path, size=size, seed=seed, layout=layout)
     labels = gpd.read_file(scene.labels_path)
-    synth_classes = ("ship", "vehicle", "building")
-    names = {n: i for i, n in enumerate(synth_classes)}
+    names = {n: i for i, n in enumerate(SYNTH_CLASSES)}
     labels = labels[labels["class"].isin(list(names))].reset_index(drop=True)
     inst = rasterize(
         [(g, i + 1) for i, g in enumerate(labels.geometry)],
-        out_shape=(448, 448),
+        out_shape=(size, size),
         transform=scene.transform,
         dtype="int32",
     )
     cls = np.asarray([0, *(names[c] for c in labels["class"])])
+    return scene, inst, cls
+
+
+@pytest.mark.parametrize(("tile_size", "overlap"), [(128, 32), (160, 12)])
+def test_oracle_on_synthetic_marina(tmp_path, tile_size, overlap):
+    """A real geoseg.synth marina: its label polygons, rasterised, are the truth."""
+    from geoseg.vectorize import vectorize
+
+    scene, inst, cls = synth_truth(tmp_path / "marina.tif", "marina")
+    synth_classes = SYNTH_CLASSES
     grid = make_grid(448, 448, tile_size=tile_size, overlap=overlap)
-    if overlap == 0:
-        inst = separate_at_seams(inst, cls, grid)
     n_true = len(set(np.unique(inst).tolist()) - {0})
     assert n_true > 100  # a dense marina
     tds = oracle(inst, cls, grid, classes=synth_classes)
@@ -367,18 +324,21 @@ def test_duplicate_in_overlap_is_suppressed_and_core_owner_kept():
 def test_leftover_duplicate_removed_by_mask_nms():
     a, b = two_tiles()
     x1 = b.window.col_off + 2
-    m1 = np.ones((10, 10), bool)
-    m2 = np.ones((10, 10), bool)
-    m2[:, :2] = False  # IoU 0.8 with m1
-    tds = [tile_dets(a, [(x1, 30, m1)], scores=[0.7]), tile_dets(b, [(x1, 30, m2)], scores=[0.9])]
+    m = np.ones((10, 10), bool)
+    # the same square one pixel to the right: IoU 90 / 110 = 0.82, containment 0.9
+    tds = [tile_dets(a, [(x1, 30, m)], scores=[0.7]), tile_dets(b, [(x1 + 1, 30, m)], scores=[0.9])]
     # too strict to match, but a duplicate for NMS: the higher score survives
     det = stitch(tds, scene_width=224, scene_height=128, match_iou=0.95, nms_iou=0.5)
     assert len(det) == 1
     assert det.scores[0] == pytest.approx(0.9)
-    assert det.masks[0].sum() == m2.sum()
-    # with a stricter NMS both stay
-    det = stitch(tds, scene_width=224, scene_height=128, match_iou=0.95, nms_iou=0.9)
-    assert len(det) == 2
+    assert det.mask_boxes[0].tolist() == [x1 + 1, 30, x1 + 11, 40]
+    # with a stricter NMS and containment both stay
+    kw = {"match_iou": 0.95, "nms_iou": 0.9, "contain_frac": 0.95}
+    assert len(stitch(tds, scene_width=224, scene_height=128, **kw)) == 2
+    # a containment of 0.9 is enough to call the lower-scored one a part of the other
+    det = stitch(tds, scene_width=224, scene_height=128, **{**kw, "contain_frac": 0.9})
+    assert len(det) == 1
+    assert det.scores[0] == pytest.approx(0.9)
 
 
 def test_class_agnostic_matching():
@@ -443,6 +403,188 @@ def test_output_is_scene_pixels_and_sorted():
     assert det.boxes.dtype == np.float32 and det.mask_boxes.dtype == np.int32
 
 
+# --------------------------------------------------------------------------- partial views
+
+
+def test_partial_view_absorbed_by_the_whole_copy():
+    """A bus cut by tile b's edge (half a bus, outline off by a pixel) next to the whole bus
+    seen by tile a: one object, with the whole copy's mask and class and the best score."""
+    a, b = two_tiles()
+    lo, hi = b.window.col_off, a.window.col_end  # the overlap zone [lo, hi)
+    bus = np.ones((10, 24), bool)
+    x1, y1 = lo - 12, 40  # half of it left of tile b's window, wholly inside tile a's
+    assert x1 + 24 < hi - 3
+    half = np.zeros((12, 15), bool)  # tile b's view: the right half, grown by a pixel
+    half[:, :] = True
+    tds = [
+        tile_dets(a, [(x1, y1, bus)], scores=[0.6], labels=[1]),
+        tile_dets(b, [(lo, y1 - 1, half)], scores=[0.95], labels=[1]),
+    ]
+    det = stitch(tds, scene_width=224, scene_height=128)
+    assert len(det) == 1
+    assert det.mask_boxes[0].tolist() == [x1, y1, x1 + 24, y1 + 10]
+    assert det.masks[0].sum() == bus.sum()
+    assert det.labels[0] == 1
+    assert det.scores[0] == pytest.approx(0.95)
+    # absorbed, not matched: with IoU thresholds nothing could meet, still one object
+    strict = stitch(tds, scene_width=224, scene_height=128, match_iou=1.0, nms_iou=1.0)
+    assert len(strict) == 1
+    assert strict.masks[0].sum() == bus.sum()
+    # a partial view of another class is another object
+    tds[1] = tile_dets(b, [(lo, y1 - 1, half)], scores=[0.95], labels=[0])
+    assert len(stitch(tds, scene_width=224, scene_height=128)) == 2
+
+
+def test_sliver_absorbed_when_the_whole_copy_lies_across_the_cut():
+    """Tile a sees two rows of an object below its bottom edge... of which the whole copy,
+    shrunk by a pixel, does not even reach that edge: still one object."""
+    grid = make_grid(128, 224, tile_size=128, overlap=32)
+    top, bottom = grid
+    edge = top.window.row_end
+    sliver = np.ones((2, 10), bool)
+    whole = np.ones((12, 8), bool)
+    tds = [
+        tile_dets(top, [(40, edge - 2, sliver)]),
+        tile_dets(bottom, [(41, edge + 1, whole)]),  # shrunk: starts a pixel past the edge
+    ]
+    det = stitch(tds, scene_width=128, scene_height=224)
+    assert len(det) == 1
+    assert det.mask_boxes[0].tolist() == [41, edge + 1, 49, edge + 13]
+    # without the tolerance (edge_margin 0) the sliver survives as a second object
+    assert len(stitch(tds, scene_width=128, scene_height=224, edge_margin=0)) == 2
+
+
+def test_partial_of_a_larger_object_is_not_absorbed_by_a_small_whole_one():
+    """A building cut by tile b's left edge runs far into tile b; tile a reports, whole, a
+    small piece of it. The partial view is evidence of more than tile a saw: it stays."""
+    a, b = two_tiles()
+    lo, hi = b.window.col_off, a.window.col_end
+    building = np.ones((40, 80), bool)  # in tile b: from its left edge to x = lo + 80
+    piece = np.ones((10, 10), bool)  # tile a's whole detection inside the overlap zone
+    tds = [
+        tile_dets(a, [(lo + 8, 20, piece)], labels=[2]),
+        tile_dets(b, [(lo, 10, building)], labels=[2]),
+    ]
+    assert lo + 80 > hi  # the partial view reaches beyond tile a's window
+    det = stitch(tds, scene_width=224, scene_height=128)
+    assert len(det) == 1  # the piece lies inside the building: a part of it
+    assert det.masks[0].sum() == building.sum()
+
+
+def test_fragment_inside_a_detection_of_its_own_tile_is_dropped():
+    spec = TileSpec(0, 0, 0, PixelWindow(0, 0, 128, 128), PixelWindow(0, 0, 128, 128))
+    bus = np.ones((10, 30), bool)
+    front = np.ones((10, 12), bool)
+    td = tile_dets(spec, [(20, 20, bus), (20, 20, front)], scores=[0.6, 0.9], labels=[1, 1])
+    det = stitch([td], scene_width=128, scene_height=128)
+    assert len(det) == 1
+    assert det.masks[0].sum() == bus.sum()
+    assert det.scores[0] == pytest.approx(0.9)  # the better score of the two
+    # another class is another object (unless class-agnostic)
+    td2 = tile_dets(spec, [(20, 20, bus), (20, 20, front)], labels=[1, 0])
+    assert len(stitch([td2], scene_width=128, scene_height=128)) == 2
+    assert len(stitch([td2], scene_width=128, scene_height=128, class_agnostic=True)) == 1
+    # a fragment sticking out of the bus by more than 1 - contain_frac stays
+    out = np.ones((10, 12), bool)
+    td3 = tile_dets(spec, [(20, 20, bus), (44, 20, out)], labels=[1, 1])  # 6 of 12 columns in
+    assert len(stitch([td3], scene_width=128, scene_height=128)) == 2
+    assert len(stitch([td3], scene_width=128, scene_height=128, contain_frac=0.5)) == 1
+
+
+# --------------------------------------------------------------------------- zero overlap
+
+
+def test_zero_overlap_is_ambiguous_so_it_is_refused():
+    """With overlap 0, one object cut by a seam and two objects touching on it give the
+    tiles exactly the same detections: no stitcher can be right for both."""
+    grid = make_grid(256, 128, tile_size=128, overlap=0)
+    one = np.zeros((128, 256), np.int32)
+    one[40:50, 120:136] = 1
+    two = np.zeros((128, 256), np.int32)
+    two[40:50, 120:128] = 1
+    two[40:50, 128:136] = 2
+    cls_one, cls_two = np.asarray([0, 0]), np.asarray([0, 0, 0])
+    t_one, t_two = oracle(one, cls_one, grid), oracle(two, cls_two, grid)
+    for x, y in zip(t_one, t_two, strict=True):
+        assert x.mask_boxes.tolist() == y.mask_boxes.tolist()
+        assert all((p == q).all() for p, q in zip(x.masks, y.masks, strict=True))
+    with pytest.raises(ValueError, match=r"touch without overlapping \(overlap 0\)"):
+        stitch(t_one, scene_width=256, scene_height=128)
+    # no detections at all: still refused (the grid is the problem)
+    with pytest.raises(ValueError, match="overlap"):
+        stitch([TileDetections.empty(g, CLASSES) for g in grid], scene_width=256, scene_height=128)
+
+
+def test_tiles_touching_a_non_neighbour_are_fine():
+    """make_grid may place a last tile so that two non-neighbours touch: a third tile covers
+    that seam, so it is no zero-overlap seam."""
+    grid = make_grid(560, 128, tile_size=200, overlap=40)
+    starts = [g.window.col_off for g in grid]
+    assert 360 in starts and any(g.window.col_end == 360 for g in grid)
+    inst = np.zeros((128, 560), np.int32)
+    inst[40:50, 350:370] = 1
+    det = stitch(oracle(inst, np.asarray([0, 0]), grid), scene_width=560, scene_height=128)
+    assert len(det) == 1
+
+
+# --------------------------------------------------------------------------- imperfect oracle
+
+
+def imperfect_oracle(inst, cls, grid, *, seed, classes=CLASSES):
+    """Outlines off by 1-2 px per tile, random scores, 5 % of the objects seen by several
+    tiles missed by one of them (another still sees all of it), 5 % with an extra fragment,
+    no mask under 4 px. With only partial views left (``whole_left=False``), 2 px outline
+    noise makes a 4 px boat cut by a tile edge hard to tell from its neighbour's edge: see
+    benchmarks/bench_fragments.py for that harsher case."""
+    return oracle_detections(
+        inst,
+        cls,
+        grid,
+        classes,
+        seed=seed,
+        outline_px=(-2, -1, 1, 2),
+        drop=0.05,
+        fragment=0.05,
+        scores=(0.3, 1.0),
+        min_px=4,
+    )
+
+
+def assert_close_count(inst, cls, det, *, tolerance=0.005):
+    """Stitched count within ``tolerance`` of the truth, and every true object found."""
+    ids = set(np.unique(inst).tolist()) - {0}
+    found = match_truth(inst, cls, det)
+    missing = ids - set(found)
+    assert not missing, f"{len(missing)} true objects lost: {sorted(missing)[:10]}"
+    err = abs(len(det) - len(ids)) / len(ids)
+    assert err <= tolerance, f"{len(det)} objects out for {len(ids)} true ({err:.2%})"
+
+
+@pytest.mark.parametrize(
+    ("tile_size", "overlap_frac"), [(128, 0.125), (128, 0.25), (160, 0.1), (200, 0.2)]
+)
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_imperfect_oracle_count_close_and_nothing_lost(tile_size, overlap_frac, seed):
+    w, h = 2 * tile_size + 160, 2 * tile_size + 120
+    grid = make_grid(w, h, tile_size=tile_size, overlap=round(tile_size * overlap_frac))
+    inst, cls = make_scene(w, h, seed=seed, building=tile_size * 2 + 8)
+    inst = visible_ids(inst)
+    tds = imperfect_oracle(inst, cls, grid, seed=seed)
+    assert sum(len(t) for t in tds) > 1.2 * len(np.unique(inst))  # duplicates and fragments
+    det = stitch(tds, scene_width=w, scene_height=h)
+    assert_close_count(inst, cls, det)
+
+
+@pytest.mark.parametrize("layout", ["marina", "town"])
+def test_imperfect_oracle_on_synthetic_scenes(tmp_path, layout):
+    _, inst, cls = synth_truth(tmp_path / f"{layout}.tif", layout, size=512, seed=3)
+    inst = visible_ids(inst)
+    grid = make_grid(512, 512, tile_size=160, overlap=32)
+    tds = imperfect_oracle(inst, cls, grid, seed=4, classes=SYNTH_CLASSES)
+    det = stitch(tds, scene_width=512, scene_height=512)
+    assert_close_count(inst, cls, det)
+
+
 def test_empty_and_invalid_inputs():
     grid = two_tiles()
     det = stitch(
@@ -468,3 +610,7 @@ def test_empty_and_invalid_inputs():
         stitch([bad], scene_width=224, scene_height=128)
     with pytest.raises(ValueError, match="match_iou"):
         stitch([td], scene_width=224, scene_height=128, match_iou=0.0)
+    with pytest.raises(ValueError, match="contain_frac"):
+        stitch([td], scene_width=224, scene_height=128, contain_frac=1.5)
+    with pytest.raises(ValueError, match="edge_margin"):
+        stitch([td], scene_width=224, scene_height=128, edge_margin=-1)
