@@ -435,6 +435,10 @@ def predict_tiles(
     finally:
         if isinstance(batches, _Prefetcher):
             batches.close()
+        else:  # end the reader processes now, also on an interrupt (not at garbage collection)
+            shutdown = getattr(batches, "_shutdown_workers", None)
+            if callable(shutdown):
+                shutdown()
     if progress is not None and len(per_tile) < total:
         progress(total, total)  # the rest were all-invalid tiles, skipped without reading twice
     return per_tile

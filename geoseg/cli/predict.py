@@ -135,14 +135,19 @@ def command(
     """
     from tqdm import tqdm
 
-    from geoseg.checkpoint import check_compatible, read_meta
+    from geoseg.checkpoint import check_compatible, checkpoint_paths, read_meta
     from geoseg.export import check_writable
+    from geoseg.io import check_no_overwrite
     from geoseg.pipeline import run_scene
     from geoseg.predict import load_predictor
     from geoseg.raster import open_scene, validate_bands
     from geoseg.tiling import plan_working_grid
 
     # Cheap checks first, so that bad input fails before the model is loaded.
+    check_no_overwrite(
+        [("SCENE", scene), ("MODEL", checkpoint_paths(model)[0])],
+        [("-o", output), ("--quicklook", quicklook)],
+    )
     check_writable(output)
     if quicklook is not None:
         _check_png_path(quicklook)
