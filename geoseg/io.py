@@ -498,6 +498,32 @@ def check_no_overwrite(
 _POLYGON_TYPES = frozenset({"Polygon", "MultiPolygon"})
 
 
+def _check_lonlat_range(gdf: geopandas.GeoDataFrame, name: str, noun: str) -> None:
+    """Refuse coordinates a geographic CRS cannot have.
+
+    A GeoJSON without a ``crs`` member is read as WGS84 whatever its coordinates: projected
+    metres then land far outside longitude/latitude.
+    """
+    if gdf.crs is None or not gdf.crs.is_geographic or len(gdf) == 0:
+        return
+    geoms = gdf.geometry
+    x0, y0, x1, y1 = (float(v) for v in geoms[~(geoms.isna() | geoms.is_empty)].total_bounds)
+    if not all(map(_finite, (x0, y0, x1, y1))):
+        return
+    if x0 < -540 or x1 > 540 or y0 < -90.5 or y1 > 90.5:
+        raise LabelError(
+            f"{name}: the coordinates of {noun} (x {x0:.6g}..{x1:.6g}, y {y0:.6g}..{y1:.6g}) "
+            f"cannot be longitude/latitude, yet its CRS is {gdf.crs.name} (a GeoJSON without a "
+            "crs member is read as WGS84); they look projected: set the real CRS, e.g. "
+            "`ogr2ogr -a_srs EPSG:xxxx out.gpkg in.geojson`"
+        )
+
+
+def _finite(value: float) -> bool:
+    """Whether ``value`` is neither NaN nor infinite."""
+    return value == value and value not in (float("inf"), float("-inf"))
+
+
 def read_vectors(
     source: str | os.PathLike[str] | geopandas.GeoDataFrame,
     *,
@@ -565,6 +591,7 @@ def read_vectors(
         )
     if not allow_empty and len(gdf) == 0:
         raise LabelError(f"{name}: {noun} holds no features")
+    _check_lonlat_range(gdf, name, noun)
     if polygons:
         kinds = set(gdf.geometry.geom_type.dropna())
         if not kinds or not kinds <= _POLYGON_TYPES:

@@ -278,7 +278,7 @@ def plan_scene(
         BandError: a band does not exist, or the band count differs from the model's.
         ConfigError: an invalid setting or score threshold.
     """
-    from geoseg.export import check_writable
+    from geoseg.export import check_scene_output, check_writable
     from geoseg.raster import compute_norm_stats, open_scene, validate_bands
 
     predictor = check_predictor(predictor)
@@ -289,6 +289,8 @@ def plan_scene(
     classes = tuple(predictor.classes)
     score_thresholds(classes, s.min_score, s.class_min_score)  # validate before any work
     info = scene if isinstance(scene, SceneInfo) else open_scene(scene)
+    if out_path is not None:
+        check_scene_output(out_path, info)
     wanted = s.bands or (None if stats is None else tuple(stats.bands)) or predictor.bands
     sel = validate_bands(info, wanted)
     model_bands = predictor.bands

@@ -136,7 +136,7 @@ def command(
     from tqdm import tqdm
 
     from geoseg.checkpoint import check_compatible, checkpoint_paths, read_meta
-    from geoseg.export import check_writable
+    from geoseg.export import check_scene_output, check_writable
     from geoseg.io import check_no_overwrite
     from geoseg.pipeline import run_scene
     from geoseg.predict import load_predictor
@@ -152,6 +152,7 @@ def command(
     if quicklook is not None:
         _check_png_path(quicklook)
     info = open_scene(scene)
+    check_scene_output(output, info)
     meta = read_meta(model)
     settings = resolve_cli_settings(
         meta,
