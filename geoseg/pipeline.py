@@ -41,7 +41,13 @@ from geoseg.config import check_class_scores
 from geoseg.errors import BandError, ConfigError
 from geoseg.predict import Predictor, check_predictor
 from geoseg.settings import NormSource, RunSettings, resolve
-from geoseg.tiling import WorkingGrid, detections_to_window, make_grid, plan_working_grid
+from geoseg.tiling import (
+    WorkingGrid,
+    check_tile_memory,
+    detections_to_window,
+    make_grid,
+    plan_working_grid,
+)
 from geoseg.types import Detections, NormStats, SceneInfo, TileDetections, TileSpec
 
 if TYPE_CHECKING:
@@ -319,6 +325,7 @@ def plan_scene(
         gsd=s.gsd,
         resample=s.resample,
     )
+    check_tile_memory(grid.tile_size, bands=len(sel), batch_size=s.batch_size or 1)
     specs = tuple(
         make_grid(info.width, info.height, tile_size=grid.scene_tile, overlap=grid.scene_overlap)
     )
