@@ -292,7 +292,11 @@ def _load_labels(
     if n_dropped_geometry:
         logger.warning("%s: dropped %d empty or non-polygonal geometries", name, n_dropped_geometry)
     if not keep_geoms:
-        raise LabelError(f"{name}: no usable polygon labels (all empty, non-polygonal or skipped).")
+        kinds = sorted({str(k) for k in gdf.geometry.geom_type.dropna()})
+        raise LabelError(
+            f"{name}: no usable polygon labels (all empty, non-polygonal or skipped; geometry "
+            f"types {kinds}); give polygons of the objects (e.g. buffer points to their size)"
+        )
 
     # to scene pixels
     inv = ~info.transform

@@ -308,7 +308,7 @@ def check_scene_output(path: str | os.PathLike[str], info: SceneInfo) -> None:
     Raises:
         ExportError: the output's format cannot hold the scene's coordinates.
     """
-    corners = [info.transform * (c, r) for c in (0, info.width) for r in (0, info.height)]
+    corners = [info.transform @ (c, r) for c in (0, info.width) for r in (0, info.height)]
     xs, ys = [c[0] for c in corners], [c[1] for c in corners]
     check_output_crs(
         path,

@@ -156,7 +156,11 @@ def cli(verbose: int, quiet: int) -> None:
     level = min(max(level, logging.DEBUG), logging.CRITICAL)
     root = logging.getLogger("geoseg")
     root.setLevel(level)
-    if not any(getattr(h, "_geoseg_cli", False) for h in root.handlers):
+    ours = [h for h in root.handlers if getattr(h, "_geoseg_cli", False)]
+    for old in ours:  # a later call in the same process (tests, notebooks): today's stderr
+        if isinstance(old, logging.StreamHandler):
+            old.stream = sys.stderr  # not setStream: it flushes the old, maybe closed, one
+    if not ours:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
         handler._geoseg_cli = True  # type: ignore[attr-defined]
