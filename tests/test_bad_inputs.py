@@ -333,7 +333,7 @@ MISTAKES: dict[str, Mistake] = {
             w.out / "south_up.gpkg",
             "--min-score",
             "0",
-        ],  # fmt: skip
+        ],
         0,
         lambda w: ["total"],
         creates=("south_up.gpkg",),
@@ -364,7 +364,7 @@ MISTAKES: dict[str, Mistake] = {
             w.out / "big_tile.gpkg",
             "--tile-size",
             "30000",
-        ],  # fmt: skip
+        ],
         0,
         lambda w: ["tile cut from 30000 to 64 px"],
         creates=("big_tile.gpkg",),
@@ -381,7 +381,7 @@ MISTAKES: dict[str, Mistake] = {
             "50000",
             "--overlap",
             "0",
-        ],  # fmt: skip
+        ],
         1,
         lambda w: ["--tile-size 50000", "GiB", "at most"],
     ),
@@ -422,7 +422,7 @@ MISTAKES: dict[str, Mistake] = {
             w.out / "o.gpkg",
             "--quicklook",
             w["scene"],
-        ],  # fmt: skip
+        ],
         1,
         lambda w: [w["scene"], "--quicklook", "SCENE"],
     ),
