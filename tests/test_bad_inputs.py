@@ -16,6 +16,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -549,3 +553,237 @@ def test_mistake(name, world, capsys):
         assert (world.out / c).is_file()
     if case.check is not None:
         case.check(world)
+
+
+# --------------------------------------------------------------------------------------------
+# the mechanisms behind the table, one by one
+
+
+def test_same_file_is_found_by_path_link_inode_and_sidecar(tmp_path):
+    from geoseg.errors import InputOverwriteError
+    from geoseg.io import check_no_overwrite
+
+    data = tmp_path / "data.gpkg"
+    data.write_bytes(b"x")
+    (tmp_path / "alias.gpkg").symlink_to(data)
+    os.link(data, tmp_path / "hard.gpkg")
+    shp = tmp_path / "roads.shp"
+    for ext in (".shp", ".shx", ".dbf", ".prj"):
+        shp.with_suffix(ext).write_bytes(b"s")
+    ckpt = tmp_path / "m.safetensors"
+    ckpt.write_bytes(b"w")
+    clashes = [
+        (data, tmp_path / "sub" / ".." / "data.gpkg"),  # same path, spelt otherwise
+        (data, tmp_path / "alias.gpkg"),  # a symlink to the input
+        (data, tmp_path / "hard.gpkg"),  # a hard link: another name, the same inode
+        (shp, tmp_path / "roads.dbf"),  # a Shapefile's sidecar
+        (shp.with_suffix(".dbf"), shp),  # an output .shp whose .dbf is the input
+        (ckpt, tmp_path / "m.json"),  # a checkpoint's JSON sidecar
+    ]
+    for inp, out in clashes:
+        with pytest.raises(InputOverwriteError) as err:
+            check_no_overwrite([("IN", inp)], [("-o", out)])
+        assert str(out) in str(err.value) and str(inp) in str(err.value)
+    check_no_overwrite([("IN", data)], [("-o", tmp_path / "other.gpkg"), ("-o", None)])
+    check_no_overwrite([("IN", "/vsicurl/https://x/data.gpkg")], [("-o", data)])
+    images = tmp_path / "chips" / "images"
+    with pytest.raises(InputOverwriteError, match="replace files of the input"):
+        check_no_overwrite([("SRC", tmp_path / "chips")], [], trees=[("-o", images)])
+    with pytest.raises(InputOverwriteError):
+        check_no_overwrite([("SCENE", images / "a.tif")], [], trees=[("-o", images)])
+    check_no_overwrite([("SCENE", tmp_path / "a.tif")], [], trees=[("-o", images)])
+
+
+def test_batch_resume_reruns_a_scene_whose_output_is_not_what_it_wrote(tmp_path):
+    """A 0-byte, truncated or replaced output is not trusted; an intact one is."""
+    from geoseg.batch.manifest import SceneRecord, SceneStatus, file_sha256, is_done
+
+    out = tmp_path / "a.gpkg"
+    write_vectors(out, boxes())
+    good = out.read_bytes()
+    record = SceneRecord(
+        scene="a",
+        path="a.tif",
+        status=SceneStatus.OK,
+        output=str(out),
+        output_bytes=len(good),
+        output_sha256=file_sha256(out),
+        model_sha256="m",
+        config_hash="c",
+    )
+    same = dict(path="a.tif", output=out, model_sha256="m", config_hash="c", quicklook=None)
+    assert is_done(record, **same)
+    for broken in (b"", good[: len(good) // 2], good[:-1] + b"\0"):
+        out.write_bytes(broken)
+        assert not is_done(record, **same), len(broken)
+    out.write_bytes(good)
+    old = SceneRecord.from_dict({**record.to_dict(), "output_sha256": "", "output_bytes": 0})
+    assert not is_done(old, **same)  # a record without a hash is re-run, not trusted
+    out.unlink()
+    assert not is_done(record, **same)
+
+
+def test_tile_memory_estimate():
+    from geoseg.errors import ConfigError
+    from geoseg.tiling import check_tile_memory
+
+    check_tile_memory(1024, bands=3, batch_size=8, available=16 * 2**30)
+    with pytest.raises(ConfigError, match=r"--tile-size 30000.*at most \d+"):
+        check_tile_memory(30000, bands=3, available=16 * 2**30)
+
+
+@pytest.fixture
+def failing_count(monkeypatch):
+    """``geoseg count`` whose library call fails with an ``OSError`` from the system."""
+    import geoseg.count
+
+    def fail(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", "/data/results.gpkg")
+
+    monkeypatch.setattr(geoseg.count, "count", fail)
+
+
+def test_oserror_is_one_line_and_v_shows_the_traceback(world, capsys, failing_count):
+    status, message = run(["count", world["results"]], capsys)
+    assert status == 1
+    assert message.strip() == "Error: /data/results.gpkg: permission denied"
+    status, message = run(["-v", "count", world["results"]], capsys)
+    assert status == 1 and "Traceback" in message and "PermissionError" in message
+    assert message.strip().endswith("Error: /data/results.gpkg: permission denied")
+
+
+def test_geoseg_error_traceback_only_with_v(world, capsys):
+    argv = ["predict", world["zero"], "-m", world["model"], "-o", world.out / "o.gpkg"]
+    status, message = run(argv, capsys)
+    assert status == 1 and "Traceback" not in message
+    status, message = run(["-v", *argv], capsys)
+    assert status == 1 and "Traceback" in message and "RasterReadError" in message
+
+
+# --------------------------------------------------------------------------------------------
+# interrupts: real signals to a real command, then the rerun
+
+
+def _geoseg(*args, **popen) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    return subprocess.Popen(
+        [sys.executable, "-c", "from geoseg.cli import main; main()", *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        **popen,
+    )
+
+
+def _wait_for(predicate, proc, timeout=120.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"ended early ({proc.returncode}): {proc.communicate()}")
+        found = predicate()
+        if found:
+            return found
+        time.sleep(0.05)
+    raise AssertionError("timed out waiting")
+
+
+def _children(pid):
+    import psutil
+
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
+def _all_gone(procs, timeout=10.0):
+    import psutil
+
+    _, alive = psutil.wait_procs(procs, timeout=timeout)
+    return [p.pid for p in alive]
+
+
+def _interrupt_line(stderr: str) -> str:
+    lines = [ln for ln in stderr.splitlines() if ln.startswith("interrupted (")]
+    assert len(lines) == 1, stderr
+    assert "Traceback" not in stderr, stderr
+    return lines[0]
+
+
+@pytest.mark.slow
+def test_sigterm_on_predict_with_reader_processes_then_rerun(world, tmp_path):
+    """SIGTERM while 2 reader processes run: exit 143, no reader left, no output; rerun works."""
+    scene = write_raster(tmp_path / "wide.tif", size=1536)
+    out = tmp_path / "res.gpkg"
+    args = ["predict", scene, "-m", world["model"], "-o", out, "--device", "cpu"]
+    args += ["--workers", "2", "--tile-size", "64", "--overlap", "8", "--norm", "scene"]
+    proc = _geoseg(*args)
+    try:
+        readers = _wait_for(lambda: len(_children(proc.pid)) >= 2 and _children(proc.pid), proc)
+        time.sleep(1.0)  # well into the tiles
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, stderr
+    line = _interrupt_line(stderr)
+    assert "SIGTERM" in line and "run the same command again" in line
+    assert not _all_gone(readers), "reader processes outlived the command"
+    assert not out.exists() and not list(tmp_path.glob(".res.gpkg*"))
+    rerun = _geoseg(*args)
+    stdout, stderr = rerun.communicate(timeout=600)
+    assert rerun.returncode == 0, stderr
+    assert out.is_file() and "total" in stdout
+
+
+@pytest.mark.slow
+def test_ctrl_c_on_batch_then_rerun(world, tmp_path):
+    """Ctrl-C (SIGINT to the process group) on batch: one line, status 130; rerun finishes."""
+    scenes = [write_raster(tmp_path / f"s{i}.tif", size=512) for i in range(3)]
+    out = tmp_path / "out"
+    args = ["batch", *scenes, "-m", world["model"], "-o", out, "--workers", "1"]
+    args += ["--tile-size", "64", "--overlap", "8", "--device", "cpu"]
+    proc = _geoseg(*args, start_new_session=True)
+    try:
+        workers = _wait_for(lambda: len(_children(proc.pid)) >= 2 and _children(proc.pid), proc)
+        time.sleep(3.0)
+        os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        with pytest.raises(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, stderr
+    line = _interrupt_line(stderr)
+    assert "manifest.json" in line and "rerun the same command" in line
+    assert not _all_gone(workers), "dask processes outlived the command"
+    rerun = _geoseg(*args)
+    _, stderr = rerun.communicate(timeout=600)
+    assert rerun.returncode == 0, stderr
+    assert all((out / f"s{i}.gpkg").is_file() for i in range(3))
+
+
+@pytest.mark.slow
+def test_ctrl_c_on_train_then_rerun_resumes(world, tmp_path):
+    from geoseg.chips import make_chips
+
+    labels = write_vectors(tmp_path / "ships.gpkg", boxes())
+    chips = tmp_path / "chips"
+    make_chips(world["scene"], labels, chips, size=32, overlap=0, min_visible_pixels=1)
+    run_dir = tmp_path / "run"
+    run_file = _run_file(tmp_path / "run.yaml", chips, run_dir, checkpoint_every=1, epochs=400)
+    args = ["train", run_file, "--no-progress", "--device", "cpu"]
+    proc = _geoseg(*args)
+    try:
+        _wait_for(lambda: (run_dir / "last_state.json").is_file(), proc, timeout=300)
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, stderr
+    assert "resume" in _interrupt_line(stderr)
+    step = json.loads((run_dir / "last_state.json").read_text())["loop"]["step"]
+    rerun = _geoseg(*args, "--max-steps", str(step + 1))
+    _, stderr = rerun.communicate(timeout=600)
+    assert rerun.returncode == 0, stderr
+    assert json.loads((run_dir / "last_state.json").read_text())["loop"]["step"] == step + 1
