@@ -751,7 +751,7 @@ def test_ctrl_c_on_batch_then_rerun(world, tmp_path):
         os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
         _, stderr = proc.communicate(timeout=120)
     finally:
-        with pytest.raises(ProcessLookupError):
+        if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 130, stderr
     line = _interrupt_line(stderr)
