@@ -470,6 +470,11 @@ MISTAKES: dict[str, Mistake] = {
         1,
         lambda w: [w["chip_index"], "LABELS"],
     ),
+    "import a COCO folder into itself with --overwrite": Mistake(
+        lambda w: ["import", "coco", w["boat_chips"], "-o", w["boat_chips"], "--overwrite"],
+        1,
+        lambda w: [w["boat_chips"], "SRC", "apart from the inputs"],
+    ),
     "calibrate --out-json over the model's sidecar": Mistake(
         lambda w: ["calibrate", w["model"], w["scene"], w["truth"], "--out-json", w["model_json"]],
         1,
