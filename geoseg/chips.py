@@ -291,6 +291,11 @@ def _load_labels(
         logger.warning("%s: repaired %d invalid geometries (shapely.make_valid)", name, n_repaired)
     if n_dropped_geometry:
         logger.warning("%s: dropped %d empty or non-polygonal geometries", name, n_dropped_geometry)
+    if not keep_geoms and n_dropped_class == len(gdf) and len(gdf):
+        raise LabelError(
+            f"{name}: none of the labels' classes {sorted(set(values.tolist()))} is among the "
+            f"classes asked for {list(class_names)}; check --classes and --class-column"
+        )
     if not keep_geoms:
         kinds = sorted({str(k) for k in gdf.geometry.geom_type.dropna()})
         raise LabelError(

@@ -137,9 +137,10 @@ def command(
     from tqdm import tqdm
 
     from geoseg.checkpoint import check_compatible, checkpoint_paths, read_meta
+    from geoseg.errors import ConfigError
     from geoseg.export import check_scene_output, check_writable
     from geoseg.io import check_no_overwrite
-    from geoseg.pipeline import run_scene
+    from geoseg.pipeline import run_scene, score_thresholds
     from geoseg.predict import load_predictor
     from geoseg.raster import open_scene, validate_bands
     from geoseg.tiling import check_tile_memory, plan_working_grid
@@ -168,6 +169,10 @@ def command(
         gsd=gsd,
         no_resample=no_resample,
     )
+    try:  # a threshold for a class the model lacks fails here, not after loading it
+        score_thresholds(meta.classes, settings.min_score, settings.class_min_score)
+    except ConfigError as err:
+        raise ConfigError(f"{model}: {err}; fix --min-score CLASS=S") from err
     sel = validate_bands(info, settings.bands or meta.bands)
     check_compatible(meta, band_count=len(sel), checkpoint=model, scene=scene)
     if settings.norm is NormSource.MODEL and meta.norm_stats is None:
