@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
+import rasterio.crs
 from affine import Affine
 
 from geoseg.cli import main
@@ -138,6 +139,12 @@ def world(tmp_path_factory, tiny_checkpoint_factory) -> World:
     )
     p["rotated"] = write_raster(
         root / "rotated.tif", transform=Affine(0.5, 0.1, 500000, 0.1, -0.5, 4000000)
+    )
+    p["local"] = write_raster(
+        root / "local_grid.tif",
+        crs=rasterio.crs.CRS.from_wkt(
+            'LOCAL_CS["site grid",UNIT["metre",1],AXIS["Easting",EAST],AXIS["Northing",NORTH]]'
+        ),
     )
     p["south_up"] = write_raster(
         root / "south_up.tif", transform=Affine(0.5, 0, 500000, 0, 0.5, 4000000)
@@ -327,6 +334,11 @@ MISTAKES: dict[str, Mistake] = {
         0,
         lambda w: ["no CRS", "pixel coordinates"],
         creates=("nocrs.gpkg",),
+    ),
+    "raster in a local grid to GeoJSON": Mistake(
+        lambda w: [*PREDICT, w["local"], "-m", w["model"], "-o", w.out / "o.geojson"],
+        1,
+        lambda w: [w["local"], "o.geojson", "longitude/latitude", ".gpkg"],
     ),
     "geographic raster": Mistake(
         lambda w: [*PREDICT, w["geographic"], "-m", w["model"], "-o", w.out / "geo.geojson"],
@@ -722,6 +734,26 @@ def test_geoseg_error_traceback_only_with_v(world, capsys):
     assert status == 1 and "Traceback" not in message
     status, message = run(["-v", *argv], capsys)
     assert status == 1 and "Traceback" in message and "RasterReadError" in message
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_interrupt_is_one_line_and_the_conventional_status(world, capsys, monkeypatch, signum):
+    """In process: the handler every command shares (the real signals are below, ``slow``)."""
+    import geoseg.count
+    from geoseg.cli import Terminated
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt if signum == signal.SIGINT else Terminated(int(signum))
+
+    monkeypatch.setattr(geoseg.count, "count", interrupted)
+    handler = signal.getsignal(signal.SIGTERM)
+    status, message = run(["count", world["results"]], capsys)
+    assert status == 128 + int(signum)
+    assert message.strip() == (
+        f"interrupted ({signal.Signals(signum).name}): outputs are written whole or not at "
+        "all, so no partial file was left; run the same command again"
+    )
+    assert signal.getsignal(signal.SIGTERM) is handler  # main() puts the old handler back
 
 
 # --------------------------------------------------------------------------------------------
