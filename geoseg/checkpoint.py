@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -300,9 +301,35 @@ def _read_sidecar(path: str | Path) -> tuple[ModelMeta, dict[str, Any]]:
         )
     try:
         raw = json.loads(sidecar.read_text(encoding="utf-8"))
-        return ModelMeta.from_dict(raw), raw
-    except (OSError, ValueError, KeyError, TypeError) as err:
+        meta = ModelMeta.from_dict(raw)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
         raise CheckpointError(f"{sidecar}: malformed checkpoint sidecar ({err!r})") from err
+    _check_meta(meta, sidecar)
+    return meta, raw
+
+
+def _check_meta(meta: ModelMeta, sidecar: Path) -> None:
+    """Refuse a sidecar whose values no model can have (no class, no band, duplicates...).
+
+    Raises:
+        CheckpointError: naming the sidecar and the value at fault.
+    """
+    problem = ""
+    if not meta.classes:
+        problem = "declares no class (classes: [])"
+    elif len(set(meta.classes)) != len(meta.classes):
+        problem = f"repeats a class name ({list(meta.classes)})"
+    elif not meta.bands or any(b < 1 for b in meta.bands):
+        problem = f"declares no usable band (bands: {list(meta.bands)}; 1-based)"
+    elif meta.tile_size < 1:
+        problem = f"declares tile_size {meta.tile_size}"
+    elif meta.gsd is not None and not meta.gsd > 0:
+        problem = f"declares gsd {meta.gsd}"
+    if problem:
+        raise CheckpointError(
+            f"{sidecar}: the checkpoint {problem}; it cannot be a trained geoseg model: use "
+            "the sidecar written with its weights, or retrain"
+        )
 
 
 def set_score_thresholds(
@@ -397,7 +424,12 @@ def load_checkpoint(
 
 
 def check_compatible(
-    meta: ModelMeta, *, band_count: int, classes: Sequence[str] | None = None
+    meta: ModelMeta,
+    *,
+    band_count: int,
+    classes: Sequence[str] | None = None,
+    checkpoint: str | os.PathLike[str] | None = None,
+    scene: str | None = None,
 ) -> None:
     """Refuse a checkpoint that does not fit the input.
 
@@ -405,19 +437,25 @@ def check_compatible(
         meta: the checkpoint's sidecar.
         band_count: bands the scene provides to the model (after band selection).
         classes: class names the caller expects, in order; ``None`` skips the check.
+        checkpoint: the checkpoint's path, named in the message.
+        scene: the input's path, named in the message.
 
     Raises:
         BandError: the model expects a different number of bands.
         CheckpointError: the classes differ.
     """
+    where = f"{scene}: " if scene else ""
+    model = (
+        f"the checkpoint {os.fspath(checkpoint)}" if checkpoint is not None else "the checkpoint"
+    )
     if band_count != meta.in_channels:
         raise BandError(
-            f"the checkpoint expects {meta.in_channels} band(s) {list(meta.bands)} but the "
+            f"{where}{model} expects {meta.in_channels} band(s) {list(meta.bands)} but the "
             f"input has {band_count}; select matching bands (--bands) or use a checkpoint "
             "trained on this band count"
         )
     if classes is not None and tuple(classes) != tuple(meta.classes):
         raise CheckpointError(
-            f"the checkpoint predicts classes {list(meta.classes)}, not {list(classes)}; "
+            f"{where}{model} predicts classes {list(meta.classes)}, not {list(classes)}; "
             "use a matching checkpoint or fine-tune with `geoseg train --from`"
         )

@@ -93,6 +93,7 @@ __all__ = [
     "ChipSummary",
     "ClassBalance",
     "SplitSummary",
+    "chip_folder_outputs",
     "format_class_balance",
     "make_chips",
     "make_split_chips",
@@ -290,8 +291,17 @@ def _load_labels(
         logger.warning("%s: repaired %d invalid geometries (shapely.make_valid)", name, n_repaired)
     if n_dropped_geometry:
         logger.warning("%s: dropped %d empty or non-polygonal geometries", name, n_dropped_geometry)
+    if not keep_geoms and n_dropped_class == len(gdf) and len(gdf):
+        raise LabelError(
+            f"{name}: none of the labels' classes {sorted(set(values.tolist()))} is among the "
+            f"classes asked for {list(class_names)}; check --classes and --class-column"
+        )
     if not keep_geoms:
-        raise LabelError(f"{name}: no usable polygon labels (all empty, non-polygonal or skipped).")
+        kinds = sorted({str(k) for k in gdf.geometry.geom_type.dropna()})
+        raise LabelError(
+            f"{name}: no usable polygon labels (all empty, non-polygonal or skipped; geometry "
+            f"types {kinds}); give polygons of the objects (e.g. buffer points to their size)"
+        )
 
     # to scene pixels
     inv = ~info.transform
@@ -877,6 +887,25 @@ def make_chips(
 TRAIN_DIR: Final = "train"
 VAL_DIR: Final = "val"
 VAL_AREA_FILE: Final = "val_area.gpkg"
+
+
+def chip_folder_outputs(
+    out_dir: str | os.PathLike[str], *, split: bool = False, role: str = "out_dir"
+) -> tuple[list[tuple[str, Path]], list[tuple[str, Path]]]:
+    """What writing chips into ``out_dir`` may replace, for :func:`geoseg.io.check_no_overwrite`.
+
+    Returns:
+        ``(files, trees)``: the index and class-balance files (and, with ``split``, the
+        validation-area file) as ``(role, path)``, and the ``images/`` folders, whose chips an
+        ``overwrite`` run deletes, as ``(role, folder)``. With ``split`` the chip folders are
+        ``out_dir/train`` and ``out_dir/val``.
+    """
+    out = Path(out_dir)
+    folders = [out / TRAIN_DIR, out / VAL_DIR] if split else [out]
+    files = [(role, d / name) for d in folders for name in (ANNOTATIONS_FILE, CLASS_BALANCE_FILE)]
+    if split:
+        files.append((role, out / VAL_AREA_FILE))
+    return files, [(role, d / IMAGES_DIR) for d in folders]
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,7 +16,11 @@ single-process tile iteration are in :mod:`geoseg.tiling`.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
+import signal
+import sys
 from collections.abc import Iterator, Sequence
 from typing import Any, Literal
 
@@ -36,7 +40,7 @@ try:
 except ImportError as _err:  # pragma: no cover - depends on the install
     raise extra_error("ml", "geoseg.datasets") from _err
 
-__all__ = ["TileDataset", "collate_tiles", "tile_loader"]
+__all__ = ["TileDataset", "collate_tiles", "die_with_parent", "tile_loader"]
 
 
 class TileDataset(torch.utils.data.IterableDataset[Tile]):
@@ -111,6 +115,29 @@ class TileDataset(torch.utils.data.IterableDataset[Tile]):
         )
 
 
+def die_with_parent(worker_id: int = 0, *, parent: int | None = None) -> None:
+    """``worker_init_fn`` of geoseg's reader processes: end with the process that started them.
+
+    On Linux the kernel sends the worker ``SIGTERM`` when its parent dies, however it dies
+    (``SIGKILL`` included), so no reader outlives an interrupted command; elsewhere this does
+    nothing (torch's own watchdog ends orphaned workers within seconds).
+
+    Args:
+        worker_id: the DataLoader worker's number (unused).
+        parent: the pid of the process that started the worker; when it is no longer the
+            parent (it died before the request took effect), the worker exits at once.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+    if parent is not None and os.getppid() != parent:
+        os._exit(1)
+
+
 def collate_tiles(batch: list[Tile]) -> list[Tile]:
     """``DataLoader`` collate function that keeps tiles as a list of typed values."""
     return list(batch)
@@ -178,6 +205,7 @@ def tile_loader(
     )
     extra: dict[str, Any] = {}
     if num_workers > 0:
+        extra["worker_init_fn"] = functools.partial(die_with_parent, parent=os.getpid())
         if prefetch_factor is not None:
             extra["prefetch_factor"] = prefetch_factor
         if multiprocessing_context is not None:

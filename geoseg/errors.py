@@ -14,6 +14,7 @@ __all__ = [
     "ConfigError",
     "ExportError",
     "GeosegError",
+    "InputOverwriteError",
     "LabelError",
     "MissingExtraError",
     "RasterReadError",
@@ -51,6 +52,10 @@ class CheckpointError(GeosegError, ValueError):
 
 class ExportError(GeosegError, OSError):
     """An output cannot be written (unknown format, unwritable path)."""
+
+
+class InputOverwriteError(ExportError):
+    """An output of a command is one of its own inputs (same path, same file, or a sidecar)."""
 
 
 class MissingExtraError(GeosegError, ImportError):

@@ -122,8 +122,26 @@ class EvaluationResult:
         }
 
 
+_NOT_POLYGONAL = frozenset({"Point", "MultiPoint", "LineString", "MultiLineString", "LinearRing"})
+
+
 def _read(value: gpd.GeoDataFrame | str | Path, what: str) -> gpd.GeoDataFrame:
-    return read_vectors(value, what=what)
+    """Read one side; points and lines are refused (they have no area to overlap)."""
+    df = read_vectors(value, what=what)
+    kinds = set(df.geometry.geom_type.dropna()) & _NOT_POLYGONAL
+    if kinds:
+        n = int(df.geometry.geom_type.isin(kinds).sum())
+        raise LabelError(
+            f"{_name(value, what)}: {n} of {len(df)} {what} features are {sorted(kinds)}, "
+            "which have no area to match by IoU; give polygons (e.g. buffer points to the "
+            "objects' size, or keep only the polygon features: ogr2ogr -nlt MULTIPOLYGON)"
+        )
+    return df
+
+
+def _name(value: gpd.GeoDataFrame | str | Path, what: str) -> str:
+    """The file a side was read from, for messages (``"the truth GeoDataFrame"`` otherwise)."""
+    return str(value) if isinstance(value, str | Path) else f"the {what} GeoDataFrame"
 
 
 def _polygons(df: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
@@ -174,9 +192,11 @@ def align_inputs(
     p_df = _read(pred, "prediction")
     t_df = _read(truth, "truth")
     if (p_df.crs is None) != (t_df.crs is None) and len(p_df) and len(t_df):
-        side = "prediction" if p_df.crs is None else "truth"
+        side, other = ("prediction", truth) if p_df.crs is None else ("truth", pred)
+        missing = pred if p_df.crs is None else truth
         raise LabelError(
-            f"the {side} file has no CRS while the other has one; set it (e.g. "
+            f"{_name(missing, side)}: the {side} file has no CRS while the other "
+            f"({_name(other, 'other')}) has one; set it (e.g. `ogr2ogr -a_srs EPSG:xxxx` or "
             "GeoDataFrame.set_crs) so both can be compared in the scene CRS"
         )
     crs = t_df.crs if t_df.crs is not None else p_df.crs
@@ -191,10 +211,10 @@ def align_inputs(
             p_df = p_df.to_crs(crs)
     has_p, has_t = class_column in p_df.columns, class_column in t_df.columns
     if has_p != has_t:
-        side = "prediction" if not has_p else "truth"
+        side, missing = ("prediction", pred) if not has_p else ("truth", truth)
         raise LabelError(
-            f"the {side} file has no {class_column!r} column; name the class column with "
-            "--class-column"
+            f"{_name(missing, side)}: the {side} file has no {class_column!r} column; name "
+            "the class column with --class-column"
         )
     p_df, t_df = _polygons(p_df), _polygons(t_df)
     p_cls = (

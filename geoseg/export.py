@@ -26,7 +26,10 @@ a failed write leaves no partial file and keeps an earlier file intact; the resu
 usual ``0o666 & ~umask`` permissions. A Shapefile's sidecars are moved first and the ``.shp``
 last. Call :func:`check_writable` before starting a long job: it fails at once, with
 :class:`~geoseg.errors.ExportError`, on an unknown extension or an output that cannot be
-written.
+written; :func:`check_output_crs` fails at once on a format that cannot hold the scene's
+coordinates (GeoJSON of a scene without a CRS, or with one that has no way to longitude and
+latitude). A scene without a CRS is written to the other formats in its own (pixel)
+coordinates, with a warning; GeoJSON refuses it rather than write empty geometries.
 
 Mixed ``Polygon``/``MultiPolygon`` columns are written as ``MultiPolygon`` by the OGR formats
 (GeoPackage, Shapefile, FlatGeobuf) where a layer needs one geometry type.
@@ -56,6 +59,8 @@ if TYPE_CHECKING:
 __all__ = [
     "SHAPEFILE_FIELD_NAMES",
     "VectorFormat",
+    "check_output_crs",
+    "check_scene_output",
     "check_writable",
     "format_for_path",
     "write_vectors",
@@ -217,15 +222,9 @@ def _write(
     if fmt is VectorFormat.GPKG or fmt is VectorFormat.FLATGEOBUF:
         _write_ogr(gdf, tmp, driver=str(fmt.driver), layer=layer)
     elif fmt is VectorFormat.GEOJSON:
-        out = gdf
-        if gdf.crs is None:
-            logger.warning(
-                "%s: the objects have no CRS, so the GeoJSON holds scene-pixel coordinates, "
-                "not RFC 7946 longitude/latitude",
-                tmp.name,
-            )
-        else:
-            out = gdf.to_crs(4326)
+        if gdf.crs is None:  # write_vectors refuses this first (check_output_crs)
+            raise ExportError(f"{tmp.name}: GeoJSON needs objects with a CRS")
+        out = gdf.to_crs(4326)
         _write_ogr(out, tmp, driver=str(fmt.driver), layer=layer, layer_options={"RFC7946": "YES"})
     elif fmt is VectorFormat.SHAPEFILE:
         cols = [str(c) for c in gdf.columns if c != gdf.geometry.name]
@@ -241,6 +240,82 @@ def _write(
         _write_coco(gdf, tmp, scene_info, classes)
     else:  # pragma: no cover - exhaustive
         raise ExportError(f"{tmp.name}: no writer for format {fmt}")
+
+
+def check_output_crs(
+    path: str | os.PathLike[str],
+    crs: Any,
+    *,
+    fmt: VectorFormat | str | None = None,
+    source: str = "the scene",
+    bounds: tuple[float, float, float, float] | None = None,
+) -> None:
+    """Fail before any work when ``path``'s format cannot hold coordinates in ``crs``.
+
+    GeoJSON (RFC 7946) is longitude/latitude: ``crs`` must exist and convert to WGS84 (with
+    ``bounds``, ``(minx, miny, maxx, maxy)`` in ``crs``, the corners must convert to finite
+    values). The other formats keep any CRS; with ``crs=None`` they hold the source's own
+    (pixel) coordinates and a warning says so.
+
+    Args:
+        path: the output file (its extension picks the format unless ``fmt`` is given).
+        crs: anything :class:`pyproj.CRS` accepts (WKT, EPSG code), or ``None``.
+        fmt: the format, when not the extension's.
+        source: what the coordinates belong to, for the message (e.g. the scene's path).
+        bounds: an extent in ``crs`` that must convert to longitude/latitude.
+
+    Raises:
+        ExportError: naming the output and the source, with what to do instead.
+    """
+    p = Path(path)
+    kind = format_by_name(fmt) if fmt is not None else format_for_path(p)
+    if crs is None:
+        if kind is VectorFormat.GEOJSON:
+            raise ExportError(
+                f"{p}: {source} has no CRS, so its objects are in pixel coordinates, which "
+                "GeoJSON (longitude/latitude) cannot hold; give the raster a CRS (e.g. "
+                "gdal_edit.py -a_srs EPSG:xxxx) or write .gpkg, .fgb or .parquet (pixel "
+                "coordinates, no CRS) or .json (COCO, pixels)"
+            )
+        if kind is not VectorFormat.COCO:
+            logger.warning(
+                "%s: %s has no CRS: the output holds pixel coordinates without a CRS", p, source
+            )
+        return
+    if kind is not VectorFormat.GEOJSON:
+        return
+    from pyproj import CRS, Transformer
+    from pyproj.exceptions import ProjError
+
+    try:
+        transformer = Transformer.from_crs(CRS.from_user_input(crs), 4326, always_xy=True)
+        if bounds is not None:
+            x0, y0, x1, y1 = bounds
+            xs, ys = transformer.transform([x0, x1, x0, x1], [y0, y0, y1, y1], errcheck=True)
+            if not all(math.isfinite(v) for v in (*xs, *ys)):
+                raise ProjError("non-finite longitude/latitude")
+    except (ProjError, ValueError, TypeError) as err:
+        raise ExportError(
+            f"{p}: the coordinates of {source} cannot be converted to longitude/latitude "
+            f"({err}), which GeoJSON requires; write .gpkg, .fgb or .parquet (they keep the "
+            "scene's CRS)"
+        ) from err
+
+
+def check_scene_output(path: str | os.PathLike[str], info: SceneInfo) -> None:
+    """:func:`check_output_crs` for the objects of the scene ``info`` (its CRS and extent).
+
+    Raises:
+        ExportError: the output's format cannot hold the scene's coordinates.
+    """
+    corners = [info.transform @ (c, r) for c in (0, info.width) for r in (0, info.height)]
+    xs, ys = [c[0] for c in corners], [c[1] for c in corners]
+    check_output_crs(
+        path,
+        info.crs_wkt,
+        source=f"the scene {info.path}",
+        bounds=(min(xs), min(ys), max(xs), max(ys)),
+    )
 
 
 def write_vectors(
@@ -288,6 +363,7 @@ def write_vectors(
             "extension for GeoJSON"
         )
     check_writable(p, fmt=fmt)
+    check_output_crs(p, gdf.crs, fmt=fmt, source="the objects")
 
     def write(tmp: Path) -> None:
         if fmt is VectorFormat.GPKG and layer is not None and p.exists():

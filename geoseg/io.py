@@ -10,6 +10,11 @@ Three jobs live here so that each is done one way across geoseg:
   Multi-file formats (a Shapefile's ``.shx``/``.dbf``/``.prj``...) move their sidecars first
   and the main file last. :func:`check_writable` fails early on an output that cannot be
   written.
+* **Never over an input** (:func:`check_no_overwrite`): every command lists its inputs and the
+  files (or folders it owns) it will write, and this one check refuses, before any work, an
+  output that is one of the inputs: the same path, the same file by resolved path or inode (a
+  symlink, a hard link), or a file of the same multi-file dataset (a Shapefile's ``.dbf``, a
+  checkpoint's ``.json`` sidecar).
 * **Reading vector files** (:func:`read_vectors`): labels, truth polygons, AOIs and result
   files are all read by one function (pyogrio through geopandas; GeoParquet with
   :func:`geopandas.read_parquet`) with one error style: a :class:`~geoseg.errors.LabelError`
@@ -38,12 +43,12 @@ import json
 import os
 import tempfile
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from geoseg.errors import ExportError, LabelError
+from geoseg.errors import ExportError, InputOverwriteError, LabelError
 
 if TYPE_CHECKING:
     import geopandas
@@ -54,9 +59,11 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_json",
     "atomic_write_text",
+    "check_no_overwrite",
     "check_writable",
     "current_umask",
     "default_file_mode",
+    "file_family",
     "format_by_name",
     "format_for_path",
     "formats_help",
@@ -379,9 +386,142 @@ def check_writable(path: str | os.PathLike[str], *, fmt: VectorFormat | str | No
 
 
 # --------------------------------------------------------------------------------------------
+# outputs never over inputs
+
+#: Files that travel with a main file, by the main file's extension (beyond the vector table):
+#: a checkpoint's JSON sidecar, a raster's GDAL side files.
+_OTHER_FAMILIES: dict[str, tuple[str, ...]] = {
+    ".safetensors": (".json",),
+    ".tif": (".tif.aux.xml", ".tif.ovr"),
+    ".tiff": (".tiff.aux.xml", ".tiff.ovr"),
+}
+
+#: A path with a role, e.g. ``("TRUTH", "truth.gpkg")``; ``None`` paths are skipped.
+Role = tuple[str, str | os.PathLike[str] | None]
+
+
+def _is_local(path: str | os.PathLike[str]) -> bool:
+    """Whether a path names a local file (not ``/vsicurl/...`` nor ``s3://...``)."""
+    text = os.fspath(path)
+    return bool(text) and not text.startswith("/vsi") and "://" not in text
+
+
+def file_family(path: str | os.PathLike[str]) -> tuple[Path, ...]:
+    """``path`` and the files that belong to it as one dataset.
+
+    A Shapefile's sidecars (``.shx .dbf .prj .cpg``...), a checkpoint's ``.json`` sidecar, a
+    GeoTIFF's ``.aux.xml`` and ``.ovr``: writing any of them changes the dataset.
+    """
+    p = Path(path)
+    name = p.name.lower()
+    family = [p]
+    for fmt in VectorFormat:
+        if fmt.sidecars and any(name.endswith(ext) for ext in fmt.extensions):
+            family += [p.with_suffix(ext) for ext in fmt.sidecars]
+    for ext, sides in _OTHER_FAMILIES.items():
+        if name.endswith(ext):
+            stem = p.name[: len(p.name) - len(ext)]
+            family += [p.with_name(stem + side) for side in sides]
+    return tuple(family)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """Same resolved path, or (both existing) the same inode: symlinks and hard links match."""
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _overlaps(folder: Path, other: Path) -> bool:
+    """Whether ``other`` is ``folder``, lies inside it, or holds it (resolved paths)."""
+    f, o = Path(os.path.realpath(folder)), Path(os.path.realpath(other))
+    return f == o or f in o.parents or o in f.parents
+
+
+def check_no_overwrite(
+    inputs: Iterable[Role],
+    outputs: Iterable[Role],
+    *,
+    trees: Iterable[Role] = (),
+) -> None:
+    """Refuse, before any work, a command whose output would write over one of its inputs.
+
+    An output clashes with an input when any file of the output's :func:`file_family` is the
+    same file as any file of the input's family: the same path, the same resolved path
+    (symlinks, ``..``) or, both existing, the same inode (hard links). ``trees`` are folders
+    whose contents the command may replace as a whole (a chip folder's ``images/``); an input
+    inside such a folder, equal to it, or holding it clashes too. Remote inputs (``/vsi...``,
+    URLs) are skipped. Call it from every command that writes files, with every input it reads.
+
+    Args:
+        inputs: ``(role, path)`` of each input, e.g. ``("TRUTH", "truth.gpkg")``; ``None``
+            paths are ignored. A folder input stands for itself (see ``trees``).
+        outputs: ``(role, path)`` of each file the command writes, e.g. ``("--json", p)``.
+        trees: ``(role, folder)`` of each folder the command fills or empties wholesale.
+
+    Raises:
+        InputOverwriteError: naming the output, the input and both roles; nothing is written.
+    """
+    ins = [(role, Path(p)) for role, p in inputs if p is not None and _is_local(p)]
+    for out_role, out in outputs:
+        if out is None or not _is_local(out):
+            continue
+        out_family = file_family(out)
+        for in_role, inp in ins:
+            for written in out_family:
+                for read in file_family(inp):
+                    if _same_file(written, read):
+                        part = "" if read == inp else f" ({read.name} belongs to it)"
+                        raise InputOverwriteError(
+                            f"{out}: the output {out_role} would overwrite the input "
+                            f"{in_role} {inp}{part}; nothing was written: choose another "
+                            "output path"
+                        )
+    for tree_role, tree in trees:
+        if tree is None:
+            continue
+        for in_role, inp in ins:
+            if _overlaps(Path(tree), inp):
+                raise InputOverwriteError(
+                    f"{tree}: the output {tree_role} would replace files of the input "
+                    f"{in_role} {inp}; nothing was written: choose an output folder apart "
+                    "from the inputs"
+                )
+
+
+# --------------------------------------------------------------------------------------------
 # reading vectors
 
 _POLYGON_TYPES = frozenset({"Polygon", "MultiPolygon"})
+
+
+def _check_lonlat_range(gdf: geopandas.GeoDataFrame, name: str, noun: str) -> None:
+    """Refuse coordinates a geographic CRS cannot have.
+
+    A GeoJSON without a ``crs`` member is read as WGS84 whatever its coordinates: projected
+    metres then land far outside longitude/latitude.
+    """
+    if gdf.crs is None or not gdf.crs.is_geographic or len(gdf) == 0:
+        return
+    geoms = gdf.geometry
+    x0, y0, x1, y1 = (float(v) for v in geoms[~(geoms.isna() | geoms.is_empty)].total_bounds)
+    if not all(map(_finite, (x0, y0, x1, y1))):
+        return
+    if x0 < -540 or x1 > 540 or y0 < -90.5 or y1 > 90.5:
+        raise LabelError(
+            f"{name}: the coordinates of {noun} (x {x0:.6g}..{x1:.6g}, y {y0:.6g}..{y1:.6g}) "
+            f"cannot be longitude/latitude, yet its CRS is {gdf.crs.name} (a GeoJSON without a "
+            "crs member is read as WGS84); they look projected: set the real CRS, e.g. "
+            "`ogr2ogr -a_srs EPSG:xxxx out.gpkg in.geojson`"
+        )
+
+
+def _finite(value: float) -> bool:
+    """Whether ``value`` is neither NaN nor infinite."""
+    return value == value and value not in (float("inf"), float("-inf"))
 
 
 def read_vectors(
@@ -451,6 +591,7 @@ def read_vectors(
         )
     if not allow_empty and len(gdf) == 0:
         raise LabelError(f"{name}: {noun} holds no features")
+    _check_lonlat_range(gdf, name, noun)
     if polygons:
         kinds = set(gdf.geometry.geom_type.dropna())
         if not kinds or not kinds <= _POLYGON_TYPES:

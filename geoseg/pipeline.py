@@ -41,7 +41,13 @@ from geoseg.config import check_class_scores
 from geoseg.errors import BandError, ConfigError
 from geoseg.predict import Predictor, check_predictor
 from geoseg.settings import NormSource, RunSettings, resolve
-from geoseg.tiling import WorkingGrid, detections_to_window, make_grid, plan_working_grid
+from geoseg.tiling import (
+    WorkingGrid,
+    check_tile_memory,
+    detections_to_window,
+    make_grid,
+    plan_working_grid,
+)
 from geoseg.types import Detections, NormStats, SceneInfo, TileDetections, TileSpec
 
 if TYPE_CHECKING:
@@ -278,7 +284,7 @@ def plan_scene(
         BandError: a band does not exist, or the band count differs from the model's.
         ConfigError: an invalid setting or score threshold.
     """
-    from geoseg.export import check_writable
+    from geoseg.export import check_scene_output, check_writable
     from geoseg.raster import compute_norm_stats, open_scene, validate_bands
 
     predictor = check_predictor(predictor)
@@ -289,6 +295,8 @@ def plan_scene(
     classes = tuple(predictor.classes)
     score_thresholds(classes, s.min_score, s.class_min_score)  # validate before any work
     info = scene if isinstance(scene, SceneInfo) else open_scene(scene)
+    if out_path is not None:
+        check_scene_output(out_path, info)
     wanted = s.bands or (None if stats is None else tuple(stats.bands)) or predictor.bands
     sel = validate_bands(info, wanted)
     model_bands = predictor.bands
@@ -317,6 +325,7 @@ def plan_scene(
         gsd=s.gsd,
         resample=s.resample,
     )
+    check_tile_memory(grid.tile_size, bands=len(sel), batch_size=s.batch_size or 1)
     specs = tuple(
         make_grid(info.width, info.height, tile_size=grid.scene_tile, overlap=grid.scene_overlap)
     )
@@ -435,6 +444,10 @@ def predict_tiles(
     finally:
         if isinstance(batches, _Prefetcher):
             batches.close()
+        else:  # end the reader processes now, also on an interrupt (not at garbage collection)
+            shutdown = getattr(batches, "_shutdown_workers", None)
+            if callable(shutdown):
+                shutdown()
     if progress is not None and len(per_tile) < total:
         progress(total, total)  # the rest were all-invalid tiles, skipped without reading twice
     return per_tile

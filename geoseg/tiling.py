@@ -56,8 +56,11 @@ from geoseg.types import NormStats, PixelWindow, SceneInfo, Tile, TileDetections
 __all__ = [
     "DEFAULT_CACHE_MB",
     "MAX_GSD_FACTOR",
+    "TILE_BYTES_PER_PIXEL",
+    "TILE_MULTIPLE",
     "WorkingGrid",
     "check_grid_args",
+    "check_tile_memory",
     "detections_to_window",
     "iter_tiles",
     "make_grid",
@@ -78,6 +81,51 @@ DEFAULT_CACHE_MB: Final = 64
 #: Resampling factor (either way) beyond which :func:`plan_working_grid` warns: a scene that
 #: far from the model's GSD has lost or lacks the detail the model learnt from.
 MAX_GSD_FACTOR: Final = 4.0
+
+#: A tile cut down to the scene it covers keeps a side that is a multiple of this (the model's
+#: feature strides divide it).
+TILE_MULTIPLE: Final = 32
+
+#: Rough peak memory of a Mask R-CNN forward pass per input pixel and image, in bytes (the
+#: stride-4 FPN level alone holds 256 float32 channels at 1/16 of the pixels: 64 bytes per
+#: pixel; backbone activations and the other levels about as much again), used by
+#: :func:`check_tile_memory` to refuse tiles no machine of this size can predict.
+TILE_BYTES_PER_PIXEL: Final = 160
+
+
+def check_tile_memory(
+    tile_size: int,
+    *,
+    bands: int,
+    batch_size: int = 1,
+    available: int | None = None,
+    source: str = "--tile-size",
+) -> None:
+    """Refuse a tile whose forward pass needs more memory than the machine has.
+
+    The estimate is ``tile_size**2 * batch_size * (TILE_BYTES_PER_PIXEL + 4 * bands)`` bytes,
+    against ``available`` (default: the machine's physical memory).
+
+    Raises:
+        ConfigError: naming ``source`` (the option or setting), the estimate and the largest
+            tile that fits.
+    """
+    if available is None:
+        try:
+            available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (ValueError, OSError, AttributeError):
+            return
+    per_pixel = batch_size * (TILE_BYTES_PER_PIXEL + 4 * bands)
+    need = tile_size * tile_size * per_pixel
+    if need <= available:
+        return
+    fits = int((available / per_pixel) ** 0.5) // TILE_MULTIPLE * TILE_MULTIPLE
+    raise ConfigError(
+        f"{source} {tile_size}: one batch of {batch_size} tile(s) of {tile_size} x {tile_size} "
+        f"px needs about {need / 2**30:.0f} GiB to predict, more than this machine's "
+        f"{available / 2**30:.0f} GiB; use a tile size of at most {max(fits, 16)} (models see "
+        "512 to 1024 px tiles best)"
+    )
 
 
 def _axis(length: int, tile: int, overlap: int) -> list[tuple[int, int, int]]:
@@ -314,6 +362,48 @@ def plan_working_grid(
         >>> g.scene_tile, g.scene_overlap, g.tile_size
         ((427, 427), (107, 107), 256)
     """
+    grid = _plan_grid(
+        scene,
+        tile_size=tile_size,
+        overlap=overlap,
+        model_gsd=model_gsd,
+        gsd=gsd,
+        resample=resample,
+        tolerance=tolerance,
+    )
+    # a tile never larger than the scene needs: cut it to the (padded) scene at the working GSD
+    rx, ry = grid.scale
+    need = max(scene.width / rx, scene.height / ry)
+    cut = max(TILE_MULTIPLE, -(-int(np.ceil(need)) // TILE_MULTIPLE) * TILE_MULTIPLE)
+    if cut >= tile_size:
+        return grid
+    logger.info(
+        "%s: tile size %d cut to %d px, which covers the whole scene", scene.path, tile_size, cut
+    )
+    smaller = _plan_grid(
+        scene,
+        tile_size=cut,
+        overlap=min(overlap, cut // 4),
+        model_gsd=model_gsd,
+        gsd=gsd,
+        resample=resample,
+        tolerance=tolerance,
+    )
+    note = f"tile cut from {tile_size} to {cut} px (the whole scene)"
+    return dataclasses.replace(smaller, note=f"{smaller.note}; {note}" if smaller.note else note)
+
+
+def _plan_grid(
+    scene: SceneInfo,
+    *,
+    tile_size: int,
+    overlap: int,
+    model_gsd: float | None,
+    gsd: float | None,
+    resample: bool,
+    tolerance: float,
+) -> WorkingGrid:
+    """:func:`plan_working_grid` without the cut of a tile larger than the scene."""
     check_grid_args(tile_size, overlap)
     if gsd is not None and not resample:
         raise ConfigError("a working GSD and resampling switched off contradict each other")

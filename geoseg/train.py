@@ -63,6 +63,7 @@ from geoseg.calibrate import (
 )
 from geoseg.checkpoint import (
     ModelMeta,
+    checkpoint_paths,
     load_checkpoint,
     read_meta,
     read_safetensors,
@@ -82,12 +83,13 @@ from geoseg.config import (
 )
 from geoseg.errors import BandError, CheckpointError, ConfigError, LabelError
 from geoseg.evaluate import ChipPrediction, coco_scores, predict_chips
-from geoseg.io import atomic_write_text
+from geoseg.io import atomic_write_text, check_no_overwrite
 from geoseg.models import build_model, load_matching
 from geoseg.settings import DEFAULT_MIN_SCORE
 from geoseg.types import NormStats
 
 __all__ = [
+    "RUN_FILES",
     "ChipDataset",
     "TrainProgress",
     "TrainResult",
@@ -96,6 +98,19 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+#: The files :func:`train` writes in ``output_dir`` (see the module docstring).
+RUN_FILES: tuple[str, ...] = (
+    "last.safetensors",
+    "last.json",
+    "last_state.safetensors",
+    "last_state.json",
+    "best.safetensors",
+    "best.json",
+    "steps.csv",
+    "metrics.csv",
+    "metrics.json",
+)
 
 Target = dict[str, Tensor]
 
@@ -130,6 +145,25 @@ def _read_folder(root: Path, classes: Sequence[str]) -> _ChipFolder:
         logger.warning("%s: ignoring categories not in the classes: %s", path, unknown)
     anns = coco.annotations_by_image(keep=cat_map)
     return _ChipFolder(root, coco.images, anns, cat_map, norm, info)
+
+
+def _require_instances(dataset: ChipDataset, folders: Sequence[Path]) -> None:
+    """Refuse training chips without a single instance of the model's classes.
+
+    Raises:
+        LabelError: naming the folders, the model's classes and the categories they hold.
+    """
+    if any(anns for f in dataset.folders for anns in f.anns_by_image.values()):
+        return
+    names = [str(f) for f in folders]
+    held = sorted({str(c) for f in dataset.folders for c in f.info.get("classes") or ()})
+    raise LabelError(
+        f"{', '.join(names)}: the training chips hold no instance of the model's classes "
+        f"{list(dataset.classes)}"
+        + (f" (their classes: {held})" if held else "")
+        + "; set `classes:` in the run file to the chips' classes, or make chips with labels "
+        "of these classes"
+    )
 
 
 def _boxes_from_masks(masks: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
@@ -899,10 +933,18 @@ def train(
     if config.num_threads > 0:
         torch.set_num_threads(config.num_threads)
     out = config.output_dir
-    out.mkdir(parents=True, exist_ok=True)
-    device = _resolve_device(config.device)
     train_dirs = expand_chip_folders(config.train_chips, what="train_chips")
     val_dirs = expand_chip_folders(config.val_chips, what="val_chips") if config.val_chips else []
+    init = config.init_checkpoint
+    check_no_overwrite(
+        [
+            ("init_checkpoint", checkpoint_paths(init)[0] if init is not None else None),
+            *[("train_chips", d / ANNOTATIONS_FILE) for d in train_dirs],
+            *[("val_chips", d / ANNOTATIONS_FILE) for d in val_dirs],
+        ],
+        [("output_dir", out / name) for name in RUN_FILES],
+    )
+    device = _resolve_device(config.device)
 
     if config.classes:
         classes = tuple(config.classes)
@@ -917,6 +959,8 @@ def train(
         if val_dirs and config.validate
         else None
     )
+    _require_instances(train_ds, train_dirs)
+    out.mkdir(parents=True, exist_ok=True)
     if val_ds is not None and val_ds.band_count != train_ds.band_count:
         raise BandError(
             f"validation chips have {val_ds.band_count} bands, training chips {train_ds.band_count}"

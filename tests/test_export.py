@@ -304,7 +304,9 @@ def test_check_writable_read_only_folder(tmp_path):
 
 
 @pytest.mark.filterwarnings("ignore:'crs' was not provided", "ignore:No SRS set")
-def test_no_crs_geojson_warns_and_keeps_pixels(tmp_path, caplog):
+def test_no_crs_geojson_is_refused_other_formats_keep_pixels(tmp_path, caplog):
+    """GeoJSON is longitude/latitude: pixel coordinates are refused there (GDAL's RFC 7946
+    writer turned those beyond 180/90 into EMPTY geometries), kept with a warning elsewhere."""
     det = Detections(
         boxes=np.asarray([[2, 3, 6, 8]], np.float32),
         scores=np.asarray([0.9], np.float32),
@@ -314,8 +316,11 @@ def test_no_crs_geojson_warns_and_keeps_pixels(tmp_path, caplog):
         classes=("ship",),
     )
     gdf = vectorize(det, transform=Affine.identity(), crs_wkt=None)
+    with pytest.raises(ExportError, match=r"px\.geojson.*no CRS.*\.gpkg"):
+        write_vectors(gdf, tmp_path / "px.geojson")
+    assert not list(tmp_path.iterdir())
     with caplog.at_level("WARNING", logger="geoseg.export"):
-        path = write_vectors(gdf, tmp_path / "px.geojson")
+        path = write_vectors(gdf, tmp_path / "px.gpkg")
     assert "no CRS" in caplog.text
     back = gpd.read_file(path)
     assert back.geometry.iloc[0].bounds == (2.0, 3.0, 6.0, 8.0)

@@ -78,6 +78,7 @@ from geoseg.batch.tasks import (
     worker_cache_info,
 )
 from geoseg.errors import CheckpointError, ConfigError, ExportError
+from geoseg.io import check_no_overwrite
 from geoseg.settings import CUDA_BATCH_SIZE, NormSource, RunSettings, resolve
 
 if TYPE_CHECKING:
@@ -297,6 +298,8 @@ def run_batch(
             unreadable manifest in ``out_dir``.
         CheckpointError: the checkpoint is missing or unreadable.
         ExportError: ``out_dir`` cannot be written.
+        InputOverwriteError: an output (a scene's vector file, the manifest, a summary) would
+            be one of the inputs (a scene, the checkpoint).
     """
     t_start = time.perf_counter()
     if split_tiles is not None and split_tiles < 1:
@@ -335,6 +338,11 @@ def run_batch(
             "use the scene's own (norm='scene', --norm scene)"
         )
     out = Path(out_dir).expanduser().resolve()
+    written = [("--out-dir", out / name) for name in (MANIFEST_NAME, SUMMARY_CSV, SUMMARY_PARQUET)]
+    written += [("--out-dir", out / f"{s.name}{ext}") for s in scenes]
+    if quicklook is not None:
+        written += [("--out-dir", out / "quicklooks" / f"{s.name}.png") for s in scenes]
+    check_no_overwrite([*(("INPUTS", s.path) for s in scenes), ("--model", weights)], written)
     try:
         out.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=out, prefix=".geoseg-write-test-"):

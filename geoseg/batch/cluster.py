@@ -20,6 +20,7 @@ from geoseg.errors import ConfigError
 __all__ = [
     "connect",
     "dashboard_link",
+    "dask_setup",
     "gpu_count",
     "start_local_cluster",
     "worker_name",
@@ -65,6 +66,20 @@ def worker_specs(n_workers: int, *, gpus: int, cpus: int, memory: int) -> dict[s
     return specs
 
 
+def dask_setup(worker: Any) -> None:
+    """Preload of the local cluster's worker processes: leave Ctrl-C to the command.
+
+    A terminal's Ctrl-C reaches every process of the group; the workers ignore it, and the
+    command closes its cluster (and so its workers) as it ends: no worker dies half-way
+    through a write, nor prints its own traceback.
+    """
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def start_local_cluster(n_workers: int | None, *, cap: int | None = None) -> Any:
     """A local cluster of single-threaded worker processes sized to this machine.
 
@@ -82,7 +97,10 @@ def start_local_cluster(n_workers: int | None, *, cap: int | None = None) -> Any
     logger.info("starting a local dask cluster of %d worker process(es), %d GPU(s)", n, gpus)
     return SpecCluster(
         workers={
-            name: {"cls": Nanny, "options": {**opts, "silence_logs": logging.ERROR}}
+            name: {
+                "cls": Nanny,
+                "options": {**opts, "silence_logs": logging.ERROR, "preload": [__name__]},
+            }
             for name, opts in specs.items()
         },
         scheduler={
@@ -100,7 +118,9 @@ def connect(
 ) -> Iterator[Any]:
     """A :class:`distributed.Client` of ``scheduler``, or of a new local cluster when ``None``.
 
-    The local cluster (see :func:`start_local_cluster`) is closed on exit.
+    The local cluster (see :func:`start_local_cluster`) is closed on exit, also on an
+    interrupt (``KeyboardInterrupt``, which :func:`geoseg.cli.main` also raises on
+    ``SIGTERM``): its worker processes end with the command, quietly.
 
     Raises:
         ConfigError: the scheduler cannot be reached.
@@ -118,7 +138,14 @@ def connect(
         else:
             cluster = stack.enter_context(start_local_cluster(n_workers, cap=cap))
             client = stack.enter_context(Client(cluster))
-        yield client
+        try:
+            yield client
+        except KeyboardInterrupt:
+            # Ctrl-C reached the workers too: the cluster still closes (the stack below), but
+            # their half-finished shutdown is not the user's business: no tracebacks from it
+            for name in ("distributed", "tornado", "asyncio"):
+                logging.getLogger(name).setLevel(logging.CRITICAL)
+            raise
 
 
 def dashboard_link(client: Any) -> str | None:

@@ -37,6 +37,7 @@ __all__ = [
     "file_sha256",
     "is_done",
     "output_format",
+    "output_intact",
     "summary_frame",
     "utc_now",
     "write_summary",
@@ -92,6 +93,9 @@ class SceneRecord:
         path: the GDAL path it was read from.
         status: ``ok`` or ``failed``.
         output: the vector file written (``None`` when failed).
+        output_bytes: its size in bytes when written; output_sha256: its SHA-256 (the main
+            file of a multi-file format). Resume re-runs a scene whose output no longer
+            matches both (:func:`is_done`).
         quicklook: the quicklook PNG written, if asked for.
         counts: objects per class name.
         n_tiles: tiles the scene was cut into; n_objects: objects found.
@@ -111,6 +115,8 @@ class SceneRecord:
     path: str
     status: SceneStatus
     output: str | None = None
+    output_bytes: int = 0
+    output_sha256: str = ""
     quicklook: str | None = None
     counts: Mapping[str, int] = field(default_factory=dict)
     n_tiles: int = 0
@@ -207,6 +213,23 @@ class Manifest:
         self._dirty = False
 
 
+def output_intact(record: SceneRecord, output: Path) -> bool:
+    """Whether ``output`` is still the file ``record`` wrote: same size and same SHA-256.
+
+    A 0-byte, truncated, replaced or missing file fails; so does a record without a size and
+    hash (written by a geoseg before they were recorded), so that such a scene is run again
+    rather than trusted. Reads the file once (vector outputs are small next to their scenes).
+    """
+    if not record.output_sha256 or record.output_bytes <= 0:
+        return False
+    try:
+        if output.stat().st_size != record.output_bytes:
+            return False
+        return file_sha256(output) == record.output_sha256
+    except OSError:
+        return False
+
+
 def is_done(
     record: SceneRecord | None,
     *,
@@ -219,8 +242,9 @@ def is_done(
     """Whether a scene's manifest record lets it be skipped on resume.
 
     It must be ``ok``, made from the same ``path`` with the same model and config hashes, and
-    its output must still exist under the same name; when a quicklook is asked for
-    (``quicklook`` is its path), the record's quicklook must exist too.
+    its output must still be the file it wrote under the same name (:func:`output_intact`:
+    size and SHA-256); when a quicklook is asked for (``quicklook`` is its path), the record's
+    quicklook must exist and be non-empty.
     """
     return (
         record is not None
@@ -229,8 +253,15 @@ def is_done(
         and record.config_hash == config_hash
         and record.path == path
         and record.output == str(output)
-        and output.exists()
-        and (quicklook is None or (record.quicklook == str(quicklook) and quicklook.exists()))
+        and output_intact(record, output)
+        and (
+            quicklook is None
+            or (
+                record.quicklook == str(quicklook)
+                and quicklook.is_file()
+                and quicklook.stat().st_size > 0
+            )
+        )
     )
 
 

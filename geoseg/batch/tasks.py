@@ -270,11 +270,14 @@ def _ok_record(
     model_loaded: bool,
     split_chunks: int = 0,
 ) -> SceneRecord:
+    output = job.output_for(scene)
     return SceneRecord(
         scene=scene.name,
         path=scene.path,
         status=SceneStatus.OK,
-        output=str(job.output_for(scene)),
+        output=str(output),
+        output_bytes=output.stat().st_size,
+        output_sha256=file_sha256(output),
         quicklook=quicklook,
         counts={str(k): int(v) for k, v in result.counts.items()},
         n_tiles=int(result.n_tiles),

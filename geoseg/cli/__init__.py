@@ -6,6 +6,16 @@ import torch). Register a new subcommand by adding it to ``_COMMANDS``, and to `
 it needs an optional dependency group: run without it, the command stops with a message naming
 the extra to install (``geoseg predict needs the 'ml' extra: pip install 'geoseg[ml]'``);
 ``--help`` still works.
+
+How a command ends is decided here, once for all of them (:meth:`_LazyGroup.invoke`):
+
+* a :class:`~geoseg.errors.GeosegError`, an ``OSError`` or a ``MemoryError`` becomes one line
+  ``Error: ...`` on stderr and exit status 1 (``-v`` adds the traceback);
+* Ctrl-C (``SIGINT``) and ``SIGTERM`` (:func:`main` turns it into :class:`Terminated`, a
+  ``KeyboardInterrupt``, so every ``finally`` and context manager runs: temporary files go,
+  reader processes and the local dask cluster are shut down) end with one line saying what was
+  kept and how to resume (:func:`~geoseg.cli._common.set_interrupt_note`) and the conventional
+  status 130 (``SIGINT``) or 143 (``SIGTERM``).
 """
 
 from __future__ import annotations
@@ -13,16 +23,37 @@ from __future__ import annotations
 import functools
 import importlib
 import logging
+import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from types import FrameType
 from typing import Any
 
 import click
 
 from geoseg._extras import extra_error, missing_modules
 from geoseg._version import __version__
+from geoseg.errors import GeosegError
 
-__all__ = ["cli", "main"]
+__all__ = ["EXIT_INTERRUPTED", "Terminated", "cli", "main"]
+
+#: Exit status of a command ended by a signal: 128 + the signal number.
+EXIT_INTERRUPTED: dict[int, int] = {int(signal.SIGINT): 130, int(signal.SIGTERM): 143}
+
+
+class Terminated(KeyboardInterrupt):
+    """``SIGTERM`` received: raised in the main thread so that cleanup runs as for Ctrl-C."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"signal {signum}")
+        self.signum = signum
+
+
+def _terminate(signum: int, frame: FrameType | None) -> None:
+    """Signal handler: raise :class:`Terminated` (once; a second signal is left to the default)."""
+    signal.signal(signum, signal.SIG_DFL)
+    raise Terminated(signum)
+
 
 # subcommand name -> (module, one-line help shown in `geoseg --help`)
 _COMMANDS: dict[str, tuple[str, str]] = {
@@ -86,6 +117,28 @@ class _LazyGroup(click.Group):
             command.callback = _requiring(extra, cmd_name, callback)
         return command
 
+    def invoke(self, ctx: click.Context) -> Any:
+        """Run the subcommand; errors become one line, interrupts the conventional status."""
+        from geoseg.cli._common import INTERRUPT_NOTE, error_line, show_traceback
+
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt as err:
+            signum = getattr(err, "signum", int(signal.SIGINT))
+            name = signal.Signals(signum).name
+            note = ctx.meta.get(INTERRUPT_NOTE) or (
+                "outputs are written whole or not at all, so no partial file was left; run the "
+                "same command again"
+            )
+            show_traceback()
+            click.echo(f"interrupted ({name}): {note}", err=True)
+            ctx.exit(EXIT_INTERRUPTED.get(signum, 128 + signum))
+        except click.ClickException:
+            raise
+        except (GeosegError, OSError, MemoryError) as err:
+            show_traceback()
+            raise click.ClickException(error_line(err)) from err
+
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         rows = [(name, help_) for name, (_, help_) in sorted(_COMMANDS.items())]
         if rows:
@@ -103,13 +156,30 @@ def cli(verbose: int, quiet: int) -> None:
     level = min(max(level, logging.DEBUG), logging.CRITICAL)
     root = logging.getLogger("geoseg")
     root.setLevel(level)
-    if not any(getattr(h, "_geoseg_cli", False) for h in root.handlers):
+    ours = [h for h in root.handlers if getattr(h, "_geoseg_cli", False)]
+    for old in ours:  # a later call in the same process (tests, notebooks): today's stderr
+        if isinstance(old, logging.StreamHandler):
+            old.stream = sys.stderr  # not setStream: it flushes the old, maybe closed, one
+    if not ours:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
         handler._geoseg_cli = True  # type: ignore[attr-defined]
         root.addHandler(handler)
 
 
-def main() -> None:
-    """Console-script entry point."""
-    cli()
+def main(argv: Sequence[str] | None = None) -> None:
+    """Console-script entry point: ``geoseg ARGS``; ``argv`` replaces ``sys.argv[1:]``.
+
+    While the command runs, ``SIGTERM`` raises :class:`Terminated` in the main thread (the
+    previous handler is restored afterwards). Always ends with :class:`SystemExit`.
+    """
+    import threading
+
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        cli.main(args=list(argv) if argv is not None else None, prog_name="geoseg")
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)

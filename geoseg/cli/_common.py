@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
@@ -14,13 +15,18 @@ if TYPE_CHECKING:
     from geoseg.settings import RunSettings
 
 __all__ = [
+    "INTERRUPT_NOTE",
     "MinScore",
     "describe_gsd",
+    "error_line",
     "fail_on_geoseg_error",
+    "inputs_of",
     "parse_bands",
     "parse_classes",
     "resolve_cli_settings",
     "run_settings_options",
+    "set_interrupt_note",
+    "show_traceback",
     "split_min_score",
 ]
 
@@ -91,16 +97,79 @@ def parse_classes(value: str | None) -> tuple[str, ...] | None:
     return classes
 
 
+def inputs_of(role: str, paths: Sequence[Path]) -> list[tuple[str, Path]]:
+    """``(role, path)`` for each input path; a folder stands for itself and the files in it.
+
+    For :func:`geoseg.io.check_no_overwrite` on commands that read result folders (``count``,
+    ``map``): an output written into such a folder must not replace a result read from it.
+    """
+    pairs: list[tuple[str, Path]] = []
+    for path in paths:
+        pairs.append((role, path))
+        if path.is_dir():
+            pairs += [(role, p) for p in sorted(path.iterdir()) if p.is_file()]
+    return pairs
+
+
+#: Key in ``click.Context.meta`` of the line printed when a command is interrupted.
+INTERRUPT_NOTE = "geoseg.interrupt_note"
+
+
+def set_interrupt_note(note: str) -> None:
+    """Say what an interrupt of the running command keeps and how to resume it.
+
+    Printed after ``interrupted (SIGINT):`` when the command ends by Ctrl-C or ``SIGTERM``.
+    """
+    click.get_current_context().meta[INTERRUPT_NOTE] = note
+
+
+def error_line(err: BaseException) -> str:
+    """One line for an error that ends a command: the message, naming the file at fault.
+
+    An ``OSError`` from the system reads ``PATH: reason`` (``[Errno 13] Permission denied:
+    'x'`` becomes ``x: permission denied``); a ``MemoryError`` says what to make smaller.
+    """
+    if isinstance(err, GeosegError):
+        text = str(err)
+    elif isinstance(err, MemoryError):
+        text = (
+            f"out of memory ({err or 'MemoryError'}); use a smaller --tile-size or "
+            "--batch-size, or fewer --workers"
+        )
+    elif isinstance(err, OSError) and err.strerror:
+        where = " -> ".join(str(f) for f in (err.filename, err.filename2) if f is not None)
+        text = f"{where}: {err.strerror.lower()}" if where else err.strerror
+    else:
+        text = str(err) or type(err).__name__
+    return text
+
+
+def show_traceback() -> None:
+    """Print the current exception's traceback to stderr when ``-v`` (or more) was given."""
+    import logging
+    import traceback
+
+    if logging.getLogger("geoseg").isEnabledFor(logging.INFO):
+        click.echo(traceback.format_exc().rstrip(), err=True)
+
+
 def fail_on_geoseg_error(func: F) -> F:
-    """Turn a :class:`GeosegError` into a clean ``Error: ...`` message and exit code 1."""
+    """Turn a :class:`GeosegError`, an ``OSError`` or a ``MemoryError`` into one clean line.
+
+    ``Error: ...`` (see :func:`error_line`) and exit status 1; ``-v`` also prints the
+    traceback. Interrupts are left to the ``geoseg`` group (exit 130/143).
+    """
     import functools
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
-        except GeosegError as err:
-            raise click.ClickException(str(err)) from err
+        except click.ClickException:
+            raise
+        except (GeosegError, OSError, MemoryError) as err:
+            show_traceback()
+            raise click.ClickException(error_line(err)) from err
 
     return wrapper  # type: ignore[return-value]
 

@@ -15,6 +15,7 @@ from geoseg.cli._common import (
     fail_on_geoseg_error,
     resolve_cli_settings,
     run_settings_options,
+    set_interrupt_note,
 )
 from geoseg.predict import Device
 from geoseg.settings import NormSource
@@ -217,6 +218,10 @@ def command(
     def on_dashboard(link: str) -> None:
         tqdm.write(f"dask dashboard: {link}")
 
+    set_interrupt_note(
+        f"the scenes finished so far are kept in {out_dir} and recorded in its manifest.json; "
+        "rerun the same command to process only the others"
+    )
     try:
         report = run_batch(
             inputs,

@@ -73,7 +73,13 @@ def command(
     from tqdm import tqdm
 
     from geoseg.calibrate import calibrate_checkpoint
-    from geoseg.io import atomic_write_json
+    from geoseg.checkpoint import checkpoint_paths
+    from geoseg.io import atomic_write_json, check_no_overwrite
+
+    check_no_overwrite(
+        [("MODEL", checkpoint_paths(model)[0]), ("SCENE", scene), ("LABELS", labels)],
+        [("--out-json", out_json)],
+    )
 
     bar = tqdm(total=None, unit="tile", disable=no_progress, dynamic_ncols=True, leave=False)
 

@@ -146,10 +146,17 @@ def command(
     """
     from tqdm import tqdm
 
-    from geoseg.chips import format_class_balance, make_chips, make_split_chips
+    from geoseg.chips import chip_folder_outputs, format_class_balance, make_chips, make_split_chips
+    from geoseg.io import check_no_overwrite
     from geoseg.raster import open_scene
     from geoseg.tiling import metres_to_pixels
 
+    outs, trees = chip_folder_outputs(
+        out_dir, split=val_fraction is not None or val_area is not None, role="--output"
+    )
+    check_no_overwrite(
+        [("SCENE", scene), ("LABELS", labels), ("--val-area", val_area)], outs, trees=trees
+    )
     band_list = parse_bands(bands)
     class_list = parse_classes(classes)
     size_v, size_m = parse_length(size, name="--size")

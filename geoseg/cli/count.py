@@ -57,8 +57,13 @@ def command(
     Counts per scene and class; with --aoi per zone and with --grid per cell, with densities
     per km2 (equal-area). An object counts in the zone or cell holding its centroid.
     """
+    from geoseg.cli._common import inputs_of
     from geoseg.count import count, format_counts, write_counts
+    from geoseg.io import check_no_overwrite
 
+    check_no_overwrite(
+        [*inputs_of("RESULTS", results), ("--aoi", aoi)], [("-o", out) for out in outputs]
+    )
     grid_m = parse_distance(grid)
     class_list = parse_classes(classes)
     result = count(list(results), aoi=aoi, grid_m=grid_m, min_score=min_score, classes=class_list)

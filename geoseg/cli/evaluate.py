@@ -52,7 +52,9 @@ def command(
     precision, recall, F1 at --iou, mask AP50 and AP50:95, mean IoU and count error.
     """
     from geoseg.evaluate import evaluate, format_table, write_json
+    from geoseg.io import check_no_overwrite
 
+    check_no_overwrite([("PRED", pred), ("TRUTH", truth)], [("--json", json_out)])
     result = evaluate(
         pred,
         truth,

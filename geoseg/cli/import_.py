@@ -160,7 +160,9 @@ def command(
     """  # noqa: D301 (click needs a real \b before a verbatim block)
     from tqdm import tqdm
 
+    from geoseg.chips import chip_folder_outputs
     from geoseg.importers import ClassMapping, format_summary, import_dataset
+    from geoseg.io import check_no_overwrite
 
     if (fmt == "vector") != (image is not None):
         raise click.UsageError(
@@ -171,6 +173,12 @@ def command(
         raise click.UsageError("--val-fraction/--val-area split one scene: vector format only")
     if val_fraction is not None and val_area is not None:
         raise click.UsageError("give --val-fraction or --val-area, not both")
+    outs, trees = chip_folder_outputs(
+        out_dir, split=val_fraction is not None or val_area is not None, role="--output"
+    )
+    sources = [("SRC", src), ("--images", images_dir), ("--labels", labels_dir)]
+    sources += [("--names", names), ("--image", image), ("--val-area", val_area)]
+    check_no_overwrite(sources, outs, trees=trees)
     mapping = ClassMapping.parse(maps, keep=keep, keep_all=keep_all)
     options: dict[str, Any] = {
         "mapping": mapping,

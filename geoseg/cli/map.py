@@ -50,8 +50,11 @@ def command(
     One layer per class, popups with class, score and size, a counts table, and the scene as
     background. Leaflet is inlined: the file needs no internet.
     """
+    from geoseg.cli._common import inputs_of
+    from geoseg.io import check_no_overwrite
     from geoseg.viz import web_map
 
+    check_no_overwrite([*inputs_of("RESULTS", results), ("--scene", scene)], [("-o", output)])
     written = web_map(
         list(results),
         scene=scene,

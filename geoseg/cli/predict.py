@@ -11,6 +11,7 @@ from geoseg.cli._common import (
     fail_on_geoseg_error,
     resolve_cli_settings,
     run_settings_options,
+    set_interrupt_note,
 )
 from geoseg.predict import Device
 from geoseg.settings import NormSource
@@ -135,18 +136,25 @@ def command(
     """
     from tqdm import tqdm
 
-    from geoseg.checkpoint import check_compatible, read_meta
-    from geoseg.export import check_writable
-    from geoseg.pipeline import run_scene
+    from geoseg.checkpoint import check_compatible, checkpoint_paths, read_meta
+    from geoseg.errors import ConfigError
+    from geoseg.export import check_scene_output, check_writable
+    from geoseg.io import check_no_overwrite
+    from geoseg.pipeline import run_scene, score_thresholds
     from geoseg.predict import load_predictor
     from geoseg.raster import open_scene, validate_bands
-    from geoseg.tiling import plan_working_grid
+    from geoseg.tiling import check_tile_memory, plan_working_grid
 
     # Cheap checks first, so that bad input fails before the model is loaded.
+    check_no_overwrite(
+        [("SCENE", scene), ("MODEL", checkpoint_paths(model)[0])],
+        [("-o", output), ("--quicklook", quicklook)],
+    )
     check_writable(output)
     if quicklook is not None:
         _check_png_path(quicklook)
     info = open_scene(scene)
+    check_scene_output(output, info)
     meta = read_meta(model)
     settings = resolve_cli_settings(
         meta,
@@ -161,8 +169,12 @@ def command(
         gsd=gsd,
         no_resample=no_resample,
     )
+    try:  # a threshold for a class the model lacks fails here, not after loading it
+        score_thresholds(meta.classes, settings.min_score, settings.class_min_score)
+    except ConfigError as err:
+        raise ConfigError(f"{model}: {err}; fix --min-score CLASS=S") from err
     sel = validate_bands(info, settings.bands or meta.bands)
-    check_compatible(meta, band_count=len(sel))
+    check_compatible(meta, band_count=len(sel), checkpoint=model, scene=scene)
     if settings.norm is NormSource.MODEL and meta.norm_stats is None:
         raise click.BadParameter(
             f"{model}: the checkpoint has no normalisation statistics; use --norm scene",
@@ -176,10 +188,15 @@ def command(
         gsd=settings.gsd,
         resample=settings.resample,
     )
+    check_tile_memory(grid.tile_size, bands=len(sel), batch_size=settings.batch_size or 1)
     click.echo(grid.describe(), err=True)
     if settings.class_min_score:
         per_class = ", ".join(f"{k} {v:g}" for k, v in sorted(settings.class_min_score.items()))
         click.echo(f"score thresholds: {per_class}; other classes {settings.min_score:g}", err=True)
+    set_interrupt_note(
+        f"nothing was written ({output} is written whole at the end, or not at all); run the "
+        "same command again"
+    )
     predictor = load_predictor(model, settings)
 
     with tqdm(total=None, unit="tile", desc=Path(scene).name, leave=False) as bar:

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from geoseg.cli._common import fail_on_geoseg_error
+from geoseg.cli._common import fail_on_geoseg_error, set_interrupt_note
 
 __all__ = ["command"]
 
@@ -136,6 +136,10 @@ def command(
             metrics = " ".join(f"{k}={p.metrics[k]:.3f}" for k in keys if k in p.metrics)
             bar.write(f"step {p.step} (epoch {p.epoch}): {metrics}")
 
+    set_interrupt_note(
+        f"{config.output_dir} keeps the latest checkpoint (last.safetensors) and steps.csv; "
+        "rerun the same command to resume from it (--no-resume starts afresh)"
+    )
     try:
         result = train(config, progress=on_progress, resume=resume)
     finally:
