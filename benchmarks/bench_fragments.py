@@ -186,6 +186,27 @@ def mostly_inside(gdf, frac: float) -> int:
     return len(np.unique(a[inside]))
 
 
+def truth_inside(scene: Path, truth: Path, out: Path) -> Path:
+    """The labels whose representative point lies on the scene (a GeoPackage under ``out``).
+
+    A label file may cover more than the scene (a mosaic's labels scored on one part of it);
+    objects off the scene would otherwise count as misses.
+    """
+    import geopandas as gpd
+    import rasterio
+    from shapely.geometry import box
+
+    with rasterio.open(scene) as src:
+        crs, foot = src.crs, box(*src.bounds)
+    labels = gpd.read_file(truth)
+    if crs is not None:
+        labels = labels.to_crs(crs)
+    labels = labels[labels.geometry.representative_point().within(foot)]
+    path = out / "truth_inside.gpkg"
+    labels.to_file(path)
+    return path
+
+
 def crop_inputs(scene: Path, truth: Path, size: int, col: int, row: int, out: Path):
     """A ``size`` x ``size`` px window of the scene (GeoTIFF) and the labels it intersects."""
     import geopandas as gpd
@@ -229,6 +250,8 @@ def run_model(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         if args.crop:
             scene, truth = crop_inputs(scene, truth, args.crop, args.col, args.row, Path(tmp))
+        else:
+            truth = truth_inside(scene, truth, Path(tmp))
         predictor = load_predictor(args.checkpoint)
         info = open_scene(scene)
         common: dict[str, Any] = {}

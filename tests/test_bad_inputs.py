@@ -403,7 +403,7 @@ MISTAKES: dict[str, Mistake] = {
             "--tile-size",
             "50000",
             "--overlap",
-            "0",
+            "64",
         ],
         1,
         lambda w: ["--tile-size 50000", "GiB", "at most"],
