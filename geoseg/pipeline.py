@@ -63,6 +63,7 @@ __all__ = [
     "plan_scene",
     "predict_tiles",
     "run_scene",
+    "scene_grid",
     "score_thresholds",
     "settings_for",
     "stitch_tiles",
@@ -247,6 +248,31 @@ def _model_stats(predictor: Predictor, bands: tuple[int, ...], info: SceneInfo) 
     )
 
 
+def scene_grid(
+    info: SceneInfo, settings: RunSettings, *, model_gsd: float | None, n_bands: int
+) -> WorkingGrid:
+    """The working grid of a scene under ``settings``, refused when its tiles would not fit.
+
+    :func:`geoseg.tiling.plan_working_grid` (tile size and overlap at the working GSD, the
+    scene's own or the model's) followed by :func:`geoseg.tiling.check_tile_memory` for
+    ``n_bands`` bands and the settings' batch size. :func:`plan_scene` and ``geoseg
+    predict``'s early checks make the same decision through this function.
+
+    Raises:
+        ConfigError: no usable GSD, a bad tile size/overlap, or tiles too large for memory.
+    """
+    grid = plan_working_grid(
+        info,
+        tile_size=settings.tile_size,
+        overlap=settings.overlap,
+        model_gsd=model_gsd,
+        gsd=settings.gsd,
+        resample=settings.resample,
+    )
+    check_tile_memory(grid.tile_size, bands=n_bands, batch_size=settings.batch_size or 1)
+    return grid
+
+
 def plan_scene(
     scene: str | os.PathLike[str] | SceneInfo,
     predictor: Predictor,
@@ -317,15 +343,7 @@ def plan_scene(
         norm = _model_stats(predictor, sel, info)
     else:
         norm = compute_norm_stats(info, bands=sel)
-    grid = plan_working_grid(
-        info,
-        tile_size=s.tile_size,
-        overlap=s.overlap,
-        model_gsd=predictor.gsd,
-        gsd=s.gsd,
-        resample=s.resample,
-    )
-    check_tile_memory(grid.tile_size, bands=len(sel), batch_size=s.batch_size or 1)
+    grid = scene_grid(info, s, model_gsd=predictor.gsd, n_bands=len(sel))
     specs = tuple(
         make_grid(info.width, info.height, tile_size=grid.scene_tile, overlap=grid.scene_overlap)
     )

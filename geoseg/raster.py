@@ -496,6 +496,37 @@ def _out_shape(
     return shape, (None if shape == (window.height, window.width) else shape)
 
 
+def _read_placed(
+    dataset: Any,
+    window: PixelWindow,
+    sel: tuple[int, ...],
+    nd: float | None,
+    out_shape: tuple[int, int] | None,
+    resampling: Resampling | None,
+) -> tuple[
+    tuple[int, int],
+    tuple[slice, slice, npt.NDArray[Any], npt.NDArray[np.bool_] | None] | None,
+]:
+    """The part of ``window`` that lies on the scene, read (and resampled), for both readers.
+
+    Returns:
+        ``((h, w), read)``: the output size (the window's, or ``out_shape``) and either
+        ``None`` (the window misses the scene) or ``(ys, xs, data, mask_valid)``: where the
+        read pixels go in the ``[h, w]`` output, the raw pixels ``[C, len(ys), len(xs)]`` in
+        the dataset's dtype, and their valid mask (``None``: all valid).
+    """
+    (h, w), rs_shape = _out_shape(window, out_shape)
+    if rs_shape is not None and resampling is None:
+        resampling = resampling_for((window.height, window.width), rs_shape)
+    rs = Resampling.nearest if resampling is None else resampling
+    place = _placement(window, rs_shape, int(dataset.width), int(dataset.height))
+    if place is None:
+        return (h, w), None
+    ys, xs, source, sub_shape = place
+    data, mask_valid = _read_inner(dataset, source, sel, nd, sub_shape, rs)
+    return (h, w), (ys, xs, data, mask_valid)
+
+
 def read_window_raw(
     dataset: Any,
     window: PixelWindow,
@@ -531,15 +562,10 @@ def read_window_raw(
     if fill is None:
         fill = 0.0 if nd is None else nd
     dtype = np.dtype(dataset.dtypes[sel[0] - 1])
-    (h, w), rs_shape = _out_shape(window, out_shape)
-    if rs_shape is not None and resampling is None:
-        resampling = resampling_for((window.height, window.width), rs_shape)
-    rs = Resampling.nearest if resampling is None else resampling
-    place = _placement(window, rs_shape, int(dataset.width), int(dataset.height))
-    if place is None:
+    (h, w), read = _read_placed(dataset, window, sel, nd, out_shape, resampling)
+    if read is None:
         return np.full((len(sel), h, w), fill, dtype=dtype), np.zeros((h, w), dtype=np.bool_)
-    ys, xs, source, sub_shape = place
-    data, mask_valid = _read_inner(dataset, source, sel, nd, sub_shape, rs)
+    ys, xs, data, mask_valid = read
     if (ys.start, ys.stop, xs.start, xs.stop) == (0, h, 0, w):
         return data, (np.ones((h, w), np.bool_) if mask_valid is None else mask_valid)
     out = np.full((len(sel), h, w), fill, dtype=dtype)
@@ -597,15 +623,10 @@ def read_window(
             f"{sel} were requested; pass matching bands or recompute the statistics."
         )
     nd = dataset.nodata if nodata is FROM_DATASET else nodata
-    (h, w), rs_shape = _out_shape(window, out_shape)
-    if rs_shape is not None and resampling is None:
-        resampling = resampling_for((window.height, window.width), rs_shape)
-    rs = Resampling.nearest if resampling is None else resampling
-    place = _placement(window, rs_shape, int(dataset.width), int(dataset.height))
-    if place is None:
+    (h, w), read = _read_placed(dataset, window, sel, nd, out_shape, resampling)
+    if read is None:
         return np.zeros((len(sel), h, w), dtype=np.float32), np.zeros((h, w), dtype=np.bool_)
-    ys, xs, source, sub_shape = place
-    data, mask_valid = _read_inner(dataset, source, sel, nd, sub_shape, rs)
+    ys, xs, data, mask_valid = read
     if (ys.start, ys.stop, xs.start, xs.stop) == (0, h, 0, w):  # common: no padding
         image = np.empty((len(sel), h, w), dtype=np.float32)
         if stats is not None:

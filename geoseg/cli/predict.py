@@ -140,10 +140,9 @@ def command(
     from geoseg.errors import ConfigError
     from geoseg.export import check_scene_output, check_writable
     from geoseg.io import check_no_overwrite
-    from geoseg.pipeline import run_scene, score_thresholds
+    from geoseg.pipeline import run_scene, scene_grid, score_thresholds
     from geoseg.predict import load_predictor
     from geoseg.raster import open_scene, validate_bands
-    from geoseg.tiling import check_tile_memory, plan_working_grid
 
     # Cheap checks first, so that bad input fails before the model is loaded.
     check_no_overwrite(
@@ -180,15 +179,8 @@ def command(
             f"{model}: the checkpoint has no normalisation statistics; use --norm scene",
             param_hint="--norm",
         )
-    grid = plan_working_grid(  # the same decision plan_scene makes; fails early on no CRS
-        info,
-        tile_size=settings.tile_size,
-        overlap=settings.overlap,
-        model_gsd=meta.gsd,
-        gsd=settings.gsd,
-        resample=settings.resample,
-    )
-    check_tile_memory(grid.tile_size, bands=len(sel), batch_size=settings.batch_size or 1)
+    # the same decision plan_scene makes; fails early on no CRS or tiles too large
+    grid = scene_grid(info, settings, model_gsd=meta.gsd, n_bands=len(sel))
     click.echo(grid.describe(), err=True)
     if settings.class_min_score:
         per_class = ", ".join(f"{k} {v:g}" for k, v in sorted(settings.class_min_score.items()))
