@@ -518,6 +518,7 @@ def _match_pairs(
     seen = np.unique(group[partial] * n_tiles + flat.tile[kidx[partial]])
     told_apart = np.isin(group[ea] * n_tiles + flat.tile[kidx[eb]], seen)
     ea, eb, es = ea[~told_apart], eb[~told_apart], es[~told_apart]
+    ea, eb, es = _one_to_one(flat, kidx, bank, win, (a[hit], b[hit]), ea, eb, es)
     return (
         np.concatenate([a[hit], ea]),
         np.concatenate([b[hit], eb]),
@@ -728,6 +729,71 @@ def _absorptions(
         np.concatenate([w[hit], ws]),
         np.concatenate([contain[hit], ss]),
     )
+
+
+def _inside(bank: _MaskBank, item: IntArray, rects: IntArray) -> IntArray:
+    """:meth:`_MaskBank.rect_sums` that counts 0 for an empty rectangle."""
+    out = np.zeros(len(item), dtype=np.int64)
+    pos = _positive(rects)
+    out[pos] = bank.rect_sums(item[pos], rects[pos])
+    return out
+
+
+def _one_to_one(
+    flat: _Flat,
+    kidx: IntArray,
+    bank: _MaskBank,
+    win: IntArray,
+    matched: tuple[IntArray, IntArray],
+    p: IntArray,
+    w: IntArray,
+    s: FloatArray,
+) -> tuple[IntArray, IntArray, FloatArray]:
+    """Absorptions ``(p, w, s)`` (positions into ``kidx``) thinned to one view per tile.
+
+    A tile that returned two detections told two objects apart, and a detection is the view
+    of one object: a detection is joined to at most one detection of each other tile. An
+    absorption is dropped when either of its two detections is already matched (by IoU,
+    ``matched``) to another detection of the other one's tile; the rest are kept greedily,
+    best fit first: the masks' IoU inside the region both windows saw, then the
+    containment ``s``. A partial view left over is judged later as a lone fragment
+    (:func:`_suppress`).
+    """
+    if len(p) == 0:
+        return p, w, s
+    n_tiles = np.int64(len(win))
+    tile = flat.tile[kidx]
+    ma, mb_ = matched
+    taken = np.concatenate([ma * n_tiles + tile[mb_], mb_ * n_tiles + tile[ma]])
+    w_key = w * n_tiles + tile[p]  # (whole detection, tile of the partial)
+    p_key = p * n_tiles + tile[w]  # (partial view, tile of the whole)
+    free = ~(np.isin(w_key, taken) | np.isin(p_key, taken))
+    p, w, s, w_key, p_key = p[free], w[free], s[free], w_key[free], p_key[free]
+    # only detections with several candidates need the greedy pass
+    _, w_inv, w_cnt = np.unique(w_key, return_inverse=True, return_counts=True)
+    _, p_inv, p_cnt = np.unique(p_key, return_inverse=True, return_counts=True)
+    contested = np.flatnonzero((w_cnt[w_inv] > 1) | (p_cnt[p_inv] > 1))
+    keep = np.ones(len(p), dtype=np.bool_)
+    if len(contested):
+        c_p, c_w = p[contested], w[contested]
+        kmb = flat.mb[kidx]
+        shared = _intersect(win[tile[c_p]], win[tile[c_w]])
+        r = _intersect(_intersect(kmb[c_p], kmb[c_w]), shared)
+        pos = _positive(r)
+        inter = np.zeros(len(c_p), dtype=np.int64)
+        inter[pos] = bank.intersections(kidx[c_p[pos]], kidx[c_w[pos]], r[pos])
+        sp, sw = (_inside(bank, kidx[c], _intersect(kmb[c], shared)) for c in (c_p, c_w))
+        iou = inter / np.maximum(sp + sw - inter, 1)
+        keep[contested] = False
+        order = contested[np.lexsort((-s[contested], -iou))]
+        used: set[int] = set()
+        for e, wk, pk in zip(order.tolist(), w_key[order].tolist(), p_key[order].tolist(), strict=True):
+            if wk in used or pk in used:
+                continue
+            used.add(wk)
+            used.add(pk)
+            keep[e] = True
+    return p[keep], w[keep], s[keep]
 
 
 def _within_tile_fragments(
