@@ -787,7 +787,9 @@ def _one_to_one(
         keep[contested] = False
         order = contested[np.lexsort((-s[contested], -iou))]
         used: set[int] = set()
-        for e, wk, pk in zip(order.tolist(), w_key[order].tolist(), p_key[order].tolist(), strict=True):
+        for e, wk, pk in zip(
+            order.tolist(), w_key[order].tolist(), p_key[order].tolist(), strict=True
+        ):
             if wk in used or pk in used:
                 continue
             used.add(wk)
