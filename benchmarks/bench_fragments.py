@@ -116,11 +116,21 @@ def score_count(inst, det) -> dict[str, int]:
     }
 
 
+def parse_stitch(pairs: list[str] | None) -> dict[str, Any]:
+    """``KEY=VALUE`` strings as keyword arguments (values read as JSON: 0.7, 8, true)."""
+    out: dict[str, Any] = {}
+    for kv in pairs or []:
+        key, _, val = kv.partition("=")
+        out[key] = json.loads(val)
+    return out
+
+
 def run_oracle(args: argparse.Namespace) -> None:
     from geoseg.stitch import stitch
     from geoseg.synth.oracle import oracle_detections, visible_ids
     from geoseg.tiling import make_grid
 
+    stitch_kw = parse_stitch(args.stitch)
     scenes = dict(SCENES)
     if args.scene:
         scenes = {Path(args.scene).stem: (Path(args.scene), Path(args.truth))}
@@ -143,7 +153,7 @@ def run_oracle(args: argparse.Namespace) -> None:
                     **kw,
                 )
                 t0 = time.perf_counter()
-                det = stitch(tds, scene_width=width, scene_height=height)
+                det = stitch(tds, scene_width=width, scene_height=height, **stitch_kw)
                 seconds = time.perf_counter() - t0
                 res = score_count(inst, det)
                 err = res["output_objects"] - res["true_objects"]
@@ -240,7 +250,7 @@ def crop_inputs(scene: Path, truth: Path, size: int, col: int, row: int, out: Pa
     return path, lpath
 
 
-def predicted_tiles(plan, predictor, cache: Path | None, label: str) -> list[Any]:
+def predicted_tiles(plan, predictor, cache: Path | None, label: str, tag: str) -> list[Any]:
     """The plan's per-tile detections, read from ``cache`` when it holds them (else predicted
     and written there): predict once, stitch many times with other settings."""
     import pickle
@@ -248,7 +258,7 @@ def predicted_tiles(plan, predictor, cache: Path | None, label: str) -> list[Any
     from geoseg.pipeline import predict_tiles
 
     s = plan.settings
-    key = f"{Path(plan.info.path).stem}_{label}_{s.tile_size}_{s.overlap}_{s.min_score:g}.pkl"
+    key = f"{tag}_{label}_{s.tile_size}_{s.overlap}_{s.min_score:g}.pkl"
     if cache is not None and (cache / key).exists():
         with open(cache / key, "rb") as f:
             return list(pickle.load(f))
@@ -272,15 +282,18 @@ def run_model(args: argparse.Namespace) -> None:
 
     scene, truth = Path(args.scene), Path(args.truth)
     cache = Path(args.cache) if args.cache else None
-    stitch_kw = dict(kv.split("=", 1) for kv in args.stitch or [])
+    stitch_kw = parse_stitch(args.stitch)
     with tempfile.TemporaryDirectory() as tmp:
         if args.crop:
             scene, truth = crop_inputs(scene, truth, args.crop, args.col, args.row, Path(tmp))
-            cache = None  # a crop lives in a temporary folder
         else:
             truth = truth_inside(scene, truth, Path(tmp))
         predictor = load_predictor(args.checkpoint)
         info = open_scene(scene)
+        tag = Path(args.scene).stem + (
+            f"_crop{args.crop}_{args.col}_{args.row}" if args.crop else ""
+        )
+        tag += "_" + Path(args.checkpoint).stem
         common: dict[str, Any] = {}
         if args.min_score is not None:
             common["min_score"] = args.min_score
@@ -302,12 +315,10 @@ def run_model(args: argparse.Namespace) -> None:
         plans.append((label, plan_scene(scene, predictor, **big_kw)))
         for label, plan in plans:
             t0 = time.perf_counter()
-            tiles = predicted_tiles(plan, predictor, cache, label)
+            tiles = predicted_tiles(plan, predictor, cache, label, tag)
             t_pred = time.perf_counter() - t0
             if stitch_kw:
-                settings = plan.settings.replace(
-                    **{k: type(getattr(plan.settings, k))(v) for k, v in stitch_kw.items()}
-                )
+                settings = plan.settings.replace(**stitch_kw)
                 plan = dataclasses.replace(plan, settings=settings)
             res = finish_scene(plan, tiles)
             o = evaluate(res.gdf, truth, iou_threshold=0.5).overall
@@ -351,6 +362,9 @@ def main() -> None:
     o.add_argument("--seeds", type=int, default=3)
     o.add_argument("--tile-size", type=int, default=256)
     o.add_argument("--overlap", type=int, default=64)
+    o.add_argument(
+        "--stitch", nargs="+", default=None, metavar="KEY=VALUE", help="stitch() keywords"
+    )
     m = sub.add_parser("model", help="a checkpoint tiled vs one big tile")
     m.add_argument("--checkpoint", required=True)
     m.add_argument("--scene", required=True)
