@@ -119,6 +119,8 @@ class RunSettings:
         nms_iou: see :func:`geoseg.stitch.stitch`.
         contain_frac: see :func:`geoseg.stitch.stitch`.
         class_agnostic: stitch across classes (the best-scoring class wins).
+        whole_view_px: see :func:`geoseg.stitch.stitch` (0: off; left out of the digest
+            when 0, so that digests made before it existed still hold).
         simplify_tolerance: polygon simplification in scene-CRS units (0 = none).
         min_area_m2: polygons smaller than this many square metres are dropped.
         batch_size: tiles per forward pass; ``None``: :data:`CUDA_BATCH_SIZE` on CUDA, 1
@@ -142,6 +144,7 @@ class RunSettings:
     nms_iou: float = 0.5
     contain_frac: float = 0.8
     class_agnostic: bool = False
+    whole_view_px: int = 0
     simplify_tolerance: float = 0.0
     min_area_m2: float = 0.0
     batch_size: int | None = None
@@ -188,6 +191,8 @@ class RunSettings:
         for name in ("match_iou", "nms_iou", "contain_frac"):
             if not 0.0 < getattr(self, name) <= 1.0:
                 raise ConfigError(f"{name} must be in (0, 1], got {getattr(self, name)}")
+        if self.whole_view_px < 0:
+            raise ConfigError(f"whole_view_px must be >= 0 (0: off), got {self.whole_view_px}")
         if self.batch_size is not None and self.batch_size < 1:
             raise ConfigError(f"batch size must be >= 1, got {self.batch_size}")
 
@@ -217,6 +222,7 @@ class RunSettings:
             "nms_iou": self.nms_iou,
             "contain_frac": self.contain_frac,
             "class_agnostic": self.class_agnostic,
+            "whole_view_px": self.whole_view_px,
         }
 
     def to_dict(self) -> dict[str, Any]:
@@ -235,6 +241,8 @@ class RunSettings:
         data = self.to_dict()
         for key in ("batch_size", "device", "preset"):
             data.pop(key)
+        if not data["whole_view_px"]:
+            data.pop("whole_view_px")  # off: the digest of settings from before the key
         text = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()
 
@@ -323,6 +331,7 @@ def resolve(
             nms_iou=cfg.stitch.nms_iou,
             contain_frac=cfg.stitch.contain_frac,
             class_agnostic=cfg.stitch.class_agnostic,
+            whole_view_px=cfg.stitch.whole_view_px,
             simplify_tolerance=cfg.vectorize.simplify_tolerance,
             min_area_m2=cfg.vectorize.min_area_m2,
             preset=cfg.name,

@@ -58,6 +58,13 @@ fits an object another tile saw whole, not only by IoU.
    inside a larger one of its class is dropped (the larger takes the better score), and so is
    an unmatched partial view with ``>= nms_iou`` of its pixels inside a larger object.
 
+8. **Who saw it whole decides** (opt-in, ``whole_view_px > 0``). A lone partial view (near
+   a cut edge, joined to no view of any other tile) is dropped when another tile's window
+   holds all of its mask box at least ``whole_view_px`` px from that window's cut edges and
+   that tile predicted nothing sharing a pixel with it. Off by default: it removes false
+   positives a model makes on the little context at a tile edge, but also an object the
+   model missed in the tile that saw it whole.
+
 **What a merged object is made of.** Mask, box and class: those of the representative whole
 copy (class: the highest summed score among the whole copies; without ``class_agnostic`` all
 members share it), or the union of the views and the highest summed score's class for an
@@ -903,9 +910,8 @@ class _Out:
     scores: FloatArray
     labels: IntArray
     masks: list[npt.NDArray[Any]]
-    lone_fragment: BoolArray
-    source: IntArray
-    single: BoolArray
+    lone_fragment: BoolArray  # one partial view joined to nothing
+    source: IntArray  # index into the flat detections of each object's representative
 
 
 def _merge(
@@ -1027,7 +1033,6 @@ def _merge(
         masks=masks,
         lone_fragment=lone,
         source=kidx[rep],
-        single=size == 1,
     )
 
 
@@ -1052,24 +1057,7 @@ def _overruled(
     """
     n = len(out.scores)
     drop = np.zeros(n, dtype=np.bool_)
-    import os
-    mode = os.environ.get("VETO_MODE", "lone")
-    if mode != "lone":
-        src_all = out.source
-        vo = win[flat.tile[src_all]]
-        mo = flat.mb[src_all]
-        big = np.int64(1 << 40)
-        own_margin = np.minimum.reduce(
-            [
-                np.where(vo[:, 0] > 0, mo[:, 0] - vo[:, 0], big),
-                np.where(vo[:, 1] > 0, mo[:, 1] - vo[:, 1], big),
-                np.where(vo[:, 2] < width, vo[:, 2] - mo[:, 2], big),
-                np.where(vo[:, 3] < height, vo[:, 3] - mo[:, 3], big),
-            ]
-        )
-        cand = np.flatnonzero(out.single & ((own_margin < px) | (mode == "any")))
-    else:
-        cand = np.flatnonzero(out.lone_fragment)
+    cand = np.flatnonzero(out.lone_fragment)
     if len(cand) == 0 or len(win) < 2:
         return drop
     import shapely

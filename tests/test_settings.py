@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -88,6 +90,22 @@ def test_contain_frac_threads_from_preset_to_stitch(tmp_path):
     assert resolve(Facts(), path, contain_frac=0.9).stitch_kwargs()["contain_frac"] == 0.9
 
 
+def test_whole_view_px_threads_from_preset_to_stitch_and_is_off_by_default(tmp_path):
+    a = resolve(Facts(), "buildings")
+    assert a.whole_view_px == 0 and a.stitch_kwargs()["whole_view_px"] == 0
+    # off: the digest is that of the settings without the key (manifests made before it)
+    data = {k: v for k, v in a.to_dict().items() if k not in ("batch_size", "device", "preset")}
+    data.pop("whole_view_px")
+    text = json.dumps(data, sort_keys=True, separators=(",", ":"))
+    assert a.digest() == hashlib.sha256(text.encode()).hexdigest()
+    assert a.digest() != a.replace(whole_view_px=8).digest()
+    raw = yaml.safe_load((PRESETS / "buildings.yaml").read_text())
+    raw["stitch"]["whole_view_px"] = 8
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    assert resolve(Facts(), path).stitch_kwargs()["whole_view_px"] == 8
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
@@ -95,6 +113,7 @@ def test_contain_frac_threads_from_preset_to_stitch(tmp_path):
         ({"overlap": 600}, "overlap 600 must be in"),
         ({"overlap": 0}, "overlap 0: two objects touching on a tile seam"),
         ({"contain_frac": 0.0}, r"contain_frac must be in \(0, 1\]"),
+        ({"whole_view_px": -1}, "whole_view_px must be >= 0"),
         ({"min_score": 1.5}, r"min_score must be in \[0, 1\]"),
         ({"class_min_score": {"ship": 2.0}}, "class_min_score"),
         ({"norm": "sensor"}, "sensor"),
