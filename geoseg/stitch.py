@@ -56,7 +56,10 @@ fits an object another tile saw whole, not only by IoU.
    ``match_iou``) are suppressed among the objects of the overlap zones by greedy mask-IoU NMS
    (``nms_iou``), class-aware by default; an object with ``>= contain_frac`` of its pixels
    inside a larger one of its class is dropped (the larger takes the better score), and so is
-   an unmatched partial view with ``>= nms_iou`` of its pixels inside a larger object.
+   an unmatched partial view with ``>= nms_iou`` of its pixels inside a larger object; an
+   unmatched partial view touching its tile's cut edge that overlaps an object of another
+   class by ``>= contain_frac`` of the smaller of the two is that object with a class guessed
+   from part of it: dropped.
 
 8. **Who saw it whole decides** (opt-in, ``whole_view_px > 0``). A lone partial view (near
    a cut edge, joined to no view of any other tile) is dropped when another tile's window
@@ -1097,17 +1100,19 @@ def _overruled(
     return drop
 
 
-def _suppress(out: _Out, *, nms_iou: float, contain_frac: float, class_aware: bool) -> BoolArray:
-    """Keep-flags after mask-IoU NMS and removal of fragments lying inside other objects."""
+def _suppress(
+    out: _Out, cut: BoolArray, *, nms_iou: float, contain_frac: float, class_aware: bool
+) -> BoolArray:
+    """Keep-flags after mask-IoU NMS and removal of fragments lying inside other objects.
+
+    ``cut``: lone fragments whose mask touches a cut edge of their window (certainly cut).
+    """
     n = len(out.scores)
     keep = np.ones(n, dtype=np.bool_)
     if n < 2:
         return keep
     bank = _MaskBank(out.masks, out.mb)
     a, b = _box_pairs(out.mb)
-    if class_aware:
-        same = out.labels[a] == out.labels[b]
-        a, b = a[same], b[same]
     r = _intersect(out.mb[a], out.mb[b])
     pos = _positive(r)
     a, b, r = a[pos], b[pos], r[pos]
@@ -1116,6 +1121,18 @@ def _suppress(out: _Out, *, nms_iou: float, contain_frac: float, class_aware: bo
     inter = bank.intersections(a, b, r)
     areas = bank.areas()
     aa, ab = areas[a], areas[b]
+
+    # a lone fragment cut by its tile's edge (a partial view no other tile confirmed) that
+    # overlaps an object of another class by >= contain_frac of the smaller of the two is
+    # that object with a class guessed from part of it: the object, seen more fully, stands
+    if class_aware:
+        other = out.labels[a] != out.labels[b]
+        lone_a, lone_b = cut[a], cut[b]
+        one = other & (lone_a != lone_b) & (inter >= contain_frac * np.minimum(aa, ab))
+        one &= np.minimum(aa, ab) > 0
+        keep[np.where(lone_a, a, b)[one]] = False
+        same = ~other
+        a, b, inter, aa, ab = a[same], b[same], inter[same], aa[same], ab[same]
     iou = inter / np.maximum(aa + ab - inter, 1)
 
     # a lone fragment mostly inside a larger object is a leftover of that object
@@ -1277,8 +1294,12 @@ def stitch(
             height=scene_height,
             score_mode=score_mode,
         )
+        cut = out.lone_fragment.copy()
+        lone = np.flatnonzero(cut)
+        src = out.source[lone]
+        cut[lone] = _partial_flags(bank, src, win[flat.tile[src]], scene_width, scene_height, 0) > 0
         keep_flags = _suppress(
-            out, nms_iou=nms_iou, contain_frac=contain_frac, class_aware=not class_agnostic
+            out, cut, nms_iou=nms_iou, contain_frac=contain_frac, class_aware=not class_agnostic
         )
         if whole_view_px > 0:
             overruled = _overruled(

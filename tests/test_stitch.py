@@ -655,6 +655,22 @@ def test_a_tile_that_told_two_objects_apart_keeps_them_apart():
     assert sorted(det.mask_boxes.tolist()) == [[lo - 10, 38, lo + 10, 53], [lo, 52, lo + 8, 54]]
 
 
+def test_a_piece_with_another_class_yields_to_the_whole_object():
+    """Tile b sees the cut end of a car and calls it a boat; tile a saw the whole car. The
+    piece no other tile confirmed is the car with a class guessed from part of it: one
+    object, a car (class-aware stitching would otherwise keep both)."""
+    a, b = two_tiles()
+    lo = b.window.col_off
+    car = np.ones((10, 12), bool)
+    tds = [
+        tile_dets(a, [(lo - 6, 40, car)], scores=[0.7], labels=[1]),
+        tile_dets(b, [(lo - 6, 40, car)], scores=[0.9], labels=[0]),  # cut to cols lo..lo+6
+    ]
+    det = stitch(tds, scene_width=224, scene_height=128)
+    assert len(det) == 1 and det.labels[0] == 1
+    assert det.mask_boxes[0].tolist() == [lo - 6, 40, lo + 6, 50]
+
+
 def test_who_saw_it_whole_decides_when_asked():
     """Tile b reports a piece at its left edge; tile a saw that area whole, 20 px from its own
     edges, and found nothing there. With ``whole_view_px`` the piece goes; it stays when tile
