@@ -28,7 +28,10 @@ whole scene (or ``--big-tile`` working pixels), each scored against the truth wi
 :func:`geoseg.evaluate.evaluate` at IoU 0.5: predicted count, count error, precision, recall,
 F1, and the number of predictions lying mostly (``>= --inside``, 0.8, of their area) inside
 another prediction (fragments and duplicates). ``--crop`` cuts a square of the scene first
-(a quick check on a small input). Heavy on a CPU: run it with ``nice``.
+(a quick check on a small input). Heavy on a CPU: run it with ``nice``, and give ``--cache
+DIR`` to keep each run's per-tile detections there (a second call only re-stitches them;
+``--stitch KEY=VALUE`` changes stitch settings, e.g. ``whole_view_px=8``). ``oracle`` takes
+``--stitch`` too.
 
 Usage::
 
