@@ -164,7 +164,8 @@ def _write_coco(
     names = _coco_classes(gdf, classes)
     cat_id = category_ids(names)
     has_class = "class" in gdf
-    extra = [c for c in ("area_m2", "length_m", "width_m", "heading_deg") if c in gdf]
+    sizes = ("area_m2", "length_m", "width_m", "area_px", "length_px", "width_px")
+    extra = [c for c in (*sizes, "heading_deg") if c in gdf]
     annotations: list[dict[str, Any]] = []
     identity = Affine.identity()
     for i, geom in enumerate(_to_pixels(gdf, scene_info)):
