@@ -200,6 +200,7 @@ def cli(ctx: click.Context, verbose: int, quiet: int) -> None:
         root.addHandler(handler)
     # geoseg.raster's NoCRSWarning is also logged (above); -q silences every warning
     warnings.filterwarnings("ignore", message=r".*: the raster has no CRS; outputs will be in")
+    warnings.filterwarnings("ignore", message="Dataset has no geotransform")  # rasterio, same
     if ctx.meta[QUIET]:
         warnings.simplefilter("ignore")
 
