@@ -8,7 +8,8 @@ GeoDataFrame, with the columns :func:`geoseg.count.read_results` reads (``geomet
 **Dates.** In this order: the ``dates`` argument; else a date column of the results
 (``acquired``, ``acquisition_date``, ``datetime`` or ``date``: one date per input); else a
 date in the ``scene`` names (``20230415``, ``2023-04-15``, ``2023_04_15``), the same for all
-the input's scenes; else a date in the file or folder name. Inputs are then sorted by date.
+the input's scenes; else a date in the file or folder name (for a file, else in the name of
+the folder holding it). Inputs are then sorted by date.
 When an input has no date, the inputs stay in the order given and are labelled by their
 names (``date_source == "order"``).
 
@@ -311,8 +312,14 @@ def _parse_date(value: Any) -> dt.date | None:
         return date_in_name(text)
 
 
-def _input_date(frames: Sequence[gpd.GeoDataFrame], name: str) -> tuple[dt.date | None, str]:
-    """The date of one input and where it came from (``column``, ``scene``, ``name``)."""
+def _input_date(
+    frames: Sequence[gpd.GeoDataFrame], item: Any, name: str
+) -> tuple[dt.date | None, str]:
+    """The date of one input and where it came from (``column``, ``scene``, ``name``).
+
+    ``name`` is the file's stem or the folder's name; for a file whose stem has no date, the
+    name of the folder holding it is tried (``batch/2023-04-01/harbour.gpkg``).
+    """
     for col in DATE_COLUMNS:
         values = [v for g in frames if col in g.columns for v in g[col].unique()]
         parsed = {_parse_date(v) for v in values}
@@ -323,7 +330,10 @@ def _input_date(frames: Sequence[gpd.GeoDataFrame], name: str) -> tuple[dt.date 
     in_scenes = {date_in_name(s) for s in scenes}
     if scenes and len(in_scenes) == 1 and None not in in_scenes:
         return in_scenes.pop(), "scene"
-    return date_in_name(name), "name"
+    found = date_in_name(name)
+    if found is None and isinstance(item, str | os.PathLike) and Path(item).is_file():
+        found = date_in_name(Path(item).resolve().parent.name)
+    return found, "name"
 
 
 def _parse_option_dates(dates: Sequence[str | dt.date], n: int) -> list[dt.date]:
@@ -628,7 +638,7 @@ def compare(
         found: list[dt.date | None] = list(_parse_option_dates(dates, len(inputs)))
         sources = {"option"}
     else:
-        pairs = [_input_date(f, n) for f, n in zip(raw, names, strict=True)]
+        pairs = [_input_date(f, item, n) for f, item, n in zip(raw, inputs, names, strict=True)]
         found = [d for d, _ in pairs]
         sources = {s for d, s in pairs if d is not None}
     if all(d is not None for d in found):

@@ -66,6 +66,9 @@ def scenario():
     lab["length_m"] = lab["length_m"].astype(float)
     extra = scene_labels(SceneSpec.create(size=512, seed=11, layout="marina"))
     extra = extra[extra["class"].isin(["ship", "vehicle"])].reset_index(drop=True)
+    # newcomers come from another marina laid over this one (free places only, see below)
+    (ax, ay, *_), (ex, ey, *_) = lab.total_bounds, extra.total_bounds
+    extra["geometry"] = extra.geometry.translate(ax - ex, ay - ey)
     next_id = int(max(lab["object_id"].max(), extra["object_id"].max())) + 1
 
     truth = [lab[["object_id", "class", "length_m", "geometry"]].copy()]
@@ -429,3 +432,18 @@ def test_write_changes_gpkg_round_trip(scenario, tmp_path):
         back["status"].value_counts().to_dict() == result.objects["status"].value_counts().to_dict()
     )
     assert back.crs == result.crs
+
+
+def test_dates_from_the_folders_of_same_named_files(tmp_path):
+    """The scene-by-scene loop over batch folders: batch/DATE/scene.gpkg."""
+    g = gpd.GeoDataFrame(
+        {"class": ["ship"], "scene": "harbour"}, geometry=[shapely.box(0, 0, 10, 3)], crs=32631
+    )
+    paths = []
+    for d in ("2023-05-01", "2023-04-01"):
+        (tmp_path / d).mkdir()
+        g.to_file(tmp_path / d / "harbour.gpkg")
+        paths.append(tmp_path / d / "harbour.gpkg")
+    r = compare(paths)
+    assert r.dates == ("2023-04-01", "2023-05-01") and r.date_source == "name"
+    assert r.objects["status"].tolist() == ["persisted"]
