@@ -157,7 +157,7 @@ def match_objects(
     # candidates: overlapping pairs, and pairs closer than half the smaller width
     ai, bj, iou = _pair_ious(ga, gb, la, lb, shift)
     moved = ca + np.asarray(shift)
-    near = cKDTree(cb).query_ball_point(moved, r=max(float(np.max(wa)), float(np.max(wb))) / 2)
+    near = cKDTree(cb).query_ball_point(moved, r=wa / 2)  # the rule needs dist < wa / 2
     ni = np.repeat(np.arange(len(ca)), [len(n) for n in near])
     nj = np.fromiter((j for n in near for j in n), dtype=np.intp, count=len(ni))
     sel = la[ni] == lb[nj]

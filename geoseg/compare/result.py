@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
@@ -107,7 +107,6 @@ class ChangeResult:
     grid_m: float | None = None
     min_iou: float = 0.3
     max_shift_m: float = 5.0
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def status_counts(self) -> pd.DataFrame:
         """Objects per pair of dates, class and status (columns ``persisted``, ...)."""
