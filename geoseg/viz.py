@@ -49,6 +49,7 @@ __all__ = [
     "ARRIVED_COLOUR",
     "CLASS_COLOURS",
     "DEPARTED_COLOUR",
+    "PERSISTED_COLOUR",
     "MapLayer",
     "Preview",
     "Stretch",
@@ -785,9 +786,11 @@ def _mercator_png(preview: Preview) -> tuple[bytes, tuple[float, float, float, f
 # --------------------------------------------------------------------------------------------
 # timeline chart (Pillow only: matplotlib is not a core dependency)
 
-#: Colours of the arrival and departure bars of :func:`timeline_chart`.
+#: Colours of objects that stayed, arrived and departed between two dates (the bars of
+#: :func:`timeline_chart`, the layers of ``geoseg compare``'s map); none is a class colour.
+PERSISTED_COLOUR = (66, 133, 244)
 ARRIVED_COLOUR = (52, 168, 83)
-DEPARTED_COLOUR = (219, 68, 55)
+DEPARTED_COLOUR = (156, 39, 176)
 
 
 def _nice_step(span: float, ticks: int = 5) -> float:

@@ -12,6 +12,8 @@ import geopandas as gpd
 import pandas as pd
 from pyproj import CRS
 
+from geoseg.viz import ARRIVED_COLOUR, DEPARTED_COLOUR, PERSISTED_COLOUR
+
 __all__ = ["STATUS_COLOURS", "ChangeFormat", "ChangeResult", "ChangeStatus", "PairShift"]
 
 
@@ -25,9 +27,9 @@ class ChangeStatus(StrEnum):
 
 #: Map colours (RGB) of the statuses.
 STATUS_COLOURS: dict[ChangeStatus, tuple[int, int, int]] = {
-    ChangeStatus.PERSISTED: (66, 133, 244),
-    ChangeStatus.ARRIVED: (52, 168, 83),
-    ChangeStatus.DEPARTED: (219, 68, 55),
+    ChangeStatus.PERSISTED: PERSISTED_COLOUR,
+    ChangeStatus.ARRIVED: ARRIVED_COLOUR,
+    ChangeStatus.DEPARTED: DEPARTED_COLOUR,
 }
 
 
