@@ -606,7 +606,8 @@ def check_zone_field(
     """``field`` if it is a column of the AOI, else :func:`zone_name_field`'s choice.
 
     Args:
-        aoi: the zones. field: the column asked for (``--aoi-field``), or ``None``.
+        aoi: the zones.
+        field: the column asked for (``--aoi-field``), or ``None``.
         source: the AOI as given (named in the message).
 
     Raises:

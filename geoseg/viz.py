@@ -593,7 +593,7 @@ def layered_map(
     layers: Sequence[MapLayer],
     *,
     out_html: str | os.PathLike[str],
-    scene: str | os.PathLike[str] | None = None,
+    scene: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None = None,
     max_size: int = 2048,
     bands: Sequence[int] | None = None,
     stretch: Stretch = Stretch.AUTO,
@@ -603,14 +603,15 @@ def layered_map(
     """Write an offline HTML map of polygon layers (the machinery of :func:`web_map`).
 
     Leaflet is inlined from XStatic-Leaflet and no basemap tiles are loaded, so the file opens
-    without internet access; the scene (if given) is an image overlay warped to Web Mercator.
+    without internet access; each scene (if given) is an image overlay warped to Web Mercator
+    (one toggleable layer per scene, named by its file, when there are several).
     Each layer is a toggleable group with popups; a layer control and a scale bar are added,
     and ``table_html`` (if given) is shown in a box in the bottom-left corner.
 
     Args:
         layers: the polygon layers, drawn in this order (each needs a CRS).
         out_html: the HTML file to write (atomically).
-        scene: a raster shown under the polygons (needs a CRS).
+        scene: a raster shown under the polygons (needs a CRS), or several.
         max_size: longest side of the scene image in pixels.
         bands: 1-based scene bands shown (3 = RGB, 1 = grey); default 1,2,3 or 1.
         stretch: value stretch of the scene (see :class:`Stretch`).
@@ -622,7 +623,7 @@ def layered_map(
 
     Raises:
         ExportError: XStatic-Leaflet or folium missing, or the file cannot be written.
-        UnsupportedTransformError: the scene has no CRS. LabelError: a layer without CRS.
+        UnsupportedTransformError: a scene has no CRS. LabelError: a layer without CRS.
     """
     try:
         import folium

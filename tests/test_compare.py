@@ -283,6 +283,13 @@ def test_dates_from_column_scene_names_and_order():
         compare([g, g], dates=["2022-01-01"])
     with pytest.raises(ConfigError, match="at least two"):
         compare([g])
+    with pytest.raises(ConfigError, match="boat"):  # the rule of count --classes
+        compare([g, g], dates=["2022-01-01", "2022-01-02"], classes=["boat"])
+    zones = gpd.GeoDataFrame({"berth": ["a"]}, geometry=[shapely.box(-5, -5, 20, 5)], crs=crs)
+    r = compare([g, g], dates=["2022-01-01", "2022-01-02"], aoi=zones, aoi_field="berth")
+    assert r.zones["zone"].tolist() == ["a", "a"]
+    with pytest.raises(ConfigError, match="--aoi-field quay"):
+        compare([g, g], dates=["2022-01-01", "2022-01-02"], aoi=zones, aoi_field="quay")
     with pytest.raises(LabelError, match="no column 'oid'"):
         compare([g, g], dates=["2022-01-01", "2022-01-02"], id_column="oid")
 
@@ -307,6 +314,7 @@ def test_zones_and_cells_are_those_of_count(scenario):
     result = compare(days, dates=DATES, id_column="object_id", aoi=zones, grid_m=50.0)
     z = result.zones
     assert set(z["name"]) == {"west", "east"} and len(z) == 2 * len(DATES)
+    assert set(z["zone"]) == {"west", "east"}  # named as `geoseg count` names them
     for t, d in enumerate(DATES):
         want = count(days[t], aoi=zones).zones.set_index("zone_id")
         got = z[z["date"] == d].set_index("zone_id")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from geoseg.cli._common import fail_on_geoseg_error, parse_classes
+from geoseg.cli._common import echo, fail_on_geoseg_error, parse_classes
 from geoseg.cli.count import parse_distance
 
 __all__ = ["command"]
@@ -34,6 +34,11 @@ __all__ = ["command"]
     "--aoi",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="Vector file of zones (polygons, any CRS): a timeline per zone.",
+)
+@click.option(
+    "--aoi-field",
+    metavar="COLUMN",
+    help="AOI column naming the zones [default: as geoseg count chooses].",
 )
 @click.option("--grid", "grid", metavar="SIZE", help="A timeline per grid cell, e.g. 250m, 1km.")
 @click.option("--min-score", type=click.FloatRange(0.0, 1.0), help="Keep objects with score >= S.")
@@ -69,8 +74,11 @@ __all__ = ["command"]
 )
 @click.option(
     "--scene",
+    "scenes",
+    multiple=True,
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="GeoTIFF shown under the map's polygons (e.g. the last date's scene).",
+    help="GeoTIFF shown under the map's polygons (e.g. each date's scene); repeatable, each "
+    "scene is its own layer.",
 )
 @fail_on_geoseg_error
 def command(
@@ -78,6 +86,7 @@ def command(
     outputs: tuple[Path, ...],
     dates: str | None,
     aoi: Path | None,
+    aoi_field: str | None,
     grid: str | None,
     min_score: float | None,
     classes: str | None,
@@ -86,7 +95,7 @@ def command(
     id_column: str | None,
     plots: Path | None,
     map_html: Path | None,
-    scene: Path | None,
+    scenes: tuple[Path, ...],
 ) -> None:
     """Match the objects of RESULTS (one result file or batch folder per date) across dates.
 
@@ -108,13 +117,14 @@ def command(
         missing = missing_modules("maps")
         if missing:
             raise click.ClickException(str(extra_error("maps", "geoseg compare --map", missing)))
-    ins = [*inputs_of("RESULTS", results), ("--aoi", aoi), ("--scene", scene)]
+    ins = [*inputs_of("RESULTS", results), ("--aoi", aoi), *(("--scene", s) for s in scenes)]
     outs = [*(("-o", out) for out in outputs), ("--map", map_html)]
     check_no_overwrite(ins, outs)
     result = compare(
         list(results),
         dates=date_list,
         aoi=aoi,
+        aoi_field=aoi_field,
         grid_m=parse_distance(grid),
         min_score=min_score,
         classes=parse_classes(classes),
@@ -129,11 +139,11 @@ def command(
             else ["all"]
         )
         check_no_overwrite(ins, [("--plots", plots / f"{n}.png") for n in names])
-    click.echo(format_changes(result))
+    echo(format_changes(result))  # -o is required: the result is in the files under -q
     for out in outputs:
-        click.echo(f"wrote {write_changes(result, out)}", err=True)
+        echo(f"wrote {write_changes(result, out)}", err=True)
     if plots is not None:
         written = plot_timelines(result, plots)
-        click.echo(f"wrote {len(written)} charts to {plots}", err=True)
+        echo(f"wrote {len(written)} charts to {plots}", err=True)
     if map_html is not None:
-        click.echo(f"wrote {change_map(result, map_html, scene=scene)}", err=True)
+        echo(f"wrote {change_map(result, map_html, scene=list(scenes))}", err=True)

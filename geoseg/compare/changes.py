@@ -22,6 +22,8 @@ from geoseg.compare.matching import match_objects
 from geoseg.compare.result import ChangeResult, ChangeStatus, PairShift
 from geoseg.count import (
     ResultsLike,
+    check_result_classes,
+    check_zone_field,
     common_metric_crs,
     filter_results,
     grid_membership,
@@ -76,6 +78,7 @@ def compare(
     *,
     dates: Sequence[str | dt.date] | None = None,
     aoi: str | os.PathLike[str] | gpd.GeoDataFrame | None = None,
+    aoi_field: str | None = None,
     grid_m: float | None = None,
     min_score: float | None = None,
     classes: Sequence[str] | None = None,
@@ -93,6 +96,8 @@ def compare(
             results' date column, their scene names or the file names (see
             :mod:`geoseg.compare`), else the order given.
         aoi: zones (any polygon vector file or GeoDataFrame with a CRS): a timeline per zone.
+        aoi_field: the AOI column naming the zones (default: as ``geoseg count`` chooses, see
+            :func:`geoseg.count.zone_name_field`).
         grid_m: grid cell size in metres: a timeline per cell (the cells of ``geoseg count``).
         min_score: compare only objects with ``score >= min_score``.
         classes: compare only these classes.
@@ -105,7 +110,8 @@ def compare(
 
     Raises:
         ConfigError: fewer than two inputs, bad ``dates`` (count, format, duplicates),
-            ``min_iou`` outside (0, 1], ``max_shift_m`` negative, ``grid_m`` not positive.
+            ``min_iou`` outside (0, 1], ``max_shift_m`` negative, ``grid_m`` not positive, a
+            class no input holds and no preset knows, an ``aoi_field`` the AOI lacks.
         LabelError: unreadable results or AOI, results without CRS, a missing ``id_column``.
     """
     if len(inputs) < 2:
@@ -126,6 +132,8 @@ def compare(
                     f"{name}: results without a CRS cannot be compared in metres; give "
                     "georeferenced results"
                 )
+    if class_filter is not None:
+        check_result_classes(class_filter, [g for frames in raw for g in frames])
 
     # dates and order
     if dates is not None:
@@ -202,7 +210,8 @@ def compare(
 
     zones = None
     if aoi_gdf is not None:
-        zone_gdf, pi, zi = zone_membership(aoi_gdf, centroids)
+        name_field = check_zone_field(aoi_gdf, aoi_field, aoi)
+        zone_gdf, pi, zi = zone_membership(aoi_gdf, centroids, name_field=name_field)
         table = _timeline(events.take(pi), zi, len(zone_gdf), labels_t, class_order)
         zones = _attach(zone_gdf, "zone_id", table, keep_all=True)
     grid = None
@@ -446,6 +455,8 @@ def _attach(
         busy = table.groupby("_row")["count_total"].sum()
         table = table[table["_row"].isin(busy.index[busy.to_numpy() > 0])]
     attrs = units.reset_index(drop=True)
+    clash = {c: f"aoi_{c}" for c in attrs.columns if c in table.columns and c != "geometry"}
+    attrs = attrs.rename(columns=clash)  # an AOI column "date" or "arrived_ship" is kept aside
     joined = table.join(attrs, on="_row").drop(columns="_row")
     first = [id_col, *[c for c in attrs.columns if c not in (id_col, "geometry")]]
     ordered = joined[[*first, *[c for c in table.columns if c != "_row"], "geometry"]]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -91,7 +92,8 @@ def plot_timelines(result: ChangeResult, out_dir: str | os.PathLike[str]) -> lis
     units: list[tuple[str, str, pd.DataFrame]] = [("all", "whole area", result.timeline)]
     if result.zones is not None:
         for zone_id, rows in result.zones.groupby("zone_id", sort=True):
-            units.append((f"zone_{zone_id}", f"zone {zone_id}", pd.DataFrame(rows)))
+            name = str(rows["zone"].iloc[0]) if "zone" in rows.columns else str(zone_id)
+            units.append((f"zone_{zone_id}", f"zone {name}", pd.DataFrame(rows)))
     written = []
     for stem, caption, rows in units:
         rows = rows.set_index("date").reindex(list(result.dates))
@@ -118,7 +120,7 @@ def change_map(
     result: ChangeResult,
     out_html: str | os.PathLike[str],
     *,
-    scene: str | os.PathLike[str] | None = None,
+    scene: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None = None,
     max_size: int = 2048,
 ) -> Path:
     """Write an offline HTML map with one layer per status (per pair of dates).
@@ -130,7 +132,8 @@ def change_map(
     Args:
         result: what :func:`compare` returned.
         out_html: the HTML file to write (atomically).
-        scene: a raster shown under the polygons (e.g. the last date's scene).
+        scene: a raster shown under the polygons (e.g. the last date's scene), or several
+            (e.g. each date's; one layer each).
         max_size: longest side of the scene image in pixels.
 
     Raises:
@@ -214,7 +217,7 @@ def format_changes(result: ChangeResult, *, max_rows: int = 30) -> str:
         lines.append(f"zones at {result.dates[-1]}: count (arrived, departed, change)")
         for _, r in z.iterrows():
             lines.append(
-                f"  zone {r['zone_id']}: {r['count_total']} "
+                f"  zone {r.get('zone', r['zone_id'])}: {r['count_total']} "
                 f"(+{r['arrived_total']}, -{r['departed_total']}, {r['change_total']:+d})"
             )
     if result.grid is not None:
