@@ -680,9 +680,12 @@ def write_big_scene(path: Path, size: int, seed: int = 0):
 
 
 def fake_predictor():
-    """A model-free predictor (no torch): each 4-connected group of bright pixels (band 1 above
-    all bands at the top of the stretch) of a tile is one object, its mask cropped to its box. On the
-    ``write_big_scene`` scenes that is every rectangle, cut where the tile cuts it."""
+    """A model-free predictor (no torch).
+
+    Each 4-connected group of bright pixels (all bands at the top of the stretch) of a tile is
+    one object, its mask cropped to its box. On the ``write_big_scene`` scenes that is every
+    rectangle, cut where the tile cuts it.
+    """
     from scipy import ndimage
 
     from geoseg.predict import PredictorBase

@@ -5,11 +5,11 @@
 1. Writes a synthetic SIZE x SIZE 3-band uint8 GeoTIFF (tiled 256 x 256, deflate) once, reusing
    it from --workdir on later runs.
 2. Throughput: the same 512 px / 64 px-overlap windows (geoseg.tiling.make_grid) read by
-   (a) a bare ``dataset.read(window=...)`` loop and (b) ``iter_tiles`` (which also normalises to
-   float32 with scene-wide statistics and builds the valid mask), (c) iter_tiles as it was
-   before its buffer pool (fresh arrays per tile) and (d) iter_tiles with 2 GDAL threads. Best of --repeat runs each,
-   after one warm-up pass so that both read from the OS page cache; the loops alternate so
-   that background load hits both alike.
+   (a) a bare ``dataset.read(window=...)`` loop and (b) ``iter_tiles`` (which also normalises
+   to float32 with scene-wide statistics and builds the valid mask), (c) iter_tiles as it was
+   before its buffer pool (fresh arrays per tile) and (d) iter_tiles with 2 GDAL threads.
+   Best of --repeat runs each, after one warm-up pass so that all read from the OS page
+   cache; the loops alternate so that background load hits them alike.
 3. Peak memory: ``iter_tiles`` over a --small and a SIZE scene, each in a fresh process;
    reports the RSS before reading (after imports) and the peak RSS sampled while reading.
 

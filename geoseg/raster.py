@@ -462,7 +462,7 @@ def _read_inner(
             if pool is None:
                 data = dataset.read(sel, window=source)
             else:
-                shape = (len(sel), int(round(source.height)), int(round(source.width)))
+                shape = (len(sel), round(source.height), round(source.width))
                 data = pool.get(shape, dataset.dtypes[sel[0] - 1])
                 data = dataset.read(sel, window=source, out=data)
         else:

@@ -250,9 +250,7 @@ def tile_transform(
     # rasterio.windows.transform's arithmetic, without its deprecated ``Affine * ...`` calls
     # (each one a warning: a measurable cost per tile)
     x, y = scene_transform @ (float(window.col_off), float(window.row_off))
-    out: Affine = (
-        Affine.translation(x - scene_transform.c, y - scene_transform.f) @ scene_transform
-    )
+    out: Affine = Affine.translation(x - scene_transform.c, y - scene_transform.f) @ scene_transform
     if out_shape is not None and out_shape != (window.height, window.width):
         out = out @ Affine.scale(window.width / out_shape[1], window.height / out_shape[0])
     return out

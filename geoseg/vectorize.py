@@ -191,7 +191,8 @@ def _trace_chunk(
     4-connectivity; every polygon's coordinates are moved back to its own mask's pixel grid.
 
     Args:
-        masks: ``[n]`` masks ``[h, w]`` (non-zero = object); ``shapes_hw`` their ``(h, w)``.
+        masks: ``[n]`` masks ``[h, w]`` (non-zero = object), none of them empty in size.
+        shapes_hw: int ``[n, 2]``, their ``(h, w)``.
 
     Returns:
         ``(xy, ring_of_point, polygon_of_ring, mask_of_polygon)``: vertex coordinates ``[P, 2]``
@@ -318,8 +319,12 @@ def trace_outlines(
 def _one_geometry_per_object(
     polygons: npt.NDArray[Any], object_of_polygon: npt.NDArray[np.int64], n: int
 ) -> npt.NDArray[Any]:
-    """Group ``[P]`` polygons by object: object ``[n]``, a ``Polygon`` for a one-part object,
-    a ``MultiPolygon`` for several parts, ``None`` for none."""
+    """Group ``[P]`` polygons by their object.
+
+    Returns:
+        Object ``[n]``: a ``Polygon`` for a one-part object, a ``MultiPolygon`` for several
+        parts, ``None`` for none. (The one place that decides the geometry type per object.)
+    """
     import shapely
 
     out = np.full(n, None, dtype=object)
@@ -431,8 +436,10 @@ def vectorize(
 
 
 def _class_names(labels: npt.NDArray[Any], classes: Sequence[str]) -> npt.NDArray[Any]:
-    """Object ``[N]`` class name per label: ``classes[label]``, or the label as text when
-    ``classes`` has no such entry."""
+    """Class name per label, object ``[N]``.
+
+    ``classes[label]``, or the label as text when ``classes`` has no such entry.
+    """
     lab = np.asarray(labels, dtype=np.int64)
     table = np.empty(len(classes), dtype=object)
     table[:] = list(classes)

@@ -299,7 +299,7 @@ def test_tiles_kept_by_the_consumer_are_never_overwritten(tmp_path, nodata):
 
 
 def test_tiles_dropped_by_the_consumer_reuse_their_arrays(tmp_path):
-    path, data = _stripes(tmp_path)
+    path, _ = _stripes(tmp_path)
     stats = NormStats(bands=(1, 2, 3), low=(20.0, 30.0, 40.0), high=(200.0, 210.0, 220.0))
     ids, sums, n = set(), [], 0
     for t in iter_tiles(path, tile_size=32, overlap=8, stats=stats):
