@@ -204,7 +204,8 @@ def _trace_chunk(
     h, w = shapes_hw[:, 0], shapes_hw[:, 1]
     col, row, ah, aw = _pack(h, w)
     atlas = np.zeros((ah, aw), dtype=np.int32)
-    flat = np.concatenate([np.asarray(m).ravel() for m in masks]) != 0
+    # as mask_to_geometry reads a mask: its uint8 cast, non-zero = object
+    flat = np.concatenate([np.asarray(m).ravel() for m in masks]).astype(np.uint8) != 0
     sizes = h * w
     starts = np.cumsum(sizes) - sizes
     pix = np.flatnonzero(flat)
