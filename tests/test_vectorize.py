@@ -245,10 +245,12 @@ def reference_vectorize(detections, *, transform, crs_wkt):
             keep.append(k)
     garr = np.empty(len(geoms), dtype=object)
     garr[:] = geoms
-    if crs_wkt is None:
-        length, width, heading = rectangle_axes(garr, y_up=transform.e < 0)
-        nan = np.full(len(garr), np.nan)
-        return keep, garr, nan, nan, nan, heading
+    if crs_wkt is None:  # sizes in scene pixels
+        _, _, heading = rectangle_axes(garr, y_up=transform.e < 0)
+        inv = ~transform
+        pixels = shapely.transform(garr, lambda xy: np.column_stack(inv @ (xy[:, 0], xy[:, 1])))
+        length, width, _ = rectangle_axes(pixels, y_up=False)
+        return keep, garr, shapely.area(pixels), length, width, heading
     metric, factor = to_metric(garr, crs_wkt)
     length, width, heading = rectangle_axes(metric, y_up=True)
     return keep, garr, shapely.area(metric) * factor**2, length * factor, width * factor, heading
@@ -352,9 +354,11 @@ def test_vectorize_matches_the_per_mask_implementation(crs_wkt, transform):
     assert [g.wkb for g in got] == [g.wkb for g in shapely.normalize(geoms)]
     assert gdf["class"].tolist() == [CLASSES[items[k][3]] for k in keep]
     assert np.allclose(gdf.score, [items[k][4] for k in keep])
-    np.testing.assert_allclose(gdf.area_m2, area, rtol=1e-9, equal_nan=True)
-    np.testing.assert_allclose(gdf.length_m, length, rtol=1e-9, equal_nan=True)
-    np.testing.assert_allclose(gdf.width_m, width, rtol=1e-9, equal_nan=True)
+    unit = "px" if crs_wkt is None else "m"
+    area_col = "area_px" if crs_wkt is None else "area_m2"
+    np.testing.assert_allclose(gdf[area_col], area, rtol=1e-9)
+    np.testing.assert_allclose(gdf[f"length_{unit}"], length, rtol=1e-9)
+    np.testing.assert_allclose(gdf[f"width_{unit}"], width, rtol=1e-9)
     # a heading is an axis: 0 and 180 are the same (a square may come out either way round)
     square = np.isclose(length, width, rtol=1e-9)
     diff = np.abs((gdf.heading_deg.to_numpy() - heading + 90.0) % 180.0 - 90.0)
