@@ -44,6 +44,7 @@ __all__ = [
     "SCENE_COLUMN",
     "Extent",
     "bbox_extent",
+    "check_overlap",
     "extent_in_scene",
     "keep_in_extent",
     "parse_bbox",
@@ -259,6 +260,32 @@ def extent_in_scene(extent: Extent, info: SceneInfo) -> Any:
     if not out.is_valid:
         out = shapely.make_valid(out)
     return out
+
+
+def check_overlap(extent: Extent, info: SceneInfo) -> None:
+    """Refuse an extent that misses the scene (often an AOI or bbox in the wrong CRS).
+
+    Raises:
+        ConfigError: naming the scene and both extents in the scene CRS.
+    """
+    import shapely
+
+    area = extent_in_scene(extent, info)
+    corners = [info.transform * (c, r) for c in (0, info.width) for r in (0, info.height)]
+    footprint = shapely.Polygon([corners[0], corners[1], corners[3], corners[2]])
+    if area.intersects(footprint):
+        return
+    a, f = area.bounds, footprint.bounds
+    hint = (
+        "; a --bbox without --bbox-crs is in the scene's CRS (lon/lat: add --bbox-crs EPSG:4326)"
+        if extent.crs is None
+        else ""
+    )
+    raise ConfigError(
+        f"{info.path}: the {extent.source or 'extent'} does not overlap the scene: in the scene "
+        f"CRS it spans {a[0]:.6g},{a[1]:.6g},{a[2]:.6g},{a[3]:.6g} and the scene "
+        f"{f[0]:.6g},{f[1]:.6g},{f[2]:.6g},{f[3]:.6g}{hint}"
+    )
 
 
 def select_tiles(specs: Sequence[TileSpec], area: Any, info: SceneInfo) -> tuple[int, ...]:

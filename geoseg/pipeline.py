@@ -58,6 +58,7 @@ __all__ = [
     "ScenePlan",
     "SceneResult",
     "check_classes",
+    "check_output_geometry",
     "count_classes",
     "filter_scores",
     "finish_scene",
@@ -354,7 +355,7 @@ def plan_scene(
     out_path = None if output is None else Path(output)
     if out_path is not None:
         check_writable(out_path)
-        _check_geometry_format(out_path, s)
+        check_output_geometry(out_path, s)
     mask_path = None if mask_raster is None else Path(mask_raster)
     if mask_path is not None:
         check_id_raster_path(mask_path)
@@ -420,8 +421,12 @@ def plan_scene(
     )
 
 
-def _check_geometry_format(path: Path, settings: RunSettings) -> None:
-    """Refuse point geometry for COCO output (COCO objects are polygons)."""
+def check_output_geometry(path: Path, settings: RunSettings) -> None:
+    """Refuse point geometry for a COCO output (COCO objects are polygons).
+
+    Raises:
+        ConfigError: naming the output and the formats that hold points.
+    """
     from geoseg.io import VectorFormat, format_for_path
 
     if settings.geometry is OutputGeometry.POINT and format_for_path(path) is VectorFormat.COCO:

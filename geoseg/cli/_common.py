@@ -19,8 +19,10 @@ __all__ = [
     "MinScore",
     "describe_gsd",
     "error_line",
+    "extent_from_options",
     "fail_on_geoseg_error",
     "inputs_of",
+    "output_options",
     "parse_bands",
     "parse_classes",
     "resolve_cli_settings",
@@ -254,19 +256,34 @@ def resolve_cli_settings(
     norm: str,
     gsd: float | None = None,
     no_resample: bool = False,
+    classes: str | None = None,
+    class_agnostic: bool = False,
+    aoi: str | None = None,
+    bbox: str | None = None,
+    bbox_crs: str | None = None,
+    geometry: str | None = None,
 ) -> RunSettings:
     """The run settings of ``predict``/``batch`` from their options and the checkpoint.
 
     One call of :func:`geoseg.settings.resolve` (options > preset > checkpoint > defaults).
+    ``--classes`` names are checked against the checkpoint's classes here, before any work.
 
     Raises:
-        click.UsageError: ``--gsd`` together with ``--no-resample``.
+        click.UsageError: ``--gsd`` together with ``--no-resample``; ``--aoi`` with ``--bbox``.
+        ConfigError: a ``--classes`` name the model lacks (the message lists its classes).
+        LabelError: an unreadable AOI.
     """
     if gsd is not None and no_resample:
         raise click.UsageError("--gsd and --no-resample contradict each other; give one")
+    from geoseg.pipeline import check_classes
     from geoseg.settings import resolve
 
     global_score, class_scores = split_min_score(min_score)
+    kept = parse_classes(classes)
+    try:
+        check_classes(meta.classes, kept)
+    except GeosegError as err:
+        raise type(err)(f"{err}; fix --classes") from err
     return resolve(
         meta,
         config,
@@ -280,4 +297,80 @@ def resolve_cli_settings(
         batch_size=batch_size,
         device=device,
         norm=norm,
+        classes=kept,
+        class_agnostic=True if class_agnostic else None,
+        extent=extent_from_options(aoi, bbox, bbox_crs),
+        geometry=geometry,
     )
+
+
+def output_options(func: F) -> F:
+    """What ``predict`` and ``batch`` keep and write: classes, extent, geometry.
+
+    Adds ``--classes``, ``--class-agnostic``, ``--aoi``, ``--bbox``, ``--bbox-crs`` and
+    ``--geometry``; their values feed :func:`resolve_cli_settings`.
+    """
+    from geoseg.settings import OutputGeometry
+
+    options = [
+        click.option(
+            "--classes",
+            metavar="A,B",
+            help="Keep only objects of these classes (the model's class names) [default: all].",
+        ),
+        click.option(
+            "--class-agnostic",
+            is_flag=True,
+            help="Merge across classes: one object outlined as two classes becomes one, with "
+            "the best-scoring class [default: the preset's, else class by class].",
+        ),
+        click.option(
+            "--aoi",
+            metavar="FILE",
+            help="Predict only inside these polygons (any vector file, any CRS): tiles that "
+            "meet them are read, objects whose centroid lies inside are kept (as geoseg count "
+            "--aoi counts them).",
+        ),
+        click.option(
+            "--bbox",
+            metavar="MINX,MINY,MAXX,MAXY",
+            help="Predict only inside this box, in the scene's CRS (or --bbox-crs).",
+        ),
+        click.option(
+            "--bbox-crs",
+            metavar="CRS",
+            help="CRS of --bbox, e.g. EPSG:4326 for lon/lat [default: each scene's CRS].",
+        ),
+        click.option(
+            "--geometry",
+            type=click.Choice([g.value for g in OutputGeometry]),
+            default=OutputGeometry.MASK.value,
+            show_default=True,
+            help="Write each object as its outline (one Polygon), its pixel box, or its "
+            "centroid point (the point geoseg count places it by).",
+        ),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def extent_from_options(aoi: str | None, bbox: str | None, bbox_crs: str | None) -> Any:
+    """The :class:`geoseg.extent.Extent` of ``--aoi`` / ``--bbox`` (``--bbox-crs``), or ``None``.
+
+    Raises:
+        click.UsageError: both ``--aoi`` and ``--bbox``, or ``--bbox-crs`` without ``--bbox``.
+        LabelError: an unreadable AOI file.
+        ConfigError: a malformed box or an unknown CRS.
+    """
+    from geoseg.extent import bbox_extent, parse_bbox, read_aoi
+
+    if aoi is not None and bbox is not None:
+        raise click.UsageError("--aoi and --bbox both set the processing extent; give one")
+    if bbox_crs is not None and bbox is None:
+        raise click.UsageError("--bbox-crs is the CRS of --bbox; give --bbox too")
+    if aoi is not None:
+        return read_aoi(aoi)
+    if bbox is not None:
+        return bbox_extent(parse_bbox(bbox), bbox_crs)
+    return None
