@@ -54,10 +54,10 @@ fits an object another tile saw whole, not only by IoU.
    inside a larger one of its class is dropped (the larger takes the better score), and so is
    an unmatched partial view with ``>= nms_iou`` of its pixels inside a larger object.
 
-**What a merged object is made of.** Mask, box and class: those of the representative whole
-copy (class: the highest summed score among the whole copies; without ``class_agnostic`` all
-members share it), or the union of the views and the highest summed score's class for an
-object cut by every tile. Score: the scores of the whole copies and of the partial views
+**What a merged object is made of.** Mask and box: those of the representative whole copy,
+or the union of the views for an object cut by every tile. Class: that of the best-scoring
+detection merged into it (whole copies and the partial views absorbed into them; without
+``class_agnostic`` all members share it), so the class always comes with the best score. Score: the scores of the whole copies and of the partial views
 absorbed into them (each partial view counts for the object it fits best), combined as
 :class:`ScoreMode` says (default: the best score).
 
@@ -850,11 +850,14 @@ def _combine_scores(
     return np.asarray(np.where(c > 0, s / np.maximum(c, 1e-12), 0.0), dtype=np.float64)
 
 
-def _vote_labels(unit: IntArray, labels: IntArray, scores: FloatArray, n_units: int) -> IntArray:
-    """Per unit: the label with the highest summed member score."""
-    n_lab = int(labels.max()) + 1 if len(labels) else 1
-    tally = np.bincount(unit * n_lab + labels, weights=scores + 1e-9, minlength=n_units * n_lab)
-    return np.asarray(tally.reshape(n_units, n_lab).argmax(axis=1), dtype=np.int64)
+def _best_labels(unit: IntArray, labels: IntArray, scores: FloatArray, n_units: int) -> IntArray:
+    """Per unit: the label of its best-scoring member (ties: the first member)."""
+    out = np.zeros(n_units, dtype=np.int64)
+    order = np.lexsort((-scores, unit))
+    first = np.ones(len(order), dtype=np.bool_)
+    first[1:] = unit[order][1:] != unit[order][:-1]
+    out[unit[order][first]] = labels[order][first]
+    return out
 
 
 @dataclass(slots=True)
@@ -929,7 +932,12 @@ def _merge(
         n_units,
         score_mode,
     )
-    out_labels = _vote_labels(unit, labels, scores, n_units)
+    out_labels = _best_labels(
+        np.concatenate([unit, unit_of[into]]),
+        np.concatenate([labels, flat.labels[kidx[absorbed]]]),
+        np.concatenate([scores, flat.scores[kidx[absorbed]]]),
+        n_units,
+    )
     size = np.bincount(unit, minlength=n_units)
 
     # representative of complete units: owned by its tile's core, then margin, then score
