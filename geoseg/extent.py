@@ -271,7 +271,7 @@ def check_overlap(extent: Extent, info: SceneInfo) -> None:
     import shapely
 
     area = extent_in_scene(extent, info)
-    corners = [info.transform * (c, r) for c in (0, info.width) for r in (0, info.height)]
+    corners = [info.transform @ (c, r) for c in (0, info.width) for r in (0, info.height)]
     footprint = shapely.Polygon([corners[0], corners[1], corners[3], corners[2]])
     if area.intersects(footprint):
         return
