@@ -460,10 +460,10 @@ def write_id_raster(
         if not CRS.from_user_input(gdf.crs).equals(CRS.from_wkt(scene_info.crs_wkt)):
             g = gdf.to_crs(scene_info.crs_wkt)
     geoms = np.asarray(g.geometry.to_numpy(), dtype=object)
-    present = ~(shapely.is_missing(geoms) | shapely.is_empty(geoms)) if len(geoms) else geoms
+    present = ~(shapely.is_missing(geoms) | shapely.is_empty(geoms))
     geoms, ids = geoms[present], ids[present]
     # larger first, so that a smaller object overlapping it is burnt on top
-    order = np.argsort(-shapely.area(geoms), kind="stable") if len(geoms) else np.zeros(0, int)
+    order = np.argsort(-shapely.area(geoms), kind="stable")
     geoms, ids = geoms[order], ids[order]
     tree = shapely.STRtree(geoms)
     width, height, transform = scene_info.width, scene_info.height, scene_info.transform

@@ -57,9 +57,10 @@ fits an object another tile saw whole, not only by IoU.
 **What a merged object is made of.** Mask and box: those of the representative whole copy,
 or the union of the views for an object cut by every tile. Class: that of the best-scoring
 detection merged into it (whole copies and the partial views absorbed into them; without
-``class_agnostic`` all members share it), so the class always comes with the best score. Score: the scores of the whole copies and of the partial views
-absorbed into them (each partial view counts for the object it fits best), combined as
-:class:`ScoreMode` says (default: the best score).
+``class_agnostic`` all members share it), so the class always comes with the best score.
+Score: the scores of the whole copies and of the partial views absorbed into them (each
+partial view counts for the object it fits best), combined as :class:`ScoreMode` says
+(default: the best score).
 
 **Zero overlap is refused.** With ``overlap=0`` two different objects touching exactly on a tile
 seam give the tiles the same detections, to any stitcher, as one object cut by the seam (the

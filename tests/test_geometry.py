@@ -173,3 +173,50 @@ def test_evaluate_web_mercator_truth_is_compared_in_utm():
     truth = gpd.GeoDataFrame({"class": ["ship"]}, geometry=[rect], crs=3857)
     res = evaluate(truth, truth)
     assert res.overall.f1 == 1.0 and res.crs == "EPSG:32632"
+
+
+# ------------------------------------------------------------ one object, one Polygon
+
+
+def test_main_polygon_keeps_the_largest_part_with_its_holes():
+    from geoseg.geometry import main_polygon
+
+    ring = box(0, 0, 10, 10).difference(box(3, 3, 6, 6))
+    island = box(4, 4, 5, 5)  # inside the hole: another part
+    speckle = box(12, 0, 13, 1)
+    out = main_polygon(MultiPolygon([speckle, ring, island]))
+    assert out.geom_type == "Polygon" and out.equals(ring) and len(out.interiors) == 1
+    assert main_polygon(box(0, 0, 1, 1)).equals(box(0, 0, 1, 1))
+    assert main_polygon(None) is None and main_polygon(Point(0, 0)) is None
+    # two equal parts: the first; a collection: its polygonal part
+    two = MultiPolygon([box(0, 0, 1, 1), box(5, 5, 6, 6)])
+    assert main_polygon(two).equals(box(0, 0, 1, 1))
+    gc = GeometryCollection([LineString([(0, 0), (9, 9)]), box(0, 0, 2, 2), box(5, 5, 6, 6)])
+    assert main_polygon(gc).equals(box(0, 0, 2, 2))
+    bow = Polygon([(0, 0), (2, 2), (2, 0), (0, 2)])  # repaired into two triangles: one kept
+    out = main_polygon(bow)
+    assert out.geom_type == "Polygon" and out.is_valid and out.area == pytest.approx(1.0)
+
+
+def test_pixel_boxes_are_whole_pixels_in_the_frame_of_the_transform():
+    from affine import Affine
+
+    from geoseg.geometry import pixel_boxes
+
+    t = Affine(0.5, 0, 500_000, 0, -0.5, 4_000_000)
+    # an L-shaped outline over pixels cols 2-5, rows 3-8 (pixel-edge coordinates)
+    px = Polygon([(2, 3), (6, 3), (6, 5), (4, 5), (4, 9), (2, 9)])
+    geom = shapely.transform(px, lambda xy: np.array([t @ tuple(p) for p in xy]))
+    diamond = shapely.transform(
+        Polygon([(1.5, 0.5), (2.5, 1.5), (1.5, 2.5), (0.5, 1.5)]),
+        lambda xy: np.array([t @ tuple(p) for p in xy]),
+    )
+    out = pixel_boxes([geom, diamond, None], t)
+    x0, y1 = t @ (2, 3)
+    x1, y0 = t @ (6, 9)
+    assert out[0].equals(box(x0, y0, x1, y1))  # scene CRS, not pixels
+    x0, y1 = t @ (0, 0)  # widened to whole pixels
+    x1, y0 = t @ (3, 3)
+    assert out[1].equals(box(x0, y0, x1, y1))
+    assert out[2] is None
+    assert len(pixel_boxes([], t)) == 0
