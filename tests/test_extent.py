@@ -313,3 +313,80 @@ def test_cli_predict_with_aoi_runs(scene, tmp_path, tiny_checkpoint):
     assert r.exit_code == 0, r.output
     assert "16 tiles" in r.output  # of 169
     assert pyogrio.read_info(out)["geometry_type"] == "Polygon"
+
+
+# ---------------------------------------------------------------------------------- batch
+
+
+@pytest.fixture(scope="module")
+def local_cluster():
+    import logging
+
+    from distributed import LocalCluster
+
+    with LocalCluster(
+        n_workers=1,
+        threads_per_worker=2,
+        processes=False,
+        dashboard_address=":0",
+        silence_logs=logging.ERROR,
+    ) as lc:
+        yield lc
+
+
+def test_batch_per_scene_aoi_split_and_classes(scene, tmp_path, tiny_checkpoint, local_cluster):
+    """Each scene reads only the tiles of its own AOI features, also when split over chunks,
+    and gives what run_scene gives with that area."""
+    import json
+    import shutil
+
+    from geoseg.predict import load_predictor
+
+    other = tmp_path / "other.tif"
+    shutil.copyfile(scene, other)
+    big = tmp_path / "big.tif"
+    shutil.copyfile(scene, big)
+    c0, r0, c1, r1 = AOI_PX
+    (x0, y1), (x1, y0) = px_to_crs(c0, r0), px_to_crs(c1, r1)
+    zones = tmp_path / "zones.gpkg"
+    gpd.GeoDataFrame(
+        {"scene": ["big", "other", "other"]},
+        geometry=[
+            shapely.box(x0, y0, x1, y1),  # 16 tiles
+            shapely.box(X0 + 1, Y0 - 20, X0 + 10, Y0 - 1),  # the top-left tile
+            shapely.box(X0 + 300, Y0 - 20, X0 + 301, Y0 - 1),  # and the top-right one
+        ],
+        crs=32633,
+    ).to_file(zones)
+    base = ["batch", str(big), str(other), "-m", str(tiny_checkpoint), "-o", str(tmp_path / "o")]
+    base += ["--scheduler", local_cluster.scheduler_address, "--min-score", "0.05"]
+    # mistakes first: nothing runs
+    r = CliRunner().invoke(cli, [*base, "--aoi", str(zones), "--classes", "boat"])
+    assert r.exit_code == 1 and "ship, vehicle" in r.output
+    lone = tmp_path / "lone.gpkg"
+    gpd.read_file(zones).iloc[:1].to_file(lone)
+    r = CliRunner().invoke(cli, [*base, "--aoi", str(lone)])
+    assert r.exit_code == 1 and "no feature for scene(s) other" in r.output
+    assert not (tmp_path / "o").exists()
+    args = [*base, "--aoi", str(zones), "--classes", "ship", "--split-tiles", "4"]
+    r = CliRunner().invoke(cli, [*args, "--geometry", "point"])
+    assert r.exit_code == 0, r.output
+    manifest = json.loads((tmp_path / "o" / "manifest.json").read_text())
+    records = manifest["scenes"]
+    assert records["big"]["n_tiles"] == 16 and records["other"]["n_tiles"] == 2
+    assert records["big"]["split_chunks"] >= 2
+    # the same as run_scene with each scene's area
+    settings = resolve(None, tile_size=64, min_score=0.05, classes=("ship",), geometry="point")
+    pred = load_predictor(tiny_checkpoint, settings.replace(device="cpu"))
+    for name in ("big", "other"):
+        ref = run_scene(
+            tmp_path / f"{name}.tif",
+            pred,
+            settings.replace(extent=read_aoi(zones).for_scene(name)),
+            output=tmp_path / f"ref_{name}.gpkg",
+        )
+        assert records[name]["counts"] == ref.counts == {"ship": ref.counts["ship"]}
+        out = tmp_path / "o" / f"{name}.gpkg"
+        assert pyogrio.read_info(out)["geometry_type"] == "Point"
+        a, b = gpd.read_file(out), gpd.read_file(tmp_path / f"ref_{name}.gpkg")
+        assert sorted(g.wkb for g in a.geometry) == sorted(g.wkb for g in b.geometry)
