@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 import numpy.typing as npt
 
-from geoseg.config import check_class_scores
+from geoseg.config import check_class_names, check_class_scores
 from geoseg.errors import BandError, ConfigError
 from geoseg.predict import Predictor, check_predictor
 from geoseg.settings import NormSource, OutputGeometry, RunSettings, resolve
@@ -439,16 +439,14 @@ def check_output_geometry(path: Path, settings: RunSettings) -> None:
 def check_classes(model_classes: Sequence[str], keep: Sequence[str] | None) -> None:
     """Refuse kept class names (``settings.classes``) the model does not have.
 
+    :func:`geoseg.config.check_class_names`, the rule of every class option.
+
     Raises:
         ConfigError: naming the unknown classes and the model's classes.
     """
-    if keep is None:
-        return
-    unknown = [c for c in keep if c not in model_classes]
-    if unknown:
-        raise ConfigError(
-            f"unknown class(es) {', '.join(unknown)} in classes (--classes); the model's "
-            f"classes are {', '.join(model_classes)}"
+    if keep is not None:
+        check_class_names(
+            keep, model_classes, option="classes (--classes)", known_as="the model's classes"
         )
 
 

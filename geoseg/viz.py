@@ -35,7 +35,7 @@ import pandas as pd
 import shapely
 from affine import Affine
 
-from geoseg.count import ResultsLike, read_results
+from geoseg.count import ResultsLike, check_result_classes, read_results
 from geoseg.errors import (
     BandError,
     ExportError,
@@ -80,6 +80,9 @@ _POPUP_FIELDS: tuple[tuple[str, str, int | None], ...] = (
     ("length_m", "length (m)", 1),
     ("width_m", "width (m)", 1),
     ("area_m2", "area (m²)", 1),
+    ("length_px", "length (px)", 1),
+    ("width_px", "width (px)", 1),
+    ("area_px", "area (px²)", 0),
     ("heading_deg", "heading (°)", 0),
     ("scene", "scene", None),
 )
@@ -487,7 +490,7 @@ def _counts_control(html: str) -> Any:
 def web_map(
     results: ResultsLike | None,
     *,
-    scene: str | os.PathLike[str] | None = None,
+    scene: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None = None,
     out_html: str | os.PathLike[str],
     max_size: int = 2048,
     bands: Sequence[int] | None = None,
@@ -498,19 +501,22 @@ def web_map(
 ) -> Path:
     """Write an interactive map as one HTML file that works offline.
 
-    Contents: the scene (if given) as an image overlay, reprojected to Web Mercator; one
-    toggleable layer per class with popups (class, score, length, width, area, heading, scene);
-    a counts table; a layer control and a scale bar. No basemap tiles are loaded.
+    Contents: each scene (if given) as an image overlay, reprojected to Web Mercator (one
+    toggleable layer per scene, named by its file); one toggleable layer per class with popups
+    (class, score, length, width, area, heading, scene); a counts table; a layer control and a
+    scale bar. No basemap tiles are loaded.
 
     Args:
         results: result vectors (see :func:`geoseg.count.read_results`), or ``None``.
-        scene: the scene raster shown under the polygons (needs a CRS).
+        scene: the scene raster shown under the polygons (needs a CRS), or several (each
+            drawn; ``max_size`` applies to each).
         out_html: the HTML file to write (atomically).
         max_size: longest side of the scene image in pixels.
         bands: 1-based scene bands shown (3 = RGB, 1 = grey); default 1,2,3 or 1.
         stretch: value stretch of the scene (see :class:`Stretch`).
         min_score: show objects with ``score >= min_score``.
-        classes: show only these classes (one layer each, in this order).
+        classes: show only these classes (one layer each, in this order); each must be a
+            class of some result or of a bundled preset (see :func:`geoseg.count.count`).
         title: page title and caption of the counts table.
 
     Returns:
@@ -518,7 +524,8 @@ def web_map(
 
     Raises:
         ExportError: XStatic-Leaflet or folium missing, or the file cannot be written.
-        UnsupportedTransformError: the scene has no CRS. LabelError: results without CRS.
+        UnsupportedTransformError: a scene has no CRS. LabelError: results without CRS.
+        ConfigError: a class in ``classes`` that no result holds and no preset knows.
     """
     try:
         import folium
@@ -535,20 +542,28 @@ def web_map(
                 f"results of scene(s) {', '.join(sorted(g['scene'].unique()))} have no CRS; "
                 "a map needs georeferenced results"
             )
+    if classes is not None:
+        check_result_classes(classes, frames)
     gdf = _prepare(frames or None, crs="EPSG:4326", min_score=min_score, classes=classes)
     order = _class_order(gdf, classes)
 
+    if scene is None:
+        scenes: list[str | os.PathLike[str]] = []
+    elif isinstance(scene, str | os.PathLike):
+        scenes = [scene]
+    else:
+        scenes = list(dict.fromkeys(scene))
     bounds: list[tuple[float, float, float, float]] = []
-    overlay = None
-    if scene is not None:
-        preview = read_preview(scene, max_size=max_size, bands=bands, stretch=stretch)
+    overlays: list[tuple[str, bytes, tuple[float, float, float, float]]] = []
+    for path in scenes:
+        preview = read_preview(path, max_size=max_size, bands=bands, stretch=stretch)
         if preview.crs_wkt is None:
             raise UnsupportedTransformError(
-                f"{scene}: the scene has no CRS, so it cannot be placed on a map; give a "
+                f"{path}: the scene has no CRS, so it cannot be placed on a map; give a "
                 "georeferenced scene or leave the scene out"
             )
         png, lonlat_bounds = _mercator_png(preview)
-        overlay = (png, lonlat_bounds)
+        overlays.append((Path(path).name, png, lonlat_bounds))
         bounds.append(lonlat_bounds)
     if len(gdf):
         bounds.append(tuple(float(v) for v in gdf.total_bounds))  # type: ignore[arg-type]
@@ -576,12 +591,11 @@ def web_map(
     root.header.add_child(Element(f"<style>{_MAP_CSS}</style>"), name="geoseg_css")
     root.header.add_child(Element(f"<script>{js}</script>"), name="leaflet_js")
 
-    if overlay is not None:
-        png, (w, s, e, n) = overlay
+    for name, png, (w, s, e, n) in overlays:
         folium.raster_layers.ImageOverlay(
             image="data:image/png;base64," + base64.b64encode(png).decode("ascii"),
             bounds=[[s, w], [n, e]],
-            name="scene",
+            name=name if len(overlays) > 1 else "scene",
             opacity=1.0,
             interactive=False,
             zindex=1,

@@ -104,7 +104,7 @@ def test_unknown_class_fails_before_any_tile_is_read(scene, tmp_path, monkeypatc
     reads = []
     monkeypatch.setattr(geoseg.tiling, "read_window", lambda *a, **k: reads.append(a))
     pred = predictor()
-    with pytest.raises(ConfigError, match=r"unknown class\(es\) boat.*ship, vehicle"):
+    with pytest.raises(ConfigError, match=r"unknown class 'boat'.*ship, vehicle"):
         run_scene(scene, pred, output=tmp_path / "o.gpkg", classes=("ship", "boat"))
     assert pred.calls == 0 and reads == [] and not (tmp_path / "o.gpkg").exists()
 

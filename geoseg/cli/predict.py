@@ -8,13 +8,15 @@ from typing import TYPE_CHECKING
 import click
 
 from geoseg.cli._common import (
+    device_option,
+    echo,
     fail_on_geoseg_error,
     output_options,
+    progress_disabled,
     resolve_cli_settings,
     run_settings_options,
     set_interrupt_note,
 )
-from geoseg.predict import Device
 from geoseg.settings import NormSource
 
 if TYPE_CHECKING:
@@ -91,13 +93,7 @@ def _quicklook(scene: str, result: SceneResult, path: Path, bands: tuple[int, ..
     metavar="PNG",
     help="Also write a quicklook PNG of the results over the scene.",
 )
-@click.option(
-    "--device",
-    type=click.Choice([d.value for d in Device]),
-    default=Device.AUTO.value,
-    show_default=True,
-    help="Where the model runs.",
-)
+@device_option("Where the model runs (auto: CUDA, else MPS, else the CPU).")
 @click.option(
     "--norm",
     type=click.Choice([s.value for s in NormSource]),
@@ -155,11 +151,10 @@ def command(
     from tqdm import tqdm
 
     from geoseg.checkpoint import check_compatible, checkpoint_paths, read_meta
-    from geoseg.errors import ConfigError
     from geoseg.export import check_id_raster_path, check_scene_output, check_writable
     from geoseg.extent import check_overlap
     from geoseg.io import check_no_overwrite
-    from geoseg.pipeline import check_output_geometry, run_scene, scene_grid, score_thresholds
+    from geoseg.pipeline import check_output_geometry, run_scene, scene_grid
     from geoseg.predict import load_predictor
     from geoseg.raster import open_scene, validate_bands
 
@@ -188,6 +183,7 @@ def command(
         norm=norm,
         gsd=gsd,
         no_resample=no_resample,
+        checkpoint=model,
         classes=classes,
         class_agnostic=class_agnostic,
         aoi=aoi,
@@ -198,11 +194,7 @@ def command(
     check_output_geometry(output, settings)
     if settings.extent is not None:
         check_overlap(settings.extent, info)
-        click.echo(settings.extent.describe(), err=True)
-    try:  # a threshold for a class the model lacks fails here, not after loading it
-        score_thresholds(meta.classes, settings.min_score, settings.class_min_score)
-    except ConfigError as err:
-        raise ConfigError(f"{model}: {err}; fix --min-score CLASS=S") from err
+        echo(settings.extent.describe(), err=True)
     sel = validate_bands(info, settings.bands or meta.bands)
     check_compatible(meta, band_count=len(sel), checkpoint=model, scene=scene)
     if settings.norm is NormSource.MODEL and meta.norm_stats is None:
@@ -212,17 +204,19 @@ def command(
         )
     # the same decision plan_scene makes; fails early on no CRS or tiles too large
     grid = scene_grid(info, settings, model_gsd=meta.gsd, n_bands=len(sel))
-    click.echo(grid.describe(), err=True)
+    echo(grid.describe(), err=True)
     if settings.class_min_score:
         per_class = ", ".join(f"{k} {v:g}" for k, v in sorted(settings.class_min_score.items()))
-        click.echo(f"score thresholds: {per_class}; other classes {settings.min_score:g}", err=True)
+        echo(f"score thresholds: {per_class}; other classes {settings.min_score:g}", err=True)
     set_interrupt_note(
         f"nothing was written ({output} is written whole at the end, or not at all); run the "
         "same command again"
     )
     predictor = load_predictor(model, settings)
 
-    with tqdm(total=None, unit="tile", desc=Path(scene).name, leave=False) as bar:
+    with tqdm(
+        total=None, unit="tile", desc=Path(scene).name, leave=False, disable=progress_disabled()
+    ) as bar:
 
         def progress(done: int, total: int) -> None:
             bar.total = total
@@ -237,9 +231,9 @@ def command(
             output=output,
             mask_raster=mask_raster,
         )
-    click.echo(format_summary(result))
+    echo(format_summary(result))
     if quicklook is not None:
         written = _quicklook(scene, result, quicklook, result.bands)
-        click.echo(f"wrote {written}", err=True)
+        echo(f"wrote {written}", err=True)
     if result.mask_raster is not None:
-        click.echo(f"wrote {result.mask_raster}", err=True)
+        echo(f"wrote {result.mask_raster}", err=True)
