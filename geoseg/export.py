@@ -32,7 +32,7 @@ latitude). A scene without a CRS is written to the other formats in its own (pix
 coordinates, with a warning; GeoJSON refuses it rather than write empty geometries.
 
 A layer has one geometry type: ``gdf.attrs["geometry_type"]`` (set by
-:func:`geoseg.pipeline.shape_objects`: ``Polygon``, or ``Point`` for ``--geometry point``) is
+:func:`geoseg.pipeline.keep_objects` and ``output_geometry``: ``Polygon``, or ``Point``) is
 declared to the OGR formats (GeoPackage, Shapefile, FlatGeobuf, GeoJSON), also for a layer
 without features; without it, mixed ``Polygon``/``MultiPolygon`` columns are written as
 ``MultiPolygon``.

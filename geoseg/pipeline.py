@@ -62,13 +62,14 @@ __all__ = [
     "count_classes",
     "filter_scores",
     "finish_scene",
+    "keep_objects",
+    "output_geometry",
     "plan_scene",
     "predict_tiles",
     "run_scene",
     "scene_grid",
     "score_thresholds",
     "settings_for",
-    "shape_objects",
     "stitch_tiles",
     "vectorize_scene",
 ]
@@ -559,9 +560,10 @@ def finish_scene(plan: ScenePlan, per_tile: Iterable[TileDetections]) -> SceneRe
     """Step 3 of :func:`run_scene`: stitch, vectorize, count and write the plan's output.
 
     Objects are stitched (:func:`stitch_tiles`: kept classes only), outlined
-    (:func:`vectorize_scene`: one ``Polygon`` each), kept by the extent and given ids and the
-    settings' geometry (:func:`shape_objects`); the id raster, when asked for, is rasterised
-    from the outlines before they are turned into boxes or points.
+    (:func:`vectorize_scene`: one ``Polygon`` each), kept by the extent and numbered
+    (:func:`keep_objects`), and given the settings' geometry (:func:`output_geometry`); the
+    id raster, when asked for, is rasterised from the outlines before they are turned into
+    boxes or points.
 
     Args:
         plan: from :func:`plan_scene`.
@@ -582,12 +584,10 @@ def finish_scene(plan: ScenePlan, per_tile: Iterable[TileDetections]) -> SceneRe
     tiles = list(per_tile)
     detections = stitch_tiles(tiles, info, settings=s)
     t_stitch = time.perf_counter()
-    outlines = vectorize_scene(detections, info, settings=s)
-    gdf = shape_objects(outlines, info, settings=s, ids_only=True)
-    if plan.mask_raster is not None:
+    gdf = keep_objects(vectorize_scene(detections, info, settings=s), info, settings=s)
+    if plan.mask_raster is not None:  # from the outlines, before boxes or points
         write_id_raster(gdf, plan.mask_raster, info)
-        logger.info("wrote the ids of %d objects to %s", len(gdf), plan.mask_raster)
-    gdf = shape_objects(gdf, info, settings=s)
+    gdf = output_geometry(gdf, info, settings=s)
     t_vec = time.perf_counter()
     if plan.output is not None:
         write_vectors(gdf, plan.output, scene_info=info)
@@ -684,37 +684,47 @@ def vectorize_scene(
     )
 
 
-def shape_objects(
-    gdf: gpd.GeoDataFrame, info: SceneInfo, *, settings: RunSettings, ids_only: bool = False
+def keep_objects(
+    gdf: gpd.GeoDataFrame, info: SceneInfo, *, settings: RunSettings
 ) -> gpd.GeoDataFrame:
-    """The objects as written: kept by the extent, numbered, in the settings' geometry.
+    """The objects the extent keeps, numbered: the rows of the output and of the id raster.
 
     Args:
-        gdf: outlines in the **scene CRS** from :func:`vectorize_scene` (with ``ids_only``),
-            or its result with ``ids_only=True`` (then only the geometry is changed).
+        gdf: outlines in the **scene CRS** from :func:`vectorize_scene`.
         info: the scene.
-        settings: ``extent`` (objects whose centroid in metres lies outside are dropped:
-            :func:`geoseg.extent.keep_in_extent`, ``geoseg count``'s rule) and ``geometry``
-            (:class:`~geoseg.settings.OutputGeometry`).
-        ids_only: stop after the extent and the ``id`` column (outlines kept).
+        settings: its ``extent`` drops the objects whose centroid in metres lies outside
+            (:func:`geoseg.extent.keep_in_extent`, ``geoseg count``'s zone rule).
 
     Returns:
-        The objects with an ``id`` column first (1, 2, ... in row order; the values of the id
-        raster) and ``attrs["geometry_type"]`` set to the layer's one geometry type
-        (``Polygon`` or ``Point``), also when there are no objects.
+        The kept objects with an ``id`` column first (1, 2, ... in row order; the values of
+        the id raster) and ``attrs["geometry_type"] = "Polygon"`` (the layer's one type, also
+        when there are no objects).
+    """
+    from geoseg.extent import extent_in_scene, keep_in_extent
+
+    if settings.extent is not None and len(gdf):
+        gdf = gdf[keep_in_extent(gdf, extent_in_scene(settings.extent, info))]
+    gdf = gdf.reset_index(drop=True)
+    gdf.insert(0, "id", np.arange(1, len(gdf) + 1, dtype=np.int64))
+    gdf.attrs["geometry_type"] = "Polygon"
+    return gdf
+
+
+def output_geometry(
+    gdf: gpd.GeoDataFrame, info: SceneInfo, *, settings: RunSettings
+) -> gpd.GeoDataFrame:
+    """The objects in the geometry ``settings.geometry`` asks for (attributes unchanged).
+
+    ``mask``: ``gdf`` as it is; ``box``: each outline's pixel box in the scene CRS
+    (:func:`geoseg.geometry.pixel_boxes`); ``point``: the centroid ``geoseg count`` places
+    the object by (:func:`geoseg.count.zone_points`), in the scene CRS, and
+    ``attrs["geometry_type"] = "Point"``.
     """
     import geopandas
 
-    from geoseg.extent import extent_in_scene, keep_in_extent
     from geoseg.geometry import pixel_boxes
 
-    if "id" not in gdf.columns:
-        if settings.extent is not None and len(gdf):
-            gdf = gdf[keep_in_extent(gdf, extent_in_scene(settings.extent, info))]
-        gdf = gdf.reset_index(drop=True)
-        gdf.insert(0, "id", np.arange(1, len(gdf) + 1, dtype=np.int64))
-    gdf.attrs["geometry_type"] = "Polygon"
-    if ids_only or settings.geometry is OutputGeometry.MASK:
+    if settings.geometry is OutputGeometry.MASK:
         return gdf
     out = gdf.copy()
     if settings.geometry is OutputGeometry.BOX:
