@@ -448,7 +448,8 @@ def output_options(func: F) -> F:
         click.option(
             "--bbox",
             metavar="MINX,MINY,MAXX,MAXY",
-            help="Predict only inside this box, in the scene's CRS (or --bbox-crs).",
+            help="Predict only inside this box, in the scene's CRS (or --bbox-crs); a "
+            "leading minus needs '=': --bbox=-9.2,38.6,-9.1,38.7.",
         ),
         click.option(
             "--bbox-crs",
