@@ -65,11 +65,17 @@ __all__ = [
     "ResultsLike",
     "SizeHistogram",
     "check_result_classes",
+    "check_zone_field",
+    "common_metric_crs",
     "count",
+    "filter_results",
     "format_counts",
+    "grid_membership",
     "in_zones",
+    "read_aoi",
     "read_results",
     "write_counts",
+    "zone_membership",
     "zone_name_field",
     "zone_points",
 ]
@@ -351,10 +357,14 @@ def _scene_names(gdf: gpd.GeoDataFrame) -> list[str]:
     return [str(gdf.attrs.get("geoseg_default_scene", "scene"))]
 
 
-def _filter(
+def filter_results(
     gdf: gpd.GeoDataFrame, *, min_score: float | None, classes: Sequence[str] | None
 ) -> gpd.GeoDataFrame:
-    """Keep objects with ``score >= min_score`` and ``class in classes``."""
+    """The rows of ``gdf`` with ``score >= min_score`` and ``class in classes`` (``None``: all).
+
+    Raises:
+        LabelError: ``min_score`` given but ``gdf`` has no ``score`` column.
+    """
     keep = np.ones(len(gdf), dtype=bool)
     if min_score is not None:
         if "score" not in gdf.columns:
@@ -475,7 +485,7 @@ def count(
         check_result_classes(classes, raw)
     # a file without objects still names a scene (its file name)
     all_scenes = sorted({s for g in raw for s in _scene_names(g)})
-    frames = [_filter(g, min_score=min_score, classes=classes) for g in raw]
+    frames = [filter_results(g, min_score=min_score, classes=classes) for g in raw]
     projected = [_projected(g) for g in frames]
     frames = [_with_lengths(g, p) for g, p in zip(frames, projected, strict=True)]
     present = sorted({c for g in frames for c in g["class"].unique()})
@@ -505,8 +515,8 @@ def count(
     aoi_gdf = None
     zone_field = None
     if aoi is not None:
-        aoi_gdf = _read_aoi(aoi)
-        zone_field = _check_field(aoi_gdf, aoi_field, aoi)
+        aoi_gdf = read_aoi(aoi)
+        zone_field = check_zone_field(aoi_gdf, aoi_field, aoi)
         zones = _count_zones(aoi_gdf, centroids, labels, class_order, zone_field)
     grid = None
     if grid_m is not None:
@@ -589,8 +599,12 @@ def _histograms(
     return tuple(out)
 
 
-def _read_aoi(aoi: str | os.PathLike[str] | gpd.GeoDataFrame) -> gpd.GeoDataFrame:
-    """Read and check the zones (a CRS, at least one feature, polygons only)."""
+def read_aoi(aoi: str | os.PathLike[str] | gpd.GeoDataFrame) -> gpd.GeoDataFrame:
+    """Read and check AOI zones (a CRS, at least one feature, polygons only), index 0..n-1.
+
+    Raises:
+        LabelError: unreadable, no CRS, no features, or geometries other than polygons.
+    """
     gdf = read_vectors(aoi, what="AOI", require_crs=True, allow_empty=False, polygons=True)
     return gdf.reset_index(drop=True)
 
@@ -628,10 +642,19 @@ def zone_name_field(aoi: gpd.GeoDataFrame) -> str | None:
     return None
 
 
-def _check_field(
+def check_zone_field(
     aoi: gpd.GeoDataFrame, field: str | None, source: str | os.PathLike[str] | gpd.GeoDataFrame
 ) -> str | None:
-    """``field`` if it is a column of the AOI, else :func:`zone_name_field`'s choice."""
+    """``field`` if it is a column of the AOI, else :func:`zone_name_field`'s choice.
+
+    Args:
+        aoi: the zones.
+        field: the column asked for (``--aoi-field``), or ``None``.
+        source: the AOI as given (named in the message).
+
+    Raises:
+        ConfigError: ``field`` is not a column of the AOI.
+    """
     if field is None:
         return zone_name_field(aoi)
     if field not in aoi.columns or field == aoi.geometry.name:
@@ -689,26 +712,34 @@ def _add_count_columns(
     return target
 
 
-def _count_zones(
+def zone_membership(
     aoi: gpd.GeoDataFrame,
     centroids: Sequence[gpd.GeoSeries],
-    labels: Sequence[npt.NDArray[np.object_]],
-    classes: Sequence[str],
+    *,
     name_field: str | None = None,
-) -> gpd.GeoDataFrame:
-    """Count centroids per AOI zone (centroids reprojected to the AOI's CRS).
+) -> tuple[gpd.GeoDataFrame, npt.NDArray[np.intp], npt.NDArray[np.intp]]:
+    """Which AOI zone holds each centroid: the counting rule of :func:`count`, for reuse.
 
-    The zones get ``zone_id`` (row number) and ``zone`` (the text of ``name_field``, else the
-    row number); AOI columns clashing with the count columns are kept as ``aoi_<name>``.
+    Args:
+        aoi: the zones (polygons with a CRS, as :func:`read_aoi` returns them).
+        centroids: points in any CRS (reprojected to the AOI's); their concatenation is
+            indexed by the returned point indexes.
+        name_field: the AOI column naming the zones (see :func:`check_zone_field`), or
+            ``None`` (zones named by row number).
+
+    Returns:
+        ``(zones, point_index, zone_index)``: a copy of ``aoi`` with ``zone_id`` (row number)
+        and ``zone`` (the text of ``name_field``, else the row number) as first columns, AOI
+        columns clashing with count columns kept as ``aoi_<name>``; and ``[K]`` pairs: point
+        ``point_index[k]`` lies in zone ``zone_index[k]`` (a point inside several overlapping
+        zones appears once per zone; one on a shared border goes to the first zone; a point
+        outside every zone appears in none).
     """
     if centroids:
         pts = np.concatenate([c.to_crs(aoi.crs).to_numpy() for c in centroids])
-        cls = np.concatenate(labels)
     else:
         pts = np.zeros(0, dtype=object)
-        cls = np.zeros(0, dtype=object)
-    zone_geoms = aoi.geometry.to_numpy()
-    pi, zi = _assign(pts, zone_geoms)
+    pi, zi = _assign(pts, aoi.geometry.to_numpy())
     zones = aoi.copy()
     ids = np.arange(len(zones), dtype=np.int64)
     names = zones[name_field].astype(str).to_numpy() if name_field else ids.astype(str)
@@ -723,11 +754,31 @@ def _count_zones(
         zones = zones.rename(columns=clash)
     zones.insert(0, "zone", names)
     zones.insert(0, "zone_id", ids)
+    return zones, pi, zi
+
+
+def _count_zones(
+    aoi: gpd.GeoDataFrame,
+    centroids: Sequence[gpd.GeoSeries],
+    labels: Sequence[npt.NDArray[np.object_]],
+    classes: Sequence[str],
+    name_field: str | None = None,
+) -> gpd.GeoDataFrame:
+    """Count centroids per AOI zone (see :func:`zone_membership`)."""
+    cls = np.concatenate(labels) if labels else np.zeros(0, dtype=object)
+    zones, pi, zi = zone_membership(aoi, centroids, name_field=name_field)
     return _add_count_columns(zones, zi, cls[pi], classes)
 
 
-def _grid_crs(centroids: Sequence[gpd.GeoSeries], aoi: gpd.GeoDataFrame | None) -> CRS:
-    """The data's metric CRS if all inputs share one, else the UTM zone of their centre."""
+def common_metric_crs(
+    centroids: Sequence[gpd.GeoSeries], aoi: gpd.GeoDataFrame | None = None
+) -> CRS:
+    """The data's metric CRS if all inputs share one, else the UTM zone of their centre.
+
+    Args:
+        centroids: geometries (points or any others) with a CRS, one GeoSeries per input.
+        aoi: zones whose centre is taken into account, or ``None``.
+    """
     crss = {c.crs for c in centroids}
     if len(crss) == 1:
         only = next(iter(crss))
@@ -751,30 +802,51 @@ def _count_grid(
     classes: Sequence[str],
     aoi: gpd.GeoDataFrame | None,
 ) -> gpd.GeoDataFrame:
-    """Count centroids per square grid cell.
+    """Count centroids per square grid cell (see :func:`grid_membership`)."""
+    cls = np.concatenate(labels) if labels else np.zeros(0, dtype=object)
+    grid, where = grid_membership(cell, centroids, scenes, aoi)
+    return _add_count_columns(grid, where, cls, classes)
 
-    The cells form one grid (corners on multiples of ``cell`` in the grid CRS) but only the
-    cells over each scene's objects (their bounding box) and over the AOI are built, so scenes
-    far apart do not fill the space between them with empty cells.
+
+def grid_membership(
+    cell: float,
+    centroids: Sequence[gpd.GeoSeries],
+    groups: Sequence[npt.NDArray[np.object_]],
+    aoi: gpd.GeoDataFrame | None,
+) -> tuple[gpd.GeoDataFrame, npt.NDArray[np.intp]]:
+    """The grid cells of :func:`count` and the cell of each centroid, for reuse.
+
+    The cells form one grid (corners on multiples of ``cell`` metres in the grid CRS: the
+    data's metric CRS when all inputs share one, else the UTM zone of their centre) but only
+    the cells over each group's objects (their bounding box; a group is a scene in
+    :func:`count`) and over the AOI are built, so scenes far apart do not fill the space
+    between them with empty cells.
+
+    Args:
+        cell: cell size in metres.
+        centroids: points in any CRS, one GeoSeries per input frame.
+        groups: ``[len(centroids[i])]`` group labels of each frame's points.
+        aoi: the zones, whose extent is covered too, or ``None``.
+
+    Returns:
+        ``(grid, where)``: the cells (``cell_id``, ``row`` with 0 = north, ``col``, geometry in
+        the grid CRS) and ``[N]`` cell indexes (rows of ``grid``) of the concatenated points.
+
+    Raises:
+        ConfigError: the grid would have more than :data:`MAX_GRID_CELLS` cells.
     """
     if not centroids and aoi is None:
         logger.warning("no objects and no AOI: the grid is empty")
-        return _add_count_columns(
-            gpd.GeoDataFrame(
-                {"cell_id": [], "row": [], "col": []}, geometry=[], crs=EQUAL_AREA_CRS
-            ),
-            np.zeros(0, dtype=np.intp),
-            np.zeros(0, dtype=object),
-            classes,
+        empty = gpd.GeoDataFrame(
+            {"cell_id": [], "row": [], "col": []}, geometry=[], crs=EQUAL_AREA_CRS
         )
-    crs = _grid_crs(centroids, aoi)
+        return empty, np.zeros(0, dtype=np.intp)
+    crs = common_metric_crs(centroids, aoi)
     if centroids:
         xy = np.concatenate([shapely.get_coordinates(c.to_crs(crs).to_numpy()) for c in centroids])
-        cls = np.concatenate(labels)
-        scene = np.concatenate(scenes)
+        scene = np.concatenate(groups)
     else:
         xy = np.zeros((0, 2))
-        cls = np.zeros(0, dtype=object)
         scene = np.zeros(0, dtype=object)
     boxes = [(*xy[scene == s].min(axis=0), *xy[scene == s].max(axis=0)) for s in np.unique(scene)]
     if aoi is not None:
@@ -814,7 +886,7 @@ def _count_grid(
         geometry=shapely.box(minx, maxy - cell, minx + cell, maxy),
         crs=crs,
     )
-    return _add_count_columns(grid, where, cls, classes)
+    return grid, where
 
 
 # --------------------------------------------------------------------------------------------

@@ -165,9 +165,9 @@ def read_aoi(path: str | os.PathLike[str] | gpd.GeoDataFrame) -> Extent:
     """
     import shapely
 
-    from geoseg.io import read_vectors
+    from geoseg.count import read_aoi as read_zones
 
-    gdf = read_vectors(path, what="AOI", require_crs=True, allow_empty=False, polygons=True)
+    gdf = read_zones(path)  # the checks of count --aoi: a CRS, features, polygons only
     source = "<GeoDataFrame>" if not isinstance(path, str | os.PathLike) else os.fspath(path)
     geoms = gdf.geometry.to_numpy()
     valid = shapely.make_valid(geoms)

@@ -643,6 +643,42 @@ MISTAKES: dict[str, Mistake] = {
         1,
         lambda w: [w["batch_result"], "RESULTS"],
     ),
+    "compare -o over one of the dates it compares": Mistake(
+        lambda w: ["compare", w["results"], w["results_link"], "-o", w["results"]],
+        1,
+        lambda w: [w["results"], "RESULTS", "choose another output"],
+    ),
+    "compare --map over a result in a batch folder it compares": Mistake(
+        lambda w: [
+            "compare",
+            w["results"],
+            w.root / "batch_out",
+            "-o",
+            w.out / "c.gpkg",
+            "--map",
+            w["batch_result"],
+        ],
+        1,
+        lambda w: [w["batch_result"], "--map"],
+    ),
+    "compare one date": Mistake(
+        lambda w: ["compare", w["results"], "-o", w.out / "c.gpkg"],
+        2,
+        lambda w: ["at least two dates"],
+    ),
+    "compare with fewer --dates than inputs": Mistake(
+        lambda w: [
+            "compare",
+            w["results"],
+            w["results_link"],
+            "-o",
+            w.out / "c.gpkg",
+            "--dates",
+            "2023-01-01",
+        ],
+        1,
+        lambda w: ["one date per input"],
+    ),
     "chips -o the folder holding the labels as its index": Mistake(
         lambda w: ["chips", w["scene"], w["chip_index"], "-o", w["chips_out"], "--overwrite"],
         1,

@@ -63,6 +63,10 @@ _COMMANDS: dict[str, tuple[str, str]] = {
         "Tune a model's per-class score thresholds on a labelled scene.",
     ),
     "chips": ("geoseg.cli.chips", "Cut training chips + COCO instance labels from a scene."),
+    "compare": (
+        "geoseg.cli.compare",
+        "Match objects across dates: persisted, arrived, departed; per zone and cell.",
+    ),
     "count": ("geoseg.cli.count", "Count objects per scene, class, zone and grid cell."),
     "evaluate": ("geoseg.cli.evaluate", "Score predicted polygons against truth, per class."),
     "import": (
