@@ -9,8 +9,11 @@ costs small objects a lot of IoU). Holes are kept.
 
 Geometry decisions:
 
-* A mask whose pixels form several 4-connected parts (e.g. touching only at a corner) becomes a
-  ``MultiPolygon`` of all its parts, so no pixel is lost; a one-part mask a ``Polygon``.
+* One object, one ``Polygon``: a mask whose pixels form several 4-connected parts (speckles,
+  pixels touching only at a corner) keeps only its largest part
+  (:func:`geoseg.geometry.main_polygon`, applied right after tracing and again after
+  simplification), holes kept; attributes and ``min_area_m2`` are those of that part.
+  :func:`mask_to_geometry` itself still returns every part.
 * Invalid outlines (rare; e.g. after simplification) are repaired with
   :func:`shapely.make_valid` and only their polygonal parts are kept.
 * ``simplify_tolerance`` (scene CRS units, e.g. metres or degrees) simplifies with
@@ -55,7 +58,7 @@ import numpy as np
 import numpy.typing as npt
 from affine import Affine
 
-from geoseg.geometry import polygonal, rectangle_axes, to_metric
+from geoseg.geometry import main_polygon, main_polygons, polygonal, rectangle_axes, to_metric
 from geoseg.types import Detections
 
 if TYPE_CHECKING:
@@ -382,7 +385,7 @@ def vectorize(
         raise ValueError(f"vectorize: min_area_m2 must be >= 0, got {min_area_m2}")
     traced = trace_outlines(detections.masks, detections.mask_boxes[:, :2], transform)
     idx = np.flatnonzero(traced != None)  # noqa: E711 - object array: elementwise
-    garr = traced[idx]
+    garr = main_polygons(traced[idx])
     names = _class_names(detections.labels[idx], detections.classes)
     nan = np.full(len(garr), np.nan)
     columns = COLUMNS
@@ -415,7 +418,7 @@ def vectorize(
         out_geoms = shapely.simplify(out_geoms, simplify_tolerance, preserve_topology=True)
         bad = ~shapely.is_valid(out_geoms)
         for i in np.flatnonzero(bad):
-            out_geoms[i] = polygonal(out_geoms[i], repair=True)
+            out_geoms[i] = main_polygon(out_geoms[i])
     data = {
         "class": names[sel],
         "score": detections.scores[idx][sel].astype(np.float64),

@@ -28,6 +28,7 @@ LIGHT_MODULES = (
     "geoseg.errors",
     "geoseg.evaluate",
     "geoseg.export",
+    "geoseg.extent",
     "geoseg.importers",
     "geoseg.raster",
     "geoseg.samples",

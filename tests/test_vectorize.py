@@ -11,6 +11,7 @@ import shapely
 from affine import Affine
 from pyproj import CRS, Geod
 from rasterio.features import rasterize
+from scipy import ndimage
 
 from geoseg.types import Detections
 from geoseg.vectorize import COLUMNS, PIXEL_COLUMNS, mask_to_geometry, vectorize
@@ -77,7 +78,12 @@ def test_pixel_edge_outline_rasterises_back_exactly():
     shape = (60, 70)
     for row, (x1, y1, mask, _, _) in zip(gdf.itertuples(), items, strict=True):
         back = rasterize([row.geometry], out_shape=shape, transform=UTM_TRANSFORM)
-        assert (back == paste(mask, x1, y1, shape)).all()
+        # one object, one Polygon: the mask's largest 4-connected part, exactly
+        parts, _ = ndimage.label(mask)
+        main = parts == 1 + np.argmax(np.bincount(parts.ravel())[1:])
+        assert row.geometry.geom_type == "Polygon"
+        assert (back == paste(main, x1, y1, shape)).all()
+    assert ndimage.label(m)[1] > 1  # the ragged mask had several parts
     # holes kept
     ring_geom = gdf.geometry.iloc[1]
     assert ring_geom.geom_type == "Polygon" and len(ring_geom.interiors) == 1
@@ -232,14 +238,14 @@ def test_unknown_class_names_fall_back_to_label_text():
 
 
 def reference_vectorize(detections, *, transform, crs_wkt):
-    """geoseg 0.x's vectorize before the batched tracer: one GDAL trace per mask."""
-    from geoseg.geometry import rectangle_axes, to_metric
+    """geoseg 0.x's vectorize before the batched tracer: one GDAL trace per mask (main part)."""
+    from geoseg.geometry import main_polygon, rectangle_axes, to_metric
     from geoseg.vectorize import shifted
 
     geoms, keep = [], []
     for k in range(len(detections)):
         x1, y1 = int(detections.mask_boxes[k, 0]), int(detections.mask_boxes[k, 1])
-        g = mask_to_geometry(detections.masks[k], shifted(transform, x1, y1))
+        g = main_polygon(mask_to_geometry(detections.masks[k], shifted(transform, x1, y1)))
         if g is not None:
             geoms.append(g)
             keep.append(k)

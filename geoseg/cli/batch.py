@@ -16,6 +16,7 @@ from geoseg.cli._common import (
     echo,
     fail_on_geoseg_error,
     is_quiet,
+    output_options,
     progress_disabled,
     resolve_cli_settings,
     run_settings_options,
@@ -105,6 +106,7 @@ def format_report(report: BatchReport) -> str:
 @click.option("--force", is_flag=True, help="Redo every scene, even those already done.")
 @click.option("--quicklook", is_flag=True, help="Also write OUTDIR/quicklooks/<scene>.png.")
 @run_settings_options
+@output_options
 @click.option(
     "--norm",
     type=click.Choice([s.value for s in NormSource]),
@@ -155,6 +157,12 @@ def command(
     overlap: int | None,
     gsd: float | None,
     no_resample: bool,
+    classes: str | None,
+    class_agnostic: bool,
+    aoi: str | None,
+    bbox: str | None,
+    bbox_crs: str | None,
+    geometry: str,
     norm: str,
     batch_size: int | None,
     asset: str | None,
@@ -169,7 +177,9 @@ def command(
     skips the scenes already done with the same model and config; --force redoes them.
     Settings follow the same rule as geoseg predict: options > --config preset > the
     checkpoint's tile size and score thresholds > defaults; scenes are read at the model's
-    ground resolution unless --gsd or --no-resample says otherwise.
+    ground resolution unless --gsd or --no-resample says otherwise. --aoi/--bbox predict only
+    an area of each scene (an AOI with a "scene" column: each feature for the scene of that
+    name).
     Exits with status 1 when any scene failed (see OUTDIR/manifest.json).
     """
     from tqdm import tqdm
@@ -192,8 +202,16 @@ def command(
         gsd=gsd,
         no_resample=no_resample,
         checkpoint=model,
+        classes=classes,
+        class_agnostic=class_agnostic,
+        aoi=aoi,
+        bbox=bbox,
+        bbox_crs=bbox_crs,
+        geometry=geometry,
     )
     echo(describe_gsd(settings, meta.gsd), err=True)
+    if settings.extent is not None:
+        echo(settings.extent.describe(), err=True)
     shown = settings.bands or meta.bands
     writer = functools.partial(write_quicklook, bands=shown[:3] if len(shown) >= 3 else shown[:1])
     bar = tqdm(
