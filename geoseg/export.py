@@ -31,8 +31,14 @@ coordinates (GeoJSON of a scene without a CRS, or with one that has no way to lo
 latitude). A scene without a CRS is written to the other formats in its own (pixel)
 coordinates, with a warning; GeoJSON refuses it rather than write empty geometries.
 
-Mixed ``Polygon``/``MultiPolygon`` columns are written as ``MultiPolygon`` by the OGR formats
-(GeoPackage, Shapefile, FlatGeobuf) where a layer needs one geometry type.
+A layer has one geometry type: ``gdf.attrs["geometry_type"]`` (set by
+:func:`geoseg.pipeline.keep_objects` and ``output_geometry``: ``Polygon``, or ``Point``) is
+declared to the OGR formats (GeoPackage, Shapefile, FlatGeobuf, GeoJSON), also for a layer
+without features; without it, mixed ``Polygon``/``MultiPolygon`` columns are written as
+``MultiPolygon``.
+
+:func:`write_id_raster` writes the objects' instance ids as a Cloud-Optimized GeoTIFF on the
+scene's grid (``--mask-raster``).
 """
 
 from __future__ import annotations
@@ -59,10 +65,12 @@ if TYPE_CHECKING:
 __all__ = [
     "SHAPEFILE_FIELD_NAMES",
     "VectorFormat",
+    "check_id_raster_path",
     "check_output_crs",
     "check_scene_output",
     "check_writable",
     "format_for_path",
+    "write_id_raster",
     "write_vectors",
 ]
 
@@ -95,9 +103,16 @@ def _shapefile_columns(columns: list[str]) -> dict[str, str]:
 def _write_ogr(
     gdf: geopandas.GeoDataFrame, tmp: Path, *, driver: str, layer: str | None, **opts: Any
 ) -> None:
+    import warnings
+
     import pyogrio
 
-    pyogrio.write_dataframe(gdf, os.fspath(tmp), layer=layer, driver=driver, **opts)
+    gtype = gdf.attrs.get("geometry_type")
+    if gtype is not None:
+        opts.setdefault("geometry_type", gtype)
+    with warnings.catch_warnings():  # no CRS: check_output_crs has said so, once
+        warnings.filterwarnings("ignore", message="'crs' was not provided")
+        pyogrio.write_dataframe(gdf, os.fspath(tmp), layer=layer, driver=driver, **opts)
 
 
 def _to_pixels(gdf: geopandas.GeoDataFrame, scene_info: SceneInfo) -> npt.NDArray[Any]:
@@ -164,7 +179,8 @@ def _write_coco(
     names = _coco_classes(gdf, classes)
     cat_id = category_ids(names)
     has_class = "class" in gdf
-    extra = [c for c in ("area_m2", "length_m", "width_m", "heading_deg") if c in gdf]
+    sizes = ("area_m2", "length_m", "width_m", "area_px", "length_px", "width_px")
+    extra = [c for c in (*sizes, "heading_deg") if c in gdf]
     annotations: list[dict[str, Any]] = []
     identity = Affine.identity()
     for i, geom in enumerate(_to_pixels(gdf, scene_info)):
@@ -278,8 +294,8 @@ def check_output_crs(
                 "coordinates, no CRS) or .json (COCO, pixels)"
             )
         if kind is not VectorFormat.COCO:
-            logger.warning(
-                "%s: %s has no CRS: the output holds pixel coordinates without a CRS", p, source
+            logger.warning(  # one text for the early check and the write: said once
+                "%s: no CRS, so the output holds pixel coordinates (without a CRS)", p
             )
         return
     if kind is not VectorFormat.GEOJSON:
@@ -377,4 +393,139 @@ def write_vectors(
     except Exception as err:
         raise ExportError(f"{p}: could not write {fmt} output: {err}") from err
     logger.info("wrote %d objects to %s (%s)", len(gdf), p, fmt)
+    return p
+
+
+#: Side of the square windows :func:`write_id_raster` rasterises one at a time, in pixels.
+ID_RASTER_BLOCK = 1024
+
+
+def check_id_raster_path(path: str | os.PathLike[str]) -> None:
+    """Fail early when the id raster (``--mask-raster``) cannot be written.
+
+    Raises:
+        ExportError: not a ``.tif``/``.tiff`` name, or a folder that cannot be written.
+    """
+    p = Path(path)
+    if p.suffix.lower() not in (".tif", ".tiff"):
+        raise ExportError(f"{p}: the instance-id raster is a GeoTIFF (COG); give a .tif file name")
+    check_writable(p, fmt=VectorFormat.GPKG)  # fmt given: only the folder is checked
+
+
+def write_id_raster(
+    gdf: geopandas.GeoDataFrame,
+    path: str | os.PathLike[str],
+    scene_info: SceneInfo,
+    *,
+    id_column: str = "id",
+    block: int = ID_RASTER_BLOCK,
+) -> Path:
+    """Write the objects' ids as a uint32 Cloud-Optimized GeoTIFF aligned with the scene.
+
+    The raster has the scene's size, transform and CRS; a pixel holds the ``id_column`` value
+    of the object whose outline contains the pixel's centre (for pixel-edge outlines: exactly
+    the object's mask pixels), 0 (also the nodata value) elsewhere. Where outlines overlap,
+    the smaller object is on top. It is rasterised window by window (``block`` px squares,
+    only the outlines meeting each window), so memory does not grow with the scene; the COG
+    (DEFLATE, 512 px blocks, nearest-neighbour overviews) is made from a scratch GeoTIFF and
+    moved into place atomically.
+
+    Args:
+        gdf: outlines (polygons) in the scene CRS (another CRS is reprojected) with an
+            integer ``id_column`` (1, 2, ...).
+        path: the ``.tif`` to write.
+        scene_info: the scene whose grid the raster follows.
+        id_column: the column whose values are burnt.
+        block: window side in pixels.
+
+    Returns:
+        The path written.
+
+    Raises:
+        ExportError: a bad path, ids that do not fit uint32 (below 1 or above 2**32 - 1), or a
+            failure while writing.
+    """
+    import rasterio
+    import rasterio.shutil
+    import shapely
+    from rasterio.features import rasterize
+    from rasterio.windows import Window
+    from rasterio.windows import bounds as window_bounds
+    from rasterio.windows import transform as window_transform
+
+    p = Path(path)
+    check_id_raster_path(p)
+    ids = gdf[id_column].to_numpy(dtype=np.int64) if len(gdf) else np.zeros(0, np.int64)
+    if len(ids) and (ids.min() < 1 or ids.max() > np.iinfo(np.uint32).max):
+        raise ExportError(f"{p}: ids must be in [1, 2**32 - 1] to fit a uint32 raster")
+    g = gdf
+    if gdf.crs is not None and scene_info.crs_wkt is not None:
+        from pyproj import CRS
+
+        if not CRS.from_user_input(gdf.crs).equals(CRS.from_wkt(scene_info.crs_wkt)):
+            g = gdf.to_crs(scene_info.crs_wkt)
+    geoms = np.asarray(g.geometry.to_numpy(), dtype=object)
+    present = ~(shapely.is_missing(geoms) | shapely.is_empty(geoms))
+    geoms, ids = geoms[present], ids[present]
+    # larger first, so that a smaller object overlapping it is burnt on top
+    order = np.argsort(-shapely.area(geoms), kind="stable")
+    geoms, ids = geoms[order], ids[order]
+    tree = shapely.STRtree(geoms)
+    width, height, transform = scene_info.width, scene_info.height, scene_info.transform
+    size = max(16, int(block))
+    profile: dict[str, Any] = {
+        "driver": "GTiff",
+        "width": width,
+        "height": height,
+        "count": 1,
+        "dtype": "uint32",
+        "nodata": 0,
+        "transform": transform,
+        "tiled": True,
+        "blockxsize": 256,
+        "blockysize": 256,
+        "compress": "deflate",
+        "BIGTIFF": "IF_SAFER",
+    }
+    if scene_info.crs_wkt is not None:
+        profile["crs"] = scene_info.crs_wkt
+
+    def write(tmp: Path) -> None:
+        scratch = tmp.with_name(tmp.name + ".scratch.tif")
+        try:
+            with rasterio.open(scratch, "w", **profile) as dst:
+                for row in range(0, height, size):
+                    for col in range(0, width, size):
+                        win = Window(col, row, min(size, width - col), min(size, height - row))
+                        hits = np.sort(tree.query(shapely.box(*window_bounds(win, transform))))
+                        if len(hits) == 0:
+                            continue  # the scratch file's blocks read back as 0
+                        burnt = rasterize(
+                            zip(geoms[hits], ids[hits].tolist(), strict=True),
+                            out_shape=(int(win.height), int(win.width)),
+                            transform=window_transform(win, transform),
+                            fill=0,
+                            dtype="uint32",
+                        )
+                        dst.write(burnt, 1, window=win)
+            rasterio.shutil.copy(
+                scratch,
+                tmp,
+                driver="COG",
+                COMPRESS="DEFLATE",
+                PREDICTOR="2",
+                BLOCKSIZE="512",
+                OVERVIEW_RESAMPLING="NEAREST",
+                BIGTIFF="IF_SAFER",
+            )
+        finally:
+            scratch.unlink(missing_ok=True)
+
+    try:
+        atomic_write(p, write)
+    except GeosegError:
+        raise
+    except Exception as err:
+        raise ExportError(f"{p}: could not write the instance-id raster: {err}") from err
+    logger.info("wrote the ids of %d objects to %s", len(ids), p)
     return p

@@ -30,6 +30,9 @@ Design points:
   config hash (:meth:`~geoseg.settings.RunSettings.digest` + the checkpoint's sidecar), and
   whose output (and quicklook, when one is asked for) still exists, is skipped; failed and
   missing scenes run. ``force=True`` redoes all of them.
+* **Processing extent** (``settings.extent``): one AOI or bbox for every scene (a scene it
+  misses gives an empty output), or, when the AOI file has a ``scene`` column, each scene's
+  own features (:meth:`geoseg.extent.Extent.for_scene`; every scene must have some).
 * **Quicklooks** are drawn by a function the caller passes (``geoseg batch --quicklook``
   passes one that calls :func:`geoseg.viz.quicklook`); this package does not import
   :mod:`geoseg.viz`.
@@ -293,9 +296,10 @@ def run_batch(
         The report; failed scenes are in ``report.failed`` (the call does not raise for them).
 
     Raises:
-        ConfigError: no inputs, invalid arguments or settings (a score threshold for a class
-            the model lacks, ``norm="model"`` for a model without statistics...), or an
-            unreadable manifest in ``out_dir``.
+        ConfigError: no inputs, invalid arguments or settings (a score threshold or a kept
+            class the model lacks, ``norm="model"`` for a model without statistics, a
+            per-scene AOI without a feature for some scene...), or an unreadable manifest in
+            ``out_dir``.
         CheckpointError: the checkpoint is missing or unreadable.
         ExportError: ``out_dir`` cannot be written.
         InputOverwriteError: an output (a scene's vector file, the manifest, a summary) would
@@ -313,7 +317,7 @@ def run_batch(
             "quicklook must be a function (scene_path, gdf, png_path), e.g. geoseg.viz.quicklook"
         )
     from geoseg.checkpoint import checkpoint_paths, read_meta
-    from geoseg.pipeline import score_thresholds
+    from geoseg.pipeline import check_classes, score_thresholds
 
     fmt_value, ext = output_format(fmt)
     scenes = resolve_inputs(inputs, asset=asset)
@@ -332,6 +336,9 @@ def run_batch(
     else:
         settings = settings.replace(**{k: v for k, v in overrides.items() if v is not None})
     score_thresholds(meta.classes, settings.min_score, settings.class_min_score)
+    check_classes(meta.classes, settings.classes)
+    if settings.extent is not None:
+        settings.extent.check_scenes([s.name for s in scenes])
     if settings.norm is NormSource.MODEL and meta.norm_stats is None:
         raise ConfigError(
             f"{model}: the checkpoint has no normalisation statistics to normalise with; "
@@ -460,8 +467,12 @@ def _submit_split(
     """
     # chunk lengths are multiples of the batch size, so batches match an unsplit run's
     multiple = job.settings.batch_size or CUDA_BATCH_SIZE  # (8 is a multiple of CPU's 1 too)
-    n_tiles = len(planned.plan.specs)
-    parts = chunk_indexes(n_tiles, max(2, 2 * n_workers), multiple=multiple)
+    grid = planned.plan.tile_indexes  # the whole grid, or the tiles meeting the extent
+    n_tiles = len(grid)
+    parts = [
+        tuple(grid[i] for i in part)
+        for part in chunk_indexes(n_tiles, max(2, 2 * n_workers), multiple=multiple)
+    ]
     logger.info("%s: spreading %d tiles over %d chunks", scene.path, n_tiles, len(parts))
     chunk_futs = [
         client.submit(

@@ -93,6 +93,13 @@ class Job:
     ext: str
     quicklook: QuicklookWriter | None = None
 
+    def settings_for(self, scene: SceneInput) -> RunSettings:
+        """The settings of one scene: the run's, with its own area of a per-scene AOI."""
+        s = self.settings
+        if s.extent is None or not s.extent.by_scene:
+            return s
+        return s.replace(extent=s.extent.for_scene(scene.name))
+
     def output_for(self, scene: SceneInput) -> Path:
         """``OUTDIR/<scene>.<ext>``."""
         return Path(self.out_dir) / f"{scene.name}{self.ext}"
@@ -318,7 +325,9 @@ def process_scene(scene: SceneInput, job: Job) -> SceneRecord:
     loaded = False
     try:
         predictor, loaded = predictor_for(job)
-        result = run_scene(scene.path, predictor, job.settings, output=job.output_for(scene))
+        result = run_scene(
+            scene.path, predictor, job.settings_for(scene), output=job.output_for(scene)
+        )
         ql = _write_quicklook(scene, job, result.gdf)
     except Exception as err:
         if not is_input_error(err):
@@ -356,8 +365,10 @@ def plan_split(scene: SceneInput, job: Job, split_tiles: int) -> PlannedScene | 
     loaded = False
     try:
         predictor, loaded = predictor_for(job)
-        plan = plan_scene(scene.path, predictor, job.settings, output=job.output_for(scene))
-        if len(plan.specs) >= split_tiles:
+        plan = plan_scene(
+            scene.path, predictor, job.settings_for(scene), output=job.output_for(scene)
+        )
+        if len(plan.tile_indexes) >= split_tiles:
             return PlannedScene(plan, time.perf_counter() - t0, loaded)
         result = finish_scene(plan, predict_tiles(plan, predictor))
         ql = _write_quicklook(scene, job, result.gdf)

@@ -12,12 +12,16 @@ import click
 from geoseg.batch.manifest import FORMAT_ALIASES, OUTPUT_FORMATS
 from geoseg.cli._common import (
     describe_gsd,
+    device_option,
+    echo,
     fail_on_geoseg_error,
+    is_quiet,
+    output_options,
+    progress_disabled,
     resolve_cli_settings,
     run_settings_options,
     set_interrupt_note,
 )
-from geoseg.predict import Device
 from geoseg.settings import NormSource
 
 if TYPE_CHECKING:
@@ -102,6 +106,7 @@ def format_report(report: BatchReport) -> str:
 @click.option("--force", is_flag=True, help="Redo every scene, even those already done.")
 @click.option("--quicklook", is_flag=True, help="Also write OUTDIR/quicklooks/<scene>.png.")
 @run_settings_options
+@output_options
 @click.option(
     "--norm",
     type=click.Choice([s.value for s in NormSource]),
@@ -132,12 +137,8 @@ def format_report(report: BatchReport) -> str:
     show_default=True,
     help="Extra attempts for a scene that failed for a non-input reason.",
 )
-@click.option(
-    "--device",
-    type=click.Choice([d.value for d in Device]),
-    default=Device.AUTO.value,
-    show_default=True,
-    help="Where the model runs on each worker (auto: its pinned GPU, else the CPU).",
+@device_option(
+    "Where the model runs on each worker (auto: its pinned GPU, else MPS, else the CPU)."
 )
 @fail_on_geoseg_error
 def command(
@@ -156,6 +157,12 @@ def command(
     overlap: int | None,
     gsd: float | None,
     no_resample: bool,
+    classes: str | None,
+    class_agnostic: bool,
+    aoi: str | None,
+    bbox: str | None,
+    bbox_crs: str | None,
+    geometry: str,
     norm: str,
     batch_size: int | None,
     asset: str | None,
@@ -170,7 +177,9 @@ def command(
     skips the scenes already done with the same model and config; --force redoes them.
     Settings follow the same rule as geoseg predict: options > --config preset > the
     checkpoint's tile size and score thresholds > defaults; scenes are read at the model's
-    ground resolution unless --gsd or --no-resample says otherwise.
+    ground resolution unless --gsd or --no-resample says otherwise. --aoi/--bbox predict only
+    an area of each scene (an AOI with a "scene" column: each feature for the scene of that
+    name).
     Exits with status 1 when any scene failed (see OUTDIR/manifest.json).
     """
     from tqdm import tqdm
@@ -192,16 +201,27 @@ def command(
         norm=norm,
         gsd=gsd,
         no_resample=no_resample,
+        checkpoint=model,
+        classes=classes,
+        class_agnostic=class_agnostic,
+        aoi=aoi,
+        bbox=bbox,
+        bbox_crs=bbox_crs,
+        geometry=geometry,
     )
-    click.echo(describe_gsd(settings, meta.gsd), err=True)
+    echo(describe_gsd(settings, meta.gsd), err=True)
+    if settings.extent is not None:
+        echo(settings.extent.describe(), err=True)
     shown = settings.bands or meta.bands
     writer = functools.partial(write_quicklook, bands=shown[:3] if len(shown) >= 3 else shown[:1])
-    bar = tqdm(total=n_scenes, unit="scene", desc="batch", dynamic_ncols=True)
+    bar = tqdm(
+        total=n_scenes, unit="scene", desc="batch", dynamic_ncols=True, disable=progress_disabled()
+    )
 
     def progress(p: BatchProgress) -> None:
         if p.record is None and p.done == 0:
             bar.reset(total=p.total)
-            if p.skipped:
+            if p.skipped and not is_quiet():
                 tqdm.write(
                     f"skipping {p.skipped} scene(s) already done with the same model and "
                     "config (--force redoes them)"
@@ -216,7 +236,8 @@ def command(
         )
 
     def on_dashboard(link: str) -> None:
-        tqdm.write(f"dask dashboard: {link}")
+        if not is_quiet():
+            tqdm.write(f"dask dashboard: {link}")
 
     set_interrupt_note(
         f"the scenes finished so far are kept in {out_dir} and recorded in its manifest.json; "
@@ -241,7 +262,7 @@ def command(
         )
     finally:
         bar.close()
-    click.echo(format_report(report))
+    echo(format_report(report))
     if report.n_failed:
         raise click.ClickException(
             f"{report.n_failed} of {len(report.records)} scene(s) failed; their errors are in "

@@ -8,12 +8,15 @@ from typing import TYPE_CHECKING
 import click
 
 from geoseg.cli._common import (
+    device_option,
+    echo,
     fail_on_geoseg_error,
+    output_options,
+    progress_disabled,
     resolve_cli_settings,
     run_settings_options,
     set_interrupt_note,
 )
-from geoseg.predict import Device
 from geoseg.settings import NormSource
 
 if TYPE_CHECKING:
@@ -76,19 +79,21 @@ def _quicklook(scene: str, result: SceneResult, path: Path, bands: tuple[int, ..
     "or .json for COCO.",
 )
 @run_settings_options
+@output_options
+@click.option(
+    "--mask-raster",
+    type=click.Path(dir_okay=False, path_type=Path),
+    metavar="TIF",
+    help="Also write the objects' instance ids (uint32, 0 = background, the output's id "
+    "column) as a Cloud-Optimized GeoTIFF on the scene's grid.",
+)
 @click.option(
     "--quicklook",
     type=click.Path(dir_okay=False, path_type=Path),
     metavar="PNG",
     help="Also write a quicklook PNG of the results over the scene.",
 )
-@click.option(
-    "--device",
-    type=click.Choice([d.value for d in Device]),
-    default=Device.AUTO.value,
-    show_default=True,
-    help="Where the model runs.",
-)
+@device_option("Where the model runs (auto: CUDA, else MPS, else the CPU).")
 @click.option(
     "--norm",
     type=click.Choice([s.value for s in NormSource]),
@@ -120,6 +125,13 @@ def command(
     overlap: int | None,
     gsd: float | None,
     no_resample: bool,
+    classes: str | None,
+    class_agnostic: bool,
+    aoi: str | None,
+    bbox: str | None,
+    bbox_crs: str | None,
+    geometry: str,
+    mask_raster: Path | None,
     quicklook: Path | None,
     device: str,
     norm: str,
@@ -132,24 +144,28 @@ def command(
     borders are merged; polygons are in the scene's CRS (GeoJSON: WGS84). A scene whose
     ground resolution differs from the model's by more than 10 % is read at the model's
     (each tile resampled while it is read, no copy on disk); --gsd sets another working
-    GSD, --no-resample reads the scene as it is.
+    GSD, --no-resample reads the scene as it is. --aoi/--bbox predict only an area;
+    --classes keeps some classes; each object is one Polygon (--geometry box/point for boxes
+    or centroids).
     """
     from tqdm import tqdm
 
     from geoseg.checkpoint import check_compatible, checkpoint_paths, read_meta
-    from geoseg.errors import ConfigError
-    from geoseg.export import check_scene_output, check_writable
+    from geoseg.export import check_id_raster_path, check_scene_output, check_writable
+    from geoseg.extent import check_overlap
     from geoseg.io import check_no_overwrite
-    from geoseg.pipeline import run_scene, scene_grid, score_thresholds
+    from geoseg.pipeline import check_output_geometry, run_scene, scene_grid
     from geoseg.predict import load_predictor
     from geoseg.raster import open_scene, validate_bands
 
     # Cheap checks first, so that bad input fails before the model is loaded.
     check_no_overwrite(
-        [("SCENE", scene), ("MODEL", checkpoint_paths(model)[0])],
-        [("-o", output), ("--quicklook", quicklook)],
+        [("SCENE", scene), ("MODEL", checkpoint_paths(model)[0]), ("--aoi", aoi)],
+        [("-o", output), ("--quicklook", quicklook), ("--mask-raster", mask_raster)],
     )
     check_writable(output)
+    if mask_raster is not None:
+        check_id_raster_path(mask_raster)
     if quicklook is not None:
         _check_png_path(quicklook)
     info = open_scene(scene)
@@ -167,11 +183,18 @@ def command(
         norm=norm,
         gsd=gsd,
         no_resample=no_resample,
+        checkpoint=model,
+        classes=classes,
+        class_agnostic=class_agnostic,
+        aoi=aoi,
+        bbox=bbox,
+        bbox_crs=bbox_crs,
+        geometry=geometry,
     )
-    try:  # a threshold for a class the model lacks fails here, not after loading it
-        score_thresholds(meta.classes, settings.min_score, settings.class_min_score)
-    except ConfigError as err:
-        raise ConfigError(f"{model}: {err}; fix --min-score CLASS=S") from err
+    check_output_geometry(output, settings)
+    if settings.extent is not None:
+        check_overlap(settings.extent, info)
+        echo(settings.extent.describe(), err=True)
     sel = validate_bands(info, settings.bands or meta.bands)
     check_compatible(meta, band_count=len(sel), checkpoint=model, scene=scene)
     if settings.norm is NormSource.MODEL and meta.norm_stats is None:
@@ -181,26 +204,36 @@ def command(
         )
     # the same decision plan_scene makes; fails early on no CRS or tiles too large
     grid = scene_grid(info, settings, model_gsd=meta.gsd, n_bands=len(sel))
-    click.echo(grid.describe(), err=True)
+    echo(grid.describe(), err=True)
     if settings.class_min_score:
         per_class = ", ".join(f"{k} {v:g}" for k, v in sorted(settings.class_min_score.items()))
-        click.echo(f"score thresholds: {per_class}; other classes {settings.min_score:g}", err=True)
+        echo(f"score thresholds: {per_class}; other classes {settings.min_score:g}", err=True)
     set_interrupt_note(
         f"nothing was written ({output} is written whole at the end, or not at all); run the "
         "same command again"
     )
     predictor = load_predictor(model, settings)
 
-    with tqdm(total=None, unit="tile", desc=Path(scene).name, leave=False) as bar:
+    with tqdm(
+        total=None, unit="tile", desc=Path(scene).name, leave=False, disable=progress_disabled()
+    ) as bar:
 
         def progress(done: int, total: int) -> None:
             bar.total = total
             bar.update(done - bar.n)
 
         result = run_scene(
-            scene, predictor, settings, num_workers=workers, progress=progress, output=output
+            scene,
+            predictor,
+            settings,
+            num_workers=workers,
+            progress=progress,
+            output=output,
+            mask_raster=mask_raster,
         )
-    click.echo(format_summary(result))
+    echo(format_summary(result))
     if quicklook is not None:
         written = _quicklook(scene, result, quicklook, result.bands)
-        click.echo(f"wrote {written}", err=True)
+        echo(f"wrote {written}", err=True)
+    if result.mask_raster is not None:
+        echo(f"wrote {result.mask_raster}", err=True)
