@@ -30,7 +30,7 @@ F1, and the number of predictions lying mostly (``>= --inside``, 0.8, of their a
 another prediction (fragments and duplicates). ``--crop`` cuts a square of the scene first
 (a quick check on a small input). Heavy on a CPU: run it with ``nice``, and give ``--cache
 DIR`` to keep each run's per-tile detections there (a second call only re-stitches them;
-``--stitch KEY=VALUE`` changes stitch settings, e.g. ``whole_view_px=8``). ``oracle`` takes
+``--stitch KEY=VALUE`` changes stitch settings, e.g. ``contain_frac=0.7``). ``oracle`` takes
 ``--stitch`` too.
 
 Usage::

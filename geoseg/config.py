@@ -239,24 +239,17 @@ class StitchConfig:
             tile, or a partial view at a tile edge inside an object another tile saw whole.
         class_agnostic: match and suppress across classes (the best-scoring class wins);
             ``False`` only merges detections of the same class.
-        whole_view_px: ``> 0``: "who saw it whole decides": a partial view at a tile edge
-            that no other tile confirmed is dropped when another tile saw its area whole (at
-            least this many px from that tile's cut edges) and predicted nothing there. 0
-            (default): off; it also drops an object a model missed in the tile that saw it
-            whole.
     """
 
     match_iou: float = 0.5
     nms_iou: float = 0.5
     contain_frac: float = 0.8
     class_agnostic: bool = False
-    whole_view_px: int = 0
 
     def __post_init__(self) -> None:
         _check(0.0 < self.match_iou <= 1.0, "stitch.match_iou must be in (0, 1]")
         _check(0.0 < self.nms_iou <= 1.0, "stitch.nms_iou must be in (0, 1]")
         _check(0.0 < self.contain_frac <= 1.0, "stitch.contain_frac must be in (0, 1]")
-        _check(self.whole_view_px >= 0, "stitch.whole_view_px must be >= 0 (0: off)")
 
 
 @dataclass(frozen=True, slots=True)

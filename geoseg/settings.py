@@ -136,8 +136,6 @@ class RunSettings:
             tiles whose window meets it are read, objects whose centroid (in metres) lies in
             it are kept, as ``geoseg count --aoi`` counts them; ``None``: the whole scene.
         geometry: the geometry written per object (:class:`OutputGeometry`).
-        whole_view_px: see :func:`geoseg.stitch.stitch` (0: off; left out of the digest
-            when 0, so that digests made before it existed still hold).
         simplify_tolerance: polygon simplification in scene-CRS units (0 = none).
         min_area_m2: polygons smaller than this many square metres are dropped.
         batch_size: tiles per forward pass; ``None``: :data:`CUDA_BATCH_SIZE` on CUDA, 1
@@ -161,7 +159,6 @@ class RunSettings:
     nms_iou: float = 0.5
     contain_frac: float = 0.8
     class_agnostic: bool = False
-    whole_view_px: int = 0
     classes: tuple[str, ...] | None = None
     extent: Extent | None = None
     geometry: OutputGeometry = OutputGeometry.MASK
@@ -229,8 +226,6 @@ class RunSettings:
         for name in ("match_iou", "nms_iou", "contain_frac"):
             if not 0.0 < getattr(self, name) <= 1.0:
                 raise ConfigError(f"{name} must be in (0, 1], got {getattr(self, name)}")
-        if self.whole_view_px < 0:
-            raise ConfigError(f"whole_view_px must be >= 0 (0: off), got {self.whole_view_px}")
         if self.batch_size is not None and self.batch_size < 1:
             raise ConfigError(f"batch size must be >= 1, got {self.batch_size}")
 
@@ -260,7 +255,6 @@ class RunSettings:
             "nms_iou": self.nms_iou,
             "contain_frac": self.contain_frac,
             "class_agnostic": self.class_agnostic,
-            "whole_view_px": self.whole_view_px,
         }
 
     def to_dict(self) -> dict[str, Any]:
@@ -318,7 +312,6 @@ class RunSettings:
 
 _FIELDS = frozenset(f.name for f in dataclasses.fields(RunSettings))
 _UNSET_IN_DIGEST: dict[str, Any] = {
-    "whole_view_px": 0,
     "classes": None,
     "extent": None,
     "geometry": OutputGeometry.MASK.value,
@@ -390,7 +383,6 @@ def resolve(
             nms_iou=cfg.stitch.nms_iou,
             contain_frac=cfg.stitch.contain_frac,
             class_agnostic=cfg.stitch.class_agnostic,
-            whole_view_px=cfg.stitch.whole_view_px,
             simplify_tolerance=cfg.vectorize.simplify_tolerance,
             min_area_m2=cfg.vectorize.min_area_m2,
             preset=cfg.name,

@@ -65,13 +65,6 @@ fits an object another tile saw whole, not only by IoU.
    class by ``>= contain_frac`` of the smaller of the two is that object with a class guessed
    from part of it: dropped.
 
-8. **Who saw it whole decides** (opt-in, ``whole_view_px > 0``). A lone partial view (near
-   a cut edge, joined to no view of any other tile) is dropped when another tile's window
-   holds all of its mask box at least ``whole_view_px`` px from that window's cut edges and
-   that tile predicted nothing sharing a pixel with it. Off by default: it removes false
-   positives a model makes on the little context at a tile edge, but also an object the
-   model missed in the tile that saw it whole.
-
 **What a merged object is made of.** Mask and box: those of the representative whole copy,
 or the union of the views for an object cut by every tile. Class: that of the best-scoring
 detection merged into it (whole copies and the partial views absorbed into them; without
@@ -1092,67 +1085,6 @@ def _merge(
     )
 
 
-def _overruled(
-    out: _Out,
-    flat: _Flat,
-    bank: _MaskBank,
-    win: IntArray,
-    *,
-    px: int,
-    width: int,
-    height: int,
-    class_aware: bool,
-) -> BoolArray:
-    """Flags of lone partial views another tile saw whole and found nothing in.
-
-    A lone partial view (``out.lone_fragment``: near a cut edge of its window and joined to no
-    view of any other tile) is overruled when another tile's window holds all of its mask
-    box at least ``px`` pixels from that window's cut edges (scene edges do not count), and
-    no detection of that tile (of its class, when ``class_aware``) shares a pixel with it:
-    the tile that saw the area whole, with context all round, decides.
-    """
-    n = len(out.scores)
-    drop = np.zeros(n, dtype=np.bool_)
-    cand = np.flatnonzero(out.lone_fragment)
-    if len(cand) == 0 or len(win) < 2:
-        return drop
-    import shapely
-
-    src = out.source[cand]
-    mb = flat.mb[src]
-    own = flat.tile[src]
-    tree = shapely.STRtree(shapely.box(win[:, 0], win[:, 1], win[:, 2], win[:, 3]))
-    ci, ti = tree.query(shapely.box(mb[:, 0], mb[:, 1], mb[:, 2], mb[:, 3]))
-    ci, ti = ci.astype(np.int64), ti.astype(np.int64)
-    v, b = win[ti], mb[ci]
-    whole = (ti != own[ci]) & (b[:, 0] >= v[:, 0]) & (b[:, 1] >= v[:, 1])
-    whole &= (b[:, 2] <= v[:, 2]) & (b[:, 3] <= v[:, 3])
-    whole &= (v[:, 0] == 0) | (b[:, 0] - v[:, 0] >= px)
-    whole &= (v[:, 1] == 0) | (b[:, 1] - v[:, 1] >= px)
-    whole &= (v[:, 2] == width) | (v[:, 2] - b[:, 2] >= px)
-    whole &= (v[:, 3] == height) | (v[:, 3] - b[:, 3] >= px)
-    ci, ti = ci[whole], ti[whole]
-    if len(ci) == 0:
-        return drop
-    # detections of those tiles that share a pixel with the partial view
-    dtree = shapely.STRtree(shapely.box(flat.mb[:, 0], flat.mb[:, 1], flat.mb[:, 2], flat.mb[:, 3]))
-    qc, qd = dtree.query(shapely.box(mb[:, 0], mb[:, 1], mb[:, 2], mb[:, 3]))
-    qc, qd = qc.astype(np.int64), qd.astype(np.int64)
-    ok = flat.tile[qd] != own[qc]
-    if class_aware:
-        ok &= flat.labels[qd] == flat.labels[src[qc]]
-    qc, qd = qc[ok], qd[ok]
-    r = _intersect(flat.mb[src[qc]], flat.mb[qd])
-    pos = _positive(r)
-    qc, qd, r = qc[pos], qd[pos], r[pos]
-    touched = bank.intersections(src[qc], qd, r) > 0
-    n_tiles = np.int64(len(win))
-    found = np.unique(qc[touched] * n_tiles + flat.tile[qd[touched]])
-    empty = ~np.isin(ci * n_tiles + ti, found)
-    drop[cand[np.unique(ci[empty])]] = True
-    return drop
-
-
 def _suppress(
     out: _Out, cut: BoolArray, *, nms_iou: float, contain_frac: float, class_aware: bool
 ) -> BoolArray:
@@ -1233,7 +1165,6 @@ def stitch(
     class_agnostic: bool = False,
     score_mode: ScoreMode = ScoreMode.MAX,
     edge_margin: int = EDGE_MARGIN,
-    whole_view_px: int = 0,
 ) -> Detections:
     """Merge per-tile detections into one set of scene objects (see the module docstring).
 
@@ -1263,10 +1194,6 @@ def stitch(
         edge_margin: a detection whose mask has at most this many empty pixels between it
             and a cut edge of its window (not a scene edge) is a *partial* view; farther in,
             it is seen whole (0: only masks touching the edge are partial).
-        whole_view_px: ``> 0``: a partial view joined to no view of another tile is dropped
-            when another tile saw its area whole (its mask box inside that tile's window, at
-            least this many px from the window's cut edges) and predicted nothing that
-            shares a pixel with it ("who saw it whole decides"); 0: off.
 
     Returns:
         :class:`~geoseg.types.Detections` in **scene pixels**: float32 boxes ``[M, 4]``,
@@ -1289,8 +1216,6 @@ def stitch(
             raise ValueError(f"stitch: {name} must be in (0, 1], got {val}")
     if edge_margin < 0:
         raise ValueError(f"stitch: edge_margin must be >= 0, got {edge_margin}")
-    if whole_view_px < 0:
-        raise ValueError(f"stitch: whole_view_px must be >= 0, got {whole_view_px}")
     score_mode = ScoreMode(score_mode)
     win, core, flat, classes = _gather(tile_detections, scene_width, scene_height)
     _refuse_seams(win)
@@ -1365,19 +1290,6 @@ def stitch(
         keep_flags = _suppress(
             out, cut, nms_iou=nms_iou, contain_frac=contain_frac, class_aware=not class_agnostic
         )
-        if whole_view_px > 0:
-            overruled = _overruled(
-                out,
-                flat,
-                bank,
-                win,
-                px=whole_view_px,
-                width=scene_width,
-                height=scene_height,
-                class_aware=not class_agnostic,
-            )
-            logger.debug("stitch: %d partial views overruled", int((overruled & keep_flags).sum()))
-            keep_flags &= ~overruled
         keep = np.flatnonzero(keep_flags)
         logger.debug(
             "stitch: %d overlap-zone detections -> %d objects (%d after NMS)",

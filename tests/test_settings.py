@@ -12,14 +12,7 @@ import yaml
 
 from geoseg.config import load_config
 from geoseg.errors import ConfigError
-from geoseg.settings import (
-    _UNSET_IN_DIGEST,
-    DEFAULT_MIN_SCORE,
-    DEFAULT_TILE_SIZE,
-    NormSource,
-    RunSettings,
-    resolve,
-)
+from geoseg.settings import DEFAULT_MIN_SCORE, DEFAULT_TILE_SIZE, NormSource, RunSettings, resolve
 
 PRESETS = Path(__file__).resolve().parents[1] / "geoseg" / "configs"
 
@@ -95,20 +88,6 @@ def test_contain_frac_threads_from_preset_to_stitch(tmp_path):
     assert resolve(Facts(), path, contain_frac=0.9).stitch_kwargs()["contain_frac"] == 0.9
 
 
-def test_whole_view_px_threads_from_preset_to_stitch_and_is_off_by_default(tmp_path):
-    a = resolve(Facts(), "buildings")
-    assert a.whole_view_px == 0 and a.stitch_kwargs()["whole_view_px"] == 0
-    # off: left out of the digest, like the other keys added since (manifests made before
-    # them keep their digests)
-    assert _UNSET_IN_DIGEST["whole_view_px"] == 0
-    assert a.digest() != a.replace(whole_view_px=8).digest()
-    raw = yaml.safe_load((PRESETS / "buildings.yaml").read_text())
-    raw["stitch"]["whole_view_px"] = 8
-    path = tmp_path / "p.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    assert resolve(Facts(), path).stitch_kwargs()["whole_view_px"] == 8
-
-
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
@@ -116,7 +95,6 @@ def test_whole_view_px_threads_from_preset_to_stitch_and_is_off_by_default(tmp_p
         ({"overlap": 600}, "overlap 600 must be in"),
         ({"overlap": 0}, "overlap 0: two objects touching on a tile seam"),
         ({"contain_frac": 0.0}, r"contain_frac must be in \(0, 1\]"),
-        ({"whole_view_px": -1}, "whole_view_px must be >= 0"),
         ({"min_score": 1.5}, r"min_score must be in \[0, 1\]"),
         ({"class_min_score": {"ship": 2.0}}, "class_min_score"),
         ({"norm": "sensor"}, "sensor"),

@@ -671,33 +671,6 @@ def test_a_piece_with_another_class_yields_to_the_whole_object():
     assert det.mask_boxes[0].tolist() == [lo - 6, 40, lo + 6, 50]
 
 
-def test_who_saw_it_whole_decides_when_asked():
-    """Tile b reports a piece at its left edge; tile a saw that area whole, 20 px from its own
-    edges, and found nothing there. With ``whole_view_px`` the piece goes; it stays when tile
-    a saw it too close to its own edge, when tile a predicted something touching it, and by
-    default."""
-    a, b = two_tiles()
-    lo, hi = b.window.col_off, a.window.col_end
-    piece = np.ones((8, 6), bool)  # at b's left (cut) edge, lo + 6 <= hi - 20
-    other = np.ones((8, 8), bool)  # tile a's detection elsewhere
-    tds = [
-        tile_dets(a, [(20, 60, other)]),
-        tile_dets(b, [(lo, 40, piece), (lo + 50, 60, other)]),
-    ]
-    assert lo + 6 <= hi - 20
-    kw = {"scene_width": 224, "scene_height": 128}
-    assert len(stitch(tds, **kw)) == 3
-    det = stitch(tds, whole_view_px=8, **kw)
-    assert len(det) == 2 and [lo, 40, lo + 6, 48] not in det.mask_boxes.tolist()
-    # tile a saw the piece only 4 px from its own cut edge: not a whole view of it
-    assert len(stitch(tds, whole_view_px=hi - (lo + 6) + 1, **kw)) == 3
-    # tile a predicted something that shares a pixel with the piece: no verdict of "nothing"
-    tds[0] = tile_dets(a, [(20, 60, other), (lo + 5, 47, np.ones((3, 3), bool))])
-    assert len(stitch(tds, whole_view_px=8, **kw)) >= 3
-    with pytest.raises(ValueError, match="whole_view_px"):
-        stitch(tds, whole_view_px=-1, **kw)
-
-
 def test_empty_and_invalid_inputs():
     grid = two_tiles()
     det = stitch(
