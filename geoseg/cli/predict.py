@@ -28,7 +28,9 @@ def format_summary(result: SceneResult) -> str:
     lines = [f"{name:<{width}}  {n:>7d}" for name, n in result.counts.items()]
     lines.append(f"{'total':<{width}}  {sum(result.counts.values()):>7d}")
     lines.append(
-        f"{result.n_tiles} tiles in {result.seconds:.1f} s "
+        f"{result.n_tiles} tiles"
+        + (f" ({result.resumed_tiles} from partial results)" if result.resumed_tiles else "")
+        + f" in {result.seconds:.1f} s "
         f"({result.megapixels_per_second:.2f} Mpx/s)"
         + (f"; wrote {result.output}" if result.output is not None else "")
     )
@@ -108,6 +110,12 @@ def _quicklook(scene: str, result: SceneResult, path: Path, bands: tuple[int, ..
     show_default=True,
     help="Tile-reading processes (0: a reading thread).",
 )
+@click.option(
+    "--no-resume",
+    is_flag=True,
+    help="Start over: ignore and do not keep OUT.partial, the per-tile results an interrupted "
+    "run leaves for the next run with the same scene, model and settings.",
+)
 @fail_on_geoseg_error
 def command(
     scene: str,
@@ -125,6 +133,7 @@ def command(
     norm: str,
     batch_size: int | None,
     workers: int,
+    no_resume: bool,
 ) -> None:
     """Find and outline the objects of SCENE with MODEL; write polygons to OUT.
 
@@ -133,13 +142,19 @@ def command(
     ground resolution differs from the model's by more than 10 % is read at the model's
     (each tile resampled while it is read, no copy on disk); --gsd sets another working
     GSD, --no-resample reads the scene as it is.
+
+    Each batch of predicted tiles is kept in OUT.partial until OUT is written: after an
+    interrupt, the same command predicts only the missing tiles (--no-resume starts over).
     """
+    import hashlib
+
     from tqdm import tqdm
 
     from geoseg.checkpoint import check_compatible, checkpoint_paths, read_meta
     from geoseg.errors import ConfigError
     from geoseg.export import check_scene_output, check_writable
     from geoseg.io import check_no_overwrite
+    from geoseg.partial import partial_path
     from geoseg.pipeline import run_scene, scene_grid, score_thresholds
     from geoseg.predict import load_predictor
     from geoseg.raster import open_scene, validate_bands
@@ -185,11 +200,26 @@ def command(
     if settings.class_min_score:
         per_class = ", ".join(f"{k} {v:g}" for k, v in sorted(settings.class_min_score.items()))
         click.echo(f"score thresholds: {per_class}; other classes {settings.min_score:g}", err=True)
-    set_interrupt_note(
-        f"nothing was written ({output} is written whole at the end, or not at all); run the "
-        "same command again"
-    )
+    resume = not no_resume
+    sidecar_file = partial_path(output)
+    if resume:
+        if sidecar_file.exists():
+            click.echo(
+                f"found partial results in {sidecar_file}: tiles predicted with the same scene, "
+                "model and settings are not predicted again (--no-resume starts over)",
+                err=True,
+            )
+        set_interrupt_note(
+            f"{output} was not written; the tiles predicted so far are kept in {sidecar_file}: "
+            "run the same command again to predict only the others (--no-resume starts over)"
+        )
+    else:
+        set_interrupt_note(
+            f"nothing was written ({output} is written whole at the end, or not at all); run the "
+            "same command again"
+        )
     predictor = load_predictor(model, settings)
+    model_id = hashlib.sha256(checkpoint_paths(model)[1].read_bytes()).hexdigest()
 
     with tqdm(total=None, unit="tile", desc=Path(scene).name, leave=False) as bar:
 
@@ -198,7 +228,14 @@ def command(
             bar.update(done - bar.n)
 
         result = run_scene(
-            scene, predictor, settings, num_workers=workers, progress=progress, output=output
+            scene,
+            predictor,
+            settings,
+            num_workers=workers,
+            progress=progress,
+            output=output,
+            resume=resume,
+            model_id=model_id,
         )
     click.echo(format_summary(result))
     if quicklook is not None:
