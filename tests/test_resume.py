@@ -63,9 +63,9 @@ def model(tiny_checkpoint_factory):
 
 @pytest.fixture(scope="module")
 def predictor(model):
+    from geoseg.checkpoint import read_meta
     from geoseg.predict import load_predictor
     from geoseg.settings import resolve
-    from geoseg.checkpoint import read_meta
 
     return load_predictor(model, resolve(read_meta(model), **TILE))
 
@@ -174,11 +174,11 @@ def test_other_settings_or_model_start_over(predictor, scene, tmp_path, caplog):
     out = tmp_path / "out.gpkg"
     with pytest.raises(KeyboardInterrupt):
         run_scene(scene, Counting(predictor, 6), output=out, resume=True, **TILE)
-    with caplog.at_level(logging.WARNING, logger="geoseg"):
-        with pytest.raises(KeyboardInterrupt):  # another score threshold: other detections
-            run_scene(
-                scene, Counting(predictor, 2), output=out, resume=True, **{**TILE, "min_score": 0.2}
-            )
+    # another score threshold: other detections
+    with caplog.at_level(logging.WARNING, logger="geoseg"), pytest.raises(KeyboardInterrupt):
+        run_scene(
+            scene, Counting(predictor, 2), output=out, resume=True, **{**TILE, "min_score": 0.2}
+        )
     assert "made with other settings, model or scene; starting over" in caplog.text
     caplog.clear()
     other_model = Counting(predictor)

@@ -40,13 +40,16 @@ GDAL URLs (``/vsicurl/``, ``/vsis3/``...).
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import hashlib
 import logging
 import os
+import queue
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -114,8 +117,11 @@ class BatchProgress:
         tiles: tiles processed by finished scenes and finished chunks of split scenes.
         objects: objects found so far.
         counts: objects per class so far.
-        record: the record that triggered this update (``None`` for the initial call and for
-            chunk updates of split scenes).
+        record: the record that triggered this update (``None`` for the initial call, for
+            chunk updates of split scenes and for tile updates).
+        scene_tiles: scenes being predicted now -> ``(tiles done, tiles in the scene)``,
+            reported by the tasks tile batch by tile batch (several workers' chunks of a
+            split scene added up); a scene leaves it when its record arrives.
     """
 
     total: int
@@ -127,9 +133,11 @@ class BatchProgress:
     objects: int
     counts: Mapping[str, int]
     record: SceneRecord | None = None
+    scene_tiles: Mapping[str, tuple[int, int]] = field(default_factory=dict)
 
 
-#: ``progress(snapshot)``: called at the start and after each scene (and chunk).
+#: ``progress(snapshot)``: called at the start, after each scene (and chunk) and as tiles of
+#: the running scenes are predicted.
 ProgressCallback = Callable[[BatchProgress], None]
 
 
@@ -193,6 +201,24 @@ class _Tally:
         self.total, self.skipped, self.callback = total, skipped, callback
         self.done = self.ok = self.failed = self.tiles = self.objects = 0
         self.counts: dict[str, int] = {}
+        self.parts: dict[str, dict[int, int]] = {}  # running scene -> part -> tiles done
+        self.scene_total: dict[str, int] = {}
+        self.finished: set[str] = set()
+
+    def scene_tiles(self) -> dict[str, tuple[int, int]]:
+        return {
+            name: (sum(parts.values()), self.scene_total[name])
+            for name, parts in self.parts.items()
+        }
+
+    def tile_event(self, msg: Mapping[str, Any]) -> None:
+        """A task's tile report (:func:`geoseg.batch.tasks.tile_reporter`)."""
+        name = str(msg["scene"])
+        if name in self.finished:
+            return  # a late report of a scene already recorded
+        self.parts.setdefault(name, {})[int(msg["part"])] = int(msg["done"])
+        self.scene_total[name] = int(msg["total"])
+        self.emit()
 
     def emit(self, record: SceneRecord | None = None) -> None:
         if self.callback is None:
@@ -208,6 +234,7 @@ class _Tally:
                 objects=self.objects,
                 counts=dict(self.counts),
                 record=record,
+                scene_tiles=self.scene_tiles(),
             )
         )
 
@@ -219,6 +246,9 @@ class _Tally:
             self.failed += 1
         self.tiles += record.n_tiles - tiles_counted  # chunks counted their grid tiles
         self.objects += record.n_objects
+        self.finished.add(record.scene)
+        self.parts.pop(record.scene, None)
+        self.scene_total.pop(record.scene, None)
         for k, v in record.counts.items():
             self.counts[k] = self.counts.get(k, 0) + int(v)
         self.emit(record)
@@ -438,6 +468,21 @@ def run_batch(
     return report
 
 
+#: Seconds between two looks at the futures and tile reports while nothing is ready.
+_POLL_SECONDS = 0.05
+
+
+def _drain_tile_events(events: queue.SimpleQueue[Any], tally: _Tally) -> None:
+    """Pass the tile reports received so far (``(timestamp, msg)`` events) to the tally."""
+    while True:
+        try:
+            _, msg = events.get_nowait()
+        except queue.Empty:
+            return
+        with contextlib.suppress(KeyError, TypeError, ValueError):
+            tally.tile_event(msg)
+
+
 # future -> (role, scene, tiles): "scene" gives a record, "plan" a PlannedScene or a record,
 # "chunk" a chunk of a split scene (only counted here; its result goes to the finish task)
 _Role = tuple[str, SceneInput, int]
@@ -469,6 +514,8 @@ def _submit_split(
             job,
             planned,
             part,
+            scene,
+            i,
             key=f"geoseg-chunk-{scene.name}-{i}-{run_id}",
             pure=False,
             retries=retries,
@@ -515,6 +562,10 @@ def _run_tasks(
             on_dashboard(dashboard)
         n_workers_now = max(1, len(client.scheduler_info(n_workers=-1).get("workers", {})))
         run_id = hashlib.sha1(f"{time.time_ns()}-{os.getpid()}".encode()).hexdigest()[:8]
+        topic = f"geoseg-tiles-{run_id}"
+        job = dataclasses.replace(job, progress_topic=topic)
+        tile_events: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        client.subscribe_topic(topic, tile_events.put)  # called on the client's event loop
         roles: dict[Any, _Role] = {}
         for s in todo:
             if split_tiles is None:
@@ -538,30 +589,37 @@ def _run_tasks(
                     retries=retries,
                 )
                 roles[fut] = ("plan", s, 0)
-        queue = as_completed(list(roles))
+        pending = as_completed(list(roles))
         tiles_counted: dict[str, int] = {}
-        for done in queue.batches():
-            for fut in done:
-                role, scene, n_tiles = roles.pop(fut)
-                if role == "chunk":
-                    tiles_counted[scene.name] = tiles_counted.get(scene.name, 0) + n_tiles
-                    tally.add_tiles(n_tiles)
+        try:
+            while not pending.is_empty():
+                _drain_tile_events(tile_events, tally)
+                if not pending.has_ready():
+                    time.sleep(_POLL_SECONDS)
                     continue
-                try:
-                    value = fut.result()
-                except Exception as err:
-                    logger.warning("%s failed on the cluster: %s", scene.path, error_text(err))
-                    value = failed_record(scene, job, err)
-                if isinstance(value, PlannedScene):
-                    for new_fut, new_role in _submit_split(
-                        client, scene, job, value, n_workers_now, run_id, retries
-                    ):
-                        roles[new_fut] = new_role
-                        queue.add(new_fut)
-                    continue
-                manifest.add(value)
-                if value.status is SceneStatus.FAILED:
-                    logger.warning("%s failed: %s", scene.name, value.error)
-                tally.add(value, tiles_counted=tiles_counted.pop(scene.name, 0))
-            manifest.flush()  # once per batch of completed futures
+                for fut in pending.next_batch(block=False):
+                    role, scene, n_tiles = roles.pop(fut)
+                    if role == "chunk":
+                        tiles_counted[scene.name] = tiles_counted.get(scene.name, 0) + n_tiles
+                        tally.add_tiles(n_tiles)
+                        continue
+                    try:
+                        value = fut.result()
+                    except Exception as err:
+                        logger.warning("%s failed on the cluster: %s", scene.path, error_text(err))
+                        value = failed_record(scene, job, err)
+                    if isinstance(value, PlannedScene):
+                        for new_fut, new_role in _submit_split(
+                            client, scene, job, value, n_workers_now, run_id, retries
+                        ):
+                            roles[new_fut] = new_role
+                            pending.add(new_fut)
+                        continue
+                    manifest.add(value)
+                    if value.status is SceneStatus.FAILED:
+                        logger.warning("%s failed: %s", scene.name, value.error)
+                    tally.add(value, tiles_counted=tiles_counted.pop(scene.name, 0))
+                manifest.flush()  # once per batch of completed futures
+        finally:
+            client.unsubscribe_topic(topic)
         return dashboard

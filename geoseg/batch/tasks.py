@@ -58,6 +58,7 @@ __all__ = [
     "predict_chunk",
     "predictor_for",
     "process_scene",
+    "tile_reporter",
     "worker_cache_info",
 ]
 
@@ -83,6 +84,8 @@ class Job:
         out_dir: the output folder.
         ext: the per-scene output extension (``.gpkg``...).
         quicklook: the quicklook writer, or ``None`` for no quicklooks.
+        progress_topic: the dask event topic tasks report their tiles on
+            (:func:`tile_reporter`); ``None``: no per-tile reports.
     """
 
     model: str
@@ -92,6 +95,7 @@ class Job:
     out_dir: str
     ext: str
     quicklook: QuicklookWriter | None = None
+    progress_topic: str | None = None
 
     def output_for(self, scene: SceneInput) -> Path:
         """``OUTDIR/<scene>.<ext>``."""
@@ -211,6 +215,52 @@ def predictor_for(job: Job) -> tuple[Predictor, bool]:
 
 
 # --------------------------------------------------------------------------------------------
+# per-tile progress
+
+#: Least seconds between two tile reports of one task (the last report is always sent).
+TILE_REPORT_INTERVAL = 0.2
+
+
+def tile_reporter(
+    job: Job, scene: SceneInput, part: int = -1, *, scene_total: int | None = None
+) -> Callable[[int, int], None] | None:
+    """A ``progress(done, total)`` callback that reports a task's tiles to the client.
+
+    Each call logs a dask event on ``job.progress_topic`` (at most one per
+    :data:`TILE_REPORT_INTERVAL` seconds, and always the last one) with the message ``{"scene":
+    name, "part": part, "done": done, "total": total}``: ``part`` is the chunk number of a
+    split scene (``-1``: the whole scene), ``done`` the tiles of that part predicted so far and
+    ``total`` the scene's tiles (``scene_total``, else the callback's own ``total``).
+    :func:`geoseg.batch.run_batch` turns them into
+    :attr:`~geoseg.batch.BatchProgress.scene_tiles`.
+
+    Returns:
+        ``None`` outside a dask worker or without a topic.
+    """
+    if job.progress_topic is None:
+        return None
+    try:
+        from distributed import get_worker
+
+        worker = get_worker()
+    except (ImportError, ValueError):
+        return None
+    topic = job.progress_topic
+    last = [-math.inf]
+
+    def report(done: int, total: int) -> None:
+        now = time.monotonic()
+        if done < total and now - last[0] < TILE_REPORT_INTERVAL:
+            return
+        last[0] = now
+        whole = int(total if scene_total is None else scene_total)
+        msg = {"scene": scene.name, "part": part, "done": int(done), "total": whole}
+        worker.log_event(topic, msg)
+
+    return report
+
+
+# --------------------------------------------------------------------------------------------
 # records
 
 
@@ -318,7 +368,13 @@ def process_scene(scene: SceneInput, job: Job) -> SceneRecord:
     loaded = False
     try:
         predictor, loaded = predictor_for(job)
-        result = run_scene(scene.path, predictor, job.settings, output=job.output_for(scene))
+        result = run_scene(
+            scene.path,
+            predictor,
+            job.settings,
+            output=job.output_for(scene),
+            progress=tile_reporter(job, scene),
+        )
         ql = _write_quicklook(scene, job, result.gdf)
     except Exception as err:
         if not is_input_error(err):
@@ -359,7 +415,8 @@ def plan_split(scene: SceneInput, job: Job, split_tiles: int) -> PlannedScene | 
         plan = plan_scene(scene.path, predictor, job.settings, output=job.output_for(scene))
         if len(plan.specs) >= split_tiles:
             return PlannedScene(plan, time.perf_counter() - t0, loaded)
-        result = finish_scene(plan, predict_tiles(plan, predictor))
+        per_tile = predict_tiles(plan, predictor, progress=tile_reporter(job, scene))
+        result = finish_scene(plan, per_tile)
         ql = _write_quicklook(scene, job, result.gdf)
     except Exception as err:
         if not is_input_error(err):
@@ -382,17 +439,29 @@ def plan_split(scene: SceneInput, job: Job, split_tiles: int) -> PlannedScene | 
     )
 
 
-def predict_chunk(job: Job, planned: PlannedScene, indexes: Sequence[int]) -> ChunkResult:
+def predict_chunk(
+    job: Job,
+    planned: PlannedScene,
+    indexes: Sequence[int],
+    scene: SceneInput | None = None,
+    part: int = 0,
+) -> ChunkResult:
     """Task: read and predict the tiles ``indexes`` of a split scene.
 
     :func:`~geoseg.pipeline.predict_tiles` skips all-invalid tiles and drops detections below
-    their class's threshold here, so only kept detections (cropped masks) travel.
+    their class's threshold here, so only kept detections (cropped masks) travel. With
+    ``scene``, the chunk (number ``part``) reports its tiles as it goes (:func:`tile_reporter`).
     """
     from geoseg.pipeline import predict_tiles
 
     t0 = time.perf_counter()
     predictor, loaded = predictor_for(job)
-    per_tile = predict_tiles(planned.plan, predictor, indexes)
+    report = (
+        None
+        if scene is None
+        else tile_reporter(job, scene, part, scene_total=len(planned.plan.specs))
+    )
+    per_tile = predict_tiles(planned.plan, predictor, indexes, progress=report)
     return ChunkResult(
         detections=tuple(per_tile),
         n_tiles=len(per_tile),

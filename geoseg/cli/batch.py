@@ -198,8 +198,11 @@ def command(
     writer = functools.partial(write_quicklook, bands=shown[:3] if len(shown) >= 3 else shown[:1])
     bar = tqdm(total=n_scenes, unit="scene", desc="batch", dynamic_ncols=True)
 
+    started = []
+
     def progress(p: BatchProgress) -> None:
-        if p.record is None and p.done == 0:
+        if not started:  # the first call: scenes to run, scenes skipped
+            started.append(True)
             bar.reset(total=p.total)
             if p.skipped:
                 tqdm.write(
@@ -209,9 +212,11 @@ def command(
             return
         bar.n = p.done
         top = sorted(p.counts.items(), key=lambda kv: -kv[1])[:4]
+        running = [f"{name} {d}/{t} tiles" for name, (d, t) in list(p.scene_tiles.items())[:3]]
         bar.set_postfix_str(
             f"ok={p.ok} failed={p.failed} tiles={p.tiles} objects={p.objects} "
-            + " ".join(f"{k}={v}" for k, v in top),
+            + " ".join(f"{k}={v}" for k, v in top)
+            + (f" | {', '.join(running)}" if running else ""),
             refresh=True,
         )
 
