@@ -41,6 +41,7 @@ from geoseg.config import check_class_scores
 from geoseg.errors import BandError, ConfigError
 from geoseg.predict import Predictor, check_predictor
 from geoseg.settings import NormSource, RunSettings, resolve
+from geoseg.storage import as_target
 from geoseg.tiling import (
     WorkingGrid,
     check_tile_memory,
@@ -97,7 +98,7 @@ class SceneResult:
         tiles_total: tiles in the grid, including skipped all-invalid ones.
         stats: the normalisation the tiles were stretched with.
         bands: the 1-based bands read, in model-input order.
-        output: the file written, or ``None``.
+        output: the file written (a URL string for an object-store output), or ``None``.
         settings: the run settings used.
         timings: wall seconds per stage (``setup``, ``predict`` (reading included),
             ``stitch``, ``vectorize``, ``write``).
@@ -115,7 +116,7 @@ class SceneResult:
     tiles_total: int = 0
     stats: NormStats | None = None
     bands: tuple[int, ...] = ()
-    output: Path | None = None
+    output: Path | str | None = None
     settings: RunSettings | None = None
     timings: Mapping[str, float] = field(default_factory=dict)
     grid: WorkingGrid | None = None
@@ -193,7 +194,8 @@ class ScenePlan:
         specs: the whole tile grid in row-major order (``specs[i].index == i``), **scene
             pixels** (windows of ``grid.scene_tile``).
         classes: the predictor's class names (labels index into them).
-        output: the vector file :func:`finish_scene` writes, or ``None``.
+        output: the vector file :func:`finish_scene` writes (a local ``Path``, or a URL
+            string such as ``s3://bucket/run/out.gpkg``), or ``None``.
         grid: the GSD tiles are read at: window and overlap sizes in scene pixels and the
             tile size the model sees (``None``: ``settings.tile_size``, read as it is).
     """
@@ -204,7 +206,7 @@ class ScenePlan:
     stats: NormStats
     specs: tuple[TileSpec, ...]
     classes: tuple[str, ...]
-    output: Path | None = None
+    output: Path | str | None = None
     grid: WorkingGrid | None = None
 
     @property
@@ -321,7 +323,7 @@ def plan_scene(
 
     predictor = check_predictor(predictor)
     s = settings_for(predictor, settings, **overrides)
-    out_path = None if output is None else Path(output)
+    out_path = None if output is None else as_target(output)
     if out_path is not None:
         check_writable(out_path)
     classes = tuple(predictor.classes)
@@ -643,7 +645,9 @@ def run_scene(
             predictor's checkpoint.
         stats: normalisation to apply instead of the one ``settings.norm`` chooses.
         output: vector file to write (format from its extension: ``.gpkg``, ``.geojson``,
-            ``.shp``, ``.parquet``, ``.fgb``; ``.json`` is COCO); checked before any work.
+            ``.shp``, ``.parquet``, ``.fgb``; ``.json`` is COCO); checked before any work. A
+            URL (``s3://bucket/run/out.gpkg``) is written once, complete
+            (:mod:`geoseg.storage`).
         num_workers: reader processes (``DataLoader`` workers); 0 reads in a thread.
         prefetch: batches read ahead of the predictor (per worker).
         progress: ``progress(tiles_done, tiles_total)`` after each batch and at the end

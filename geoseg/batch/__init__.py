@@ -35,7 +35,9 @@ Design points:
   :mod:`geoseg.viz`.
 
 Paths must be readable by the workers: on a multi-machine cluster use a shared file system or
-GDAL URLs (``/vsicurl/``, ``/vsis3/``...).
+URLs GDAL reads (``s3://``, ``/vsicurl/``, ``/vsis3/``...) for the scenes, and an object-store
+output folder (``s3://bucket/run/``): outputs, the manifest, the summaries and the quicklooks
+are then uploaded whole, each once (:mod:`geoseg.storage`).
 """
 
 from __future__ import annotations
@@ -46,7 +48,6 @@ import hashlib
 import logging
 import os
 import queue
-import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -80,9 +81,10 @@ from geoseg.batch.tasks import (
     process_scene,
     worker_cache_info,
 )
-from geoseg.errors import CheckpointError, ConfigError, ExportError
+from geoseg.errors import CheckpointError, ConfigError
 from geoseg.io import check_no_overwrite
 from geoseg.settings import CUDA_BATCH_SIZE, NormSource, RunSettings, resolve
+from geoseg.storage import Target, as_target, check_folder_writable, join
 
 if TYPE_CHECKING:
     from geoseg.config import PresetConfig
@@ -146,7 +148,7 @@ class BatchReport:
     """What :func:`run_batch` did.
 
     Attributes:
-        out_dir: the output folder.
+        out_dir: the output folder (a ``Path``, or a URL string for an object store).
         records: one record per input scene, in input order (for skipped scenes, the record
             kept from the earlier run).
         skipped: names of scenes skipped because they were already done.
@@ -160,12 +162,12 @@ class BatchReport:
         seconds: wall time of the whole run.
     """
 
-    out_dir: Path
+    out_dir: Target
     records: tuple[SceneRecord, ...]
     skipped: tuple[str, ...]
-    manifest: Path
-    summary_csv: Path
-    summary_parquet: Path
+    manifest: Target
+    summary_csv: Target
+    summary_parquet: Target
     model_sha256: str
     config_hash: str
     settings: RunSettings
@@ -290,7 +292,10 @@ def run_batch(
             readable by every worker.
         out_dir: output folder: ``<scene>.<ext>`` per scene, ``manifest.json`` (the latest
             record of every scene ever run into this folder), ``summary.csv`` and
-            ``summary.parquet`` (this call's scenes), and ``quicklooks/<scene>.png``.
+            ``summary.parquet`` (this call's scenes), and ``quicklooks/<scene>.png``. It may
+            be an object-store URL (``s3://bucket/run/``): every file is then written once,
+            complete (:mod:`geoseg.storage`), and resume reads the manifest from there, so
+            workers on several machines need no shared file system for their outputs.
         settings: the run settings (:func:`geoseg.settings.resolve`); ``None``: resolved from
             the checkpoint, ``preset`` and ``overrides``.
         preset: preset name, YAML path or :class:`~geoseg.config.PresetConfig` (only without
@@ -367,18 +372,15 @@ def run_batch(
             f"{model}: the checkpoint has no normalisation statistics to normalise with; "
             "use the scene's own (norm='scene', --norm scene)"
         )
-    out = Path(out_dir).expanduser().resolve()
-    written = [("--out-dir", out / name) for name in (MANIFEST_NAME, SUMMARY_CSV, SUMMARY_PARQUET)]
-    written += [("--out-dir", out / f"{s.name}{ext}") for s in scenes]
+    out = as_target(out_dir)
+    if isinstance(out, Path):
+        out = out.expanduser().resolve()
+    written = [("--out-dir", join(out, n)) for n in (MANIFEST_NAME, SUMMARY_CSV, SUMMARY_PARQUET)]
+    written += [("--out-dir", join(out, f"{s.name}{ext}")) for s in scenes]
     if quicklook is not None:
-        written += [("--out-dir", out / "quicklooks" / f"{s.name}.png") for s in scenes]
+        written += [("--out-dir", join(out, "quicklooks", f"{s.name}.png")) for s in scenes]
     check_no_overwrite([*(("INPUTS", s.path) for s in scenes), ("--model", weights)], written)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=out, prefix=".geoseg-write-test-"):
-            pass
-    except OSError as err:
-        raise ExportError(f"{out}: the output folder cannot be written ({err})") from err
+    check_folder_writable(out)
     model_sha = file_sha256(weights)
     config_hash = hashlib.sha256((settings.digest() + file_sha256(sidecar)).encode()).hexdigest()
     job = Job(
@@ -391,7 +393,7 @@ def run_batch(
         quicklook=quicklook,
     )
     manifest = Manifest(
-        out / MANIFEST_NAME,
+        join(out, MANIFEST_NAME),
         {
             "model": str(weights),
             "model_sha256": model_sha,
@@ -450,8 +452,8 @@ def run_batch(
         records=records,
         skipped=tuple(skipped),
         manifest=manifest.path,
-        summary_csv=out / SUMMARY_CSV,
-        summary_parquet=out / SUMMARY_PARQUET,
+        summary_csv=join(out, SUMMARY_CSV),
+        summary_parquet=join(out, SUMMARY_PARQUET),
         model_sha256=model_sha,
         config_hash=config_hash,
         settings=settings,

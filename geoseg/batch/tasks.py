@@ -37,6 +37,8 @@ from geoseg.batch.inputs import SceneInput
 from geoseg.batch.manifest import SceneRecord, SceneStatus, file_sha256, utc_now
 from geoseg.errors import CheckpointError, GeosegError
 from geoseg.settings import RunSettings
+from geoseg.storage import Target, as_target, join, write_output
+from geoseg.storage import size as target_size
 
 if TYPE_CHECKING:
     import geopandas as gpd
@@ -81,7 +83,7 @@ class Job:
         model_sha256: its SHA-256; a worker refuses a checkpoint that changed since.
         settings: the run settings (``settings.device`` is where each worker loads the model).
         config_hash: the manifest's config hash (settings digest + checkpoint sidecar).
-        out_dir: the output folder.
+        out_dir: the output folder (a local path or an object-store URL).
         ext: the per-scene output extension (``.gpkg``...).
         quicklook: the quicklook writer, or ``None`` for no quicklooks.
         progress_topic: the dask event topic tasks report their tiles on
@@ -97,15 +99,15 @@ class Job:
     quicklook: QuicklookWriter | None = None
     progress_topic: str | None = None
 
-    def output_for(self, scene: SceneInput) -> Path:
-        """``OUTDIR/<scene>.<ext>``."""
-        return Path(self.out_dir) / f"{scene.name}{self.ext}"
+    def output_for(self, scene: SceneInput) -> Target:
+        """``OUTDIR/<scene>.<ext>`` (a URL string when the output folder is one)."""
+        return join(as_target(self.out_dir), f"{scene.name}{self.ext}")
 
-    def quicklook_for(self, scene: SceneInput) -> Path | None:
+    def quicklook_for(self, scene: SceneInput) -> Target | None:
         """``OUTDIR/quicklooks/<scene>.png`` when quicklooks are asked for, else ``None``."""
         if self.quicklook is None:
             return None
-        return Path(self.out_dir) / "quicklooks" / f"{scene.name}.png"
+        return join(as_target(self.out_dir), "quicklooks", f"{scene.name}.png")
 
 
 @dataclass(frozen=True, eq=False)
@@ -326,7 +328,7 @@ def _ok_record(
         path=scene.path,
         status=SceneStatus.OK,
         output=str(output),
-        output_bytes=output.stat().st_size,
+        output_bytes=target_size(output),
         output_sha256=file_sha256(output),
         quicklook=quicklook,
         counts={str(k): int(v) for k, v in result.counts.items()},
@@ -346,10 +348,14 @@ def _ok_record(
 def _write_quicklook(scene: SceneInput, job: Job, gdf: gpd.GeoDataFrame) -> str | None:
     """Call the job's quicklook writer for this scene, if any; return the PNG's path."""
     out = job.quicklook_for(scene)
-    if out is None or job.quicklook is None:
+    draw = job.quicklook
+    if out is None or draw is None:
         return None
-    out.parent.mkdir(parents=True, exist_ok=True)
-    job.quicklook(scene.path, gdf, out)
+    if isinstance(out, Path):
+        out.parent.mkdir(parents=True, exist_ok=True)
+        draw(scene.path, gdf, out)
+    else:  # drawn into a local file, uploaded once
+        write_output(out, lambda tmp: draw(scene.path, gdf, tmp))
     return str(out)
 
 

@@ -19,6 +19,7 @@ from geoseg.cli._common import (
 )
 from geoseg.predict import Device
 from geoseg.settings import NormSource
+from geoseg.storage import Target, as_target
 
 if TYPE_CHECKING:
     import geopandas as gpd
@@ -59,7 +60,9 @@ def format_report(report: BatchReport) -> str:
         lines.append(f"FAILED {r.scene}: {r.error}")
     lines.append(f"settings: {report.settings.describe()}")
     lines.append(f"manifest: {report.manifest}")
-    lines.append(f"summary:  {report.summary_csv}, {report.summary_parquet.name}")
+    lines.append(
+        f"summary:  {report.summary_csv}, {str(report.summary_parquet).rsplit('/', 1)[-1]}"
+    )
     return "\n".join(lines)
 
 
@@ -77,8 +80,10 @@ def format_report(report: BatchReport) -> str:
     "--out-dir",
     "out_dir",
     required=True,
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Output folder: one vector file per scene, manifest.json, summary.csv/.parquet.",
+    metavar="OUTDIR",
+    callback=lambda ctx, param, value: as_target(value),
+    help="Output folder: one vector file per scene, manifest.json, summary.csv/.parquet; or "
+    "an object-store URL such as s3://bucket/run/ (each file uploaded once, complete).",
 )
 @click.option(
     "--scheduler",
@@ -143,7 +148,7 @@ def format_report(report: BatchReport) -> str:
 def command(
     inputs: tuple[str, ...],
     model: str,
-    out_dir: Path,
+    out_dir: Target,
     scheduler: str | None,
     workers: int | None,
     fmt: str,
@@ -198,7 +203,7 @@ def command(
     writer = functools.partial(write_quicklook, bands=shown[:3] if len(shown) >= 3 else shown[:1])
     bar = tqdm(total=n_scenes, unit="scene", desc="batch", dynamic_ncols=True)
 
-    started = []
+    started: list[bool] = []
 
     def progress(p: BatchProgress) -> None:
         if not started:  # the first call: scenes to run, scenes skipped

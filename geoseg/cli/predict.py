@@ -15,6 +15,7 @@ from geoseg.cli._common import (
 )
 from geoseg.predict import Device
 from geoseg.settings import NormSource
+from geoseg.storage import Target, as_target
 
 if TYPE_CHECKING:
     from geoseg.pipeline import SceneResult
@@ -37,14 +38,19 @@ def format_summary(result: SceneResult) -> str:
     return "\n".join(lines)
 
 
-def _check_png_path(path: Path) -> None:
+def _check_png_path(path: Target) -> None:
     """Fail early when the quicklook PNG cannot be written."""
     import os
 
-    if path.suffix.lower() != ".png":
+    from geoseg.storage import check_folder_writable
+
+    if not str(path).lower().endswith(".png"):
         raise click.BadParameter(
             f"{path}: the quicklook must be a .png file", param_hint="--quicklook"
         )
+    if isinstance(path, str):  # a URL: the bucket must exist
+        check_folder_writable(path.rsplit("/", 1)[0])
+        return
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir() or not os.access(folder, os.W_OK):
         raise click.BadParameter(
@@ -52,12 +58,15 @@ def _check_png_path(path: Path) -> None:
         )
 
 
-def _quicklook(scene: str, result: SceneResult, path: Path, bands: tuple[int, ...]) -> Path:
+def _quicklook(scene: str, result: SceneResult, path: Target, bands: tuple[int, ...]) -> Target:
     """Draw the result over the scene (RGB from the first three model bands, or grey)."""
+    from geoseg.storage import write_output
     from geoseg.viz import quicklook
 
     shown = bands[:3] if len(bands) >= 3 else bands[:1]
-    return quicklook(scene, result.gdf, path, bands=shown)
+    if isinstance(path, Path):
+        return quicklook(scene, result.gdf, path, bands=shown)
+    return write_output(path, lambda tmp: quicklook(scene, result.gdf, tmp, bands=shown))
 
 
 @click.command("predict")
@@ -73,16 +82,17 @@ def _quicklook(scene: str, result: SceneResult, path: Path, bands: tuple[int, ..
     "-o",
     "--output",
     required=True,
-    type=click.Path(dir_okay=False, path_type=Path),
+    metavar="OUT",
+    callback=lambda ctx, param, value: as_target(value),
     help="Vector output; the format follows the extension: .gpkg .geojson .shp .parquet .fgb, "
-    "or .json for COCO.",
+    "or .json for COCO. A URL such as s3://bucket/run/out.gpkg is uploaded once, complete.",
 )
 @run_settings_options
 @click.option(
     "--quicklook",
-    type=click.Path(dir_okay=False, path_type=Path),
     metavar="PNG",
-    help="Also write a quicklook PNG of the results over the scene.",
+    callback=lambda ctx, param, value: None if value is None else as_target(value),
+    help="Also write a quicklook PNG of the results over the scene (a path or a URL).",
 )
 @click.option(
     "--device",
@@ -120,7 +130,7 @@ def _quicklook(scene: str, result: SceneResult, path: Path, bands: tuple[int, ..
 def command(
     scene: str,
     model: str,
-    output: Path,
+    output: Target,
     config: str | None,
     bands: str | None,
     min_score: tuple[float | tuple[str, float], ...],
@@ -128,7 +138,7 @@ def command(
     overlap: int | None,
     gsd: float | None,
     no_resample: bool,
-    quicklook: Path | None,
+    quicklook: Target | None,
     device: str,
     norm: str,
     batch_size: int | None,
