@@ -145,14 +145,32 @@ def test_predict_s3_scene_to_s3_output(bucket, model, tmp_path, monkeypatch):
     assert not cache_folder().exists() or not list(cache_folder().iterdir())  # partial removed
 
 
-def test_batch_to_s3_writes_objects_and_resumes(bucket, model, tmp_path):
+@pytest.fixture(scope="module")
+def cluster(s3_server):
+    """A dask cluster started after the AWS variables are set (its workers inherit them)."""
+    import logging
+
+    from distributed import LocalCluster
+
+    with LocalCluster(
+        n_workers=1,
+        threads_per_worker=1,
+        processes=True,
+        dashboard_address=":0",
+        silence_logs=logging.ERROR,
+    ) as lc:
+        yield lc
+
+
+def test_batch_to_s3_writes_objects_and_resumes(bucket, model, cluster, tmp_path):
     """geoseg batch -o s3://...: outputs, manifest, summaries, quicklooks; rerun skips."""
     from geoseg.cli import cli
 
     fs, name = bucket
     scenes = [write_scene(tmp_path / f"{n}.tif", seed=i + 1) for i, n in enumerate("ab")]
     out = f"s3://{name}/batch/"
-    args = ["batch", *map(str, scenes), "-m", str(model), "-o", out, "--workers", "1"]
+    args = ["batch", *map(str, scenes), "-m", str(model), "-o", out]
+    args += ["--scheduler", cluster.scheduler_address]
     args += [*TILE, "--format", "parquet", "--quicklook"]
     res = CliRunner().invoke(cli, args)
     assert res.exit_code == 0, res.output
