@@ -730,8 +730,10 @@ def run_scene(
         t_pred = time.perf_counter()
         result = finish_scene(plan, per_tile)
     except BaseException:
-        if store is not None:
+        if store is not None and store.done:
             store.close()  # kept for the next run
+        elif store is not None:
+            store.remove()  # nothing worth keeping
         raise
     if store is not None:
         store.remove()

@@ -263,3 +263,12 @@ def test_cli_ctrl_c_keeps_partial_results_and_rerun_continues(
     res = CliRunner().invoke(cli, [*args, "--no-resume"])
     assert res.exit_code == 130 and not partial_path(out).exists()
     assert "written whole at the end" in res.stderr
+
+
+def test_interrupt_before_any_tile_leaves_no_partial_file(predictor, scene, tmp_path):
+    from geoseg.pipeline import run_scene
+
+    out = tmp_path / "out.gpkg"
+    with pytest.raises(KeyboardInterrupt):
+        run_scene(scene, Counting(predictor, 0), output=out, resume=True, **TILE)
+    assert list(tmp_path.iterdir()) == []
