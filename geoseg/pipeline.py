@@ -697,11 +697,11 @@ def run_scene(
     try:
         kept = [] if store is None else store.load(plan.specs)
         todo = None if store is None else [i for i in range(len(plan.specs)) if i not in store.done]
-        if kept:
-            logger.warning(
+        if store is not None and kept:
+            logger.info(
                 "%s: resuming from %s: %d of %d tiles already predicted",
                 plan.info.path,
-                store.path if store is not None else "",
+                store.path,
                 len(kept),
                 len(plan.specs),
             )
