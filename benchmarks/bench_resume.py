@@ -6,7 +6,12 @@ and one resumed run that finds half the tiles in the partial-results file. Repor
 CPU seconds of this process per run, the tiles, and the partial-results file's size when
 half the tiles are stored. Prints JSON.
 
-Usage: ``.venv/bin/python benchmarks/bench_resume.py [--size 768 --repeats 3]``.
+``--store-only`` times the partial-results file alone (no model): ``--tiles`` tiles of
+``--objects`` random cropped masks (10-40 px sides) each, one transaction per tile (a batch of
+1, as on a CPU), then reading them all back.
+
+Usage: ``.venv/bin/python benchmarks/bench_resume.py [--size 768 --repeats 3]`` or
+``.venv/bin/python benchmarks/bench_resume.py --store-only [--tiles 400 --objects 40]``.
 """
 
 from __future__ import annotations
@@ -41,11 +46,73 @@ class StopAfter:
         return self._inner.predict_tiles(tiles)
 
 
+def store_only(n_tiles: int, n_objects: int) -> dict:
+    import numpy as np
+
+    from geoseg.partial import PartialResults
+    from geoseg.types import PixelWindow, TileDetections, TileSpec
+
+    rng = np.random.default_rng(0)
+    specs = [
+        TileSpec(i, 0, i, PixelWindow(i * 448, 0, 512, 512), PixelWindow(0, 0, 1, 1))
+        for i in range(n_tiles)
+    ]
+    tiles = []
+    for spec in specs:
+        sides = rng.integers(10, 41, size=(n_objects, 2))
+        x0 = rng.integers(0, 470, size=(n_objects, 2))
+        boxes = np.concatenate([x0, x0 + sides], axis=1).astype(np.int32)
+        tiles.append(
+            TileDetections(
+                boxes=boxes.astype(np.float32),
+                scores=rng.random(n_objects).astype(np.float32),
+                labels=rng.integers(0, 3, n_objects),
+                mask_boxes=boxes,
+                masks=tuple(rng.random((int(h), int(w))) > 0.3 for w, h in sides),
+                classes=("ship", "vehicle", "building"),
+                tile=spec,
+            )
+        )
+    folder = Path(tempfile.mkdtemp(prefix="bench-partial-"))
+    store = PartialResults.open(folder / "x.partial", "key", scene="s.tif", tiles_total=n_tiles)
+    w0, c0 = time.perf_counter(), time.process_time()
+    for t in tiles:
+        store.add([t])
+    add_wall, add_cpu = time.perf_counter() - w0, time.process_time() - c0
+    store.close()
+    size = (folder / "x.partial").stat().st_size
+    w0, c0 = time.perf_counter(), time.process_time()
+    store = PartialResults.open(folder / "x.partial", "key", scene="s.tif", tiles_total=n_tiles)
+    back = store.load(specs)
+    load_wall, load_cpu = time.perf_counter() - w0, time.process_time() - c0
+    store.remove()
+    assert len(back) == n_tiles
+    return {
+        "tiles": n_tiles,
+        "objects_per_tile": n_objects,
+        "add_ms_per_tile_wall": round(1000 * add_wall / n_tiles, 3),
+        "add_ms_per_tile_cpu": round(1000 * add_cpu / n_tiles, 3),
+        "load_all_s_wall": round(load_wall, 3),
+        "load_all_s_cpu": round(load_cpu, 3),
+        "file_bytes": size,
+        "bytes_per_tile": size // n_tiles,
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--size", type=int, default=768)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--store-only", action="store_true")
+    ap.add_argument("--tiles", type=int, default=400)
+    ap.add_argument("--objects", type=int, default=40)
     args = ap.parse_args()
+    if args.store_only:
+        result = store_only(args.tiles, args.objects)
+        result["machine"] = f"{platform.machine()} {os.cpu_count()} cores"
+        result["loadavg_end"] = os.getloadavg()
+        print(json.dumps(result, indent=1))
+        return
 
     from geoseg.partial import partial_path
     from geoseg.pipeline import run_scene

@@ -7,8 +7,9 @@ removes it once the output is written. An interrupted run (Ctrl-C, a crash, a lo
 leaves the file behind; the next run with the same scene, model and settings reads it back,
 predicts only the missing tiles and gives the same result as an uninterrupted run.
 
-The file is one SQLite database (standard library, one file, every batch committed as one
-transaction, so a kill between two commits loses at most the batch in flight):
+The file is one SQLite database (standard library; every batch committed as one transaction,
+without waiting for the disk: a killed process loses at most the batch in flight, and a file
+left damaged by a power cut fails SQLite's check when it is opened and is started over):
 
 * table ``meta``: ``key`` / ``value`` text pairs: ``format``, ``version``, ``key`` (the
   :func:`resume_key` digest the tiles were predicted under), ``scene``, ``tiles_total``;
@@ -199,9 +200,15 @@ class PartialResults:
                 why = "unreadable" if stale is None else "made with other settings, model or scene"
                 logger.warning("%s: partial results %s; starting over", p, why)
                 _remove(p)
+            elif not _intact(p):
+                logger.warning("%s: partial results damaged; starting over", p)
+                _remove(p)
         p.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(p, isolation_level=None)  # explicit transactions below
         try:
+            # no fsync per commit: a killed process loses nothing committed (the OS has it);
+            # a file damaged by a power cut fails the quick_check in open() and starts over
+            conn.execute("PRAGMA synchronous=OFF")
             conn.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
             conn.execute("CREATE TABLE IF NOT EXISTS tiles (idx INTEGER PRIMARY KEY, data BLOB)")
             info = {
@@ -253,7 +260,7 @@ class PartialResults:
 def _read_key(path: Path) -> str | None:
     """The key a partial-results file was made under, or ``None`` when it is not one."""
     try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        conn = sqlite3.connect(path)  # read-write: a killed run's hot journal is rolled back
         try:
             meta: Mapping[str, str] = dict(conn.execute("SELECT key, value FROM meta").fetchall())
         finally:
@@ -261,6 +268,19 @@ def _read_key(path: Path) -> str | None:
     except sqlite3.Error:
         return None
     return meta.get("key") if meta.get("format") == _FORMAT else None
+
+
+def _intact(path: Path) -> bool:
+    """Whether SQLite's ``quick_check`` finds the file sound."""
+    try:
+        conn = sqlite3.connect(path)
+        try:
+            rows = conn.execute("PRAGMA quick_check").fetchall()
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return False
+    return rows == [("ok",)]
 
 
 def _remove(path: Path) -> None:

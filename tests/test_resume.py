@@ -272,3 +272,20 @@ def test_interrupt_before_any_tile_leaves_no_partial_file(predictor, scene, tmp_
     with pytest.raises(KeyboardInterrupt):
         run_scene(scene, Counting(predictor, 0), output=out, resume=True, **TILE)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_damaged_partial_results_are_started_over(tmp_path, caplog):
+    """A file whose last page was lost (a power cut without fsync) fails SQLite's check."""
+    specs = [TileSpec(i, 0, i, PixelWindow(0, 0, 8, 8), PixelWindow(0, 0, 8, 8)) for i in range(50)]
+    path = tmp_path / "x.partial"
+    store = PartialResults.open(path, "k", scene="s.tif", tiles_total=50)
+    for spec in specs:
+        store.add([TileDetections.empty(spec, ("ship",))])
+    store.close()
+    data = bytearray(path.read_bytes())
+    data[-4096:] = b"\xff" * 4096
+    path.write_bytes(bytes(data))
+    with caplog.at_level(logging.WARNING, logger="geoseg"):
+        again = PartialResults.open(path, "k", scene="s.tif", tiles_total=50)
+    assert "damaged; starting over" in caplog.text and again.done == set()
+    again.remove()
