@@ -12,12 +12,15 @@ import click
 from geoseg.batch.manifest import FORMAT_ALIASES, OUTPUT_FORMATS
 from geoseg.cli._common import (
     describe_gsd,
+    device_option,
+    echo,
     fail_on_geoseg_error,
+    is_quiet,
+    progress_disabled,
     resolve_cli_settings,
     run_settings_options,
     set_interrupt_note,
 )
-from geoseg.predict import Device
 from geoseg.settings import NormSource
 from geoseg.storage import Target, as_target
 
@@ -137,12 +140,8 @@ def format_report(report: BatchReport) -> str:
     show_default=True,
     help="Extra attempts for a scene that failed for a non-input reason.",
 )
-@click.option(
-    "--device",
-    type=click.Choice([d.value for d in Device]),
-    default=Device.AUTO.value,
-    show_default=True,
-    help="Where the model runs on each worker (auto: its pinned GPU, else the CPU).",
+@device_option(
+    "Where the model runs on each worker (auto: its pinned GPU, else MPS, else the CPU)."
 )
 @fail_on_geoseg_error
 def command(
@@ -197,11 +196,14 @@ def command(
         norm=norm,
         gsd=gsd,
         no_resample=no_resample,
+        checkpoint=model,
     )
-    click.echo(describe_gsd(settings, meta.gsd), err=True)
+    echo(describe_gsd(settings, meta.gsd), err=True)
     shown = settings.bands or meta.bands
     writer = functools.partial(write_quicklook, bands=shown[:3] if len(shown) >= 3 else shown[:1])
-    bar = tqdm(total=n_scenes, unit="scene", desc="batch", dynamic_ncols=True)
+    bar = tqdm(
+        total=n_scenes, unit="scene", desc="batch", dynamic_ncols=True, disable=progress_disabled()
+    )
 
     started: list[bool] = []
 
@@ -209,7 +211,7 @@ def command(
         if not started:  # the first call: scenes to run, scenes skipped
             started.append(True)
             bar.reset(total=p.total)
-            if p.skipped:
+            if p.skipped and not is_quiet():
                 tqdm.write(
                     f"skipping {p.skipped} scene(s) already done with the same model and "
                     "config (--force redoes them)"
@@ -226,7 +228,8 @@ def command(
         )
 
     def on_dashboard(link: str) -> None:
-        tqdm.write(f"dask dashboard: {link}")
+        if not is_quiet():
+            tqdm.write(f"dask dashboard: {link}")
 
     set_interrupt_note(
         f"the scenes finished so far are kept in {out_dir} and recorded in its manifest.json; "
@@ -251,7 +254,7 @@ def command(
         )
     finally:
         bar.close()
-    click.echo(format_report(report))
+    echo(format_report(report))
     if report.n_failed:
         raise click.ClickException(
             f"{report.n_failed} of {len(report.records)} scene(s) failed; their errors are in "

@@ -8,12 +8,14 @@ from typing import TYPE_CHECKING
 import click
 
 from geoseg.cli._common import (
+    device_option,
+    echo,
     fail_on_geoseg_error,
+    progress_disabled,
     resolve_cli_settings,
     run_settings_options,
     set_interrupt_note,
 )
-from geoseg.predict import Device
 from geoseg.settings import NormSource
 from geoseg.storage import Target, as_target
 
@@ -94,13 +96,7 @@ def _quicklook(scene: str, result: SceneResult, path: Target, bands: tuple[int, 
     callback=lambda ctx, param, value: None if value is None else as_target(value),
     help="Also write a quicklook PNG of the results over the scene (a path or a URL).",
 )
-@click.option(
-    "--device",
-    type=click.Choice([d.value for d in Device]),
-    default=Device.AUTO.value,
-    show_default=True,
-    help="Where the model runs.",
-)
+@device_option("Where the model runs (auto: CUDA, else MPS, else the CPU).")
 @click.option(
     "--norm",
     type=click.Choice([s.value for s in NormSource]),
@@ -161,11 +157,10 @@ def command(
     from tqdm import tqdm
 
     from geoseg.checkpoint import check_compatible, checkpoint_paths, read_meta
-    from geoseg.errors import ConfigError
     from geoseg.export import check_scene_output, check_writable
     from geoseg.io import check_no_overwrite
     from geoseg.partial import partial_path
-    from geoseg.pipeline import run_scene, scene_grid, score_thresholds
+    from geoseg.pipeline import run_scene, scene_grid
     from geoseg.predict import load_predictor
     from geoseg.raster import open_scene, validate_bands
 
@@ -192,11 +187,8 @@ def command(
         norm=norm,
         gsd=gsd,
         no_resample=no_resample,
+        checkpoint=model,
     )
-    try:  # a threshold for a class the model lacks fails here, not after loading it
-        score_thresholds(meta.classes, settings.min_score, settings.class_min_score)
-    except ConfigError as err:
-        raise ConfigError(f"{model}: {err}; fix --min-score CLASS=S") from err
     sel = validate_bands(info, settings.bands or meta.bands)
     check_compatible(meta, band_count=len(sel), checkpoint=model, scene=scene)
     if settings.norm is NormSource.MODEL and meta.norm_stats is None:
@@ -206,15 +198,15 @@ def command(
         )
     # the same decision plan_scene makes; fails early on no CRS or tiles too large
     grid = scene_grid(info, settings, model_gsd=meta.gsd, n_bands=len(sel))
-    click.echo(grid.describe(), err=True)
+    echo(grid.describe(), err=True)
     if settings.class_min_score:
         per_class = ", ".join(f"{k} {v:g}" for k, v in sorted(settings.class_min_score.items()))
-        click.echo(f"score thresholds: {per_class}; other classes {settings.min_score:g}", err=True)
+        echo(f"score thresholds: {per_class}; other classes {settings.min_score:g}", err=True)
     resume = not no_resume
     sidecar_file = partial_path(output)
     if resume:
         if sidecar_file.exists():
-            click.echo(
+            echo(
                 f"found partial results in {sidecar_file}: tiles predicted with the same scene, "
                 "model and settings are not predicted again (--no-resume starts over)",
                 err=True,
@@ -231,7 +223,9 @@ def command(
     predictor = load_predictor(model, settings)
     model_id = hashlib.sha256(checkpoint_paths(model)[1].read_bytes()).hexdigest()
 
-    with tqdm(total=None, unit="tile", desc=Path(scene).name, leave=False) as bar:
+    with tqdm(
+        total=None, unit="tile", desc=Path(scene).name, leave=False, disable=progress_disabled()
+    ) as bar:
 
         def progress(done: int, total: int) -> None:
             bar.total = total
@@ -247,7 +241,7 @@ def command(
             resume=resume,
             model_id=model_id,
         )
-    click.echo(format_summary(result))
+    echo(format_summary(result))
     if quicklook is not None:
         written = _quicklook(scene, result, quicklook, result.bands)
-        click.echo(f"wrote {written}", err=True)
+        echo(f"wrote {written}", err=True)
