@@ -863,28 +863,29 @@ def run_scene(
     store = _open_partial(plan, predictor, model_id) if resume else None
     try:
         kept = [] if store is None else store.load(plan.specs)
-        todo = None if store is None else [i for i in range(len(plan.specs)) if i not in store.done]
+        wanted = plan.tile_indexes
+        todo = None if store is None else [i for i in wanted if i not in store.done]
         if store is not None and kept:
             logger.info(
                 "%s: resuming from %s: %d of %d tiles already predicted",
                 plan.info.path,
                 store.path,
                 len(kept),
-                len(plan.specs),
+                len(wanted),
             )
         if todo == []:
             per_tile = kept
             if progress is not None:
-                progress(len(plan.specs), len(plan.specs))
+                progress(len(wanted), len(wanted))
         else:
             offset = len(kept)
 
             def shifted(done: int, _total: int) -> None:
                 if progress is not None:
-                    progress(offset + done, len(plan.specs))
+                    progress(offset + done, len(wanted))
 
             if progress is not None and offset:
-                progress(offset, len(plan.specs))
+                progress(offset, len(wanted))
             per_tile = kept + predict_tiles(
                 plan,
                 predictor,
@@ -954,5 +955,5 @@ def _open_partial(plan: ScenePlan, predictor: Predictor, model_id: str | None) -
         specs=plan.specs,
     )
     return PartialResults.open(
-        partial_path(plan.output), key, scene=plan.info.path, tiles_total=len(plan.specs)
+        partial_path(plan.output), key, scene=plan.info.path, tiles_total=len(plan.tile_indexes)
     )
