@@ -57,6 +57,7 @@ from affine import Affine
 
 from geoseg.errors import ExportError, GeosegError
 from geoseg.io import VectorFormat, atomic_write, check_writable, format_by_name, format_for_path
+from geoseg.storage import Target, as_target, write_output
 from geoseg.types import SceneInfo
 
 if TYPE_CHECKING:
@@ -283,7 +284,7 @@ def check_output_crs(
     Raises:
         ExportError: naming the output and the source, with what to do instead.
     """
-    p = Path(path)
+    p = as_target(path)
     kind = format_by_name(fmt) if fmt is not None else format_for_path(p)
     if crs is None:
         if kind is VectorFormat.GEOJSON:
@@ -342,14 +343,15 @@ def write_vectors(
     layer: str | None = None,
     scene_info: SceneInfo | None = None,
     classes: Sequence[str] | None = None,
-) -> Path:
+) -> Target:
     """Write objects (e.g. from :func:`geoseg.vectorize.vectorize`) to ``path``, atomically.
 
     Args:
         gdf: polygons in the scene CRS with their attribute columns.
         path: output file; its extension picks the format (see the module docstring) unless
             ``fmt`` is given: ``.json`` is COCO, ``.geojson`` GeoJSON. Missing parent folders
-            are created.
+            are created. An object-store URL (``s3://bucket/run/out.gpkg``) is written to a
+            local temporary file and uploaded once, complete (:mod:`geoseg.storage`).
         fmt: force a format regardless of the extension (a :class:`VectorFormat` or a name
             such as ``"gpkg"`` or ``"shp"``).
         layer: layer name (default: the file stem); writing a layer into an existing
@@ -363,17 +365,18 @@ def write_vectors(
             sorted class names). Classes of ``gdf`` not in the list get the next ids.
 
     Returns:
-        The path written.
+        The path written (a ``Path``, or the URL string).
 
     Raises:
         ExportError: unknown format, unwritable path, missing ``scene_info`` for COCO, or a
             failure inside the writer (the original error is chained).
     """
-    p = Path(path)
+    p = as_target(path)
     fmt = format_by_name(fmt) if fmt is not None else format_for_path(p)
     if fmt is VectorFormat.COCO and scene_info is None:
         raise ExportError(
-            f"{p}: {p.suffix or 'this'} output is COCO instance JSON, written in scene pixels; "
+            f"{p}: {Path(p).suffix or 'this'} output is COCO instance JSON, written in scene "
+            "pixels; "
             "pass scene_info= (the SceneInfo of the scene: its transform maps the polygons to "
             "pixels, its size and file name describe the image), or use the .geojson "
             "extension for GeoJSON"
@@ -382,12 +385,12 @@ def write_vectors(
     check_output_crs(p, gdf.crs, fmt=fmt, source="the objects")
 
     def write(tmp: Path) -> None:
-        if fmt is VectorFormat.GPKG and layer is not None and p.exists():
+        if fmt is VectorFormat.GPKG and layer is not None and isinstance(p, Path) and p.exists():
             shutil.copy2(p, tmp)  # add/replace one layer, keep the others
-        _write(gdf, tmp, fmt, layer=layer or p.stem, scene_info=scene_info, classes=classes)
+        _write(gdf, tmp, fmt, layer=layer or Path(p).stem, scene_info=scene_info, classes=classes)
 
     try:
-        atomic_write(p, write, sidecars=fmt.sidecars)
+        write_output(p, write, sidecars=fmt.sidecars)
     except GeosegError:
         raise
     except Exception as err:

@@ -41,6 +41,7 @@ from geoseg.config import check_class_names, check_class_scores
 from geoseg.errors import BandError, ConfigError
 from geoseg.predict import Predictor, check_predictor
 from geoseg.settings import NormSource, OutputGeometry, RunSettings, resolve
+from geoseg.storage import as_target
 from geoseg.tiling import (
     WorkingGrid,
     check_tile_memory,
@@ -53,6 +54,8 @@ from geoseg.types import Detections, NormStats, SceneInfo, TileDetections, TileS
 if TYPE_CHECKING:
     import geopandas as gpd
 
+    from geoseg.partial import PartialResults
+
 __all__ = [
     "ProgressCallback",
     "ScenePlan",
@@ -63,6 +66,7 @@ __all__ = [
     "filter_scores",
     "finish_scene",
     "keep_objects",
+    "model_identity",
     "output_geometry",
     "plan_scene",
     "predict_tiles",
@@ -99,12 +103,14 @@ class SceneResult:
             (``settings.extent``), including skipped all-invalid ones.
         stats: the normalisation the tiles were stretched with.
         bands: the 1-based bands read, in model-input order.
-        output: the file written, or ``None``.
+        output: the file written (a URL string for an object-store output), or ``None``.
         mask_raster: the instance-id raster written, or ``None``.
         settings: the run settings used.
         timings: wall seconds per stage (``setup``, ``predict`` (reading included),
             ``stitch``, ``vectorize``, ``write``).
         grid: the GSD the scene was read at and its tile sizes in scene and working pixels.
+        resumed_tiles: tiles taken from the partial results of an interrupted run
+            (``run_scene(resume=True)``), not predicted again.
     """
 
     detections: Detections
@@ -116,11 +122,12 @@ class SceneResult:
     tiles_total: int = 0
     stats: NormStats | None = None
     bands: tuple[int, ...] = ()
-    output: Path | None = None
+    output: Path | str | None = None
     settings: RunSettings | None = None
     timings: Mapping[str, float] = field(default_factory=dict)
     grid: WorkingGrid | None = None
     mask_raster: Path | None = None
+    resumed_tiles: int = 0
 
     @property
     def megapixels_per_second(self) -> float:
@@ -194,7 +201,8 @@ class ScenePlan:
         specs: the whole tile grid in row-major order (``specs[i].index == i``), **scene
             pixels** (windows of ``grid.scene_tile``).
         classes: the predictor's class names (labels index into them).
-        output: the vector file :func:`finish_scene` writes, or ``None``.
+        output: the vector file :func:`finish_scene` writes (a local ``Path``, or a URL
+            string such as ``s3://bucket/run/out.gpkg``), or ``None``.
         grid: the GSD tiles are read at: window and overlap sizes in scene pixels and the
             tile size the model sees (``None``: ``settings.tile_size``, read as it is).
         tiles: the grid indexes to predict (row-major): those whose window meets
@@ -208,7 +216,7 @@ class ScenePlan:
     stats: NormStats
     specs: tuple[TileSpec, ...]
     classes: tuple[str, ...]
-    output: Path | None = None
+    output: Path | str | None = None
     grid: WorkingGrid | None = None
     tiles: tuple[int, ...] | None = None
     mask_raster: Path | None = None
@@ -353,7 +361,7 @@ def plan_scene(
 
     predictor = check_predictor(predictor)
     s = settings_for(predictor, settings, **overrides)
-    out_path = None if output is None else Path(output)
+    out_path = None if output is None else as_target(output)
     if out_path is not None:
         check_writable(out_path)
         check_output_geometry(out_path, s)
@@ -422,7 +430,7 @@ def plan_scene(
     )
 
 
-def check_output_geometry(path: Path, settings: RunSettings) -> None:
+def check_output_geometry(path: Path | str, settings: RunSettings) -> None:
     """Refuse point geometry for a COCO output (COCO objects are polygons).
 
     Raises:
@@ -459,6 +467,7 @@ def predict_tiles(
     num_workers: int = 0,
     prefetch: int = 2,
     progress: ProgressCallback | None = None,
+    on_batch: Callable[[list[TileDetections]], None] | None = None,
 ) -> list[TileDetections]:
     """Step 2 of :func:`run_scene`: read and predict a set of the plan's tiles.
 
@@ -478,7 +487,10 @@ def predict_tiles(
             several workers this way.
         num_workers: reader processes; 0 reads in a background thread of this process.
         prefetch: batches read ahead of the predictor (per worker).
-        progress: ``progress(tiles_done, tiles_total)`` after each batch and at the end.
+        progress: ``progress(tiles_done, tiles_total)`` after each batch and at the end
+            (counting the tiles of ``indexes``).
+        on_batch: called with each batch's kept detections (tile pixels, ``tile`` set) as
+            soon as it is predicted; :func:`run_scene` stores them in its partial results.
 
     Returns:
         One :class:`~geoseg.types.TileDetections` per tile read (boxes in **tile pixels**:
@@ -538,10 +550,17 @@ def predict_tiles(
                     f"{type(predictor).__name__}.predict_tiles returned {len(preds)} results "
                     f"for {len(batch)} tiles"
                 )
-            kept = [filter_scores(p, thresholds) for p in preds]
+            kept = [
+                filter_scores(
+                    p if p.tile is not None else dataclasses.replace(p, tile=t.spec), thresholds
+                )
+                for p, t in zip(preds, batch, strict=True)
+            ]
             if out_size is not None:  # working pixels -> scene pixels of each tile's window
                 kept = [detections_to_window(d, (out_size, out_size)) for d in kept]
             per_tile.extend(kept)
+            if on_batch is not None:
+                on_batch(kept)
             if progress is not None:
                 progress(len(per_tile), total)
     finally:
@@ -762,6 +781,8 @@ def run_scene(
     num_workers: int = 0,
     prefetch: int = 2,
     progress: ProgressCallback | None = None,
+    resume: bool = False,
+    model_id: str | None = None,
     **overrides: Any,
 ) -> SceneResult:
     """Find and outline the objects of one scene.
@@ -779,12 +800,23 @@ def run_scene(
             predictor's checkpoint.
         stats: normalisation to apply instead of the one ``settings.norm`` chooses.
         output: vector file to write (format from its extension: ``.gpkg``, ``.geojson``,
-            ``.shp``, ``.parquet``, ``.fgb``; ``.json`` is COCO); checked before any work.
+            ``.shp``, ``.parquet``, ``.fgb``; ``.json`` is COCO); checked before any work. A
+            URL (``s3://bucket/run/out.gpkg``) is written once, complete
+            (:mod:`geoseg.storage`).
         mask_raster: also write the objects' instance ids (the output's ``id`` column) to
             this ``.tif``, a COG on the scene's grid (:func:`geoseg.export.write_id_raster`).
         num_workers: reader processes (``DataLoader`` workers); 0 reads in a thread.
         prefetch: batches read ahead of the predictor (per worker).
-        progress: ``progress(tiles_done, tiles_total)`` after each batch and at the end.
+        progress: ``progress(tiles_done, tiles_total)`` after each batch and at the end
+            (tiles taken from partial results count as done from the start).
+        resume: keep each batch's detections in the partial-results file of ``output``
+            (:func:`geoseg.partial.partial_path`: ``OUT.partial``) as they are predicted,
+            predict only the tiles missing from it, and delete it once ``output`` is written.
+            A file made with other settings, another model or another scene is started over
+            (a warning is logged). The result equals an uninterrupted run's. Needs ``output``.
+        model_id: what identifies the model's weights in the resume key (e.g. the SHA-256 of
+            the checkpoint's sidecar, which records the weights' SHA-256); ``None``: taken
+            from the predictor's checkpoint metadata (``predictor.meta``).
         **overrides: :class:`~geoseg.settings.RunSettings` fields (``tile_size=256``,
             ``min_score=0.3``, ``class_min_score={"vehicle": 0.4}``, ``norm="model"``,
             ``classes=("ship",)``, ``class_agnostic=True``, ``geometry="box"``,
@@ -798,7 +830,7 @@ def run_scene(
         RasterReadError: the scene cannot be opened or read.
         BandError: a band does not exist, or the band count differs from the model's.
         ConfigError: an invalid setting (including a per-class threshold for a class the
-            model lacks).
+            model lacks); ``resume`` without ``output``, or without a model identity.
 
     Example:
         >>> import tempfile
@@ -816,6 +848,8 @@ def run_scene(
         (['building', 'ship', 'vehicle'], True)
     """
     t0 = time.perf_counter()
+    if resume and output is None:
+        raise ConfigError("resume=True keeps partial results next to the output: give output=")
     plan = plan_scene(
         scene,
         predictor,
@@ -826,11 +860,51 @@ def run_scene(
         **overrides,
     )
     t_plan = time.perf_counter()
-    per_tile = predict_tiles(
-        plan, predictor, num_workers=num_workers, prefetch=prefetch, progress=progress
-    )
-    t_pred = time.perf_counter()
-    result = finish_scene(plan, per_tile)
+    store = _open_partial(plan, predictor, model_id) if resume else None
+    try:
+        kept = [] if store is None else store.load(plan.specs)
+        wanted = plan.tile_indexes
+        todo = None if store is None else [i for i in wanted if i not in store.done]
+        if store is not None and kept:
+            logger.info(
+                "%s: resuming from %s: %d of %d tiles already predicted",
+                plan.info.path,
+                store.path,
+                len(kept),
+                len(wanted),
+            )
+        if todo == []:
+            per_tile = kept
+            if progress is not None:
+                progress(len(wanted), len(wanted))
+        else:
+            offset = len(kept)
+
+            def shifted(done: int, _total: int) -> None:
+                if progress is not None:
+                    progress(offset + done, len(wanted))
+
+            if progress is not None and offset:
+                progress(offset, len(wanted))
+            per_tile = kept + predict_tiles(
+                plan,
+                predictor,
+                todo,
+                num_workers=num_workers,
+                prefetch=prefetch,
+                progress=shifted if progress is not None else None,
+                on_batch=None if store is None else store.add,
+            )
+        t_pred = time.perf_counter()
+        result = finish_scene(plan, per_tile)
+    except BaseException:
+        if store is not None and store.done:
+            store.close()  # kept for the next run
+        elif store is not None:
+            store.remove()  # nothing worth keeping
+        raise
+    if store is not None:
+        store.remove()
     t_end = time.perf_counter()
     logger.info(
         "%s: %d objects from %d tiles in %.1f s",
@@ -843,4 +917,43 @@ def run_scene(
         result,
         seconds=t_end - t0,
         timings={"setup": t_plan - t0, "predict": t_pred - t_plan, **result.timings},
+        resumed_tiles=len(kept),
+    )
+
+
+def model_identity(predictor: Predictor) -> str | None:
+    """A digest of the predictor's checkpoint metadata (``predictor.meta``), or ``None``."""
+    import hashlib
+    import json
+
+    meta = getattr(predictor, "meta", None)
+    to_dict = getattr(meta, "to_dict", None)
+    if not callable(to_dict):
+        return None
+    text = json.dumps(to_dict(), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _open_partial(plan: ScenePlan, predictor: Predictor, model_id: str | None) -> PartialResults:
+    """The plan's partial-results file, opened under its resume key."""
+    from geoseg.partial import PartialResults, partial_path, resume_key
+
+    assert plan.output is not None  # checked by run_scene
+    ident = model_id or model_identity(predictor)
+    if ident is None:
+        raise ConfigError(
+            f"{type(predictor).__name__} has no checkpoint metadata to tell its weights apart; "
+            "pass model_id= (e.g. the checkpoint's SHA-256) to resume, or resume=False"
+        )
+    key = resume_key(
+        settings_digest=plan.settings.digest(),
+        model_id=ident,
+        info=plan.info,
+        stats=plan.stats,
+        bands=plan.bands,
+        classes=plan.classes,
+        specs=plan.specs,
+    )
+    return PartialResults.open(
+        partial_path(plan.output), key, scene=plan.info.path, tiles_total=len(plan.tile_indexes)
     )

@@ -23,6 +23,7 @@ from geoseg.cli._common import (
     set_interrupt_note,
 )
 from geoseg.settings import NormSource
+from geoseg.storage import Target, as_target
 
 if TYPE_CHECKING:
     import geopandas as gpd
@@ -63,7 +64,9 @@ def format_report(report: BatchReport) -> str:
         lines.append(f"FAILED {r.scene}: {r.error}")
     lines.append(f"settings: {report.settings.describe()}")
     lines.append(f"manifest: {report.manifest}")
-    lines.append(f"summary:  {report.summary_csv}, {report.summary_parquet.name}")
+    lines.append(
+        f"summary:  {report.summary_csv}, {str(report.summary_parquet).rsplit('/', 1)[-1]}"
+    )
     return "\n".join(lines)
 
 
@@ -81,8 +84,10 @@ def format_report(report: BatchReport) -> str:
     "--out-dir",
     "out_dir",
     required=True,
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Output folder: one vector file per scene, manifest.json, summary.csv/.parquet.",
+    metavar="OUTDIR",
+    callback=lambda ctx, param, value: as_target(value),
+    help="Output folder: one vector file per scene, manifest.json, summary.csv/.parquet; or "
+    "an object-store URL such as s3://bucket/run/ (each file uploaded once, complete).",
 )
 @click.option(
     "--scheduler",
@@ -144,7 +149,7 @@ def format_report(report: BatchReport) -> str:
 def command(
     inputs: tuple[str, ...],
     model: str,
-    out_dir: Path,
+    out_dir: Target,
     scheduler: str | None,
     workers: int | None,
     fmt: str,
@@ -218,8 +223,11 @@ def command(
         total=n_scenes, unit="scene", desc="batch", dynamic_ncols=True, disable=progress_disabled()
     )
 
+    started: list[bool] = []
+
     def progress(p: BatchProgress) -> None:
-        if p.record is None and p.done == 0:
+        if not started:  # the first call: scenes to run, scenes skipped
+            started.append(True)
             bar.reset(total=p.total)
             if p.skipped and not is_quiet():
                 tqdm.write(
@@ -229,9 +237,11 @@ def command(
             return
         bar.n = p.done
         top = sorted(p.counts.items(), key=lambda kv: -kv[1])[:4]
+        running = [f"{name} {d}/{t} tiles" for name, (d, t) in list(p.scene_tiles.items())[:3]]
         bar.set_postfix_str(
             f"ok={p.ok} failed={p.failed} tiles={p.tiles} objects={p.objects} "
-            + " ".join(f"{k}={v}" for k, v in top),
+            + " ".join(f"{k}={v}" for k, v in top)
+            + (f" | {', '.join(running)}" if running else ""),
             refresh=True,
         )
 

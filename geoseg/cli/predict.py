@@ -18,6 +18,7 @@ from geoseg.cli._common import (
     set_interrupt_note,
 )
 from geoseg.settings import NormSource
+from geoseg.storage import Target, as_target
 
 if TYPE_CHECKING:
     from geoseg.pipeline import SceneResult
@@ -31,21 +32,28 @@ def format_summary(result: SceneResult) -> str:
     lines = [f"{name:<{width}}  {n:>7d}" for name, n in result.counts.items()]
     lines.append(f"{'total':<{width}}  {sum(result.counts.values()):>7d}")
     lines.append(
-        f"{result.n_tiles} tiles in {result.seconds:.1f} s "
+        f"{result.n_tiles} tiles"
+        + (f" ({result.resumed_tiles} from partial results)" if result.resumed_tiles else "")
+        + f" in {result.seconds:.1f} s "
         f"({result.megapixels_per_second:.2f} Mpx/s)"
         + (f"; wrote {result.output}" if result.output is not None else "")
     )
     return "\n".join(lines)
 
 
-def _check_png_path(path: Path) -> None:
+def _check_png_path(path: Target) -> None:
     """Fail early when the quicklook PNG cannot be written."""
     import os
 
-    if path.suffix.lower() != ".png":
+    from geoseg.storage import check_folder_writable
+
+    if not str(path).lower().endswith(".png"):
         raise click.BadParameter(
             f"{path}: the quicklook must be a .png file", param_hint="--quicklook"
         )
+    if isinstance(path, str):  # a URL: the bucket must exist
+        check_folder_writable(path.rsplit("/", 1)[0])
+        return
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir() or not os.access(folder, os.W_OK):
         raise click.BadParameter(
@@ -53,12 +61,15 @@ def _check_png_path(path: Path) -> None:
         )
 
 
-def _quicklook(scene: str, result: SceneResult, path: Path, bands: tuple[int, ...]) -> Path:
+def _quicklook(scene: str, result: SceneResult, path: Target, bands: tuple[int, ...]) -> Target:
     """Draw the result over the scene (RGB from the first three model bands, or grey)."""
+    from geoseg.storage import write_output
     from geoseg.viz import quicklook
 
     shown = bands[:3] if len(bands) >= 3 else bands[:1]
-    return quicklook(scene, result.gdf, path, bands=shown)
+    if isinstance(path, Path):
+        return quicklook(scene, result.gdf, path, bands=shown)
+    return write_output(path, lambda tmp: quicklook(scene, result.gdf, tmp, bands=shown))
 
 
 @click.command("predict")
@@ -74,9 +85,10 @@ def _quicklook(scene: str, result: SceneResult, path: Path, bands: tuple[int, ..
     "-o",
     "--output",
     required=True,
-    type=click.Path(dir_okay=False, path_type=Path),
+    metavar="OUT",
+    callback=lambda ctx, param, value: as_target(value),
     help="Vector output; the format follows the extension: .gpkg .geojson .shp .parquet .fgb, "
-    "or .json for COCO.",
+    "or .json for COCO. A URL such as s3://bucket/run/out.gpkg is uploaded once, complete.",
 )
 @run_settings_options
 @output_options
@@ -89,9 +101,9 @@ def _quicklook(scene: str, result: SceneResult, path: Path, bands: tuple[int, ..
 )
 @click.option(
     "--quicklook",
-    type=click.Path(dir_okay=False, path_type=Path),
     metavar="PNG",
-    help="Also write a quicklook PNG of the results over the scene.",
+    callback=lambda ctx, param, value: None if value is None else as_target(value),
+    help="Also write a quicklook PNG of the results over the scene (a path or a URL).",
 )
 @device_option("Where the model runs (auto: CUDA, else MPS, else the CPU).")
 @click.option(
@@ -113,11 +125,17 @@ def _quicklook(scene: str, result: SceneResult, path: Path, bands: tuple[int, ..
     show_default=True,
     help="Tile-reading processes (0: a reading thread).",
 )
+@click.option(
+    "--no-resume",
+    is_flag=True,
+    help="Start over: ignore and do not keep OUT.partial, the per-tile results an interrupted "
+    "run leaves for the next run with the same scene, model and settings.",
+)
 @fail_on_geoseg_error
 def command(
     scene: str,
     model: str,
-    output: Path,
+    output: Target,
     config: str | None,
     bands: str | None,
     min_score: tuple[float | tuple[str, float], ...],
@@ -132,11 +150,12 @@ def command(
     bbox_crs: str | None,
     geometry: str,
     mask_raster: Path | None,
-    quicklook: Path | None,
+    quicklook: Target | None,
     device: str,
     norm: str,
     batch_size: int | None,
     workers: int,
+    no_resume: bool,
 ) -> None:
     """Find and outline the objects of SCENE with MODEL; write polygons to OUT.
 
@@ -147,13 +166,19 @@ def command(
     GSD, --no-resample reads the scene as it is. --aoi/--bbox predict only an area;
     --classes keeps some classes; each object is one Polygon (--geometry box/point for boxes
     or centroids).
+
+    Each batch of predicted tiles is kept in OUT.partial until OUT is written: after an
+    interrupt, the same command predicts only the missing tiles (--no-resume starts over).
     """
+    import hashlib
+
     from tqdm import tqdm
 
     from geoseg.checkpoint import check_compatible, checkpoint_paths, read_meta
     from geoseg.export import check_id_raster_path, check_scene_output, check_writable
     from geoseg.extent import check_overlap
     from geoseg.io import check_no_overwrite
+    from geoseg.partial import partial_path
     from geoseg.pipeline import check_output_geometry, run_scene, scene_grid
     from geoseg.predict import load_predictor
     from geoseg.raster import open_scene, validate_bands
@@ -208,11 +233,26 @@ def command(
     if settings.class_min_score:
         per_class = ", ".join(f"{k} {v:g}" for k, v in sorted(settings.class_min_score.items()))
         echo(f"score thresholds: {per_class}; other classes {settings.min_score:g}", err=True)
-    set_interrupt_note(
-        f"nothing was written ({output} is written whole at the end, or not at all); run the "
-        "same command again"
-    )
+    resume = not no_resume
+    sidecar_file = partial_path(output)
+    if resume:
+        if sidecar_file.exists():
+            echo(
+                f"found partial results in {sidecar_file}: tiles predicted with the same scene, "
+                "model and settings are not predicted again (--no-resume starts over)",
+                err=True,
+            )
+        set_interrupt_note(
+            f"{output} was not written; the tiles predicted so far are kept in {sidecar_file}: "
+            "run the same command again to predict only the others (--no-resume starts over)"
+        )
+    else:
+        set_interrupt_note(
+            f"nothing was written ({output} is written whole at the end, or not at all); run the "
+            "same command again"
+        )
     predictor = load_predictor(model, settings)
+    model_id = hashlib.sha256(checkpoint_paths(model)[1].read_bytes()).hexdigest()
 
     with tqdm(
         total=None, unit="tile", desc=Path(scene).name, leave=False, disable=progress_disabled()
@@ -230,6 +270,8 @@ def command(
             progress=progress,
             output=output,
             mask_raster=mask_raster,
+            resume=resume,
+            model_id=model_id,
         )
     echo(format_summary(result))
     if quicklook is not None:
