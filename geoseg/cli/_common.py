@@ -177,8 +177,8 @@ def fail_on_geoseg_error(func: F) -> F:
 def run_settings_options(func: F) -> F:
     """The options that choose how a scene is predicted, shared by ``predict`` and ``batch``.
 
-    Adds ``--config``, ``--bands``, ``--min-score``, ``--tile-size``, ``--overlap``, ``--gsd``
-    and ``--no-resample``; their values feed :func:`resolve_cli_settings` (options > preset >
+    Adds ``--config``, ``--bands``, ``--min-score``, ``--tile-size``, ``--overlap``, ``--gsd``,
+    ``--no-resample``, ``--regularize`` and ``--regularize-min-iou``; their values feed :func:`resolve_cli_settings` (options > preset >
     checkpoint > defaults).
     """
     options = [
@@ -217,6 +217,21 @@ def run_settings_options(func: F) -> F:
             is_flag=True,
             help="Read scenes at their own ground resolution, whatever the model's.",
         ),
+        click.option(
+            "--regularize",
+            metavar="CLASSES",
+            help="Right-angle outlines for these classes, e.g. --regularize buildings (a "
+            "class name or its plural; comma-separated): a rotated rectangle or an "
+            "orthogonal polygon along the object's dominant direction, kept where its IoU "
+            "with the mask outline reaches --regularize-min-iou [default: the preset's].",
+        ),
+        click.option(
+            "--regularize-min-iou",
+            type=click.FloatRange(0.0, 1.0, min_open=True),
+            metavar="IOU",
+            help="IoU with the mask outline a regularised outline needs to replace it "
+            "[default: the preset's, else 0.8].",
+        ),
     ]
     for option in reversed(options):
         func = option(func)
@@ -254,6 +269,8 @@ def resolve_cli_settings(
     norm: str,
     gsd: float | None = None,
     no_resample: bool = False,
+    regularize: str | None = None,
+    regularize_min_iou: float | None = None,
 ) -> RunSettings:
     """The run settings of ``predict``/``batch`` from their options and the checkpoint.
 
@@ -280,4 +297,6 @@ def resolve_cli_settings(
         batch_size=batch_size,
         device=device,
         norm=norm,
+        regularize=parse_classes(regularize),
+        regularize_min_iou=regularize_min_iou,
     )

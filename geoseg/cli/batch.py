@@ -156,6 +156,8 @@ def command(
     overlap: int | None,
     gsd: float | None,
     no_resample: bool,
+    regularize: str | None,
+    regularize_min_iou: float | None,
     norm: str,
     batch_size: int | None,
     asset: str | None,
@@ -192,6 +194,8 @@ def command(
         norm=norm,
         gsd=gsd,
         no_resample=no_resample,
+        regularize=regularize,
+        regularize_min_iou=regularize_min_iou,
     )
     click.echo(describe_gsd(settings, meta.gsd), err=True)
     shown = settings.bands or meta.bands

@@ -120,6 +120,8 @@ def command(
     overlap: int | None,
     gsd: float | None,
     no_resample: bool,
+    regularize: str | None,
+    regularize_min_iou: float | None,
     quicklook: Path | None,
     device: str,
     norm: str,
@@ -167,11 +169,17 @@ def command(
         norm=norm,
         gsd=gsd,
         no_resample=no_resample,
+        regularize=regularize,
+        regularize_min_iou=regularize_min_iou,
     )
     try:  # a threshold for a class the model lacks fails here, not after loading it
         score_thresholds(meta.classes, settings.min_score, settings.class_min_score)
     except ConfigError as err:
         raise ConfigError(f"{model}: {err}; fix --min-score CLASS=S") from err
+    if settings.regularize:
+        from geoseg.regularize import regularize_classes
+
+        regularize_classes(settings.regularize, meta.classes)
     sel = validate_bands(info, settings.bands or meta.bands)
     check_compatible(meta, band_count=len(sel), checkpoint=model, scene=scene)
     if settings.norm is NormSource.MODEL and meta.norm_stats is None:
