@@ -236,7 +236,9 @@ def figure(data: Any, path: Path, *, n: int = 6) -> None:
             c0, r1 = inv * (x0, y0)
             c1, r0 = inv * (x1, y1)
             pad = 6
-            win = Window(int(c0) - pad, int(r0) - pad, int(c1 - c0) + 2 * pad, int(r1 - r0) + 2 * pad)
+            win = Window(
+                int(c0) - pad, int(r0) - pad, int(c1 - c0) + 2 * pad, int(r1 - r0) + 2 * pad
+            )
             img = np.moveaxis(ds.read([1, 2, 3], window=win, boundless=True), 0, -1)
             for row, (gdf, colour) in enumerate(((plain, "#ff3030"), (reg, "#30e0ff"))):
                 ax = axes[row, col]

@@ -50,7 +50,7 @@ from shapely import affinity
 from shapely.geometry import MultiPolygon, Polygon
 
 from geoseg.errors import ConfigError
-from geoseg.geometry import polygonal
+from geoseg.geometry import apply_affine, polygonal
 
 if TYPE_CHECKING:
     import geopandas
@@ -62,8 +62,8 @@ __all__ = [
     "Regularized",
     "dominant_angle",
     "iou",
-    "orthogonalize",
     "oriented_rectangle",
+    "orthogonalize",
     "regularize",
     "regularize_classes",
     "regularize_polygon",
@@ -276,9 +276,9 @@ def _regularize_part(poly: Polygon, min_iou: float, tolerance: float) -> Regular
             score = iou(rect, poly)
             if score > best_rect[0]:
                 best_rect = (score, rect)
-    if best_rect[1] is not None and best_rect[0] >= min_iou:
-        if best_rect[0] >= best_ortho[0] - RECTANGLE_SLACK:
-            return Regularized(best_rect[1], "rectangle", best_rect[0])
+    rect_ok = best_rect[1] is not None and best_rect[0] >= min_iou
+    if rect_ok and best_rect[0] >= best_ortho[0] - RECTANGLE_SLACK:
+        return Regularized(best_rect[1], "rectangle", best_rect[0])
     if best_ortho[1] is not None and best_ortho[0] >= min_iou:
         return Regularized(best_ortho[1], "orthogonal", best_ortho[0])
     return Regularized(poly, "", 1.0)
@@ -356,13 +356,7 @@ def _to_frame(transform: Affine, aspect: float) -> Affine:
 
 
 def _apply(geoms: npt.NDArray[Any], a: Affine) -> npt.NDArray[Any]:
-    out = shapely.transform(
-        geoms,
-        lambda xy: np.column_stack(
-            (a.a * xy[:, 0] + a.b * xy[:, 1] + a.c, a.d * xy[:, 0] + a.e * xy[:, 1] + a.f)
-        ),
-    )
-    return np.asarray(out, dtype=object)
+    return np.asarray(apply_affine(geoms, a), dtype=object)
 
 
 def regularize(
@@ -399,13 +393,13 @@ def regularize(
     out = gdf.copy()
     kinds = np.full(len(out), "", dtype=object)
     wanted = set(classes)
-    sel = np.flatnonzero(out["class"].astype(str).isin(wanted).to_numpy()) if len(out) else []
+    sel: npt.NDArray[np.intp] | list[int] = (
+        np.flatnonzero(out["class"].astype(str).isin(wanted).to_numpy()) if len(out) else []
+    )
     if len(sel):
         fwd = _to_frame(transform, pixel_aspect)
         frame = _apply(np.asarray(out.geometry.values, dtype=object)[sel], fwd)
-        results = [
-            regularize_polygon(g, min_iou=min_iou, tolerance=tolerance_px) for g in frame
-        ]
+        results = [regularize_polygon(g, min_iou=min_iou, tolerance=tolerance_px) for g in frame]
         changed = [i for i, r in enumerate(results) if r.kind]
         if changed:
             back = _apply(np.asarray([results[i].geometry for i in changed], dtype=object), ~fwd)

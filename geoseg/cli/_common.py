@@ -178,8 +178,8 @@ def run_settings_options(func: F) -> F:
     """The options that choose how a scene is predicted, shared by ``predict`` and ``batch``.
 
     Adds ``--config``, ``--bands``, ``--min-score``, ``--tile-size``, ``--overlap``, ``--gsd``,
-    ``--no-resample``, ``--regularize`` and ``--regularize-min-iou``; their values feed :func:`resolve_cli_settings` (options > preset >
-    checkpoint > defaults).
+    ``--no-resample``, ``--regularize`` and ``--regularize-min-iou``; their values feed
+    :func:`resolve_cli_settings` (options > preset > checkpoint > defaults).
     """
     options = [
         click.option(

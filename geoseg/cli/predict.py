@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
@@ -18,8 +19,10 @@ from geoseg.settings import NormSource
 
 if TYPE_CHECKING:
     from geoseg.pipeline import SceneResult
+    from geoseg.predict import Predictor
+    from geoseg.settings import RunSettings
 
-__all__ = ["command", "format_summary"]
+__all__ = ["command", "format_summary", "load_for_scene", "predict_options"]
 
 
 def format_summary(result: SceneResult) -> str:
@@ -58,6 +61,124 @@ def _quicklook(scene: str, result: SceneResult, path: Path, bands: tuple[int, ..
     return quicklook(scene, result.gdf, path, bands=shown)
 
 
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def predict_options(func: F) -> F:
+    """How a model runs over one scene: shared by ``geoseg predict`` and ``geoseg label``.
+
+    :func:`~geoseg.cli._common.run_settings_options` plus ``--device``, ``--norm``,
+    ``--batch-size`` and ``--workers``.
+    """
+    options = [
+        click.option(
+            "--device",
+            type=click.Choice([d.value for d in Device]),
+            default=Device.AUTO.value,
+            show_default=True,
+            help="Where the model runs.",
+        ),
+        click.option(
+            "--norm",
+            type=click.Choice([s.value for s in NormSource]),
+            default=NormSource.SCENE.value,
+            show_default=True,
+            help="Normalise with this scene's statistics or the model's training statistics.",
+        ),
+        click.option(
+            "--batch-size",
+            type=click.IntRange(min=1),
+            help="Tiles per model call [default: 8 on CUDA, 1 elsewhere: batching only pays on "
+            "a GPU].",
+        ),
+        click.option(
+            "--workers",
+            type=click.IntRange(min=0),
+            default=0,
+            show_default=True,
+            help="Tile-reading processes (0: a reading thread).",
+        ),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return run_settings_options(func)
+
+
+def load_for_scene(
+    scene: str,
+    model: str,
+    *,
+    output: Path,
+    other_outputs: Sequence[tuple[str, Path | None]] = (),
+    options: Mapping[str, Any],
+    adjust: Callable[[RunSettings, tuple[str, ...]], RunSettings] | None = None,
+) -> tuple[RunSettings, Predictor]:
+    """Check a predict-like command's inputs cheaply, then resolve its settings and load the model.
+
+    Everything that can fail on bad input fails before the model is loaded: an output over an
+    input, an unwritable output, a scene that is not a raster, a threshold or a
+    ``--regularize`` class the model lacks, a band count the model does not take, tiles too
+    large. Shared by ``geoseg predict`` and ``geoseg label``.
+
+    Args:
+        scene: the raster.
+        model: the checkpoint.
+        output: the vector file the command writes (role ``-o``).
+        other_outputs: more ``(role, path)`` the command writes (``None`` paths ignored).
+        options: the :func:`~geoseg.cli._common.resolve_cli_settings` keyword arguments.
+        adjust: ``adjust(settings, classes)`` changes the resolved settings before the model
+            is loaded with them (``geoseg label --candidates`` lowers the score thresholds).
+
+    Returns:
+        ``(settings, predictor)``.
+    """
+    from geoseg.checkpoint import check_compatible, checkpoint_paths, read_meta
+    from geoseg.errors import ConfigError
+    from geoseg.export import check_scene_output, check_writable
+    from geoseg.io import check_no_overwrite
+    from geoseg.pipeline import scene_grid, score_thresholds
+    from geoseg.predict import load_predictor
+    from geoseg.raster import open_scene, validate_bands
+
+    check_no_overwrite(
+        [("SCENE", scene), ("MODEL", checkpoint_paths(model)[0])],
+        [("-o", output), *other_outputs],
+    )
+    check_writable(output)
+    info = open_scene(scene)
+    check_scene_output(output, info)
+    meta = read_meta(model)
+    settings = resolve_cli_settings(meta, **options)
+    try:  # a threshold for a class the model lacks fails here, not after loading it
+        score_thresholds(meta.classes, settings.min_score, settings.class_min_score)
+    except ConfigError as err:
+        raise ConfigError(f"{model}: {err}; fix --min-score CLASS=S") from err
+    if settings.regularize:
+        from geoseg.regularize import regularize_classes
+
+        regularize_classes(settings.regularize, meta.classes)
+    if adjust is not None:
+        settings = adjust(settings, tuple(meta.classes))
+    sel = validate_bands(info, settings.bands or meta.bands)
+    check_compatible(meta, band_count=len(sel), checkpoint=model, scene=scene)
+    if settings.norm is NormSource.MODEL and meta.norm_stats is None:
+        raise click.BadParameter(
+            f"{model}: the checkpoint has no normalisation statistics; use --norm scene",
+            param_hint="--norm",
+        )
+    # the same decision plan_scene makes; fails early on no CRS or tiles too large
+    grid = scene_grid(info, settings, model_gsd=meta.gsd, n_bands=len(sel))
+    click.echo(grid.describe(), err=True)
+    if settings.class_min_score:
+        per_class = ", ".join(f"{k} {v:g}" for k, v in sorted(settings.class_min_score.items()))
+        click.echo(f"score thresholds: {per_class}; other classes {settings.min_score:g}", err=True)
+    set_interrupt_note(
+        f"nothing was written ({output} is written whole at the end, or not at all); run the "
+        "same command again"
+    )
+    return settings, load_predictor(model, settings)
+
+
 @click.command("predict")
 @click.argument("scene", metavar="SCENE")
 @click.option(
@@ -75,39 +196,13 @@ def _quicklook(scene: str, result: SceneResult, path: Path, bands: tuple[int, ..
     help="Vector output; the format follows the extension: .gpkg .geojson .shp .parquet .fgb, "
     "or .json for COCO.",
 )
-@run_settings_options
 @click.option(
     "--quicklook",
     type=click.Path(dir_okay=False, path_type=Path),
     metavar="PNG",
     help="Also write a quicklook PNG of the results over the scene.",
 )
-@click.option(
-    "--device",
-    type=click.Choice([d.value for d in Device]),
-    default=Device.AUTO.value,
-    show_default=True,
-    help="Where the model runs.",
-)
-@click.option(
-    "--norm",
-    type=click.Choice([s.value for s in NormSource]),
-    default=NormSource.SCENE.value,
-    show_default=True,
-    help="Normalise with this scene's statistics or the model's training statistics.",
-)
-@click.option(
-    "--batch-size",
-    type=click.IntRange(min=1),
-    help="Tiles per model call [default: 8 on CUDA, 1 elsewhere: batching only pays on a GPU].",
-)
-@click.option(
-    "--workers",
-    type=click.IntRange(min=0),
-    default=0,
-    show_default=True,
-    help="Tile-reading processes (0: a reading thread).",
-)
+@predict_options
 @fail_on_geoseg_error
 def command(
     scene: str,
@@ -138,66 +233,30 @@ def command(
     """
     from tqdm import tqdm
 
-    from geoseg.checkpoint import check_compatible, checkpoint_paths, read_meta
-    from geoseg.errors import ConfigError
-    from geoseg.export import check_scene_output, check_writable
-    from geoseg.io import check_no_overwrite
-    from geoseg.pipeline import run_scene, scene_grid, score_thresholds
-    from geoseg.predict import load_predictor
-    from geoseg.raster import open_scene, validate_bands
+    from geoseg.pipeline import run_scene
 
-    # Cheap checks first, so that bad input fails before the model is loaded.
-    check_no_overwrite(
-        [("SCENE", scene), ("MODEL", checkpoint_paths(model)[0])],
-        [("-o", output), ("--quicklook", quicklook)],
-    )
-    check_writable(output)
     if quicklook is not None:
         _check_png_path(quicklook)
-    info = open_scene(scene)
-    check_scene_output(output, info)
-    meta = read_meta(model)
-    settings = resolve_cli_settings(
-        meta,
-        config=config,
-        bands=bands,
-        min_score=min_score,
-        tile_size=tile_size,
-        overlap=overlap,
-        batch_size=batch_size,
-        device=device,
-        norm=norm,
-        gsd=gsd,
-        no_resample=no_resample,
-        regularize=regularize,
-        regularize_min_iou=regularize_min_iou,
+    settings, predictor = load_for_scene(
+        scene,
+        model,
+        output=output,
+        other_outputs=[("--quicklook", quicklook)],
+        options={
+            "config": config,
+            "bands": bands,
+            "min_score": min_score,
+            "tile_size": tile_size,
+            "overlap": overlap,
+            "batch_size": batch_size,
+            "device": device,
+            "norm": norm,
+            "gsd": gsd,
+            "no_resample": no_resample,
+            "regularize": regularize,
+            "regularize_min_iou": regularize_min_iou,
+        },
     )
-    try:  # a threshold for a class the model lacks fails here, not after loading it
-        score_thresholds(meta.classes, settings.min_score, settings.class_min_score)
-    except ConfigError as err:
-        raise ConfigError(f"{model}: {err}; fix --min-score CLASS=S") from err
-    if settings.regularize:
-        from geoseg.regularize import regularize_classes
-
-        regularize_classes(settings.regularize, meta.classes)
-    sel = validate_bands(info, settings.bands or meta.bands)
-    check_compatible(meta, band_count=len(sel), checkpoint=model, scene=scene)
-    if settings.norm is NormSource.MODEL and meta.norm_stats is None:
-        raise click.BadParameter(
-            f"{model}: the checkpoint has no normalisation statistics; use --norm scene",
-            param_hint="--norm",
-        )
-    # the same decision plan_scene makes; fails early on no CRS or tiles too large
-    grid = scene_grid(info, settings, model_gsd=meta.gsd, n_bands=len(sel))
-    click.echo(grid.describe(), err=True)
-    if settings.class_min_score:
-        per_class = ", ".join(f"{k} {v:g}" for k, v in sorted(settings.class_min_score.items()))
-        click.echo(f"score thresholds: {per_class}; other classes {settings.min_score:g}", err=True)
-    set_interrupt_note(
-        f"nothing was written ({output} is written whole at the end, or not at all); run the "
-        "same command again"
-    )
-    predictor = load_predictor(model, settings)
 
     with tqdm(total=None, unit="tile", desc=Path(scene).name, leave=False) as bar:
 
