@@ -352,7 +352,7 @@ def regularize_classes(requested: Sequence[str], classes: Sequence[str]) -> tupl
 
 def _to_frame(transform: Affine, aspect: float) -> Affine:
     """Scene CRS -> conformal pixel frame: inverse transform, then x scaled by ``aspect``."""
-    return Affine.scale(aspect, 1.0) * ~transform
+    return Affine.scale(aspect, 1.0) @ ~transform
 
 
 def _apply(geoms: npt.NDArray[Any], a: Affine) -> npt.NDArray[Any]:
