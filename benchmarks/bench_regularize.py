@@ -258,8 +258,16 @@ def figure(data: Any, path: Path, *, n: int = 6) -> None:
     )
     fig.tight_layout(pad=0.3)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=100, format="png")
     plt.close(fig)
+    buf.seek(0)
+    # a 256-colour palette keeps the picture small enough for the README (< 200 KB)
+    Image.open(buf).convert("RGB").quantize(colors=256).save(path, optimize=True)
 
 
 def main() -> None:

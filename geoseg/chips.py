@@ -615,7 +615,11 @@ class _ReviewFilter:
         b = _window_box(w).intersection(self.scene_box)
         if not self.area.contains(b):
             return False
-        return not bool(shapely.intersects(self.todo, b).any()) if len(self.todo) else True
+        if not len(self.todo):
+            return True
+        # a todo feature that only touches the chip's edge has no pixel in it
+        hit = shapely.intersects(self.todo, b) & ~shapely.touches(self.todo, b)
+        return not bool(hit.any())
 
 
 def _review_filter(review: Any, info: SceneInfo) -> _ReviewFilter:

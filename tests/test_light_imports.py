@@ -29,6 +29,8 @@ LIGHT_MODULES = (
     "geoseg.export",
     "geoseg.importers",
     "geoseg.raster",
+    "geoseg.regularize",
+    "geoseg.review",
     "geoseg.samples",
     "geoseg.stitch",
     "geoseg.tiling",

@@ -123,7 +123,9 @@ def _review(original: gpd.GeoDataFrame, sim) -> gpd.GeoDataFrame:
     """What a reviewer does in QGIS, on the pre-labels of the reviewed part (x < 120 px)."""
     truth = sim["truth"]
     reviewed = set(sim["reviewed"])
-    by_pred = dict(zip(sim["pred"].geometry.values.tolist(), sim["pred"]["truth_index"], strict=True))
+    by_pred = dict(
+        zip(sim["pred"].geometry.values.tolist(), sim["pred"]["truth_index"], strict=True)
+    )
     rows = []
     for _, row in original.iterrows():
         t = by_pred[row.geometry]
@@ -141,9 +143,7 @@ def _review(original: gpd.GeoDataFrame, sim) -> gpd.GeoDataFrame:
         rows.append(new)
     for t in sorted(sim["missed"] & reviewed):  # misses: drawn, status ok, no pred_id
         cls, g = truth[t]
-        rows.append(
-            {"pred_id": None, "class": cls, "score": None, "status": "ok", "geometry": g}
-        )
+        rows.append({"pred_id": None, "class": cls, "score": None, "status": "ok", "geometry": g})
     out = gpd.GeoDataFrame(rows, geometry="geometry", crs=original.crs)
     return out.reset_index(drop=True)
 
@@ -288,7 +288,7 @@ def test_convex_hull_default_and_todo_features_block_chips(tmp_path, scene, simu
     coco = read_coco(summary.annotations_path)
     for im in coco.images:
         c0, r0, w, h = im["window"]
-        assert not blocked_px.intersects(box(c0, r0, c0 + w, r0 + h))
+        assert blocked_px.intersection(box(c0, r0, c0 + w, r0 + h)).area == 0
     sim_kept = {**sim, "reviewed": kept_ids}
     _chip_check(summary, sim_kept, area_px=hull_px.buffer(0.5, join_style="mitre"))
 
