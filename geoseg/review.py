@@ -54,7 +54,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 
-from geoseg.errors import ExportError, LabelError
+from geoseg.errors import ExportError, GeosegError, LabelError
 from geoseg.geometry import polygonal
 
 if TYPE_CHECKING:
@@ -290,8 +290,8 @@ def write_prelabels(
     Raises:
         ExportError: ``path`` is not a ``.gpkg`` or cannot be written.
     """
-    from geoseg.export import write_vectors
-    from geoseg.io import atomic_write_text
+    from geoseg.export import check_output_crs
+    from geoseg.io import atomic_write, atomic_write_text, check_writable
 
     p = Path(path)
     if p.suffix.lower() != ".gpkg":
@@ -300,9 +300,19 @@ def write_prelabels(
             "and which can also hold a reviewed_area layer; use a .gpkg name"
         )
     style = qml_path(p)
-    if p.exists():
-        p.unlink()  # a new file, not a new layer in an old one
-    write_vectors(gdf, p, layer=PRELABELS_LAYER)
+    check_writable(p)
+    check_output_crs(p, gdf.crs, source="the pre-labels")
+
+    def write(tmp: Path) -> None:
+        tmp.unlink()  # a new GeoPackage (not a layer added to an old one)
+        gdf.to_file(tmp, driver="GPKG", layer=PRELABELS_LAYER)
+
+    try:
+        atomic_write(p, write)
+    except GeosegError:
+        raise
+    except Exception as err:  # pyogrio / GDAL raise many kinds
+        raise ExportError(f"{p}: could not write the pre-labels: {err}") from err
     atomic_write_text(style, qml_style(classes))
     return PrelabelFiles(path=p, style=style, n=len(gdf))
 

@@ -387,3 +387,68 @@ def test_chips_cli_reviewed_area_file(tmp_path, scene, simulation):
     coco = read_coco(tmp_path / "chips" / "annotations.json")
     windows = sorted(tuple(im["window"]) for im in coco.images)
     assert windows == [(0, 0, 64, 64), (0, 64, 64, 64)]
+
+
+# ------------------------------------------------------------------------------ geoseg label
+
+
+def test_label_cli_same_objects_as_predict_sorted_with_style(tmp_path, tiny_checkpoint_factory):
+    ckpt = tiny_checkpoint_factory(
+        "label", classes=CLASSES, tile_size=64, box_detections_per_img=20
+    )
+    rng = np.random.default_rng(3)
+    scene = tmp_path / "s.tif"
+    with rasterio.open(
+        scene,
+        "w",
+        driver="GTiff",
+        width=100,
+        height=100,
+        count=3,
+        dtype="uint8",
+        crs=UTM,
+        transform=from_origin(X0, Y0, RES, RES),
+    ) as ds:
+        ds.write(rng.integers(0, 255, (3, 100, 100), dtype=np.uint8))
+    opts = ["--device", "cpu", "--tile-size", "64", "--overlap", "16", "--min-score", "0.4"]
+    runner = CliRunner()
+    r = runner.invoke(
+        cli, ["predict", str(scene), "-m", str(ckpt), "-o", str(tmp_path / "p.gpkg"), *opts]
+    )
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(
+        cli, ["label", str(scene), "-m", str(ckpt), "-o", str(tmp_path / "l.gpkg"), *opts]
+    )
+    assert r.exit_code == 0, r.output
+    pred = gpd.read_file(tmp_path / "p.gpkg")
+    lab = gpd.read_file(tmp_path / "l.gpkg", layer=PRELABELS_LAYER)
+    assert len(pred) > 0 and len(lab) == len(pred)
+    assert sorted(lab["score"].round(4)) == sorted(pred["score"].round(4))
+    np.testing.assert_allclose(lab["margin"], (lab["score"] - 0.4).abs(), atol=1e-3)
+    assert np.all(np.diff(lab["margin"].to_numpy()) >= 0)
+    assert set(lab["status"]) == {"todo"}
+    ET.fromstring((tmp_path / "l.qml").read_text().split("\n", 1)[1])
+    # candidates below the threshold: more pre-labels, the threshold's neighbours first
+    r = runner.invoke(
+        cli,
+        [
+            "label",
+            str(scene),
+            "-m",
+            str(ckpt),
+            "-o",
+            str(tmp_path / "c.gpkg"),
+            *opts,
+            "--candidates",
+            "0.35",
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    cand = gpd.read_file(tmp_path / "c.gpkg", layer=PRELABELS_LAYER)
+    assert len(cand) > len(lab) and (cand["score"] < 0.4).any()
+    np.testing.assert_allclose(cand["margin"], (cand["score"] - 0.4).abs(), atol=1e-3)
+    # not a GeoPackage: refused before the model is loaded
+    r = runner.invoke(
+        cli, ["label", str(scene), "-m", str(ckpt), "-o", str(tmp_path / "l.geojson")]
+    )
+    assert r.exit_code == 1 and ".gpkg" in r.output

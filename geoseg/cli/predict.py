@@ -156,7 +156,10 @@ def load_for_scene(
     if settings.regularize:
         from geoseg.regularize import regularize_classes
 
-        regularize_classes(settings.regularize, meta.classes)
+        try:
+            regularize_classes(settings.regularize, meta.classes)
+        except ConfigError as err:
+            raise ConfigError(f"{model}: {err}") from err
     if adjust is not None:
         settings = adjust(settings, tuple(meta.classes))
     sel = validate_bands(info, settings.bands or meta.bands)
