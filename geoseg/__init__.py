@@ -28,6 +28,7 @@ _EXPORTS: dict[str, str] = {
     "BandSet": "geoseg.synth",
     "BatchReport": "geoseg.batch",
     "CalibrationResult": "geoseg.calibrate",
+    "ChangeResult": "geoseg.compare",
     "CheckpointError": "geoseg.errors",
     "ClassMapping": "geoseg.importers",
     "ConfigError": "geoseg.errors",
@@ -91,6 +92,7 @@ _EXPORTS: dict[str, str] = {
     "save_checkpoint": "geoseg.checkpoint",
     "tile_loader": "geoseg.datasets",
     "web_map": "geoseg.viz",
+    "write_changes": "geoseg.compare",
     "write_counts": "geoseg.count",
     "write_vectors": "geoseg.export",
 }

@@ -20,7 +20,7 @@ import dataclasses
 import enum
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -42,6 +42,7 @@ __all__ = [
     "TilingConfig",
     "TrainConfig",
     "VectorizeConfig",
+    "check_class_names",
     "check_class_scores",
     "check_fine_tune",
     "config_from_dict",
@@ -49,6 +50,7 @@ __all__ = [
     "list_presets",
     "load_config",
     "load_train_config",
+    "preset_classes",
     "preset_path",
 ]
 
@@ -772,3 +774,57 @@ def check_class_scores(values: Mapping[str, Any], where: str) -> dict[str, float
             raise ConfigError(f"{where}: {name!r}: {value!r} must be a score in [0, 1]")
         out[name] = float(value)
     return out
+
+
+def check_class_names(
+    names: Iterable[str], known: Iterable[str], *, option: str, known_as: str = "known classes"
+) -> tuple[str, ...]:
+    """Refuse class names that are not among ``known``; the one rule for every class option.
+
+    Used by ``--classes`` (``count``, ``map``, ``predict``, ``batch``) and by the class names
+    of ``--min-score CLASS=S``, so that a misspelt class (``boat`` for ``ship``) stops with one
+    line naming the known classes instead of counting, drawing or keeping nothing.
+
+    Args:
+        names: the class names asked for, in the user's order (duplicates are dropped).
+        known: the valid names (the model's classes, or those found in results).
+        option: the option the names came from, as the user typed it (``"--classes"``).
+        known_as: what ``known`` is, for the message (``"the model's classes"``).
+
+    Returns:
+        ``names`` without duplicates, in order.
+
+    Raises:
+        ConfigError: a name not in ``known``, e.g. ``--classes boat: unknown class 'boat'
+        (did you mean 'boats'?); known classes: ship, vehicle``.
+    """
+    import difflib
+
+    asked = tuple(dict.fromkeys(str(n) for n in names))
+    valid = list(dict.fromkeys(str(k) for k in known))
+    unknown = [n for n in asked if n not in valid]
+    if not unknown:
+        return asked
+    close = [m for n in unknown for m in difflib.get_close_matches(n, valid, n=1, cutoff=0.6)]
+    hint = f" (did you mean {', '.join(repr(c) for c in dict.fromkeys(close))}?)" if close else ""
+    plural = "es" if len(unknown) > 1 else ""
+    listed = ", ".join(valid) if valid else "none"
+    raise ConfigError(
+        f"{option} {','.join(asked)}: unknown class{plural} "
+        f"{', '.join(repr(n) for n in unknown)}{hint}; {known_as}: {listed}"
+    )
+
+
+def preset_classes() -> tuple[str, ...]:
+    """The classes of the bundled presets (``ship``, ``vehicle``, ``building``), in order.
+
+    The names ``geoseg count`` / ``geoseg map`` accept in ``--classes`` even when no result
+    holds such an object (a count of 0 is then the answer, not a misspelling).
+    """
+    names: dict[str, None] = {}
+    for name in list_presets():
+        try:
+            names.update(dict.fromkeys(load_config(name).classes))
+        except ConfigError:  # a user's broken preset in a preset folder is not our concern here
+            continue
+    return tuple(names)

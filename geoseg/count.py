@@ -13,6 +13,17 @@ straddling two zones is counted exactly once. A centroid lying exactly on a bord
 several zones goes to the first of them (lowest row index); a centroid in the interior of
 several *overlapping* zones is counted in each of them (each zone counts its own objects).
 
+Zones are named by a column of the AOI: ``aoi_field`` when given, else the first column that
+looks like a name (``name``, then any column whose name contains ``name``, then ``id``,
+``zone``, ``label``, ``title``, ``code`` or ``*_id``) whose values are all present and distinct;
+the name goes into the ``zone`` column of the zones, and tables show it. Without such a column
+a zone is named by its row number (``zone_id``, from 0).
+
+``classes`` asked for must be known: a class some result holds, or one of the bundled presets'
+classes (ship, vehicle, building: counted 0 when absent); any other name is refused with the
+known ones listed (:func:`geoseg.config.check_class_names`), so a misspelt class does not count
+0 silently.
+
 Densities are objects per km², with zone and cell areas measured in the equal-area
 EPSG:6933 (WGS 84 / NSIDC EASE-Grid 2.0 Global) projection, never in degrees. Grid cells are
 square in a metric CRS (the data's, or the local UTM zone) with their corners on multiples of
@@ -39,6 +50,7 @@ import pandas as pd
 import shapely
 from pyproj import CRS
 
+from geoseg.config import check_class_names, preset_classes
 from geoseg.errors import ConfigError, ExportError, LabelError
 from geoseg.geometry import is_metric_crs, metric_crs, rectangle_axes, utm_crs
 from geoseg.io import VectorFormat, atomic_write, read_vectors
@@ -50,10 +62,18 @@ __all__ = [
     "CountsFormat",
     "ResultsLike",
     "SizeHistogram",
+    "check_result_classes",
+    "check_zone_field",
+    "common_metric_crs",
     "count",
+    "filter_results",
     "format_counts",
+    "grid_membership",
+    "read_aoi",
     "read_results",
     "write_counts",
+    "zone_membership",
+    "zone_name_field",
 ]
 
 logger = logging.getLogger(__name__)
@@ -139,8 +159,9 @@ class CountResult:
         classes: the classes counted, in column order.
         per_scene: one row per (scene, class) with columns ``scene``, ``class``, ``count``,
             ``mean_score``, ``mean_length_m``, ``total_area_m2`` (NaN where no object).
-        zones: the AOI polygons (in the AOI's own CRS) with their attributes plus ``zone_id``,
-            ``area_km2``, ``count_<class>``, ``count_total``, ``density_<class>_km2`` and
+        zones: the AOI polygons (in the AOI's own CRS) with their attributes plus ``zone_id``
+            (row number), ``zone`` (the zone's name, see ``zone_field``), ``area_km2``,
+            ``count_<class>``, ``count_total``, ``density_<class>_km2`` and
             ``density_total_km2``; ``None`` without an AOI.
         grid: square cells of one grid in a projected CRS (the data's, or the local UTM zone)
             with ``cell_id``, ``row`` (0 = north), ``col``, ``area_km2`` and the same count and
@@ -150,6 +171,7 @@ class CountResult:
         grid_m: the grid cell size in metres, or ``None``.
         min_score: the score filter applied, or ``None``.
         skipped: result files that could not be read and were skipped, with the reason.
+        zone_field: the AOI column the zones are named by (``None``: by row number).
     """
 
     classes: tuple[str, ...]
@@ -160,6 +182,7 @@ class CountResult:
     grid_m: float | None = None
     min_score: float | None = None
     skipped: tuple[str, ...] = field(default=())
+    zone_field: str | None = None
 
     @property
     def total(self) -> int:
@@ -190,6 +213,7 @@ class CountResult:
             "per_scene": _records(self.per_scene),
             "histograms": [h.to_dict() for h in self.histograms],
             "skipped": list(self.skipped),
+            "zone_field": self.zone_field,
         }
         if self.zones is not None:
             out["zones"] = _records(pd.DataFrame(self.zones.drop(columns="geometry")))
@@ -303,6 +327,25 @@ def _normalise(gdf: gpd.GeoDataFrame, *, source: str, default_scene: str) -> gpd
     return gdf
 
 
+def check_result_classes(classes: Sequence[str], frames: Sequence[gpd.GeoDataFrame]) -> None:
+    """Refuse a class asked of results that none of them holds and no bundled preset knows.
+
+    The known classes are those of ``frames`` (as :func:`read_results` returns them) and of
+    the bundled presets (ship, vehicle, building), which count 0 when absent. Shared by
+    :func:`count` and :func:`geoseg.viz.web_map`.
+
+    Raises:
+        ConfigError: an unknown class (:func:`geoseg.config.check_class_names`).
+    """
+    found = sorted({str(c) for g in frames for c in g["class"].unique()})
+    check_class_names(
+        classes,
+        [*found, *(c for c in preset_classes() if c not in found)],
+        option="--classes",
+        known_as="classes in the results, or of geoseg's presets",
+    )
+
+
 def _scene_names(gdf: gpd.GeoDataFrame) -> list[str]:
     """Scenes named in ``gdf`` (its file name when it has no rows)."""
     if len(gdf):
@@ -310,10 +353,14 @@ def _scene_names(gdf: gpd.GeoDataFrame) -> list[str]:
     return [str(gdf.attrs.get("geoseg_default_scene", "scene"))]
 
 
-def _filter(
+def filter_results(
     gdf: gpd.GeoDataFrame, *, min_score: float | None, classes: Sequence[str] | None
 ) -> gpd.GeoDataFrame:
-    """Keep objects with ``score >= min_score`` and ``class in classes``."""
+    """The rows of ``gdf`` with ``score >= min_score`` and ``class in classes`` (``None``: all).
+
+    Raises:
+        LabelError: ``min_score`` given but ``gdf`` has no ``score`` column.
+    """
     keep = np.ones(len(gdf), dtype=bool)
     if min_score is not None:
         if "score" not in gdf.columns:
@@ -357,6 +404,7 @@ def count(
     min_score: float | None = None,
     classes: Sequence[str] | None = None,
     size_bins: Mapping[str, Sequence[float]] | None = None,
+    aoi_field: str | None = None,
 ) -> CountResult:
     """Count objects per scene and class, per AOI zone and per grid cell.
 
@@ -368,8 +416,11 @@ def count(
             local UTM zone when the data is geographic) and cover every object and the AOI.
         min_score: keep objects with ``score >= min_score``.
         classes: keep only these classes (and report them, in this order, even when absent).
+            Each must be a class of some result or of a bundled preset.
         size_bins: ``length_m`` histogram edges per class; defaults to
             :data:`DEFAULT_SIZE_BINS` (ships and vehicles).
+        aoi_field: the AOI column naming the zones; ``None``: found by
+            :func:`zone_name_field` (row numbers when none fits).
 
     Returns:
         A :class:`CountResult`.
@@ -378,16 +429,21 @@ def count(
         LabelError: unreadable results or AOI, an AOI without CRS or polygons, or results
             without CRS when zones or a grid are asked for.
         ConfigError: ``grid_m`` not positive, or so small that the grid would exceed
-            :data:`MAX_GRID_CELLS` cells.
+            :data:`MAX_GRID_CELLS` cells; a class in ``classes`` that no result holds and no
+            preset knows; ``aoi_field`` not a column of the AOI (or given without an AOI).
     """
+    if aoi_field is not None and aoi is None:
+        raise ConfigError(f"--aoi-field {aoi_field}: it names a column of the AOI; give --aoi")
     if grid_m is not None and not (math.isfinite(grid_m) and grid_m > 0):
         raise ConfigError(f"grid_m={grid_m!r}: the grid cell size must be a positive number of m")
     if classes is not None:
         classes = tuple(dict.fromkeys(str(c) for c in classes))
     raw, skipped = _read_results(results)
+    if classes is not None:
+        check_result_classes(classes, raw)
     # a file without objects still names a scene (its file name)
     all_scenes = sorted({s for g in raw for s in _scene_names(g)})
-    frames = [_filter(g, min_score=min_score, classes=classes) for g in raw]
+    frames = [filter_results(g, min_score=min_score, classes=classes) for g in raw]
     projected = [_projected(g) for g in frames]
     frames = [_with_lengths(g, p) for g, p in zip(frames, projected, strict=True)]
     present = sorted({c for g in frames for c in g["class"].unique()})
@@ -415,9 +471,11 @@ def count(
 
     zones = None
     aoi_gdf = None
+    zone_field = None
     if aoi is not None:
-        aoi_gdf = _read_aoi(aoi)
-        zones = _count_zones(aoi_gdf, centroids, labels, class_order)
+        aoi_gdf = read_aoi(aoi)
+        zone_field = check_zone_field(aoi_gdf, aoi_field, aoi)
+        zones = _count_zones(aoi_gdf, centroids, labels, class_order, zone_field)
     grid = None
     if grid_m is not None:
         grid = _count_grid(float(grid_m), centroids, labels, scenes, class_order, aoi_gdf)
@@ -430,6 +488,7 @@ def count(
         grid_m=float(grid_m) if grid_m is not None else None,
         min_score=min_score,
         skipped=tuple(skipped),
+        zone_field=zone_field,
     )
 
 
@@ -498,10 +557,72 @@ def _histograms(
     return tuple(out)
 
 
-def _read_aoi(aoi: str | os.PathLike[str] | gpd.GeoDataFrame) -> gpd.GeoDataFrame:
-    """Read and check the zones (a CRS, at least one feature, polygons only)."""
+def read_aoi(aoi: str | os.PathLike[str] | gpd.GeoDataFrame) -> gpd.GeoDataFrame:
+    """Read and check AOI zones (a CRS, at least one feature, polygons only), index 0..n-1.
+
+    Raises:
+        LabelError: unreadable, no CRS, no features, or geometries other than polygons.
+    """
     gdf = read_vectors(aoi, what="AOI", require_crs=True, allow_empty=False, polygons=True)
     return gdf.reset_index(drop=True)
+
+
+#: Column names that name a zone, after ``name`` and ``*name*`` (compared in lower case).
+_ID_LIKE = ("id", "zone", "label", "title", "code")
+
+
+def zone_name_field(aoi: gpd.GeoDataFrame) -> str | None:
+    """The AOI column that names its zones, or ``None`` (zones are then named by row number).
+
+    The first column, in this order of preference, whose values are all present and
+    distinct: ``name`` (any case); a text column whose name contains ``name`` (``NAME_EN``,
+    ``zone_name``); a text or integer column called ``id``, ``zone``, ``label``, ``title``,
+    ``code`` or ending in ``_id``.
+    """
+    columns = [c for c in aoi.columns if c != aoi.geometry.name]
+
+    def usable(col: str, *, integers: bool) -> bool:
+        values = aoi[col]
+        kind_ok = pd.api.types.is_string_dtype(values) or (
+            integers and pd.api.types.is_integer_dtype(values)
+        )
+        return bool(kind_ok and values.notna().all() and values.is_unique)
+
+    ranked = [
+        [c for c in columns if str(c).lower() == "name"],
+        [c for c in columns if "name" in str(c).lower() and str(c).lower() != "name"],
+        [c for c in columns if str(c).lower() in _ID_LIKE or str(c).lower().endswith("_id")],
+    ]
+    for rank, group in enumerate(ranked):
+        for col in group:
+            if usable(col, integers=rank == 2):
+                return str(col)
+    return None
+
+
+def check_zone_field(
+    aoi: gpd.GeoDataFrame, field: str | None, source: str | os.PathLike[str] | gpd.GeoDataFrame
+) -> str | None:
+    """``field`` if it is a column of the AOI, else :func:`zone_name_field`'s choice.
+
+    Args:
+        aoi: the zones.
+        field: the column asked for (``--aoi-field``), or ``None``.
+        source: the AOI as given (named in the message).
+
+    Raises:
+        ConfigError: ``field`` is not a column of the AOI.
+    """
+    if field is None:
+        return zone_name_field(aoi)
+    if field not in aoi.columns or field == aoi.geometry.name:
+        where = source if not isinstance(source, gpd.GeoDataFrame) else "the AOI"
+        columns = [str(c) for c in aoi.columns if c != aoi.geometry.name]
+        raise ConfigError(
+            f"--aoi-field {field}: {where} has no such column; its columns: "
+            f"{', '.join(columns) or 'none'}"
+        )
+    return field
 
 
 def _assign(
@@ -549,28 +670,73 @@ def _add_count_columns(
     return target
 
 
+def zone_membership(
+    aoi: gpd.GeoDataFrame,
+    centroids: Sequence[gpd.GeoSeries],
+    *,
+    name_field: str | None = None,
+) -> tuple[gpd.GeoDataFrame, npt.NDArray[np.intp], npt.NDArray[np.intp]]:
+    """Which AOI zone holds each centroid: the counting rule of :func:`count`, for reuse.
+
+    Args:
+        aoi: the zones (polygons with a CRS, as :func:`read_aoi` returns them).
+        centroids: points in any CRS (reprojected to the AOI's); their concatenation is
+            indexed by the returned point indexes.
+        name_field: the AOI column naming the zones (see :func:`check_zone_field`), or
+            ``None`` (zones named by row number).
+
+    Returns:
+        ``(zones, point_index, zone_index)``: a copy of ``aoi`` with ``zone_id`` (row number)
+        and ``zone`` (the text of ``name_field``, else the row number) as first columns, AOI
+        columns clashing with count columns kept as ``aoi_<name>``; and ``[K]`` pairs: point
+        ``point_index[k]`` lies in zone ``zone_index[k]`` (a point inside several overlapping
+        zones appears once per zone; one on a shared border goes to the first zone; a point
+        outside every zone appears in none).
+    """
+    if centroids:
+        pts = np.concatenate([c.to_crs(aoi.crs).to_numpy() for c in centroids])
+    else:
+        pts = np.zeros(0, dtype=object)
+    pi, zi = _assign(pts, aoi.geometry.to_numpy())
+    zones = aoi.copy()
+    ids = np.arange(len(zones), dtype=np.int64)
+    names = zones[name_field].astype(str).to_numpy() if name_field else ids.astype(str)
+    ours = {"zone_id", "zone", "area_km2", "count_total", "density_total_km2"}
+    clash = {
+        c: f"aoi_{c}"
+        for c in zones.columns
+        if c != zones.geometry.name and (c in ours or str(c).startswith(("count_", "density_")))
+    }
+    if clash:
+        logger.info("AOI columns renamed to keep them beside the counts: %s", clash)
+        zones = zones.rename(columns=clash)
+    zones.insert(0, "zone", names)
+    zones.insert(0, "zone_id", ids)
+    return zones, pi, zi
+
+
 def _count_zones(
     aoi: gpd.GeoDataFrame,
     centroids: Sequence[gpd.GeoSeries],
     labels: Sequence[npt.NDArray[np.object_]],
     classes: Sequence[str],
+    name_field: str | None = None,
 ) -> gpd.GeoDataFrame:
-    """Count centroids per AOI zone (centroids reprojected to the AOI's CRS)."""
-    if centroids:
-        pts = np.concatenate([c.to_crs(aoi.crs).to_numpy() for c in centroids])
-        cls = np.concatenate(labels)
-    else:
-        pts = np.zeros(0, dtype=object)
-        cls = np.zeros(0, dtype=object)
-    zone_geoms = aoi.geometry.to_numpy()
-    pi, zi = _assign(pts, zone_geoms)
-    zones = aoi.copy()
-    zones.insert(0, "zone_id", np.arange(len(zones), dtype=np.int64))
+    """Count centroids per AOI zone (see :func:`zone_membership`)."""
+    cls = np.concatenate(labels) if labels else np.zeros(0, dtype=object)
+    zones, pi, zi = zone_membership(aoi, centroids, name_field=name_field)
     return _add_count_columns(zones, zi, cls[pi], classes)
 
 
-def _grid_crs(centroids: Sequence[gpd.GeoSeries], aoi: gpd.GeoDataFrame | None) -> CRS:
-    """The data's metric CRS if all inputs share one, else the UTM zone of their centre."""
+def common_metric_crs(
+    centroids: Sequence[gpd.GeoSeries], aoi: gpd.GeoDataFrame | None = None
+) -> CRS:
+    """The data's metric CRS if all inputs share one, else the UTM zone of their centre.
+
+    Args:
+        centroids: geometries (points or any others) with a CRS, one GeoSeries per input.
+        aoi: zones whose centre is taken into account, or ``None``.
+    """
     crss = {c.crs for c in centroids}
     if len(crss) == 1:
         only = next(iter(crss))
@@ -594,30 +760,51 @@ def _count_grid(
     classes: Sequence[str],
     aoi: gpd.GeoDataFrame | None,
 ) -> gpd.GeoDataFrame:
-    """Count centroids per square grid cell.
+    """Count centroids per square grid cell (see :func:`grid_membership`)."""
+    cls = np.concatenate(labels) if labels else np.zeros(0, dtype=object)
+    grid, where = grid_membership(cell, centroids, scenes, aoi)
+    return _add_count_columns(grid, where, cls, classes)
 
-    The cells form one grid (corners on multiples of ``cell`` in the grid CRS) but only the
-    cells over each scene's objects (their bounding box) and over the AOI are built, so scenes
-    far apart do not fill the space between them with empty cells.
+
+def grid_membership(
+    cell: float,
+    centroids: Sequence[gpd.GeoSeries],
+    groups: Sequence[npt.NDArray[np.object_]],
+    aoi: gpd.GeoDataFrame | None,
+) -> tuple[gpd.GeoDataFrame, npt.NDArray[np.intp]]:
+    """The grid cells of :func:`count` and the cell of each centroid, for reuse.
+
+    The cells form one grid (corners on multiples of ``cell`` metres in the grid CRS: the
+    data's metric CRS when all inputs share one, else the UTM zone of their centre) but only
+    the cells over each group's objects (their bounding box; a group is a scene in
+    :func:`count`) and over the AOI are built, so scenes far apart do not fill the space
+    between them with empty cells.
+
+    Args:
+        cell: cell size in metres.
+        centroids: points in any CRS, one GeoSeries per input frame.
+        groups: ``[len(centroids[i])]`` group labels of each frame's points.
+        aoi: the zones, whose extent is covered too, or ``None``.
+
+    Returns:
+        ``(grid, where)``: the cells (``cell_id``, ``row`` with 0 = north, ``col``, geometry in
+        the grid CRS) and ``[N]`` cell indexes (rows of ``grid``) of the concatenated points.
+
+    Raises:
+        ConfigError: the grid would have more than :data:`MAX_GRID_CELLS` cells.
     """
     if not centroids and aoi is None:
         logger.warning("no objects and no AOI: the grid is empty")
-        return _add_count_columns(
-            gpd.GeoDataFrame(
-                {"cell_id": [], "row": [], "col": []}, geometry=[], crs=EQUAL_AREA_CRS
-            ),
-            np.zeros(0, dtype=np.intp),
-            np.zeros(0, dtype=object),
-            classes,
+        empty = gpd.GeoDataFrame(
+            {"cell_id": [], "row": [], "col": []}, geometry=[], crs=EQUAL_AREA_CRS
         )
-    crs = _grid_crs(centroids, aoi)
+        return empty, np.zeros(0, dtype=np.intp)
+    crs = common_metric_crs(centroids, aoi)
     if centroids:
         xy = np.concatenate([shapely.get_coordinates(c.to_crs(crs).to_numpy()) for c in centroids])
-        cls = np.concatenate(labels)
-        scene = np.concatenate(scenes)
+        scene = np.concatenate(groups)
     else:
         xy = np.zeros((0, 2))
-        cls = np.zeros(0, dtype=object)
         scene = np.zeros(0, dtype=object)
     boxes = [(*xy[scene == s].min(axis=0), *xy[scene == s].max(axis=0)) for s in np.unique(scene)]
     if aoi is not None:
@@ -657,7 +844,7 @@ def _count_grid(
         geometry=shapely.box(minx, maxy - cell, minx + cell, maxy),
         crs=crs,
     )
-    return _add_count_columns(grid, where, cls, classes)
+    return grid, where
 
 
 # --------------------------------------------------------------------------------------------
@@ -746,9 +933,13 @@ def format_counts(result: CountResult, *, max_rows: int = 30) -> str:
     if result.zones is not None:
         z = result.zones.sort_values("count_total", ascending=False).head(max_rows)
         header = ["zone", "area_km2", *classes, "total", "per_km2"]
+        label = "zone" if result.zones["zone"].is_unique else "zone_id"  # explicit field, dupes
+        if label == "zone_id":
+            header = ["zone_id", "zone", *header[1:]]
         rows = [
             [
-                str(r["zone_id"]),
+                *([str(r["zone_id"])] if label == "zone_id" else []),
+                str(r["zone"]),
                 f"{r['area_km2']:.3f}",
                 *(str(int(r[f"count_{c}"])) for c in classes),
                 str(int(r["count_total"])),

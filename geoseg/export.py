@@ -95,9 +95,13 @@ def _shapefile_columns(columns: list[str]) -> dict[str, str]:
 def _write_ogr(
     gdf: geopandas.GeoDataFrame, tmp: Path, *, driver: str, layer: str | None, **opts: Any
 ) -> None:
+    import warnings
+
     import pyogrio
 
-    pyogrio.write_dataframe(gdf, os.fspath(tmp), layer=layer, driver=driver, **opts)
+    with warnings.catch_warnings():  # no CRS: check_output_crs has said so, once
+        warnings.filterwarnings("ignore", message="'crs' was not provided")
+        pyogrio.write_dataframe(gdf, os.fspath(tmp), layer=layer, driver=driver, **opts)
 
 
 def _to_pixels(gdf: geopandas.GeoDataFrame, scene_info: SceneInfo) -> npt.NDArray[Any]:
@@ -164,7 +168,8 @@ def _write_coco(
     names = _coco_classes(gdf, classes)
     cat_id = category_ids(names)
     has_class = "class" in gdf
-    extra = [c for c in ("area_m2", "length_m", "width_m", "heading_deg") if c in gdf]
+    sizes = ("area_m2", "length_m", "width_m", "area_px", "length_px", "width_px")
+    extra = [c for c in (*sizes, "heading_deg") if c in gdf]
     annotations: list[dict[str, Any]] = []
     identity = Affine.identity()
     for i, geom in enumerate(_to_pixels(gdf, scene_info)):
@@ -278,8 +283,8 @@ def check_output_crs(
                 "coordinates, no CRS) or .json (COCO, pixels)"
             )
         if kind is not VectorFormat.COCO:
-            logger.warning(
-                "%s: %s has no CRS: the output holds pixel coordinates without a CRS", p, source
+            logger.warning(  # one text for the early check and the write: said once
+                "%s: no CRS, so the output holds pixel coordinates (without a CRS)", p
             )
         return
     if kind is not VectorFormat.GEOJSON:

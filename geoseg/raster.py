@@ -253,10 +253,14 @@ def validate_bands(info: SceneInfo, bands: Sequence[int] | None) -> tuple[int, .
         raise BandError(f"{info.path}: no bands selected; give at least one band, e.g. 1")
     bad = [b for b in sel if not 1 <= b <= info.count]
     if bad:
+        # as many bands as asked for (the model's count), from those the scene has: a one-band
+        # scene for a 3-band model gives 1,1,1 (the grey band fed as each input band)
+        have = list(range(1, info.count + 1))[: len(sel)]
+        example = have + have[-1:] * (len(sel) - len(have))
         raise BandError(
             f"{info.path}: band(s) {bad} do not exist; the scene has {info.count} band(s), "
-            f"numbered 1..{info.count}. Choose bands in that range (e.g. --bands "
-            f"{','.join(str(b) for b in range(1, min(info.count, 3) + 1))})."
+            f"numbered 1..{info.count}. Choose {len(sel)} band(s) in that range (e.g. --bands "
+            f"{','.join(map(str, example))})."
         )
     return sel
 

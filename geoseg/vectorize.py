@@ -34,11 +34,14 @@ Where the metres come from (:func:`geoseg.geometry.to_metric`): in a projected C
 own linear unit converted to metres (so a UTM scene gives UTM metres). In a geographic CRS
 (degrees) and in Web ("Pseudo") Mercator, whose metres are stretched by ``1 / cos(latitude)``,
 the outlines are first projected onto a local transverse Mercator centred on the scene (scale 1
-at its centre), which is exact to well under 0.1 % over a satellite scene. Without a CRS the
-geometries stay in the frame of ``transform`` (scene pixels for an identity transform):
-``area_m2``, ``length_m`` and ``width_m`` are NaN (a warning is logged), ``heading_deg`` is
-measured clockwise from the image's up direction, and ``min_area_m2`` is compared with the area in
-the geometry's own units.
+at its centre), which is exact to well under 0.1 % over a satellite scene.
+
+Without a CRS (a bare PNG or JPEG, a GeoTIFF without one) there are no metres, and the result is
+in pixel space throughout (:data:`PIXEL_COLUMNS`): geometries stay in the frame of
+``transform`` (scene pixels for an identity transform, rows growing downwards), sizes are in
+scene pixels, in columns that say so (``area_px``, ``length_px``, ``width_px``, instead of the
+metric ones, which would be NaN), ``heading_deg`` is measured clockwise from the image's up
+direction, and ``min_area_m2`` is compared with the area in the geometry's own units.
 """
 
 from __future__ import annotations
@@ -56,12 +59,23 @@ from geoseg.types import Detections
 if TYPE_CHECKING:
     import geopandas
 
-__all__ = ["COLUMNS", "mask_to_geometry", "shifted", "vectorize"]
+__all__ = ["COLUMNS", "PIXEL_COLUMNS", "mask_to_geometry", "shifted", "vectorize"]
 
 logger = logging.getLogger(__name__)
 
 #: Columns of the GeoDataFrame :func:`vectorize` returns, in order.
 COLUMNS = ("geometry", "class", "score", "area_m2", "length_m", "width_m", "heading_deg", "scene")
+#: The columns without a CRS: sizes in scene pixels (``area_px`` in square pixels).
+PIXEL_COLUMNS = (
+    "geometry",
+    "class",
+    "score",
+    "area_px",
+    "length_px",
+    "width_px",
+    "heading_deg",
+    "scene",
+)
 
 
 def shifted(transform: Affine, col: int, row: int) -> Affine:
@@ -123,7 +137,7 @@ def vectorize(
             output of :func:`geoseg.stitch.stitch`.
         transform: the scene's affine from scene pixels to the scene CRS.
         crs_wkt: WKT of the scene CRS, or ``None`` (geometries then stay in the frame of
-            ``transform`` and metric attributes are NaN).
+            ``transform`` and sizes are in scene pixels: :data:`PIXEL_COLUMNS`).
         scene: value of the ``scene`` column (e.g. the scene's file name).
         simplify_tolerance: topology-preserving simplification tolerance in scene CRS units;
             0 keeps the exact pixel-edge outline.
@@ -132,8 +146,8 @@ def vectorize(
 
     Returns:
         A GeoDataFrame with columns ``geometry, class, score, area_m2, length_m, width_m,
-        heading_deg, scene`` (see :data:`COLUMNS`), one row per non-empty mask, in input order,
-        with the scene CRS (``None`` without one).
+        heading_deg, scene`` (see :data:`COLUMNS`; without a CRS :data:`PIXEL_COLUMNS`), one
+        row per non-empty mask, in input order, with the scene CRS (``None`` without one).
 
     Raises:
         ValueError: a negative ``simplify_tolerance`` or ``min_area_m2``.
@@ -162,16 +176,22 @@ def vectorize(
         for lab in labels
     ]
     nan = np.full(len(garr), np.nan)
+    columns = COLUMNS
     if crs_wkt is None:
         if len(garr):
             logger.warning(
                 "vectorize: scene %r has no CRS; geometries are in the frame of its transform "
-                "(scene pixels for an identity transform) and area_m2/length_m/width_m are NaN",
+                "(scene pixels for an identity transform) and sizes in scene pixels (area_px, "
+                "length_px, width_px)",
                 scene,
             )
         length, width, heading = rectangle_axes(garr, y_up=transform.e < 0)
-        area_m2, length_m, width_m = nan, nan, nan
         size_for_filter = shapely.area(garr) if len(garr) else nan
+        inv = ~transform
+        pixels = shapely.transform(garr, lambda xy: np.column_stack(inv @ (xy[:, 0], xy[:, 1])))
+        length_m, width_m, _ = rectangle_axes(pixels, y_up=False)  # scene pixels, not metres
+        area_m2 = shapely.area(pixels) if len(garr) else nan
+        columns = PIXEL_COLUMNS
     else:
         metric, factor = to_metric(garr, crs_wkt)
         length, width, heading = rectangle_axes(metric, y_up=True)
@@ -199,7 +219,9 @@ def vectorize(
     gdf = geopandas.GeoDataFrame(
         data, geometry=geopandas.GeoSeries(list(out_geoms), crs=crs_wkt), crs=crs_wkt
     )
-    gdf = gdf[list(COLUMNS)]
+    if columns is PIXEL_COLUMNS:
+        gdf = gdf.rename(columns=dict(zip(COLUMNS, PIXEL_COLUMNS, strict=True)))
+    gdf = gdf[list(columns)]
     gdf.attrs["classes"] = tuple(detections.classes)
     logger.debug("vectorize: %d masks -> %d polygons", len(detections), len(gdf))
     return gdf

@@ -35,7 +35,7 @@ import pandas as pd
 import shapely
 from affine import Affine
 
-from geoseg.count import ResultsLike, read_results
+from geoseg.count import ResultsLike, check_result_classes, read_results
 from geoseg.errors import (
     BandError,
     ExportError,
@@ -46,13 +46,20 @@ from geoseg.errors import (
 from geoseg.io import atomic_write
 
 __all__ = [
+    "ARRIVED_COLOUR",
     "CLASS_COLOURS",
+    "DEPARTED_COLOUR",
+    "PERSISTED_COLOUR",
+    "MapLayer",
     "Preview",
     "Stretch",
     "class_colour",
+    "counts_table_html",
+    "layered_map",
     "quicklook",
     "read_preview",
     "remote_resources",
+    "timeline_chart",
     "web_map",
 ]
 
@@ -80,6 +87,9 @@ _POPUP_FIELDS: tuple[tuple[str, str, int | None], ...] = (
     ("length_m", "length (m)", 1),
     ("width_m", "width (m)", 1),
     ("area_m2", "area (m²)", 1),
+    ("length_px", "length (px)", 1),
+    ("width_px", "width (px)", 1),
+    ("area_px", "area (px²)", 0),
     ("heading_deg", "heading (°)", 0),
     ("scene", "scene", None),
 )
@@ -438,19 +448,24 @@ _MAP_CSS = """
 """
 
 
-def _counts_html(counts: dict[str, int], order: Sequence[str], title: str) -> str:
-    """The counts table shown in the map's corner."""
+def counts_table_html(
+    rows: Sequence[tuple[str, tuple[int, int, int], int]],
+    title: str,
+    *,
+    header: tuple[str, str] = ("class", "count"),
+) -> str:
+    """A counts table for the map's corner box: ``(name, RGB colour, count)`` rows and a total."""
     import html
 
-    rows = "".join(
-        f'<tr><td><span class="swatch" style="background:{_hex(class_colour(c, order))}">'
-        f"</span>{html.escape(c)}</td><td>{counts[c]}</td></tr>"
-        for c in order
+    body = "".join(
+        f'<tr><td><span class="swatch" style="background:{_hex(colour)}">'
+        f"</span>{html.escape(name)}</td><td>{n}</td></tr>"
+        for name, colour, n in rows
     )
-    total = sum(counts.values())
+    total = sum(n for _, _, n in rows)
     return (
         f"<table><caption>{html.escape(title)}</caption>"
-        f"<tr><th>class</th><th>count</th></tr>{rows}"
+        f"<tr><th>{html.escape(header[0])}</th><th>{html.escape(header[1])}</th></tr>{body}"
         f"<tr><th>total</th><th>{total}</th></tr></table>"
     )
 
@@ -484,10 +499,30 @@ def _counts_control(html: str) -> Any:
     return CountsControl(html)
 
 
+@dataclass(frozen=True, eq=False)
+class MapLayer:
+    """One toggleable layer of :func:`layered_map`.
+
+    Attributes:
+        name: the name in the layer control (e.g. ``"ship (12)"``).
+        gdf: the polygons, in any CRS (reprojected to longitude/latitude); the popup columns.
+        colour: RGB outline and fill colour.
+        fields: popup rows ``(column, label, decimals)`` (``None``: shown as text); columns
+            missing from ``gdf`` are left out.
+        show: visible when the page opens.
+    """
+
+    name: str
+    gdf: gpd.GeoDataFrame
+    colour: tuple[int, int, int]
+    fields: tuple[tuple[str, str, int | None], ...] = _POPUP_FIELDS
+    show: bool = True
+
+
 def web_map(
     results: ResultsLike | None,
     *,
-    scene: str | os.PathLike[str] | None = None,
+    scene: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None = None,
     out_html: str | os.PathLike[str],
     max_size: int = 2048,
     bands: Sequence[int] | None = None,
@@ -498,19 +533,22 @@ def web_map(
 ) -> Path:
     """Write an interactive map as one HTML file that works offline.
 
-    Contents: the scene (if given) as an image overlay, reprojected to Web Mercator; one
-    toggleable layer per class with popups (class, score, length, width, area, heading, scene);
-    a counts table; a layer control and a scale bar. No basemap tiles are loaded.
+    Contents: each scene (if given) as an image overlay, reprojected to Web Mercator (one
+    toggleable layer per scene, named by its file); one toggleable layer per class with popups
+    (class, score, length, width, area, heading, scene); a counts table; a layer control and a
+    scale bar. No basemap tiles are loaded.
 
     Args:
         results: result vectors (see :func:`geoseg.count.read_results`), or ``None``.
-        scene: the scene raster shown under the polygons (needs a CRS).
+        scene: the scene raster shown under the polygons (needs a CRS), or several (each
+            drawn; ``max_size`` applies to each).
         out_html: the HTML file to write (atomically).
         max_size: longest side of the scene image in pixels.
         bands: 1-based scene bands shown (3 = RGB, 1 = grey); default 1,2,3 or 1.
         stretch: value stretch of the scene (see :class:`Stretch`).
         min_score: show objects with ``score >= min_score``.
-        classes: show only these classes (one layer each, in this order).
+        classes: show only these classes (one layer each, in this order); each must be a
+            class of some result or of a bundled preset (see :func:`geoseg.count.count`).
         title: page title and caption of the counts table.
 
     Returns:
@@ -518,7 +556,74 @@ def web_map(
 
     Raises:
         ExportError: XStatic-Leaflet or folium missing, or the file cannot be written.
-        UnsupportedTransformError: the scene has no CRS. LabelError: results without CRS.
+        UnsupportedTransformError: a scene has no CRS. LabelError: results without CRS.
+        ConfigError: a class in ``classes`` that no result holds and no preset knows.
+    """
+    frames = read_results(results) if results is not None else []
+    for g in frames:
+        if g.crs is None and len(g):
+            raise LabelError(
+                f"results of scene(s) {', '.join(sorted(g['scene'].unique()))} have no CRS; "
+                "a map needs georeferenced results"
+            )
+    if classes is not None:
+        check_result_classes(classes, frames)
+    gdf = _prepare(frames or None, crs="EPSG:4326", min_score=min_score, classes=classes)
+    order = _class_order(gdf, classes)
+    counts = {c: int((gdf["class"] == c).sum()) for c in order}
+    layers = [
+        MapLayer(f"{cls} ({counts[cls]})", gdf[gdf["class"] == cls], class_colour(cls, order))
+        for cls in order
+        if counts[cls]
+    ]
+    rows = [(cls, class_colour(cls, order), counts[cls]) for cls in order]
+    return layered_map(
+        layers,
+        out_html=out_html,
+        scene=scene,
+        max_size=max_size,
+        bands=bands,
+        stretch=stretch,
+        title=title,
+        table_html=counts_table_html(rows, title, header=("class", "count")),
+    )
+
+
+def layered_map(
+    layers: Sequence[MapLayer],
+    *,
+    out_html: str | os.PathLike[str],
+    scene: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None = None,
+    max_size: int = 2048,
+    bands: Sequence[int] | None = None,
+    stretch: Stretch = Stretch.AUTO,
+    title: str = "geoseg results",
+    table_html: str | None = None,
+) -> Path:
+    """Write an offline HTML map of polygon layers (the machinery of :func:`web_map`).
+
+    Leaflet is inlined from XStatic-Leaflet and no basemap tiles are loaded, so the file opens
+    without internet access; each scene (if given) is an image overlay warped to Web Mercator
+    (one toggleable layer per scene, named by its file, when there are several).
+    Each layer is a toggleable group with popups; a layer control and a scale bar are added,
+    and ``table_html`` (if given) is shown in a box in the bottom-left corner.
+
+    Args:
+        layers: the polygon layers, drawn in this order (each needs a CRS).
+        out_html: the HTML file to write (atomically).
+        scene: a raster shown under the polygons (needs a CRS), or several.
+        max_size: longest side of the scene image in pixels.
+        bands: 1-based scene bands shown (3 = RGB, 1 = grey); default 1,2,3 or 1.
+        stretch: value stretch of the scene (see :class:`Stretch`).
+        title: the page title.
+        table_html: HTML of the corner box (e.g. from a counts table), or ``None``.
+
+    Returns:
+        The path written.
+
+    Raises:
+        ExportError: XStatic-Leaflet or folium missing, or the file cannot be written.
+        UnsupportedTransformError: a scene has no CRS. LabelError: a layer without CRS.
     """
     try:
         import folium
@@ -528,30 +633,31 @@ def web_map(
             "the web map needs folium; install it with: pip install 'geoseg[maps]'"
         ) from err
     js, css = _leaflet_assets()
-    frames = read_results(results) if results is not None else []
-    for g in frames:
-        if g.crs is None and len(g):
-            raise LabelError(
-                f"results of scene(s) {', '.join(sorted(g['scene'].unique()))} have no CRS; "
-                "a map needs georeferenced results"
-            )
-    gdf = _prepare(frames or None, crs="EPSG:4326", min_score=min_score, classes=classes)
-    order = _class_order(gdf, classes)
+    lonlat: list[gpd.GeoDataFrame] = []
+    for layer in layers:
+        if layer.gdf.crs is None and len(layer.gdf):
+            raise LabelError(f"map layer {layer.name!r} has no CRS; a map needs georeferenced data")
+        lonlat.append(layer.gdf.to_crs("EPSG:4326") if len(layer.gdf) else layer.gdf)
 
+    if scene is None:
+        scenes: list[str | os.PathLike[str]] = []
+    elif isinstance(scene, str | os.PathLike):
+        scenes = [scene]
+    else:
+        scenes = list(dict.fromkeys(scene))
     bounds: list[tuple[float, float, float, float]] = []
-    overlay = None
-    if scene is not None:
-        preview = read_preview(scene, max_size=max_size, bands=bands, stretch=stretch)
+    overlays: list[tuple[str, bytes, tuple[float, float, float, float]]] = []
+    for path in scenes:
+        preview = read_preview(path, max_size=max_size, bands=bands, stretch=stretch)
         if preview.crs_wkt is None:
             raise UnsupportedTransformError(
-                f"{scene}: the scene has no CRS, so it cannot be placed on a map; give a "
+                f"{path}: the scene has no CRS, so it cannot be placed on a map; give a "
                 "georeferenced scene or leave the scene out"
             )
         png, lonlat_bounds = _mercator_png(preview)
-        overlay = (png, lonlat_bounds)
+        overlays.append((Path(path).name, png, lonlat_bounds))
         bounds.append(lonlat_bounds)
-    if len(gdf):
-        bounds.append(tuple(float(v) for v in gdf.total_bounds))  # type: ignore[arg-type]
+    bounds += [tuple(float(v) for v in g.total_bounds) for g in lonlat if len(g)]  # type: ignore[misc]
     if bounds:
         west = min(b[0] for b in bounds)
         south = min(b[1] for b in bounds)
@@ -576,23 +682,20 @@ def web_map(
     root.header.add_child(Element(f"<style>{_MAP_CSS}</style>"), name="geoseg_css")
     root.header.add_child(Element(f"<script>{js}</script>"), name="leaflet_js")
 
-    if overlay is not None:
-        png, (w, s, e, n) = overlay
+    for name, png, (w, s, e, n) in overlays:
         folium.raster_layers.ImageOverlay(
             image="data:image/png;base64," + base64.b64encode(png).decode("ascii"),
             bounds=[[s, w], [n, e]],
-            name="scene",
+            name=name if len(overlays) > 1 else "scene",
             opacity=1.0,
             interactive=False,
             zindex=1,
         ).add_to(fmap)
 
-    counts = {c: int((gdf["class"] == c).sum()) for c in order}
-    fields = [(col, label, dec) for col, label, dec in _POPUP_FIELDS if col in gdf.columns]
-    for cls in order:
-        sub = gdf[gdf["class"] == cls]
+    for layer, sub in zip(layers, lonlat, strict=True):
         if len(sub) == 0:
             continue
+        fields = [(col, label, dec) for col, label, dec in layer.fields if col in sub.columns]
         props = {}
         for col, _, dec in fields:
             values = sub[col]
@@ -600,11 +703,11 @@ def web_map(
                 values = pd.to_numeric(values, errors="coerce").round(dec)
             props[col] = values.to_numpy()
         layer_gdf = gpd.GeoDataFrame(props, geometry=sub.geometry.to_numpy(), crs="EPSG:4326")
-        colour = _hex(class_colour(cls, order))
-        group = folium.FeatureGroup(name=f"{cls} ({counts[cls]})", show=True)
+        colour = _hex(layer.colour)
+        group = folium.FeatureGroup(name=layer.name, show=layer.show)
         folium.GeoJson(
             layer_gdf.to_json(na="null", drop_id=True),
-            name=cls,
+            name=layer.name,
             style_function=lambda _f, c=colour: {
                 "color": c,
                 "weight": 2,
@@ -614,11 +717,14 @@ def web_map(
             highlight_function=lambda _f: {"weight": 4, "fillOpacity": 0.35},
             popup=folium.GeoJsonPopup(
                 fields=[f[0] for f in fields], aliases=[f[1] for f in fields], localize=True
-            ),
+            )
+            if fields
+            else None,
         ).add_to(group)
         group.add_to(fmap)
 
-    fmap.add_child(_counts_control(_counts_html(counts, order, title)))
+    if table_html is not None:
+        fmap.add_child(_counts_control(table_html))
     folium.LayerControl(collapsed=False).add_to(fmap)
     if bounds:
         fmap.fit_bounds([[south, west], [north, east]])
@@ -631,7 +737,7 @@ def web_map(
         )
     out = Path(out_html)
     _atomic_write(out, lambda tmp: tmp.write_text(html, encoding="utf-8"))
-    logger.info("wrote map with %d objects to %s", len(gdf), out)
+    logger.info("wrote map with %d objects to %s", sum(len(g) for g in lonlat), out)
     return out
 
 
@@ -676,3 +782,125 @@ def _mercator_png(preview: Preview) -> tuple[bytes, tuple[float, float, float, f
     if not all(math.isfinite(v) for v in (west, south, east, north)):
         raise UnsupportedTransformError("the scene cannot be placed in Web Mercator")
     return buf.getvalue(), (float(west), float(south), float(east), float(north))
+
+
+# --------------------------------------------------------------------------------------------
+# timeline chart (Pillow only: matplotlib is not a core dependency)
+
+#: Colours of objects that stayed, arrived and departed between two dates (the bars of
+#: :func:`timeline_chart`, the layers of ``geoseg compare``'s map); none is a class colour.
+PERSISTED_COLOUR = (66, 133, 244)
+ARRIVED_COLOUR = (52, 168, 83)
+DEPARTED_COLOUR = (156, 39, 176)
+
+
+def _nice_step(span: float, ticks: int = 5) -> float:
+    """A round tick step (1, 2 or 5 times a power of ten) giving about ``ticks`` ticks."""
+    raw = max(span, 1.0) / ticks
+    power = 10.0 ** math.floor(math.log10(raw))
+    return next(m * power for m in (1.0, 2.0, 5.0, 10.0) if m * power >= raw)
+
+
+def timeline_chart(
+    out_png: str | os.PathLike[str],
+    *,
+    dates: Sequence[str],
+    lines: Sequence[tuple[str, tuple[int, int, int], Sequence[float]]],
+    arrived: Sequence[float] | None = None,
+    departed: Sequence[float] | None = None,
+    title: str = "",
+    size: tuple[int, int] = (900, 480),
+) -> Path:
+    """Write a PNG chart of counts over time: one line per series, arrival/departure bars.
+
+    Drawn with Pillow. The x axis has one evenly spaced position per date (in order); lines
+    join the counts of consecutive dates; arrivals are drawn as green bars above zero and
+    departures as red bars below zero at the date they were seen (the later date of each pair).
+
+    Args:
+        out_png: the PNG to write (atomically).
+        dates: ``[T]`` date labels, in order.
+        lines: ``(name, RGB colour, [T] values)`` per series (e.g. per class and the total).
+        arrived: ``[T]`` arrivals per date (NaN or ``None`` entries: no bar), or ``None``.
+        departed: ``[T]`` departures per date, drawn downwards, or ``None``.
+        title: the caption above the plot.
+        size: ``(width, height)`` in pixels.
+
+    Returns:
+        The path written.
+
+    Raises:
+        ValueError: a series does not have one value per date.
+        ExportError: the PNG cannot be written.
+    """
+    from PIL import Image, ImageDraw, ImageFont
+
+    n = len(dates)
+    series = [(name, colour, np.asarray(v, dtype=float)) for name, colour, v in lines]
+    up = np.asarray(arrived if arrived is not None else [np.nan] * n, dtype=float)
+    down = np.asarray(departed if departed is not None else [np.nan] * n, dtype=float)
+    for name, _, v in [*series, ("arrived", (0, 0, 0), up), ("departed", (0, 0, 0), down)]:
+        if len(v) != n:
+            raise ValueError(f"series {name!r} has {len(v)} values for {n} dates")
+    width, height = size
+    font_size = max(10, height // 36)
+    try:
+        font: Any = ImageFont.load_default(size=font_size)
+    except (TypeError, OSError):  # Pillow without FreeType
+        font = ImageFont.load_default()
+    image = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(image)
+    left, right = 8 * font_size // 2 + 20, width - 20
+    top, bottom = 3 * font_size, height - 3 * font_size
+    values = [v[np.isfinite(v)] for _, _, v in series] + [up[np.isfinite(up)]]
+    y_max = max([float(v.max()) for v in values if v.size] + [1.0])
+    y_min = -float(np.nanmax(down)) if np.isfinite(down).any() else 0.0
+    y_min = min(y_min, 0.0)
+    step = _nice_step(y_max - y_min)
+    y_max = math.ceil(y_max / step) * step
+    y_min = math.floor(y_min / step) * step
+
+    def x_of(i: float) -> float:
+        return left + (i + 0.5) * (right - left) / max(n, 1)
+
+    def y_of(v: float) -> float:
+        return bottom - (v - y_min) * (bottom - top) / max(y_max - y_min, 1e-9)
+
+    draw.text((left, font_size // 2), title, fill="black", font=font)
+    tick = y_min
+    while tick <= y_max + 1e-9:
+        y = y_of(tick)
+        draw.line([(left, y), (right, y)], fill=(225, 225, 225) if tick else (90, 90, 90))
+        label = f"{tick:g}"
+        draw.text((left - 6, y), label, fill="black", font=font, anchor="rm")
+        tick += step
+    draw.line([(left, top), (left, bottom)], fill=(90, 90, 90))
+    every = max(1, math.ceil(n * 8 * font_size / max(right - left, 1) / 10))
+    for i, label in enumerate(dates):
+        if i % every == 0:
+            draw.text((x_of(i), bottom + 6), label, fill="black", font=font, anchor="mt")
+    bar = max(2.0, 0.18 * (right - left) / max(n, 1))
+    for i in range(n):
+        if np.isfinite(up[i]) and up[i] > 0:
+            draw.rectangle([x_of(i) - bar, y_of(up[i]), x_of(i), y_of(0)], fill=ARRIVED_COLOUR)
+        if np.isfinite(down[i]) and down[i] > 0:
+            draw.rectangle([x_of(i), y_of(0), x_of(i) + bar, y_of(-down[i])], fill=DEPARTED_COLOUR)
+    for _, colour, v in series:
+        pts = [(x_of(i), y_of(float(v[i]))) for i in range(n) if np.isfinite(v[i])]
+        if len(pts) > 1:
+            draw.line(pts, fill=colour, width=3, joint="curve")
+        for x, y in pts:
+            draw.ellipse([x - 4, y - 4, x + 4, y + 4], fill=colour)
+    legend = [(name, colour) for name, colour, _ in series]
+    if arrived is not None:
+        legend.append(("arrived", ARRIVED_COLOUR))
+    if departed is not None:
+        legend.append(("departed", DEPARTED_COLOUR))
+    x = right
+    for name, colour in reversed(legend):
+        w = int(draw.textlength(name, font=font))
+        x -= w + font_size + 14
+        draw.rectangle([x, font_size // 2, x + font_size, font_size // 2 + font_size], fill=colour)
+        draw.text((x + font_size + 4, font_size // 2), name, fill="black", font=font)
+    out = Path(out_png)
+    return _atomic_write(out, lambda tmp: image.save(tmp, format="PNG"))

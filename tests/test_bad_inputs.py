@@ -152,6 +152,11 @@ def world(tmp_path_factory, tiny_checkpoint_factory) -> World:
     p["nan"] = write_raster(root / "nan.tif", data=np.full((3, 64, 64), np.nan, np.float32))
     p["nodata"] = write_raster(root / "nodata.tif", data=np.zeros((3, 64, 64), np.uint8), nodata=0)
     p["one_band"] = write_raster(root / "one_band.tif", data=np.ones((1, 64, 64), np.uint8) * 9)
+    from PIL import Image
+
+    pixels = np.random.default_rng(1).integers(0, 255, (64, 64, 3)).astype(np.uint8)
+    Image.fromarray(pixels).save(root / "bare.png")  # no georeferencing at all
+    p["png"] = root / "bare.png"
     huge = root / "huge.vrt"  # 60,000 px square, nothing on disk but this text
     huge.write_text(
         f'<VRTDataset rasterXSize="60000" rasterYSize="60000"><SRS>{UTM}</SRS>'
@@ -305,6 +310,19 @@ def _one_chip_object(folder: Path) -> None:
     assert {c["name"] for c in index["categories"]} == {"ship"}
 
 
+def _pixel_space(path: Path) -> None:
+    """A scene without CRS gives pixel outlines with sizes in pixels, not NaN metres."""
+    import geopandas as gpd
+
+    gdf = gpd.read_file(path)
+    assert len(gdf) and gdf.crs is None
+    assert "area_m2" not in gdf.columns and "length_m" not in gdf.columns
+    sizes = gdf[["area_px", "length_px", "width_px"]].to_numpy()
+    assert np.isfinite(sizes).all() and (sizes > 0).all()
+    x0, y0, x1, y1 = gdf.total_bounds  # scene pixels of the 64 x 64 image
+    assert 0 <= x0 < x1 <= 64 and 0 <= y0 < y1 <= 64
+
+
 def _reprojected_truth_scores(w: World) -> None:
     metrics = json.loads((w.out / "metrics.json").read_text())
     assert metrics["per_class"]["ship"]["f1"] == pytest.approx(1.0)
@@ -378,7 +396,52 @@ MISTAKES: dict[str, Mistake] = {
     "band count the model does not take": Mistake(
         lambda w: [*PREDICT, w["one_band"], "-m", w["model"], "-o", w.out / "o.gpkg"],
         1,
-        lambda w: [w["one_band"], "band"],
+        lambda w: [w["one_band"], "band", "--bands 1,1,1"],  # the hint that works
+    ),
+    "--bands 1 for a 3-band model (repeated as grey, said)": Mistake(
+        lambda w: [
+            *PREDICT,
+            w["one_band"],
+            "-m",
+            w["model"],
+            "-o",
+            w.out / "grey.gpkg",
+            "--bands",
+            "1",
+        ],
+        0,
+        lambda w: ["--bands 1,1,1", "grey", "total"],
+        creates=("grey.gpkg",),
+    ),
+    "a bare PNG (pixel space throughout, said)": Mistake(
+        lambda w: [
+            *PREDICT,
+            w["png"],
+            "-m",
+            w["model"],
+            "-o",
+            w.out / "png.gpkg",
+            "--min-score",
+            "0",
+        ],
+        0,
+        lambda w: [w["png"], "no CRS", "pixel coordinates", "total"],
+        creates=("png.gpkg",),
+        check=lambda w: _pixel_space(w.out / "png.gpkg"),
+    ),
+    "--device that does not exist": Mistake(
+        lambda w: [
+            *PREDICT,
+            w["scene"],
+            "-m",
+            w["model"],
+            "-o",
+            w.out / "o.gpkg",
+            "--device",
+            "gpu",
+        ],
+        2,
+        lambda w: ["--device", "'gpu'", "mps", "cuda:N"],
     ),
     "--tile-size 30000 on a 64 px scene": Mistake(
         lambda w: [
@@ -424,6 +487,20 @@ MISTAKES: dict[str, Mistake] = {
                 "boat=0.3",
             ]
         ),
+        1,
+        lambda w: [w["model"], "boat", "ship, vehicle", "--min-score"],
+    ),
+    "batch --min-score for a class the model lacks": Mistake(
+        lambda w: [
+            "batch",
+            w["scene"],
+            "-m",
+            w["model"],
+            "-o",
+            w.out / "b",
+            "--min-score",
+            "boat=0.3",
+        ],
         1,
         lambda w: [w["model"], "boat", "ship, vehicle", "--min-score"],
     ),
@@ -498,10 +575,56 @@ MISTAKES: dict[str, Mistake] = {
         1,
         lambda w: [w["results_link"], w["results"]],
     ),
+    "count --classes a class no result has (a misspelling)": Mistake(
+        lambda w: ["count", w["results"], "--classes", "boat"],
+        1,
+        lambda w: ["--classes boat", "unknown class", "ship, vehicle, building"],
+    ),
+    "count --aoi-field the AOI lacks": Mistake(
+        lambda w: ["count", w["results"], "--aoi", w["truth"], "--aoi-field", "nom"],
+        1,
+        lambda w: ["--aoi-field nom", w["truth"], "class, score"],
+    ),
     "count a batch folder -o one of its results": Mistake(
         lambda w: ["count", w.root / "batch_out", "-o", w["batch_result"]],
         1,
         lambda w: [w["batch_result"], "RESULTS"],
+    ),
+    "compare -o over one of the dates it compares": Mistake(
+        lambda w: ["compare", w["results"], w["results_link"], "-o", w["results"]],
+        1,
+        lambda w: [w["results"], "RESULTS", "choose another output"],
+    ),
+    "compare --map over a result in a batch folder it compares": Mistake(
+        lambda w: [
+            "compare",
+            w["results"],
+            w.root / "batch_out",
+            "-o",
+            w.out / "c.gpkg",
+            "--map",
+            w["batch_result"],
+        ],
+        1,
+        lambda w: [w["batch_result"], "--map"],
+    ),
+    "compare one date": Mistake(
+        lambda w: ["compare", w["results"], "-o", w.out / "c.gpkg"],
+        2,
+        lambda w: ["at least two dates"],
+    ),
+    "compare with fewer --dates than inputs": Mistake(
+        lambda w: [
+            "compare",
+            w["results"],
+            w["results_link"],
+            "-o",
+            w.out / "c.gpkg",
+            "--dates",
+            "2023-01-01",
+        ],
+        1,
+        lambda w: ["one date per input"],
     ),
     "chips -o the folder holding the labels as its index": Mistake(
         lambda w: ["chips", w["scene"], w["chip_index"], "-o", w["chips_out"], "--overwrite"],

@@ -437,3 +437,87 @@ def test_counts_on_a_synthetic_scene_match_its_labels(tmp_path):
         for cls, n in scene.counts.items():
             assert r.per_class.get(cls, 0) == n
     assert math.isfinite(r.grid["density_total_km2"].max())
+
+
+# --------------------------------------------------------------------------------------------
+# zones named by the AOI, unknown classes refused (issue 16)
+
+
+def test_zones_are_named_by_the_aoi_name_column(tmp_path):
+    gdf = make_results(30, n=40)
+    truth = expected_per_zone(gdf)
+    zones = two_zones()
+    zones["id"] = [7, 3]  # an id column too: "name" is preferred
+    zones = zones[["id", "name", "geometry"]]
+    r = count(gdf, aoi=zones)
+    assert r.zone_field == "name"
+    assert list(r.zones["zone"]) == ["west", "east"]
+    assert list(r.zones["zone_id"]) == [0, 1]
+    table = format_counts(r)
+    for name, rows in truth.items():  # the table's zone rows are labelled by name
+        line = next(t for t in table.splitlines() if t.startswith(name))
+        assert line.split()[-2] == str(len(rows))
+    assert r.to_dict()["zones"][0]["zone"] == "west"
+    write_counts(r, tmp_path / "z.gpkg")
+    assert list(gpd.read_file(tmp_path / "z.gpkg", layer="zones")["zone"]) == ["west", "east"]
+
+
+def test_zone_names_auto_detected_chosen_or_row_numbers():
+    from geoseg.count import zone_name_field
+
+    gdf = make_results(31, n=20)
+    zones = two_zones().rename(columns={"name": "NAME_EN"})
+    zones["zone_id"] = ["Z-1", "Z-2"]  # clashes with the count column: kept as aoi_zone_id
+    assert zone_name_field(zones) == "NAME_EN"
+    r = count(gdf, aoi=zones)
+    assert list(r.zones["zone"]) == ["west", "east"]
+    assert list(r.zones["aoi_zone_id"]) == ["Z-1", "Z-2"] and list(r.zones["zone_id"]) == [0, 1]
+    r = count(gdf, aoi=zones, aoi_field="zone_id")  # the user's own column, by its name
+    assert list(r.zones["zone"]) == ["Z-1", "Z-2"] and r.zone_field == "zone_id"
+    # no name-like column (or a name column that repeats itself): row numbers
+    plain = two_zones().assign(name=["dup", "dup"], area=[1.0, 2.0])
+    assert zone_name_field(plain) is None
+    r = count(gdf, aoi=plain)
+    assert r.zone_field is None and list(r.zones["zone"]) == ["0", "1"]
+    with pytest.raises(ConfigError, match=r"--aoi-field nom: .*no such column.*name, area"):
+        count(gdf, aoi=plain, aoi_field="nom")
+    with pytest.raises(ConfigError, match="--aoi"):
+        count(gdf, aoi_field="name")
+
+
+def test_unknown_class_is_refused_naming_the_known_ones():
+    gdf = make_results(32, n=20)
+    gdf = gdf[gdf["class"] == "ship"]
+    with pytest.raises(ConfigError) as err:
+        count(gdf, classes=["boat"])
+    assert str(err.value) == (
+        "--classes boat: unknown class 'boat'; classes in the results, or of geoseg's presets: "
+        "ship, vehicle, building"
+    )
+    with pytest.raises(ConfigError, match=r"'shp' \(did you mean 'ship'\?\)"):
+        count(gdf, classes=["ship", "shp"])
+    # a preset class absent from these results is a real question: 0
+    assert count(gdf, classes=["building"]).per_class == {"building": 0}
+
+
+def test_cli_count_aoi_field_classes_and_quiet(tmp_path):
+    res = tmp_path / "res.gpkg"
+    make_results(33, n=30).to_file(res)
+    aoi = tmp_path / "zones.gpkg"
+    two_zones().assign(harbour=["Port A", "Port B"]).to_file(aoi)
+    runner = CliRunner()
+    r = runner.invoke(cli, ["count", str(res), "--aoi", str(aoi), "--aoi-field", "harbour"])
+    assert r.exit_code == 0, r.output
+    assert "Port A" in r.output and "Port B" in r.output
+    r = runner.invoke(cli, ["count", str(res), "--classes", "boat"])
+    assert r.exit_code == 1
+    assert r.output.strip().splitlines() == [
+        "Error: --classes boat: unknown class 'boat'; classes in the results, or of geoseg's "
+        "presets: building, ship, vehicle"
+    ]
+    # -q: the table is the result when there is no -o; with -o, nothing is printed
+    r = runner.invoke(cli, ["-q", "count", str(res)])
+    assert r.exit_code == 0 and "TOTAL" in r.output
+    out = tmp_path / "c.csv"
+    r = runner.invoke(cli, ["-q", "count", str(res), "-o", str(out)])
+    assert r.exit_code == 0 and r.output == "" and out.exists()

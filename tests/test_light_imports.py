@@ -22,6 +22,7 @@ LIGHT_MODULES = (
     "geoseg.checkpoint",
     "geoseg.chips",
     "geoseg.cli",
+    "geoseg.compare",
     "geoseg.config",
     "geoseg.count",
     "geoseg.errors",

@@ -358,10 +358,11 @@ def test_cli_unwritable_output_fails_first(tmp_path, tiny_checkpoint):
 
 def test_cli_band_mismatch(tmp_path, tiny_checkpoint):
     scene = write_scene(tmp_path / "one_band.tif", bands=1)
-    r = invoke([scene, "-m", tiny_checkpoint, "-o", tmp_path / "o.gpkg", "--bands", "1"])
+    # two bands for a 3-band model (one band is repeated instead: see test_bad_inputs)
+    r = invoke([scene, "-m", tiny_checkpoint, "-o", tmp_path / "o.gpkg", "--bands", "1,1"])
     assert r.exit_code != 0 and "band" in r.output.lower()
     r = invoke([scene, "-m", tiny_checkpoint, "-o", tmp_path / "o.gpkg"])
-    assert r.exit_code != 0 and "one_band.tif" in r.output
+    assert r.exit_code != 0 and "one_band.tif" in r.output and "--bands 1,1,1" in r.output
 
 
 def test_cli_quicklook_must_be_png(tmp_path, tiny_checkpoint):

@@ -13,7 +13,7 @@ from pyproj import CRS, Geod
 from rasterio.features import rasterize
 
 from geoseg.types import Detections
-from geoseg.vectorize import COLUMNS, mask_to_geometry, vectorize
+from geoseg.vectorize import COLUMNS, PIXEL_COLUMNS, mask_to_geometry, vectorize
 
 CLASSES = ("ship", "vehicle", "building")
 UTM = CRS.from_epsg(32633).to_wkt()
@@ -174,15 +174,24 @@ def test_web_mercator_metres_are_corrected():
     assert row.iloc[0].length_m == pytest.approx(40 * math.cos(math.radians(lat)), rel=5e-3)
 
 
-def test_no_crs_pixel_coordinates_and_nan_metres(caplog):
+def test_no_crs_is_pixel_space_throughout(caplog):
+    """No CRS: pixel geometries and sizes in pixels, in columns that say so (never NaN metres)."""
     m = np.ones((6, 20), bool)
     with caplog.at_level(logging.WARNING, logger="geoseg.vectorize"):
         gdf = vectorize(dets([(3, 4, m, 0, 0.9)]), transform=Affine.identity(), crs_wkt=None)
-    assert "no CRS" in caplog.text
+    assert "no CRS" in caplog.text and "scene pixels" in caplog.text
     assert gdf.crs is None
+    assert list(gdf.columns) == list(PIXEL_COLUMNS)
     assert gdf.geometry.iloc[0].bounds == (3.0, 4.0, 23.0, 10.0)
-    assert np.isnan(gdf.area_m2.iloc[0]) and np.isnan(gdf.length_m.iloc[0])
-    assert gdf.heading_deg.iloc[0] == pytest.approx(90.0)
+    row = gdf.iloc[0]
+    assert (row.area_px, row.length_px, row.width_px) == pytest.approx((120.0, 20.0, 6.0))
+    assert row.heading_deg == pytest.approx(90.0)
+    # a frame without CRS but with a geotransform (2 units per pixel): sizes still in pixels
+    scaled = vectorize(dets([(3, 4, m, 0, 0.9)]), transform=Affine.scale(2.0), crs_wkt=None)
+    assert scaled.geometry.iloc[0].bounds == (6.0, 8.0, 46.0, 20.0)
+    assert (scaled.iloc[0].area_px, scaled.iloc[0].length_px) == pytest.approx((120.0, 20.0))
+    empty = vectorize(Detections.empty(CLASSES), transform=Affine.identity(), crs_wkt=None)
+    assert len(empty) == 0 and list(empty.columns) == list(PIXEL_COLUMNS)
 
 
 def test_min_area_and_simplify():

@@ -404,3 +404,34 @@ def test_cli_map(tmp_path):
         cli, ["map", str(res), "--scene", str(scene), "-o", str(out), "--bands", "7"]
     )
     assert r.exit_code == 1 and "bands" in r.output
+
+
+def test_cli_map_draws_every_scene_and_refuses_unknown_classes(tmp_path):
+    """``--scene a --scene b`` draws both (it used to keep the last); ``--classes boat`` fails."""
+    a = write_scene(tmp_path / "a.tif", size=128, overviews=())
+    b = tmp_path / "b.tif"
+    with rasterio.open(a) as src:  # the same pixels 1 km east
+        profile = src.profile
+        profile["transform"] = from_origin(X0 + 1000.0, Y0, GSD, GSD)
+        with rasterio.open(b, "w", **profile) as dst:
+            dst.write(src.read())
+    res = tmp_path / "r.gpkg"
+    make_objects(9, n=6, size=128).to_file(res)
+    out = tmp_path / "m.html"
+    argv = ["map", str(res), "--scene", str(a), "--scene", str(b), "-o", str(out)]
+    r = CliRunner().invoke(cli, argv)
+    assert r.exit_code == 0, r.output
+    html = out.read_text(encoding="utf-8")
+    assert_offline_html(html)
+    assert html.count("L.imageOverlay(") == 2
+    assert '"a.tif"' in html and '"b.tif"' in html  # one layer each in the layer control
+    west_edges = sorted(float(m) for m in re.findall(r"\[\[[-\d.]+, ([-\d.]+)\], \[", html))
+    assert len(west_edges) >= 2 and west_edges[-1] - west_edges[0] > 0.01  # 1 km apart
+
+    r = CliRunner().invoke(cli, ["map", str(res), "-o", str(out), "--classes", "ship,boat"])
+    assert r.exit_code == 1
+    assert r.output.strip().splitlines() == [
+        "Error: --classes ship,boat: unknown class 'boat'; classes in the results, or of "
+        "geoseg's presets: building, ship, vehicle"
+    ]
+    assert html == out.read_text(encoding="utf-8")  # the earlier map is untouched

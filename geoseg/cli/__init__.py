@@ -63,6 +63,10 @@ _COMMANDS: dict[str, tuple[str, str]] = {
         "Tune a model's per-class score thresholds on a labelled scene.",
     ),
     "chips": ("geoseg.cli.chips", "Cut training chips + COCO instance labels from a scene."),
+    "compare": (
+        "geoseg.cli.compare",
+        "Match objects across dates: persisted, arrived, departed; per zone and cell.",
+    ),
     "count": ("geoseg.cli.count", "Count objects per scene, class, zone and grid cell."),
     "evaluate": ("geoseg.cli.evaluate", "Score predicted polygons against truth, per class."),
     "import": (
@@ -155,12 +159,41 @@ class _LazyGroup(click.Group):
                 formatter.write_dl(rows)
 
 
+class _Once(logging.Filter):
+    """Let each distinct warning through once per command (a scene opened thrice warns once)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set[tuple[int, str]] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return True
+        key = (record.levelno, record.getMessage())
+        if key in self.seen:
+            return False
+        self.seen.add(key)
+        return True
+
+
 @click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "--version", prog_name="geoseg")
 @click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
-@click.option("-q", "--quiet", count=True, help="Less log output (-q errors only).")
-def cli(verbose: int, quiet: int) -> None:
+@click.option(
+    "-q",
+    "--quiet",
+    count=True,
+    help="Errors only: no progress bars, summaries, notes or warnings (a result that has "
+    "nowhere else to go, such as count's table without -o, is still printed).",
+)
+@click.pass_context
+def cli(ctx: click.Context, verbose: int, quiet: int) -> None:
     """Find and outline objects in large geospatial scenes as georeferenced polygons."""
+    import warnings
+
+    from geoseg.cli._common import QUIET
+
+    ctx.meta[QUIET] = quiet > verbose
     level = logging.WARNING - 10 * verbose + 10 * quiet
     level = min(max(level, logging.DEBUG), logging.CRITICAL)
     root = logging.getLogger("geoseg")
@@ -169,11 +202,20 @@ def cli(verbose: int, quiet: int) -> None:
     for old in ours:  # a later call in the same process (tests, notebooks): today's stderr
         if isinstance(old, logging.StreamHandler):
             old.stream = sys.stderr  # not setStream: it flushes the old, maybe closed, one
+        for f in old.filters:
+            if isinstance(f, _Once):
+                f.seen.clear()
     if not ours:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        handler.addFilter(_Once())
         handler._geoseg_cli = True  # type: ignore[attr-defined]
         root.addHandler(handler)
+    # geoseg.raster's NoCRSWarning is also logged (above); -q silences every warning
+    warnings.filterwarnings("ignore", message=r".*: the raster has no CRS; outputs will be in")
+    warnings.filterwarnings("ignore", message="Dataset has no geotransform")  # rasterio, same
+    if ctx.meta[QUIET]:
+        warnings.simplefilter("ignore")
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -15,14 +16,22 @@ if TYPE_CHECKING:
     from geoseg.settings import RunSettings
 
 __all__ = [
+    "DEVICES",
     "INTERRUPT_NOTE",
+    "QUIET",
+    "DeviceType",
     "MinScore",
     "describe_gsd",
+    "device_option",
+    "echo",
     "error_line",
     "fail_on_geoseg_error",
     "inputs_of",
+    "is_quiet",
+    "model_bands",
     "parse_bands",
     "parse_classes",
+    "progress_disabled",
     "resolve_cli_settings",
     "run_settings_options",
     "set_interrupt_note",
@@ -31,6 +40,8 @@ __all__ = [
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+logger = logging.getLogger(__name__)
 
 
 def parse_bands(value: str | None) -> tuple[int, ...] | None:
@@ -87,13 +98,33 @@ def split_min_score(
     return global_score, per_class
 
 
-def parse_classes(value: str | None) -> tuple[str, ...] | None:
-    """Parse ``--classes ship,vehicle`` (``None`` = all classes)."""
+def parse_classes(
+    value: str | None,
+    known: Sequence[str] | None = None,
+    *,
+    known_as: str = "known classes",
+) -> tuple[str, ...] | None:
+    """Parse ``--classes ship,vehicle`` (``None`` = all classes), refusing unknown names.
+
+    The one parser of every command's ``--classes``. With ``known`` (the model's classes, for
+    ``predict``/``batch``), a name not among them stops the command before any work:
+    :func:`geoseg.config.check_class_names` (one line, status 1, naming the known classes).
+    ``count`` and ``map`` learn their known classes from the results they read and apply the
+    same rule there (:func:`geoseg.count.count`, :func:`geoseg.viz.web_map`).
+
+    Raises:
+        click.BadParameter: no name in ``value`` (e.g. ``","``).
+        ConfigError: a name not in ``known``.
+    """
     if value is None or value.strip() == "":
         return None
-    classes = tuple(c.strip() for c in value.split(",") if c.strip())
+    classes = tuple(dict.fromkeys(c.strip() for c in value.split(",") if c.strip()))
     if not classes:
         raise click.BadParameter(f"{value!r}: give class names separated by commas")
+    if known is not None:
+        from geoseg.config import check_class_names
+
+        check_class_names(classes, known, option="--classes", known_as=known_as)
     return classes
 
 
@@ -109,6 +140,33 @@ def inputs_of(role: str, paths: Sequence[Path]) -> list[tuple[str, Path]]:
         if path.is_dir():
             pairs += [(role, p) for p in sorted(path.iterdir()) if p.is_file()]
     return pairs
+
+
+#: Key in ``click.Context.meta``: ``-q`` was given (more often than ``-v``).
+QUIET = "geoseg.quiet"
+
+
+def is_quiet() -> bool:
+    """Whether ``geoseg -q`` asked for errors only (``False`` outside a command)."""
+    ctx = click.get_current_context(silent=True)
+    return bool(ctx is not None and ctx.meta.get(QUIET, False))
+
+
+def echo(message: str, *, err: bool = False, result: bool = False) -> None:
+    """Print a line of a command's output, unless ``-q`` (errors only) was given.
+
+    ``-q`` keeps errors (``Error: ...``, printed by the group) and, with ``result=True``, a
+    command's result that has nowhere else to go (``count``'s table without ``-o``,
+    ``evaluate``'s without ``--json``). Summaries, ``wrote ...`` notes, warnings and progress
+    bars (:func:`progress_disabled`) are left out.
+    """
+    if result or not is_quiet():
+        click.echo(message, err=err)
+
+
+def progress_disabled(default: bool | None = False) -> bool | None:
+    """``tqdm(disable=...)``: ``True`` under ``-q``, else ``default`` (``None``: only on a tty)."""
+    return True if is_quiet() else default
 
 
 #: Key in ``click.Context.meta`` of the line printed when a command is interrupted.
@@ -197,12 +255,14 @@ def run_settings_options(func: F) -> F:
         click.option(
             "--tile-size",
             type=click.IntRange(min=16),
-            help="Tile side in pixels the model sees (at the working GSD).",
+            help="Tile side in pixels the model sees (at the working GSD) [default: the "
+            "preset's, else the model's training tile size, else 512].",
         ),
         click.option(
             "--overlap",
             type=click.IntRange(min=0),
-            help="Overlap between tiles in pixels (at the working GSD).",
+            help="Overlap between tiles in pixels (at the working GSD) [default: the preset's, "
+            "else a quarter of the tile size].",
         ),
         click.option(
             "--gsd",
@@ -238,6 +298,34 @@ def run_settings_options(func: F) -> F:
     return func
 
 
+#: ``--device`` values besides ``cuda:N``: :class:`geoseg.predict.Device` (no torch import).
+DEVICES = ("auto", "cuda", "mps", "cpu")
+
+
+class DeviceType(click.ParamType):
+    """``--device`` value: ``auto``, ``cuda``, ``cuda:N``, ``mps`` or ``cpu`` (one list for all)."""
+
+    name = "|".join([*DEVICES[:2], "cuda:N", *DEVICES[2:]])
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        text = str(value).strip().lower()
+        kind, sep, index = text.partition(":")
+        if text in DEVICES or (kind == "cuda" and sep and index.isdigit()):
+            return text
+        self.fail(f"{value!r}: choose one of {', '.join(DEVICES)} or cuda:N (a GPU number)")
+
+
+def device_option(help_text: str) -> Callable[[F], F]:
+    """The ``--device`` option of ``predict``, ``batch`` and ``calibrate`` (same values)."""
+    return click.option(
+        "--device",
+        type=DeviceType(),
+        default="auto",
+        show_default=True,
+        help=help_text,
+    )
+
+
 def describe_gsd(settings: RunSettings, model_gsd: float | None) -> str:
     """One line on the GSD scenes are read at, for a command's stderr."""
     from geoseg.raster import GSD_TOLERANCE
@@ -256,6 +344,27 @@ def describe_gsd(settings: RunSettings, model_gsd: float | None) -> str:
     )
 
 
+def model_bands(bands: tuple[int, ...] | None, n_model: int) -> tuple[int, ...] | None:
+    """``--bands`` for a model of ``n_model`` bands: one band is repeated (grey), with a warning.
+
+    ``--bands 1`` for a 3-band RGB model means ``--bands 1,1,1``: the one band fed as every
+    input band, as a grey image. Any other count is left as given (a mismatch is refused later
+    with the scene and checkpoint named).
+    """
+    if bands is None or len(bands) != 1 or n_model <= 1:
+        return bands
+    repeated = bands * n_model
+    logger.warning(
+        "--bands %d: the model takes %d bands; band %d is fed as each of them (--bands %s), "
+        "as a grey image",
+        bands[0],
+        n_model,
+        bands[0],
+        ",".join(map(str, repeated)),
+    )
+    return repeated
+
+
 def resolve_cli_settings(
     meta: ModelMeta,
     *,
@@ -271,23 +380,32 @@ def resolve_cli_settings(
     no_resample: bool = False,
     regularize: str | None = None,
     regularize_min_iou: float | None = None,
+    checkpoint: str | None = None,
 ) -> RunSettings:
     """The run settings of ``predict``/``batch`` from their options and the checkpoint.
 
-    One call of :func:`geoseg.settings.resolve` (options > preset > checkpoint > defaults).
+    One call of :func:`geoseg.settings.resolve` (options > preset > checkpoint > defaults),
+    after the checks that need only the checkpoint's sidecar, so that a mistake fails before
+    any scene is read, the model loaded or a progress bar drawn: a ``--min-score CLASS=S``
+    for a class the model lacks (:func:`geoseg.config.check_class_names`). ``--bands 1`` for
+    a model of several bands is repeated (:func:`model_bands`).
 
     Raises:
         click.UsageError: ``--gsd`` together with ``--no-resample``.
+        ConfigError: a ``--min-score`` class that is not one of the model's.
     """
     if gsd is not None and no_resample:
         raise click.UsageError("--gsd and --no-resample contradict each other; give one")
+    from geoseg.config import check_class_names
     from geoseg.settings import resolve
 
     global_score, class_scores = split_min_score(min_score)
+    where = f"the classes of the checkpoint {checkpoint}" if checkpoint else "the model's classes"
+    check_class_names(class_scores, meta.classes, option="--min-score", known_as=where)
     return resolve(
         meta,
         config,
-        bands=parse_bands(bands),
+        bands=model_bands(parse_bands(bands), meta.in_channels),
         tile_size=tile_size,
         overlap=overlap,
         gsd=gsd,

@@ -12,12 +12,15 @@ import click
 from geoseg.batch.manifest import FORMAT_ALIASES, OUTPUT_FORMATS
 from geoseg.cli._common import (
     describe_gsd,
+    device_option,
+    echo,
     fail_on_geoseg_error,
+    is_quiet,
+    progress_disabled,
     resolve_cli_settings,
     run_settings_options,
     set_interrupt_note,
 )
-from geoseg.predict import Device
 from geoseg.settings import NormSource
 
 if TYPE_CHECKING:
@@ -132,12 +135,8 @@ def format_report(report: BatchReport) -> str:
     show_default=True,
     help="Extra attempts for a scene that failed for a non-input reason.",
 )
-@click.option(
-    "--device",
-    type=click.Choice([d.value for d in Device]),
-    default=Device.AUTO.value,
-    show_default=True,
-    help="Where the model runs on each worker (auto: its pinned GPU, else the CPU).",
+@device_option(
+    "Where the model runs on each worker (auto: its pinned GPU, else MPS, else the CPU)."
 )
 @fail_on_geoseg_error
 def command(
@@ -196,16 +195,19 @@ def command(
         no_resample=no_resample,
         regularize=regularize,
         regularize_min_iou=regularize_min_iou,
+        checkpoint=model,
     )
-    click.echo(describe_gsd(settings, meta.gsd), err=True)
+    echo(describe_gsd(settings, meta.gsd), err=True)
     shown = settings.bands or meta.bands
     writer = functools.partial(write_quicklook, bands=shown[:3] if len(shown) >= 3 else shown[:1])
-    bar = tqdm(total=n_scenes, unit="scene", desc="batch", dynamic_ncols=True)
+    bar = tqdm(
+        total=n_scenes, unit="scene", desc="batch", dynamic_ncols=True, disable=progress_disabled()
+    )
 
     def progress(p: BatchProgress) -> None:
         if p.record is None and p.done == 0:
             bar.reset(total=p.total)
-            if p.skipped:
+            if p.skipped and not is_quiet():
                 tqdm.write(
                     f"skipping {p.skipped} scene(s) already done with the same model and "
                     "config (--force redoes them)"
@@ -220,7 +222,8 @@ def command(
         )
 
     def on_dashboard(link: str) -> None:
-        tqdm.write(f"dask dashboard: {link}")
+        if not is_quiet():
+            tqdm.write(f"dask dashboard: {link}")
 
     set_interrupt_note(
         f"the scenes finished so far are kept in {out_dir} and recorded in its manifest.json; "
@@ -245,7 +248,7 @@ def command(
         )
     finally:
         bar.close()
-    click.echo(format_report(report))
+    echo(format_report(report))
     if report.n_failed:
         raise click.ClickException(
             f"{report.n_failed} of {len(report.records)} scene(s) failed; their errors are in "

@@ -6,7 +6,13 @@ from pathlib import Path
 
 import click
 
-from geoseg.cli._common import fail_on_geoseg_error, parse_bands
+from geoseg.cli._common import (
+    device_option,
+    echo,
+    fail_on_geoseg_error,
+    parse_bands,
+    progress_disabled,
+)
 
 __all__ = ["command"]
 
@@ -42,7 +48,7 @@ __all__ = ["command"]
     help="Lowest threshold chosen.",
 )
 @click.option("--class-column", default="class", show_default=True, help="Labels' class column.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, mps.")
+@device_option("Where the model runs (auto: CUDA, else MPS, else the CPU).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @fail_on_geoseg_error
 def command(
@@ -81,7 +87,13 @@ def command(
         [("--out-json", out_json)],
     )
 
-    bar = tqdm(total=None, unit="tile", disable=no_progress, dynamic_ncols=True, leave=False)
+    bar = tqdm(
+        total=None,
+        unit="tile",
+        disable=progress_disabled(no_progress),
+        dynamic_ncols=True,
+        leave=False,
+    )
 
     def on_progress(done: int, total: int) -> None:
         bar.total = total
@@ -106,13 +118,13 @@ def command(
         )
     finally:
         bar.close()
-    click.echo(result.format_table())
+    echo(result.format_table())
     if result.written:
-        click.echo(f"score thresholds written to {result.checkpoint.with_suffix('.json')}")
+        echo(f"score thresholds written to {result.checkpoint.with_suffix('.json')}")
     elif dry_run:
-        click.echo("dry run: the checkpoint is unchanged")
+        echo("dry run: the checkpoint is unchanged")
     else:
-        click.echo("no class could be calibrated: the checkpoint is unchanged")
+        echo("no class could be calibrated: the checkpoint is unchanged")
     if out_json is not None:
         atomic_write_json(out_json, result.to_dict(), indent=2, allow_nan=False)
-        click.echo(f"calibration written to {out_json}", err=True)
+        echo(f"calibration written to {out_json}", err=True)

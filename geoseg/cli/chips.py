@@ -8,7 +8,13 @@ from typing import Any
 
 import click
 
-from geoseg.cli._common import fail_on_geoseg_error, parse_bands, parse_classes
+from geoseg.cli._common import (
+    echo,
+    fail_on_geoseg_error,
+    parse_bands,
+    parse_classes,
+    progress_disabled,
+)
 
 __all__ = ["command", "parse_length"]
 
@@ -185,7 +191,7 @@ def command(
         else:
             size_px = metres_to_pixels(info, size_v) if size_m else round(size_v)
             overlap_px = metres_to_pixels(info, overlap_v) if overlap_m else round(overlap_v)
-        click.echo(f"chip size {size_px} px, overlap {overlap_px} px", err=True)
+        echo(f"chip size {size_px} px, overlap {overlap_px} px", err=True)
     else:
         size_px, overlap_px = round(size_v), round(overlap_v)
     gap_px = None
@@ -202,7 +208,9 @@ def command(
             param_hint="--overlap",
         )
 
-    with tqdm(total=0, unit="chip", desc="chips", leave=False, disable=None) as bar:
+    with tqdm(
+        total=0, unit="chip", desc="chips", leave=False, disable=progress_disabled(None)
+    ) as bar:
 
         def progress(done: int, total: int) -> None:
             bar.total = total
@@ -240,11 +248,11 @@ def command(
             parts = [("", make_chips(scene, labels, out_dir, **options))]
     for name, summary in parts:
         if name:
-            click.echo(f"{name}: {summary.out_dir}")
-        click.echo(format_class_balance(summary.class_balance))
+            echo(f"{name}: {summary.out_dir}")
+        echo(format_class_balance(summary.class_balance))
         for msg in summary.warnings:
-            click.echo(f"warning: {msg}", err=True)
-        click.echo(
+            echo(f"warning: {msg}", err=True)
+        echo(
             f"wrote {summary.n_chips} chips ({summary.n_empty_chips} without objects) and "
             f"{summary.n_annotations} annotations to {summary.out_dir}; labels used "
             f"{summary.n_labels}, repaired {summary.n_repaired}, dropped "
@@ -253,7 +261,7 @@ def command(
             err=True,
         )
         if summary.review is not None:
-            click.echo(
+            echo(
                 f"reviewed labels: {summary.review['ok']} ok, {summary.n_not_reviewed} not "
                 f"reviewed (never labels); reviewed area: {summary.review['reviewed_area']}; "
                 f"{summary.n_chips_unreviewed} chips skipped (outside it or touching a todo "
@@ -261,7 +269,7 @@ def command(
                 err=True,
             )
     if split:
-        click.echo(
+        echo(
             f"validation area: {result.val_area_path} (gap {result.gap} px); in the training "
             f"run file: train_chips: [{result.train.out_dir}], val_chips: [{result.val.out_dir}]",
             err=True,

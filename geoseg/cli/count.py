@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from geoseg.cli._common import fail_on_geoseg_error, parse_classes
+from geoseg.cli._common import echo, fail_on_geoseg_error, parse_classes
 
 __all__ = ["command", "parse_distance"]
 
@@ -32,6 +32,12 @@ def parse_distance(value: str | None) -> float | None:
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="Vector file of zones (polygons, any CRS): count per zone.",
 )
+@click.option(
+    "--aoi-field",
+    metavar="COLUMN",
+    help="AOI column naming the zones [default: a 'name' column, else one like *name*, id, "
+    "zone, label, *_id with distinct values, else the row number].",
+)
 @click.option("--grid", "grid", metavar="SIZE", help="Count per square grid cell, e.g. 250m, 1km.")
 @click.option("--min-score", type=click.FloatRange(0.0, 1.0), help="Keep objects with score >= S.")
 @click.option("--classes", metavar="LIST", help="Only these classes, e.g. ship,vehicle.")
@@ -47,6 +53,7 @@ def parse_distance(value: str | None) -> float | None:
 def command(
     results: tuple[Path, ...],
     aoi: Path | None,
+    aoi_field: str | None,
     grid: str | None,
     min_score: float | None,
     classes: str | None,
@@ -55,7 +62,9 @@ def command(
     """Count objects in RESULTS (result files or batch output folders).
 
     Counts per scene and class; with --aoi per zone and with --grid per cell, with densities
-    per km2 (equal-area). An object counts in the zone or cell holding its centroid.
+    per km2 (equal-area). An object counts in the zone or cell holding its centroid. Zones
+    are named by --aoi-field (or a name-like column of the AOI). --classes must name classes
+    found in RESULTS or of geoseg's presets (ship, vehicle, building).
     """
     from geoseg.cli._common import inputs_of
     from geoseg.count import count, format_counts, write_counts
@@ -66,8 +75,15 @@ def command(
     )
     grid_m = parse_distance(grid)
     class_list = parse_classes(classes)
-    result = count(list(results), aoi=aoi, grid_m=grid_m, min_score=min_score, classes=class_list)
-    click.echo(format_counts(result))
+    result = count(
+        list(results),
+        aoi=aoi,
+        aoi_field=aoi_field,
+        grid_m=grid_m,
+        min_score=min_score,
+        classes=class_list,
+    )
+    echo(format_counts(result), result=not outputs)  # -q: the result, unless written to -o
     for out in outputs:
         written = write_counts(result, out)
-        click.echo(f"wrote {written}", err=True)
+        echo(f"wrote {written}", err=True)

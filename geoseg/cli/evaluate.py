@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from geoseg.cli._common import fail_on_geoseg_error
+from geoseg.cli._common import echo, fail_on_geoseg_error
 
 __all__ = ["command"]
 
@@ -63,7 +63,7 @@ def command(
         score_column=score_column,
         min_score=min_score,
     )
-    click.echo(format_table(result))
+    echo(format_table(result), result=json_out is None)  # -q: the result, unless in --json
     if json_out is not None:
         write_json(result, json_out)
-        click.echo(f"metrics written to {json_out}", err=True)
+        echo(f"metrics written to {json_out}", err=True)

@@ -7,7 +7,13 @@ from typing import Any
 
 import click
 
-from geoseg.cli._common import fail_on_geoseg_error, parse_bands, parse_classes
+from geoseg.cli._common import (
+    echo,
+    fail_on_geoseg_error,
+    parse_bands,
+    parse_classes,
+    progress_disabled,
+)
 
 __all__ = ["command"]
 
@@ -208,13 +214,15 @@ def command(
         options.update(
             image=image, class_column=class_column, val_fraction=val_fraction, val_area=val_area
         )
-    with tqdm(total=0, unit="step", desc="import", leave=False, disable=None) as bar:
+    with tqdm(
+        total=0, unit="step", desc="import", leave=False, disable=progress_disabled(None)
+    ) as bar:
 
         def progress(done: int, total: int) -> None:
             bar.total = total
             bar.update(done - bar.n)
 
         summary = import_dataset(fmt, src, out_dir, progress=progress, **options)
-    click.echo(format_summary(summary))
+    echo(format_summary(summary))
     for msg in summary.warnings:
-        click.echo(f"warning: {msg}", err=True)
+        echo(f"warning: {msg}", err=True)

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from geoseg.cli._common import fail_on_geoseg_error
+from geoseg.cli._common import echo, fail_on_geoseg_error, progress_disabled
 from geoseg.cli.predict import load_for_scene, predict_options
 
 if TYPE_CHECKING:
@@ -116,7 +116,9 @@ def command(
         },
         adjust=adjust,
     )
-    with tqdm(total=None, unit="tile", desc=Path(scene).name, leave=False) as bar:
+    with tqdm(
+        total=None, unit="tile", desc=Path(scene).name, leave=False, disable=progress_disabled()
+    ) as bar:
 
         def progress(done: int, total: int) -> None:
             bar.total = total
@@ -126,8 +128,8 @@ def command(
     labels = prelabels(result.gdf, thresholds=thresholds)
     files = write_prelabels(labels, output, classes=tuple(predictor.classes))
     for name, n in result.counts.items():
-        click.echo(f"{name:<12} {n:>7d}")
-    click.echo(
+        echo(f"{name:<12} {n:>7d}")
+    echo(
         f"wrote {files.n} pre-labels (status todo, least certain first) to {files.path} and "
         f"the QGIS style {files.style}",
         err=True,

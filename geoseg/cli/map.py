@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from geoseg.cli._common import fail_on_geoseg_error, parse_bands, parse_classes
+from geoseg.cli._common import echo, fail_on_geoseg_error, parse_bands, parse_classes
 
 __all__ = ["command"]
 
@@ -15,8 +15,11 @@ __all__ = ["command"]
 @click.argument("results", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
 @click.option(
     "--scene",
+    "scenes",
+    multiple=True,
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="GeoTIFF shown under the polygons (downsampled from its overviews).",
+    help="GeoTIFF shown under the polygons (downsampled from its overviews); repeatable, "
+    "each scene is drawn as its own layer.",
 )
 @click.option(
     "-o",
@@ -38,7 +41,7 @@ __all__ = ["command"]
 @fail_on_geoseg_error
 def command(
     results: tuple[Path, ...],
-    scene: Path | None,
+    scenes: tuple[Path, ...],
     output: Path,
     min_score: float | None,
     classes: str | None,
@@ -47,21 +50,24 @@ def command(
 ) -> None:
     """Write an interactive map of RESULTS (result files or batch folders) to one HTML file.
 
-    One layer per class, popups with class, score and size, a counts table, and the scene as
-    background. Leaflet is inlined: the file needs no internet.
+    One layer per class, popups with class, score and size, a counts table, and each --scene
+    as background. Leaflet is inlined: the file needs no internet. --classes must name
+    classes found in RESULTS or of geoseg's presets (ship, vehicle, building).
     """
     from geoseg.cli._common import inputs_of
     from geoseg.io import check_no_overwrite
     from geoseg.viz import web_map
 
-    check_no_overwrite([*inputs_of("RESULTS", results), ("--scene", scene)], [("-o", output)])
+    check_no_overwrite(
+        [*inputs_of("RESULTS", results), *(("--scene", s) for s in scenes)], [("-o", output)]
+    )
     written = web_map(
         list(results),
-        scene=scene,
+        scene=list(scenes),
         out_html=output,
         min_score=min_score,
         classes=parse_classes(classes),
         bands=parse_bands(bands),
         max_size=max_size,
     )
-    click.echo(f"wrote {written}", err=True)
+    echo(f"wrote {written}", err=True)

@@ -9,12 +9,14 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from geoseg.cli._common import (
+    device_option,
+    echo,
     fail_on_geoseg_error,
+    progress_disabled,
     resolve_cli_settings,
     run_settings_options,
     set_interrupt_note,
 )
-from geoseg.predict import Device
 from geoseg.settings import NormSource
 
 if TYPE_CHECKING:
@@ -23,6 +25,8 @@ if TYPE_CHECKING:
     from geoseg.settings import RunSettings
 
 __all__ = ["command", "format_summary", "load_for_scene", "predict_options"]
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 def format_summary(result: SceneResult) -> str:
@@ -61,9 +65,6 @@ def _quicklook(scene: str, result: SceneResult, path: Path, bands: tuple[int, ..
     return quicklook(scene, result.gdf, path, bands=shown)
 
 
-F = TypeVar("F", bound=Callable[..., Any])
-
-
 def predict_options(func: F) -> F:
     """How a model runs over one scene: shared by ``geoseg predict`` and ``geoseg label``.
 
@@ -71,13 +72,7 @@ def predict_options(func: F) -> F:
     ``--batch-size`` and ``--workers``.
     """
     options = [
-        click.option(
-            "--device",
-            type=click.Choice([d.value for d in Device]),
-            default=Device.AUTO.value,
-            show_default=True,
-            help="Where the model runs.",
-        ),
+        device_option("Where the model runs (auto: CUDA, else MPS, else the CPU)."),
         click.option(
             "--norm",
             type=click.Choice([s.value for s in NormSource]),
@@ -136,10 +131,11 @@ def load_for_scene(
     from geoseg.errors import ConfigError
     from geoseg.export import check_scene_output, check_writable
     from geoseg.io import check_no_overwrite
-    from geoseg.pipeline import scene_grid, score_thresholds
+    from geoseg.pipeline import scene_grid
     from geoseg.predict import load_predictor
     from geoseg.raster import open_scene, validate_bands
 
+    # Cheap checks first, so that bad input fails before the model is loaded.
     check_no_overwrite(
         [("SCENE", scene), ("MODEL", checkpoint_paths(model)[0])],
         [("-o", output), *other_outputs],
@@ -148,11 +144,7 @@ def load_for_scene(
     info = open_scene(scene)
     check_scene_output(output, info)
     meta = read_meta(model)
-    settings = resolve_cli_settings(meta, **options)
-    try:  # a threshold for a class the model lacks fails here, not after loading it
-        score_thresholds(meta.classes, settings.min_score, settings.class_min_score)
-    except ConfigError as err:
-        raise ConfigError(f"{model}: {err}; fix --min-score CLASS=S") from err
+    settings = resolve_cli_settings(meta, **options, checkpoint=model)
     if settings.regularize:
         from geoseg.regularize import regularize_classes
 
@@ -171,10 +163,10 @@ def load_for_scene(
         )
     # the same decision plan_scene makes; fails early on no CRS or tiles too large
     grid = scene_grid(info, settings, model_gsd=meta.gsd, n_bands=len(sel))
-    click.echo(grid.describe(), err=True)
+    echo(grid.describe(), err=True)
     if settings.class_min_score:
         per_class = ", ".join(f"{k} {v:g}" for k, v in sorted(settings.class_min_score.items()))
-        click.echo(f"score thresholds: {per_class}; other classes {settings.min_score:g}", err=True)
+        echo(f"score thresholds: {per_class}; other classes {settings.min_score:g}", err=True)
     set_interrupt_note(
         f"nothing was written ({output} is written whole at the end, or not at all); run the "
         "same command again"
@@ -232,7 +224,8 @@ def command(
     borders are merged; polygons are in the scene's CRS (GeoJSON: WGS84). A scene whose
     ground resolution differs from the model's by more than 10 % is read at the model's
     (each tile resampled while it is read, no copy on disk); --gsd sets another working
-    GSD, --no-resample reads the scene as it is.
+    GSD, --no-resample reads the scene as it is. --regularize buildings gives building
+    outlines right angles.
     """
     from tqdm import tqdm
 
@@ -261,7 +254,9 @@ def command(
         },
     )
 
-    with tqdm(total=None, unit="tile", desc=Path(scene).name, leave=False) as bar:
+    with tqdm(
+        total=None, unit="tile", desc=Path(scene).name, leave=False, disable=progress_disabled()
+    ) as bar:
 
         def progress(done: int, total: int) -> None:
             bar.total = total
@@ -270,7 +265,7 @@ def command(
         result = run_scene(
             scene, predictor, settings, num_workers=workers, progress=progress, output=output
         )
-    click.echo(format_summary(result))
+    echo(format_summary(result))
     if quicklook is not None:
         written = _quicklook(scene, result, quicklook, result.bands)
-        click.echo(f"wrote {written}", err=True)
+        echo(f"wrote {written}", err=True)

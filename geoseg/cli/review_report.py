@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from geoseg.cli._common import fail_on_geoseg_error
+from geoseg.cli._common import echo, fail_on_geoseg_error
 
 __all__ = ["command"]
 
@@ -54,7 +54,7 @@ def command(
 
     check_no_overwrite([("ORIGINAL", original), ("EDITED", edited)], [("--json", json_path)])
     report = review_report(original, edited, unchanged_iou=unchanged_iou, match_iou=match_iou)
-    click.echo(format_report(report))
+    echo(format_report(report), result=json_path is None)
     if json_path is not None:
         atomic_write_json(json_path, report.to_dict())
-        click.echo(f"wrote {json_path}", err=True)
+        echo(f"wrote {json_path}", err=True)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from geoseg.cli._common import fail_on_geoseg_error
+from geoseg.cli._common import echo, fail_on_geoseg_error, progress_disabled
 from geoseg.errors import ConfigError
 
 __all__ = ["command"]
@@ -108,7 +108,9 @@ def command(
         raise click.BadParameter(
             f"{output.parent}: folder does not exist; create it first", param_hint="-o"
         )
-    with tqdm(total=None, unit="block", desc="synth", leave=False, disable=None) as bar:
+    with tqdm(
+        total=None, unit="block", desc="synth", leave=False, disable=progress_disabled(None)
+    ) as bar:
 
         def progress(done: int, total: int) -> None:
             bar.total = total
@@ -131,7 +133,7 @@ def command(
         except ConfigError as err:
             raise click.UsageError(str(err)) from err
     counts = ", ".join(f"{n} {cls}" for cls, n in scene.counts.items())
-    click.echo(
+    echo(
         f"{scene.raster_path} ({size[0]} x {size[1]} px, {bands} {dtype}, EPSG:{epsg}, "
         f"{gsd:g} m) + {scene.labels_path.name}: {counts}"
     )

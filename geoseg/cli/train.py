@@ -8,7 +8,14 @@ from typing import Any
 
 import click
 
-from geoseg.cli._common import fail_on_geoseg_error, set_interrupt_note
+from geoseg.cli._common import (
+    DeviceType,
+    echo,
+    fail_on_geoseg_error,
+    is_quiet,
+    progress_disabled,
+    set_interrupt_note,
+)
 
 __all__ = ["command"]
 
@@ -41,7 +48,7 @@ __all__ = ["command"]
 )
 @click.option("--epochs", type=click.IntRange(min=1), help="Override the run file's epochs.")
 @click.option("--max-steps", type=click.IntRange(min=0), help="Override max_steps (0 = none).")
-@click.option("--device", help="Override device: auto, cpu, cuda, cuda:1.")
+@click.option("--device", type=DeviceType(), help="Override the run file's device.")
 @click.option(
     "--validate-every",
     type=click.IntRange(min=0),
@@ -122,7 +129,7 @@ def command(
     if overrides:
         config = dataclasses.replace(config, **overrides)
 
-    bar = tqdm(total=None, unit="step", disable=no_progress, dynamic_ncols=True)
+    bar = tqdm(total=None, unit="step", disable=progress_disabled(no_progress), dynamic_ncols=True)
 
     def on_progress(p: TrainProgress) -> None:
         if bar.total != p.total_steps:
@@ -134,7 +141,8 @@ def command(
         elif p.phase == "validate":
             keys = ("segm_ap", "segm_ap50", "bbox_ap", "f1", "f1_tuned")
             metrics = " ".join(f"{k}={p.metrics[k]:.3f}" for k in keys if k in p.metrics)
-            bar.write(f"step {p.step} (epoch {p.epoch}): {metrics}")
+            if not is_quiet():
+                bar.write(f"step {p.step} (epoch {p.epoch}): {metrics}")
 
     set_interrupt_note(
         f"{config.output_dir} keeps the latest checkpoint (last.safetensors) and steps.csv; "
@@ -144,4 +152,4 @@ def command(
         result = train(config, progress=on_progress, resume=resume)
     finally:
         bar.close()
-    click.echo(result.summary())
+    echo(result.summary())
