@@ -107,6 +107,7 @@ def load_for_scene(
     other_outputs: Sequence[tuple[str, Path | None]] = (),
     options: Mapping[str, Any],
     adjust: Callable[[RunSettings, tuple[str, ...]], RunSettings] | None = None,
+    check_outputs: Callable[[], None] | None = None,
 ) -> tuple[RunSettings, Predictor]:
     """Check a predict-like command's inputs cheaply, then resolve its settings and load the model.
 
@@ -123,6 +124,8 @@ def load_for_scene(
         options: the :func:`~geoseg.cli._common.resolve_cli_settings` keyword arguments.
         adjust: ``adjust(settings, classes)`` changes the resolved settings before the model
             is loaded with them (``geoseg label --candidates`` lowers the score thresholds).
+        check_outputs: more checks of the command's outputs, run right after the output checks
+            (``predict``'s quicklook path).
 
     Returns:
         ``(settings, predictor)``.
@@ -141,6 +144,8 @@ def load_for_scene(
         [("-o", output), *other_outputs],
     )
     check_writable(output)
+    if check_outputs is not None:
+        check_outputs()
     info = open_scene(scene)
     check_scene_output(output, info)
     meta = read_meta(model)
@@ -231,13 +236,12 @@ def command(
 
     from geoseg.pipeline import run_scene
 
-    if quicklook is not None:
-        _check_png_path(quicklook)
     settings, predictor = load_for_scene(
         scene,
         model,
         output=output,
         other_outputs=[("--quicklook", quicklook)],
+        check_outputs=None if quicklook is None else lambda: _check_png_path(quicklook),
         options={
             "config": config,
             "bands": bands,
