@@ -24,8 +24,10 @@ Three experiments, each printing one JSON object per line:
 
 ``memory``
     Peak RSS of ``run_scene`` as the scene grows (e.g. 4k and 16k pixels square), each in its
-    own process, with a cheap predictor (a tiny random Mask R-CNN, 5 detections per tile) so
-    that the figure is about reading, tiling, stitching and vectorising, not about the model.
+    own process, with a cheap predictor so that the figure is about reading, tiling,
+    stitching and vectorising, not about the model: ``--predictor fake`` (default; every
+    bright rectangle of the scene, no torch imported) or ``tiny`` (a tiny random Mask R-CNN,
+    5 detections per tile).
 
 Usage::
 
@@ -677,22 +679,69 @@ def write_big_scene(path: Path, size: int, seed: int = 0):
     return path
 
 
-def memory_child(argv):
-    import torch
+def fake_predictor():
+    """A model-free predictor (no torch).
 
+    Each 4-connected group of bright pixels (all bands at the top of the stretch) of a tile is
+    one object, its mask cropped to its box. On the ``write_big_scene`` scenes that is every
+    rectangle, cut where the tile cuts it.
+    """
+    from scipy import ndimage
+
+    from geoseg.predict import PredictorBase
+    from geoseg.types import TileDetections
+
+    class Bright(PredictorBase):
+        classes = ("object",)
+
+        def predict_tiles(self, tiles):
+            out = []
+            for t in tiles:
+                lab, _ = ndimage.label((t.image.min(axis=0) >= 1.0) & t.valid)
+                boxes, masks = [], []
+                for i, sl in enumerate(ndimage.find_objects(lab)):
+                    if sl is not None:
+                        boxes.append((sl[1].start, sl[0].start, sl[1].stop, sl[0].stop))
+                        masks.append(lab[sl] == i + 1)
+                n = len(boxes)
+                arr = np.asarray(boxes, np.int32).reshape(n, 4)
+                out.append(
+                    TileDetections(
+                        boxes=arr.astype(np.float32),
+                        scores=np.full(n, 0.9, np.float32),
+                        labels=np.zeros(n, np.int64),
+                        mask_boxes=arr,
+                        masks=tuple(masks),
+                        classes=self.classes,
+                        tile=t.spec,
+                    )
+                )
+            return out
+
+    return Bright()
+
+
+def memory_child(argv):
     p = argparse.ArgumentParser()
     p.add_argument("scene")
     p.add_argument("--tile", type=int, default=512)
     p.add_argument("--overlap", type=int, default=64)
+    p.add_argument("--predictor", choices=("fake", "tiny"), default="fake")
     args = p.parse_args(argv)
-    torch.set_num_threads(2)
     from geoseg.pipeline import run_scene
-    from geoseg.predict import MaskRCNNPredictor
 
-    model = tiny_model()
-    with torch.no_grad():  # masks fill their boxes, so every detection becomes an object
-        model.roi_heads.mask_predictor.mask_fcn_logits.bias.add_(8.0)
-    pred = MaskRCNNPredictor(model, classes=("a", "b", "c"), device="cpu", min_score=0.0)
+    if args.predictor == "tiny":
+        import torch
+
+        from geoseg.predict import MaskRCNNPredictor
+
+        torch.set_num_threads(2)
+        model = tiny_model()
+        with torch.no_grad():  # masks fill their boxes, so every detection becomes an object
+            model.roi_heads.mask_predictor.mask_fcn_logits.bias.add_(8.0)
+        pred = MaskRCNNPredictor(model, classes=("a", "b", "c"), device="cpu", min_score=0.0)
+    else:
+        pred = fake_predictor()
     t0 = time.perf_counter()
     r = run_scene(
         args.scene, pred, tile_size=args.tile, overlap=args.overlap, min_score=0.0, batch_size=4
@@ -700,10 +749,12 @@ def memory_child(argv):
     print(
         json.dumps(
             {
+                "predictor": args.predictor,
                 "n_tiles": r.n_tiles,
                 "n_objects": len(r.gdf),
                 "seconds": round(time.perf_counter() - t0, 1),
                 "timings": {k: round(v, 2) for k, v in r.timings.items()},
+                "torch_imported": "torch" in sys.modules,
             }
         )
     )
@@ -749,7 +800,16 @@ def run_memory(args):
         scene = write_big_scene(OUT / f"mem_{size}.tif", size)
         with tempfile.TemporaryFile("w+") as out:
             proc = subprocess.Popen(
-                [sys.executable, str(HERE), "_memory", str(scene), "--tile", str(args.tile)],
+                [
+                    sys.executable,
+                    str(HERE),
+                    "_memory",
+                    str(scene),
+                    "--tile",
+                    str(args.tile),
+                    "--predictor",
+                    args.predictor,
+                ],
                 stdout=out,
             )
             _, status, usage = os.wait4(proc.pid, 0)
@@ -802,6 +862,12 @@ def main():
     mm = sub.add_parser("memory")
     mm.add_argument("--sizes", type=int, nargs="+", default=[4096, 16384])
     mm.add_argument("--tile", type=int, default=512)
+    mm.add_argument(
+        "--predictor",
+        choices=("fake", "tiny"),
+        default="fake",
+        help="fake: bright-pixel components, no torch; tiny: a tiny random Mask R-CNN",
+    )
     args = p.parse_args()
     {"merge": run_merge, "speed": run_speed, "memory": run_memory}[args.cmd](args)
 

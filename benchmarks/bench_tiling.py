@@ -5,10 +5,11 @@
 1. Writes a synthetic SIZE x SIZE 3-band uint8 GeoTIFF (tiled 256 x 256, deflate) once, reusing
    it from --workdir on later runs.
 2. Throughput: the same 512 px / 64 px-overlap windows (geoseg.tiling.make_grid) read by
-   (a) a bare ``dataset.read(window=...)`` loop and (b) ``iter_tiles`` (which also normalises to
-   float32 with scene-wide statistics and builds the valid mask). Best of --repeat runs each,
-   after one warm-up pass so that both read from the OS page cache; the loops alternate so
-   that background load hits both alike.
+   (a) a bare ``dataset.read(window=...)`` loop and (b) ``iter_tiles`` (which also normalises
+   to float32 with scene-wide statistics and builds the valid mask), (c) iter_tiles as it was
+   before its buffer pool (fresh arrays per tile) and (d) iter_tiles with 2 GDAL threads.
+   Best of --repeat runs each, after one warm-up pass so that all read from the OS page
+   cache; the loops alternate so that background load hits them alike.
 3. Peak memory: ``iter_tiles`` over a --small and a SIZE scene, each in a fresh process;
    reports the RSS before reading (after imports) and the peak RSS sampled while reading.
 
@@ -89,6 +90,37 @@ def geoseg_loop(path: Path, stats, **kw) -> tuple[float, float, int]:
     return time.perf_counter() - t0, time.process_time() - c0, n
 
 
+def fresh_loop(path: Path, stats) -> tuple[float, float, int]:
+    """(wall s, CPU s, pixels) of iter_tiles as it was before its buffer pool: fresh arrays per
+    tile (``read_window`` without ``pool``) and ``rasterio.windows.transform`` per tile."""
+    import warnings
+
+    from geoseg.raster import open_scene, read_window
+    from geoseg.tiling import make_grid
+    from geoseg.types import Tile
+
+    t0, c0 = time.perf_counter(), time.process_time()
+    n = 0
+    info = open_scene(path)
+    with rasterio.open(path) as ds, warnings.catch_warnings():
+        warnings.simplefilter("ignore", PendingDeprecationWarning)
+        for spec in make_grid(info.width, info.height, tile_size=TILE, overlap=OVERLAP):
+            image, valid = read_window(
+                ds, spec.window, bands=stats.bands, stats=stats, nodata=info.nodata
+            )
+            if not valid.any():
+                continue
+            t = Tile(
+                spec=spec,
+                image=image,
+                valid=valid,
+                transform=rasterio.windows.transform(spec.window.to_rasterio(), info.transform),
+                crs_wkt=info.crs_wkt,
+            )
+            n += t.image.shape[1] * t.image.shape[2]
+    return time.perf_counter() - t0, time.process_time() - c0, n
+
+
 def memory_child(path: str) -> None:
     """Run in a fresh process: iterate all tiles, report RSS (MiB) before and during reading.
 
@@ -152,15 +184,18 @@ def main() -> None:
     ]
 
     bare_loop(big, windows)  # warm-up: page cache
-    bare, ours, ours_mt = [], [], []
+    bare, ours, ours_mt, fresh = [], [], [], []
     for _ in range(args.repeat):
         bare.append(bare_loop(big, windows))
         ours.append(geoseg_loop(big, stats))
+        fresh.append(fresh_loop(big, stats))
         ours_mt.append(geoseg_loop(big, stats, num_threads=2))
-    assert len({n for *_, n in bare + ours}) == 1, "both loops must read the same pixels"
+    assert len({n for *_, n in bare + ours + fresh}) == 1, "the loops must read the same pixels"
     b, o, om = (min(r[0] for r in runs) for runs in (bare, ours, ours_mt))
     bc, oc, omc = (min(r[1] for r in runs) for runs in (bare, ours, ours_mt))
     pair_ratios = sorted(rb[0] / ro[0] for rb, ro in zip(bare, ours, strict=True))
+    cpu_pair_ratios = sorted(rb[1] / ro[1] for rb, ro in zip(bare, ours, strict=True))
+    fr, frc = min(r[0] for r in fresh), min(r[1] for r in fresh)
     mpx = bare[0][2] / 1e6
 
     memory = {}
@@ -200,11 +235,24 @@ def main() -> None:
                 "iter_tiles_cpu_s": round(oc, 3),
                 "iter_tiles_threads2_cpu_s": round(omc, 3),
                 "iter_tiles_vs_bare_cpu": round(bc / oc, 3),
+                "iter_tiles_vs_bare_cpu_median_of_pairs": round(
+                    cpu_pair_ratios[len(cpu_pair_ratios) // 2], 3
+                ),
+                "before_pool_s": round(fr, 3),
+                "before_pool_cpu_s": round(frc, 3),
+                "before_pool_vs_bare": round(b / fr, 3),
+                "before_pool_vs_bare_cpu": round(bc / frc, 3),
                 "load_average_1min": round(os.getloadavg()[0], 2),
                 "all_runs_s": {
                     "bare": [round(r[0], 3) for r in bare],
                     "iter_tiles": [round(r[0], 3) for r in ours],
                     "iter_tiles_threads2": [round(r[0], 3) for r in ours_mt],
+                    "before_pool": [round(r[0], 3) for r in fresh],
+                },
+                "all_runs_cpu_s": {
+                    "bare": [round(r[1], 3) for r in bare],
+                    "iter_tiles": [round(r[1], 3) for r in ours],
+                    "before_pool": [round(r[1], 3) for r in fresh],
                 },
                 "memory": memory,
             },

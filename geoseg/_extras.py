@@ -9,6 +9,7 @@ extra     packages (import names checked here)             for
 ``ml``    torch, torchvision, timm, safetensors             predict, train, loading weights
 ``batch`` ``ml`` + dask, distributed                        ``geoseg batch`` / ``run_batch``
 ``maps``  folium, xstatic (XStatic-Leaflet)                 ``geoseg map`` / ``web_map``
+``cloud`` fsspec, s3fs                                      outputs to ``s3://`` URLs
 ========= ================================================ ================================
 
 ``pip install 'geoseg[all]'`` installs them all. The check uses
@@ -31,6 +32,7 @@ EXTRA_MODULES: Final[dict[str, tuple[str, ...]]] = {
     "ml": _ML,
     "batch": (*_ML, "dask", "distributed"),
     "maps": ("folium", "xstatic.pkg.leaflet"),
+    "cloud": ("fsspec", "s3fs"),
 }
 
 

@@ -12,6 +12,8 @@ geographic or Web Mercator data, see :func:`geoseg.geometry.metric_crs`), so an 
 straddling two zones is counted exactly once. A centroid lying exactly on a border shared by
 several zones goes to the first of them (lowest row index); a centroid in the interior of
 several *overlapping* zones is counted in each of them (each zone counts its own objects).
+:func:`zone_points` and :func:`in_zones` are this rule; ``geoseg predict --aoi`` keeps objects
+with it (:mod:`geoseg.extent`), so predicting with an AOI and counting in it agree.
 
 Zones are named by a column of the AOI: ``aoi_field`` when given, else the first column that
 looks like a name (``name``, then any column whose name contains ``name``, then ``id``,
@@ -69,11 +71,13 @@ __all__ = [
     "filter_results",
     "format_counts",
     "grid_membership",
+    "in_zones",
     "read_aoi",
     "read_results",
     "write_counts",
     "zone_membership",
     "zone_name_field",
+    "zone_points",
 ]
 
 logger = logging.getLogger(__name__)
@@ -393,6 +397,44 @@ def _with_lengths(gdf: gpd.GeoDataFrame, proj: gpd.GeoDataFrame) -> gpd.GeoDataF
 
 
 # --------------------------------------------------------------------------------------------
+# the zone rule
+
+
+def zone_points(gdf: gpd.GeoDataFrame) -> gpd.GeoSeries:
+    """The point that places each object in a zone or grid cell: its centroid, in metres.
+
+    The centroid is computed in the objects' own CRS when its unit is the metre, else in the
+    UTM zone of their bounds (:func:`geoseg.geometry.metric_crs`; geographic or Web Mercator
+    data), and returned in that CRS. Without a CRS, in the objects' own frame.
+    """
+    return _projected(gdf).geometry.centroid
+
+
+def in_zones(gdf: gpd.GeoDataFrame, zones: gpd.GeoDataFrame) -> npt.NDArray[np.bool_]:
+    """Which objects :func:`count` would count in at least one of ``zones``.
+
+    An object is in when its :func:`zone_points` point lies inside a zone or on its border.
+
+    Args:
+        gdf: objects (polygons), in any CRS.
+        zones: polygons in any CRS (points are reprojected to it); without CRSs both are
+            taken to be in one frame.
+
+    Returns:
+        bool ``[len(gdf)]``.
+    """
+    inside = np.zeros(len(gdf), dtype=np.bool_)
+    if len(gdf) == 0 or len(zones) == 0:
+        return inside
+    points = zone_points(gdf)
+    if points.crs is not None and zones.crs is not None:
+        points = points.to_crs(zones.crs)
+    pi, _ = _assign(points.to_numpy(), zones.geometry.to_numpy())
+    inside[pi] = True
+    return inside
+
+
+# --------------------------------------------------------------------------------------------
 # counting
 
 
@@ -465,7 +507,7 @@ def count(
                     f"results of scene(s) {', '.join(sorted(g['scene'].unique()))} have no CRS; "
                     "zones and grids need georeferenced results (re-export them with a CRS)"
                 )
-            centroids.append(p.geometry.centroid)
+            centroids.append(zone_points(p))
             labels.append(g["class"].to_numpy(dtype=object))
             scenes.append(g["scene"].to_numpy(dtype=object))
 

@@ -31,8 +31,14 @@ coordinates (GeoJSON of a scene without a CRS, or with one that has no way to lo
 latitude). A scene without a CRS is written to the other formats in its own (pixel)
 coordinates, with a warning; GeoJSON refuses it rather than write empty geometries.
 
-Mixed ``Polygon``/``MultiPolygon`` columns are written as ``MultiPolygon`` by the OGR formats
-(GeoPackage, Shapefile, FlatGeobuf) where a layer needs one geometry type.
+A layer has one geometry type: ``gdf.attrs["geometry_type"]`` (set by
+:func:`geoseg.pipeline.keep_objects` and ``output_geometry``: ``Polygon``, or ``Point``) is
+declared to the OGR formats (GeoPackage, Shapefile, FlatGeobuf, GeoJSON), also for a layer
+without features; without it, mixed ``Polygon``/``MultiPolygon`` columns are written as
+``MultiPolygon``.
+
+:func:`write_id_raster` writes the objects' instance ids as a Cloud-Optimized GeoTIFF on the
+scene's grid (``--mask-raster``).
 """
 
 from __future__ import annotations
@@ -51,6 +57,7 @@ from affine import Affine
 
 from geoseg.errors import ExportError, GeosegError
 from geoseg.io import VectorFormat, atomic_write, check_writable, format_by_name, format_for_path
+from geoseg.storage import Target, as_target, write_output
 from geoseg.types import SceneInfo
 
 if TYPE_CHECKING:
@@ -59,10 +66,12 @@ if TYPE_CHECKING:
 __all__ = [
     "SHAPEFILE_FIELD_NAMES",
     "VectorFormat",
+    "check_id_raster_path",
     "check_output_crs",
     "check_scene_output",
     "check_writable",
     "format_for_path",
+    "write_id_raster",
     "write_vectors",
 ]
 
@@ -99,6 +108,9 @@ def _write_ogr(
 
     import pyogrio
 
+    gtype = gdf.attrs.get("geometry_type")
+    if gtype is not None:
+        opts.setdefault("geometry_type", gtype)
     with warnings.catch_warnings():  # no CRS: check_output_crs has said so, once
         warnings.filterwarnings("ignore", message="'crs' was not provided")
         pyogrio.write_dataframe(gdf, os.fspath(tmp), layer=layer, driver=driver, **opts)
@@ -272,7 +284,7 @@ def check_output_crs(
     Raises:
         ExportError: naming the output and the source, with what to do instead.
     """
-    p = Path(path)
+    p = as_target(path)
     kind = format_by_name(fmt) if fmt is not None else format_for_path(p)
     if crs is None:
         if kind is VectorFormat.GEOJSON:
@@ -331,14 +343,15 @@ def write_vectors(
     layer: str | None = None,
     scene_info: SceneInfo | None = None,
     classes: Sequence[str] | None = None,
-) -> Path:
+) -> Target:
     """Write objects (e.g. from :func:`geoseg.vectorize.vectorize`) to ``path``, atomically.
 
     Args:
         gdf: polygons in the scene CRS with their attribute columns.
         path: output file; its extension picks the format (see the module docstring) unless
             ``fmt`` is given: ``.json`` is COCO, ``.geojson`` GeoJSON. Missing parent folders
-            are created.
+            are created. An object-store URL (``s3://bucket/run/out.gpkg``) is written to a
+            local temporary file and uploaded once, complete (:mod:`geoseg.storage`).
         fmt: force a format regardless of the extension (a :class:`VectorFormat` or a name
             such as ``"gpkg"`` or ``"shp"``).
         layer: layer name (default: the file stem); writing a layer into an existing
@@ -352,17 +365,18 @@ def write_vectors(
             sorted class names). Classes of ``gdf`` not in the list get the next ids.
 
     Returns:
-        The path written.
+        The path written (a ``Path``, or the URL string).
 
     Raises:
         ExportError: unknown format, unwritable path, missing ``scene_info`` for COCO, or a
             failure inside the writer (the original error is chained).
     """
-    p = Path(path)
+    p = as_target(path)
     fmt = format_by_name(fmt) if fmt is not None else format_for_path(p)
     if fmt is VectorFormat.COCO and scene_info is None:
         raise ExportError(
-            f"{p}: {p.suffix or 'this'} output is COCO instance JSON, written in scene pixels; "
+            f"{p}: {Path(p).suffix or 'this'} output is COCO instance JSON, written in scene "
+            "pixels; "
             "pass scene_info= (the SceneInfo of the scene: its transform maps the polygons to "
             "pixels, its size and file name describe the image), or use the .geojson "
             "extension for GeoJSON"
@@ -371,15 +385,150 @@ def write_vectors(
     check_output_crs(p, gdf.crs, fmt=fmt, source="the objects")
 
     def write(tmp: Path) -> None:
-        if fmt is VectorFormat.GPKG and layer is not None and p.exists():
+        if fmt is VectorFormat.GPKG and layer is not None and isinstance(p, Path) and p.exists():
             shutil.copy2(p, tmp)  # add/replace one layer, keep the others
-        _write(gdf, tmp, fmt, layer=layer or p.stem, scene_info=scene_info, classes=classes)
+        _write(gdf, tmp, fmt, layer=layer or Path(p).stem, scene_info=scene_info, classes=classes)
 
     try:
-        atomic_write(p, write, sidecars=fmt.sidecars)
+        write_output(p, write, sidecars=fmt.sidecars)
     except GeosegError:
         raise
     except Exception as err:
         raise ExportError(f"{p}: could not write {fmt} output: {err}") from err
     logger.info("wrote %d objects to %s (%s)", len(gdf), p, fmt)
+    return p
+
+
+#: Side of the square windows :func:`write_id_raster` rasterises one at a time, in pixels.
+ID_RASTER_BLOCK = 1024
+
+
+def check_id_raster_path(path: str | os.PathLike[str]) -> None:
+    """Fail early when the id raster (``--mask-raster``) cannot be written.
+
+    Raises:
+        ExportError: not a ``.tif``/``.tiff`` name, or a folder that cannot be written.
+    """
+    p = Path(path)
+    if p.suffix.lower() not in (".tif", ".tiff"):
+        raise ExportError(f"{p}: the instance-id raster is a GeoTIFF (COG); give a .tif file name")
+    check_writable(p, fmt=VectorFormat.GPKG)  # fmt given: only the folder is checked
+
+
+def write_id_raster(
+    gdf: geopandas.GeoDataFrame,
+    path: str | os.PathLike[str],
+    scene_info: SceneInfo,
+    *,
+    id_column: str = "id",
+    block: int = ID_RASTER_BLOCK,
+) -> Path:
+    """Write the objects' ids as a uint32 Cloud-Optimized GeoTIFF aligned with the scene.
+
+    The raster has the scene's size, transform and CRS; a pixel holds the ``id_column`` value
+    of the object whose outline contains the pixel's centre (for pixel-edge outlines: exactly
+    the object's mask pixels), 0 (also the nodata value) elsewhere. Where outlines overlap,
+    the smaller object is on top. It is rasterised window by window (``block`` px squares,
+    only the outlines meeting each window), so memory does not grow with the scene; the COG
+    (DEFLATE, 512 px blocks, nearest-neighbour overviews) is made from a scratch GeoTIFF and
+    moved into place atomically.
+
+    Args:
+        gdf: outlines (polygons) in the scene CRS (another CRS is reprojected) with an
+            integer ``id_column`` (1, 2, ...).
+        path: the ``.tif`` to write.
+        scene_info: the scene whose grid the raster follows.
+        id_column: the column whose values are burnt.
+        block: window side in pixels.
+
+    Returns:
+        The path written.
+
+    Raises:
+        ExportError: a bad path, ids that do not fit uint32 (below 1 or above 2**32 - 1), or a
+            failure while writing.
+    """
+    import rasterio
+    import rasterio.shutil
+    import shapely
+    from rasterio.features import rasterize
+    from rasterio.windows import Window
+    from rasterio.windows import bounds as window_bounds
+    from rasterio.windows import transform as window_transform
+
+    p = Path(path)
+    check_id_raster_path(p)
+    ids = gdf[id_column].to_numpy(dtype=np.int64) if len(gdf) else np.zeros(0, np.int64)
+    if len(ids) and (ids.min() < 1 or ids.max() > np.iinfo(np.uint32).max):
+        raise ExportError(f"{p}: ids must be in [1, 2**32 - 1] to fit a uint32 raster")
+    g = gdf
+    if gdf.crs is not None and scene_info.crs_wkt is not None:
+        from pyproj import CRS
+
+        if not CRS.from_user_input(gdf.crs).equals(CRS.from_wkt(scene_info.crs_wkt)):
+            g = gdf.to_crs(scene_info.crs_wkt)
+    geoms = np.asarray(g.geometry.to_numpy(), dtype=object)
+    present = ~(shapely.is_missing(geoms) | shapely.is_empty(geoms))
+    geoms, ids = geoms[present], ids[present]
+    # larger first, so that a smaller object overlapping it is burnt on top
+    order = np.argsort(-shapely.area(geoms), kind="stable")
+    geoms, ids = geoms[order], ids[order]
+    tree = shapely.STRtree(geoms)
+    width, height, transform = scene_info.width, scene_info.height, scene_info.transform
+    size = max(16, int(block))
+    profile: dict[str, Any] = {
+        "driver": "GTiff",
+        "width": width,
+        "height": height,
+        "count": 1,
+        "dtype": "uint32",
+        "nodata": 0,
+        "transform": transform,
+        "tiled": True,
+        "blockxsize": 256,
+        "blockysize": 256,
+        "compress": "deflate",
+        "BIGTIFF": "IF_SAFER",
+    }
+    if scene_info.crs_wkt is not None:
+        profile["crs"] = scene_info.crs_wkt
+
+    def write(tmp: Path) -> None:
+        scratch = tmp.with_name(tmp.name + ".scratch.tif")
+        try:
+            with rasterio.open(scratch, "w", **profile) as dst:
+                for row in range(0, height, size):
+                    for col in range(0, width, size):
+                        win = Window(col, row, min(size, width - col), min(size, height - row))
+                        hits = np.sort(tree.query(shapely.box(*window_bounds(win, transform))))
+                        if len(hits) == 0:
+                            continue  # the scratch file's blocks read back as 0
+                        burnt = rasterize(
+                            zip(geoms[hits], ids[hits].tolist(), strict=True),
+                            out_shape=(int(win.height), int(win.width)),
+                            transform=window_transform(win, transform),
+                            fill=0,
+                            dtype="uint32",
+                        )
+                        dst.write(burnt, 1, window=win)
+            rasterio.shutil.copy(
+                scratch,
+                tmp,
+                driver="COG",
+                COMPRESS="DEFLATE",
+                PREDICTOR="2",
+                BLOCKSIZE="512",
+                OVERVIEW_RESAMPLING="NEAREST",
+                BIGTIFF="IF_SAFER",
+            )
+        finally:
+            scratch.unlink(missing_ok=True)
+
+    try:
+        atomic_write(p, write)
+    except GeosegError:
+        raise
+    except Exception as err:
+        raise ExportError(f"{p}: could not write the instance-id raster: {err}") from err
+    logger.info("wrote the ids of %d objects to %s", len(ids), p)
     return p

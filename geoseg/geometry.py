@@ -4,6 +4,9 @@
   lines dropped from collections, zero-area parts dropped), optionally after
   :func:`shapely.make_valid`. Used for labels (chips), predictions and truth (evaluate) and
   traced outlines (vectorize).
+* :func:`main_polygon`: one object, one ``Polygon``: the largest polygonal part of an outline
+  (holes kept), applied to each traced outline by :mod:`geoseg.vectorize`.
+* :func:`pixel_boxes`: each geometry's axis-aligned box on the pixel grid (``--geometry box``).
 * :func:`rectangle_axes`: length, width and heading of each geometry's minimum rotated
   rectangle (vectorize's attributes; count's lengths).
 * Metric frames. A length in metres needs a frame whose units are metres on the ground:
@@ -34,8 +37,11 @@ __all__ = [
     "is_metric_crs",
     "is_web_mercator",
     "local_metric_crs",
+    "main_polygon",
+    "main_polygons",
     "metres_per_unit",
     "metric_crs",
+    "pixel_boxes",
     "polygonal",
     "polygonal_array",
     "rectangle_axes",
@@ -83,6 +89,103 @@ def polygonal(geom: Any, *, repair: bool = False) -> Any:
         return parts[0]
     merged = shapely.union_all(parts)
     return merged if merged.geom_type in _POLYGON_TYPES else polygonal(merged)
+
+
+def main_polygon(geom: Any) -> Any:
+    """One object, one ``Polygon``: the largest polygonal part of ``geom``, holes kept.
+
+    A traced mask whose pixels form several 4-connected parts (1-2 px speckles beside the
+    object, or pixels touching it only at a corner) would otherwise be a ``MultiPolygon``,
+    and a layer's geometry type would switch between scenes. The main part is the one with
+    the largest area (ties: the first in the geometry's order); the other parts are dropped,
+    however large, so the result is always a ``Polygon`` (or ``None``). Holes of the main part
+    are kept; islands inside its holes are other parts and are dropped.
+
+    Args:
+        geom: a shapely geometry or ``None``, in any frame (areas compared in its units).
+
+    Returns:
+        A valid ``Polygon`` or ``None`` when ``geom`` has no polygonal part.
+    """
+    import shapely
+
+    poly = polygonal(geom, repair=geom is not None and not geom.is_valid)
+    if poly is None or poly.geom_type == "Polygon":
+        return poly
+    parts = shapely.get_parts(poly)
+    return parts[int(np.argmax(shapely.area(parts)))]
+
+
+def main_polygons(geoms: npt.NDArray[Any]) -> npt.NDArray[Any]:
+    """:func:`main_polygon` of every geometry of an array, vectorised for the common case.
+
+    Valid ``Polygon`` entries (most traced masks) and ``None`` are kept as they are; each
+    valid ``MultiPolygon`` gives its largest part (ties: the first part), the same choice as
+    :func:`main_polygon`; anything else (invalid or not polygonal) goes through
+    :func:`main_polygon` one by one.
+
+    Args:
+        geoms: object ``[N]`` array of shapely geometries or ``None``, in any frame.
+
+    Returns:
+        Object ``[N]`` array of ``Polygon`` or ``None``.
+    """
+    import shapely
+
+    out = np.array(geoms, dtype=object).reshape(-1)
+    if len(out) == 0:
+        return out
+    kind = shapely.get_type_id(out)  # -1 for None, 3 Polygon, 6 MultiPolygon
+    present = np.flatnonzero(kind != -1)
+    valid = np.zeros(len(out), dtype=bool)
+    valid[present] = shapely.is_valid(out[present])
+    multi = np.flatnonzero((kind == 6) & valid)
+    if len(multi):
+        parts, owner = shapely.get_parts(out[multi], return_index=True)
+        # per owner, the largest part; ties keep the first part (lexsort is stable)
+        order = np.lexsort((-shapely.area(parts), owner))
+        first = order[np.r_[True, owner[order][1:] != owner[order][:-1]]]
+        out[multi[owner[first]]] = parts[first]
+    for i in np.flatnonzero((kind != -1) & ~((kind == 3) & valid) & ~((kind == 6) & valid)):
+        out[i] = main_polygon(out[i])
+    return out
+
+
+def pixel_boxes(geoms: Sequence[Any] | npt.NDArray[Any], transform: Any) -> npt.NDArray[Any]:
+    """Each geometry's axis-aligned box on the pixel grid, as a ``Polygon`` in the same frame.
+
+    The geometries are mapped to pixels with ``~transform``, their bounds widened to whole
+    pixels (floor of the minimum, ceiling of the maximum, 1e-6 px tolerance) and the box's
+    corners mapped back with ``transform``: for a pixel-edge outline, the box of its mask's
+    pixels; for a north-up scene, a rectangle in the scene CRS.
+
+    Args:
+        geoms: ``[N]`` shapely geometries (or ``None``) in the frame of ``transform``.
+        transform: the :class:`affine.Affine` from pixels (column, row) to that frame.
+
+    Returns:
+        Object ``[N]`` array of ``Polygon`` (``None`` where the input is ``None`` or empty).
+    """
+    import shapely
+
+    g = np.asarray(geoms, dtype=object)
+    out = np.empty(len(g), dtype=object)
+    if len(g) == 0:
+        return out
+    inv = ~transform
+
+    def apply(t: Any, xy: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+        x, y = xy[:, 0], xy[:, 1]
+        return np.column_stack([t.a * x + t.b * y + t.c, t.d * x + t.e * y + t.f])
+
+    px = shapely.transform(g, lambda xy: apply(inv, xy))
+    b = shapely.bounds(px)
+    ok = np.isfinite(b).all(axis=1)
+    c0, r0 = np.floor(b[:, 0] + 1e-6), np.floor(b[:, 1] + 1e-6)
+    c1, r1 = np.ceil(b[:, 2] - 1e-6), np.ceil(b[:, 3] - 1e-6)
+    boxes = shapely.box(c0[ok], r0[ok], c1[ok], r1[ok])
+    out[ok] = shapely.transform(boxes, lambda xy: apply(transform, xy))
+    return out
 
 
 def polygonal_array(geoms: Sequence[Any] | npt.NDArray[Any], *, repair: bool = False) -> Any:

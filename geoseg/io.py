@@ -364,9 +364,19 @@ def check_writable(path: str | os.PathLike[str], *, fmt: VectorFormat | str | No
     exist yet, in its nearest existing ancestor, where the writer would create it). Leaves
     nothing behind.
 
+    An object-store URL (``s3://bucket/key.gpkg``) needs a known extension and a reachable,
+    existing bucket (:func:`geoseg.storage.check_folder_writable`).
+
     Raises:
         ExportError: naming the path and what to do.
     """
+    from geoseg.storage import check_folder_writable, is_url
+
+    if is_url(path):
+        if fmt is None:
+            format_for_path(path)
+        check_folder_writable(os.fspath(path).rsplit("/", 1)[0])
+        return
     p = Path(path)
     if p.is_dir():
         raise ExportError(f"{p}: is a folder; give an output file name such as {p / 'out.gpkg'}")

@@ -37,10 +37,11 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 import numpy.typing as npt
 
-from geoseg.config import check_class_scores
+from geoseg.config import check_class_names, check_class_scores
 from geoseg.errors import BandError, ConfigError
 from geoseg.predict import Predictor, check_predictor
-from geoseg.settings import NormSource, RunSettings, resolve
+from geoseg.settings import NormSource, OutputGeometry, RunSettings, resolve
+from geoseg.storage import as_target
 from geoseg.tiling import (
     WorkingGrid,
     check_tile_memory,
@@ -53,13 +54,20 @@ from geoseg.types import Detections, NormStats, SceneInfo, TileDetections, TileS
 if TYPE_CHECKING:
     import geopandas as gpd
 
+    from geoseg.partial import PartialResults
+
 __all__ = [
     "ProgressCallback",
     "ScenePlan",
     "SceneResult",
+    "check_classes",
+    "check_output_geometry",
     "count_classes",
     "filter_scores",
     "finish_scene",
+    "keep_objects",
+    "model_identity",
+    "output_geometry",
     "plan_scene",
     "predict_tiles",
     "run_scene",
@@ -91,14 +99,18 @@ class SceneResult:
         seconds: wall time of the whole run.
         counts: objects per class name (every class of the predictor, zeros included), as in
             ``gdf``.
-        tiles_total: tiles in the grid, including skipped all-invalid ones.
+        tiles_total: tiles to predict: the grid's, or those meeting the extent
+            (``settings.extent``), including skipped all-invalid ones.
         stats: the normalisation the tiles were stretched with.
         bands: the 1-based bands read, in model-input order.
-        output: the file written, or ``None``.
+        output: the file written (a URL string for an object-store output), or ``None``.
+        mask_raster: the instance-id raster written, or ``None``.
         settings: the run settings used.
         timings: wall seconds per stage (``setup``, ``predict`` (reading included),
             ``stitch``, ``vectorize``, ``write``).
         grid: the GSD the scene was read at and its tile sizes in scene and working pixels.
+        resumed_tiles: tiles taken from the partial results of an interrupted run
+            (``run_scene(resume=True)``), not predicted again.
     """
 
     detections: Detections
@@ -110,10 +122,12 @@ class SceneResult:
     tiles_total: int = 0
     stats: NormStats | None = None
     bands: tuple[int, ...] = ()
-    output: Path | None = None
+    output: Path | str | None = None
     settings: RunSettings | None = None
     timings: Mapping[str, float] = field(default_factory=dict)
     grid: WorkingGrid | None = None
+    mask_raster: Path | None = None
+    resumed_tiles: int = 0
 
     @property
     def megapixels_per_second(self) -> float:
@@ -187,9 +201,13 @@ class ScenePlan:
         specs: the whole tile grid in row-major order (``specs[i].index == i``), **scene
             pixels** (windows of ``grid.scene_tile``).
         classes: the predictor's class names (labels index into them).
-        output: the vector file :func:`finish_scene` writes, or ``None``.
+        output: the vector file :func:`finish_scene` writes (a local ``Path``, or a URL
+            string such as ``s3://bucket/run/out.gpkg``), or ``None``.
         grid: the GSD tiles are read at: window and overlap sizes in scene pixels and the
             tile size the model sees (``None``: ``settings.tile_size``, read as it is).
+        tiles: the grid indexes to predict (row-major): those whose window meets
+            ``settings.extent`` (:func:`geoseg.extent.select_tiles`); ``None``: all of them.
+        mask_raster: the instance-id GeoTIFF (COG) :func:`finish_scene` writes, or ``None``.
     """
 
     info: SceneInfo
@@ -198,14 +216,35 @@ class ScenePlan:
     stats: NormStats
     specs: tuple[TileSpec, ...]
     classes: tuple[str, ...]
-    output: Path | None = None
+    output: Path | str | None = None
     grid: WorkingGrid | None = None
+    tiles: tuple[int, ...] | None = None
+    mask_raster: Path | None = None
 
     @property
     def thresholds(self) -> npt.NDArray[np.float32]:
-        """Per-label score thresholds, float32 ``[len(classes)]``."""
+        """Per-label score thresholds, float32 ``[len(classes)]``.
+
+        A class left out by ``settings.classes`` gets ``inf`` (dropped in each tile), unless
+        stitching is class-agnostic: then every class takes part in the merge and the
+        classes are filtered after it (:func:`stitch_tiles`).
+        """
         s = self.settings
-        return score_thresholds(self.classes, s.min_score, s.class_min_score)
+        out = score_thresholds(self.classes, s.min_score, s.class_min_score)
+        if s.classes is not None and not s.class_agnostic:
+            out[[c not in s.classes for c in self.classes]] = np.inf
+        return out
+
+    @property
+    def tile_indexes(self) -> tuple[int, ...]:
+        """The grid indexes to predict: :attr:`tiles`, or the whole grid."""
+        return tuple(range(len(self.specs))) if self.tiles is None else self.tiles
+
+    @property
+    def kept_classes(self) -> tuple[str, ...]:
+        """The classes written: ``settings.classes`` in the model's order, or all of them."""
+        keep = self.settings.classes
+        return self.classes if keep is None else tuple(c for c in self.classes if c in keep)
 
 
 def settings_for(
@@ -280,13 +319,16 @@ def plan_scene(
     *,
     stats: NormStats | None = None,
     output: str | os.PathLike[str] | None = None,
+    mask_raster: str | os.PathLike[str] | None = None,
     **overrides: Any,
 ) -> ScenePlan:
     """Step 1 of :func:`run_scene`: check, open, choose bands and normalisation, plan the grid.
 
     Everything that can fail on bad input fails here, before any tile is read: an unwritable
     ``output``, a scene that is not a raster, a missing band, a band count the model does not
-    take, an invalid setting or a score threshold for a class the model lacks.
+    take, an invalid setting, a score threshold or a kept class (``classes``) the model lacks.
+    With ``settings.extent``, only the tiles whose window meets the extent are planned
+    (:attr:`ScenePlan.tiles`; none when it misses the scene, with a warning).
 
     Args:
         scene: a raster GDAL opens (GeoTIFF, COG, VRT, ``/vsicurl/`` URL...), or its
@@ -299,6 +341,8 @@ def plan_scene(
             scene's own scene-wide statistics (``norm="scene"``) or takes the model's
             (``norm="model"``).
         output: the vector file to write at the end (format from its extension).
+        mask_raster: a ``.tif`` to write at the end: the objects' instance ids (uint32, 0 =
+            background, the output's ``id`` column) as a COG on the scene's grid.
         **overrides: :class:`~geoseg.settings.RunSettings` fields, e.g. ``tile_size=256``.
 
     Returns:
@@ -308,18 +352,25 @@ def plan_scene(
         ExportError: ``output`` cannot be written or has an unknown extension.
         RasterReadError: the scene cannot be opened.
         BandError: a band does not exist, or the band count differs from the model's.
-        ConfigError: an invalid setting or score threshold.
+        ConfigError: an invalid setting, score threshold or class name, an extent that
+            cannot be placed on the scene, or point geometry for a COCO output.
     """
-    from geoseg.export import check_scene_output, check_writable
+    from geoseg.export import check_id_raster_path, check_scene_output, check_writable
+    from geoseg.extent import extent_in_scene, select_tiles
     from geoseg.raster import compute_norm_stats, open_scene, validate_bands
 
     predictor = check_predictor(predictor)
     s = settings_for(predictor, settings, **overrides)
-    out_path = None if output is None else Path(output)
+    out_path = None if output is None else as_target(output)
     if out_path is not None:
         check_writable(out_path)
+        check_output_geometry(out_path, s)
+    mask_path = None if mask_raster is None else Path(mask_raster)
+    if mask_path is not None:
+        check_id_raster_path(mask_path)
     classes = tuple(predictor.classes)
     score_thresholds(classes, s.min_score, s.class_min_score)  # validate before any work
+    check_classes(classes, s.classes)
     if s.regularize:
         from geoseg.regularize import regularize_classes
 
@@ -351,6 +402,14 @@ def plan_scene(
     specs = tuple(
         make_grid(info.width, info.height, tile_size=grid.scene_tile, overlap=grid.scene_overlap)
     )
+    tiles = None
+    if s.extent is not None:
+        tiles = select_tiles(specs, extent_in_scene(s.extent, info), info)
+        logger.info(
+            "%s: %s; %d of %d tiles meet it", info.path, s.extent.describe(), len(tiles), len(specs)
+        )
+        if not tiles:
+            logger.warning("%s: the extent misses the scene; nothing to predict", info.path)
     logger.info("%s: %s", info.path, grid.describe())
     logger.info(
         "%s: %d x %d px, %d tiles, bands %s; %s",
@@ -370,7 +429,38 @@ def plan_scene(
         classes=classes,
         output=out_path,
         grid=grid,
+        tiles=tiles,
+        mask_raster=mask_path,
     )
+
+
+def check_output_geometry(path: Path | str, settings: RunSettings) -> None:
+    """Refuse point geometry for a COCO output (COCO objects are polygons).
+
+    Raises:
+        ConfigError: naming the output and the formats that hold points.
+    """
+    from geoseg.io import VectorFormat, format_for_path
+
+    if settings.geometry is OutputGeometry.POINT and format_for_path(path) is VectorFormat.COCO:
+        raise ConfigError(
+            f"{path}: COCO JSON holds object outlines, not points; write points to .gpkg, "
+            ".geojson, .fgb, .parquet or .shp, or use --geometry mask/box"
+        )
+
+
+def check_classes(model_classes: Sequence[str], keep: Sequence[str] | None) -> None:
+    """Refuse kept class names (``settings.classes``) the model does not have.
+
+    :func:`geoseg.config.check_class_names`, the rule of every class option.
+
+    Raises:
+        ConfigError: naming the unknown classes and the model's classes.
+    """
+    if keep is not None:
+        check_class_names(
+            keep, model_classes, option="classes (--classes)", known_as="the model's classes"
+        )
 
 
 def predict_tiles(
@@ -381,6 +471,7 @@ def predict_tiles(
     num_workers: int = 0,
     prefetch: int = 2,
     progress: ProgressCallback | None = None,
+    on_batch: Callable[[list[TileDetections]], None] | None = None,
 ) -> list[TileDetections]:
     """Step 2 of :func:`run_scene`: read and predict a set of the plan's tiles.
 
@@ -395,11 +486,15 @@ def predict_tiles(
     Args:
         plan: from :func:`plan_scene`.
         predictor: the model (the same one the plan was made with).
-        indexes: grid indexes to predict (``None``: all); batch predicts chunks of a big
-            scene on several workers this way.
+        indexes: grid indexes to predict (``None``: the plan's, :attr:`ScenePlan.tiles`:
+            all, or those meeting the extent); batch predicts chunks of a big scene on
+            several workers this way.
         num_workers: reader processes; 0 reads in a background thread of this process.
         prefetch: batches read ahead of the predictor (per worker).
-        progress: ``progress(tiles_done, tiles_total)`` after each batch and at the end.
+        progress: ``progress(tiles_done, tiles_total)`` after each batch and at the end
+            (counting the tiles of ``indexes``).
+        on_batch: called with each batch's kept detections (tile pixels, ``tile`` set) as
+            soon as it is predicted; :func:`run_scene` stores them in its partial results.
 
     Returns:
         One :class:`~geoseg.types.TileDetections` per tile read (boxes in **tile pixels**:
@@ -416,6 +511,8 @@ def predict_tiles(
     if num_workers < 0:
         raise ConfigError(f"num_workers must be >= 0, got {num_workers}")
     s = plan.settings
+    if indexes is None:
+        indexes = plan.tiles
     batch_size = s.batch_for(predictor.device_type)
     grid = plan.grid
     if grid is None:
@@ -457,10 +554,17 @@ def predict_tiles(
                     f"{type(predictor).__name__}.predict_tiles returned {len(preds)} results "
                     f"for {len(batch)} tiles"
                 )
-            kept = [filter_scores(p, thresholds) for p in preds]
+            kept = [
+                filter_scores(
+                    p if p.tile is not None else dataclasses.replace(p, tile=t.spec), thresholds
+                )
+                for p, t in zip(preds, batch, strict=True)
+            ]
             if out_size is not None:  # working pixels -> scene pixels of each tile's window
                 kept = [detections_to_window(d, (out_size, out_size)) for d in kept]
             per_tile.extend(kept)
+            if on_batch is not None:
+                on_batch(kept)
             if progress is not None:
                 progress(len(per_tile), total)
     finally:
@@ -478,6 +582,12 @@ def predict_tiles(
 def finish_scene(plan: ScenePlan, per_tile: Iterable[TileDetections]) -> SceneResult:
     """Step 3 of :func:`run_scene`: stitch, vectorize, count and write the plan's output.
 
+    Objects are stitched (:func:`stitch_tiles`: kept classes only), outlined
+    (:func:`vectorize_scene`: one ``Polygon`` each), kept by the extent and numbered
+    (:func:`keep_objects`), and given the settings' geometry (:func:`output_geometry`); the
+    id raster, when asked for, is rasterised from the outlines before they are turned into
+    boxes or points.
+
     Args:
         plan: from :func:`plan_scene`.
         per_tile: every tile's detections (from one or several :func:`predict_tiles` calls,
@@ -490,14 +600,17 @@ def finish_scene(plan: ScenePlan, per_tile: Iterable[TileDetections]) -> SceneRe
     Raises:
         ExportError: the output cannot be written.
     """
-    from geoseg.export import write_vectors
+    from geoseg.export import write_id_raster, write_vectors
 
     t0 = time.perf_counter()
     s, info = plan.settings, plan.info
     tiles = list(per_tile)
     detections = stitch_tiles(tiles, info, settings=s)
     t_stitch = time.perf_counter()
-    gdf = vectorize_scene(detections, info, settings=s)
+    gdf = keep_objects(vectorize_scene(detections, info, settings=s), info, settings=s)
+    if plan.mask_raster is not None:  # from the outlines, before boxes or points
+        write_id_raster(gdf, plan.mask_raster, info)
+    gdf = output_geometry(gdf, info, settings=s)
     t_vec = time.perf_counter()
     if plan.output is not None:
         write_vectors(gdf, plan.output, scene_info=info)
@@ -509,14 +622,15 @@ def finish_scene(plan: ScenePlan, per_tile: Iterable[TileDetections]) -> SceneRe
         scene=info,
         n_tiles=len(tiles),
         seconds=t_end - t0,
-        counts=count_classes(gdf, plan.classes),
-        tiles_total=len(plan.specs),
+        counts=count_classes(gdf, plan.kept_classes),
+        tiles_total=len(plan.tile_indexes),
         stats=plan.stats,
         bands=plan.bands,
         output=plan.output,
         settings=s,
         timings={"stitch": t_stitch - t0, "vectorize": t_vec - t_stitch, "write": t_end - t_vec},
         grid=plan.grid,
+        mask_raster=plan.mask_raster,
     )
 
 
@@ -557,7 +671,8 @@ def stitch_tiles(
 
     Tiles are put in grid order first so the result does not depend on the order in which
     tiles (or chunks of tiles from several workers) arrived. Objects with fewer than
-    ``settings.min_area_px`` mask pixels are dropped.
+    ``settings.min_area_px`` mask pixels are dropped, and so are objects of classes
+    ``settings.classes`` leaves out (after a class-agnostic merge, the merged object's class).
 
     Returns:
         Detections in **scene pixels**.
@@ -570,6 +685,9 @@ def stitch_tiles(
     )
     if settings.min_area_px > 0 and len(detections):
         detections = detections[detections.mask_areas() >= settings.min_area_px]
+    if settings.classes is not None and len(detections):
+        keep = np.array([c in settings.classes for c in detections.classes], dtype=bool)
+        detections = detections[keep[detections.labels]]
     return detections
 
 
@@ -615,6 +733,61 @@ def vectorize_scene(
     )
 
 
+def keep_objects(
+    gdf: gpd.GeoDataFrame, info: SceneInfo, *, settings: RunSettings
+) -> gpd.GeoDataFrame:
+    """The objects the extent keeps, numbered: the rows of the output and of the id raster.
+
+    Args:
+        gdf: outlines in the **scene CRS** from :func:`vectorize_scene`.
+        info: the scene.
+        settings: its ``extent`` drops the objects whose centroid in metres lies outside
+            (:func:`geoseg.extent.keep_in_extent`, ``geoseg count``'s zone rule).
+
+    Returns:
+        The kept objects with an ``id`` column first (1, 2, ... in row order; the values of
+        the id raster) and ``attrs["geometry_type"] = "Polygon"`` (the layer's one type, also
+        when there are no objects).
+    """
+    from geoseg.extent import extent_in_scene, keep_in_extent
+
+    if settings.extent is not None and len(gdf):
+        gdf = gdf[keep_in_extent(gdf, extent_in_scene(settings.extent, info))]
+    gdf = gdf.reset_index(drop=True)
+    gdf.insert(0, "id", np.arange(1, len(gdf) + 1, dtype=np.int64))
+    gdf.attrs["geometry_type"] = "Polygon"
+    return gdf
+
+
+def output_geometry(
+    gdf: gpd.GeoDataFrame, info: SceneInfo, *, settings: RunSettings
+) -> gpd.GeoDataFrame:
+    """The objects in the geometry ``settings.geometry`` asks for (attributes unchanged).
+
+    ``mask``: ``gdf`` as it is; ``box``: each outline's pixel box in the scene CRS
+    (:func:`geoseg.geometry.pixel_boxes`); ``point``: the centroid ``geoseg count`` places
+    the object by (:func:`geoseg.count.zone_points`), in the scene CRS, and
+    ``attrs["geometry_type"] = "Point"``.
+    """
+    import geopandas
+
+    from geoseg.geometry import pixel_boxes
+
+    if settings.geometry is OutputGeometry.MASK:
+        return gdf
+    out = gdf.copy()
+    if settings.geometry is OutputGeometry.BOX:
+        geoms = pixel_boxes(gdf.geometry.to_numpy(), info.transform)
+    else:
+        from geoseg.count import zone_points
+
+        points = zone_points(gdf)
+        geoms = (points if gdf.crs is None else points.to_crs(gdf.crs)).to_numpy()
+        out.attrs["geometry_type"] = "Point"
+    out[gdf.geometry.name] = geopandas.GeoSeries(geoms, index=gdf.index, crs=gdf.crs)
+    return out
+
+
 def count_classes(gdf: gpd.GeoDataFrame, classes: Sequence[str]) -> dict[str, int]:
     """Objects per class name.
 
@@ -634,9 +807,12 @@ def run_scene(
     *,
     stats: NormStats | None = None,
     output: str | os.PathLike[str] | None = None,
+    mask_raster: str | os.PathLike[str] | None = None,
     num_workers: int = 0,
     prefetch: int = 2,
     progress: ProgressCallback | None = None,
+    resume: bool = False,
+    model_id: str | None = None,
     **overrides: Any,
 ) -> SceneResult:
     """Find and outline the objects of one scene.
@@ -654,12 +830,27 @@ def run_scene(
             predictor's checkpoint.
         stats: normalisation to apply instead of the one ``settings.norm`` chooses.
         output: vector file to write (format from its extension: ``.gpkg``, ``.geojson``,
-            ``.shp``, ``.parquet``, ``.fgb``; ``.json`` is COCO); checked before any work.
+            ``.shp``, ``.parquet``, ``.fgb``; ``.json`` is COCO); checked before any work. A
+            URL (``s3://bucket/run/out.gpkg``) is written once, complete
+            (:mod:`geoseg.storage`).
+        mask_raster: also write the objects' instance ids (the output's ``id`` column) to
+            this ``.tif``, a COG on the scene's grid (:func:`geoseg.export.write_id_raster`).
         num_workers: reader processes (``DataLoader`` workers); 0 reads in a thread.
         prefetch: batches read ahead of the predictor (per worker).
-        progress: ``progress(tiles_done, tiles_total)`` after each batch and at the end.
+        progress: ``progress(tiles_done, tiles_total)`` after each batch and at the end
+            (tiles taken from partial results count as done from the start).
+        resume: keep each batch's detections in the partial-results file of ``output``
+            (:func:`geoseg.partial.partial_path`: ``OUT.partial``) as they are predicted,
+            predict only the tiles missing from it, and delete it once ``output`` is written.
+            A file made with other settings, another model or another scene is started over
+            (a warning is logged). The result equals an uninterrupted run's. Needs ``output``.
+        model_id: what identifies the model's weights in the resume key (e.g. the SHA-256 of
+            the checkpoint's sidecar, which records the weights' SHA-256); ``None``: taken
+            from the predictor's checkpoint metadata (``predictor.meta``).
         **overrides: :class:`~geoseg.settings.RunSettings` fields (``tile_size=256``,
-            ``min_score=0.3``, ``class_min_score={"vehicle": 0.4}``, ``norm="model"``...).
+            ``min_score=0.3``, ``class_min_score={"vehicle": 0.4}``, ``norm="model"``,
+            ``classes=("ship",)``, ``class_agnostic=True``, ``geometry="box"``,
+            ``extent=read_aoi("harbour.gpkg")``...).
 
     Returns:
         The :class:`SceneResult`.
@@ -669,7 +860,7 @@ def run_scene(
         RasterReadError: the scene cannot be opened or read.
         BandError: a band does not exist, or the band count differs from the model's.
         ConfigError: an invalid setting (including a per-class threshold for a class the
-            model lacks).
+            model lacks); ``resume`` without ``output``, or without a model identity.
 
     Example:
         >>> import tempfile
@@ -687,13 +878,62 @@ def run_scene(
         (['building', 'ship', 'vehicle'], True)
     """
     t0 = time.perf_counter()
-    plan = plan_scene(scene, predictor, settings, stats=stats, output=output, **overrides)
-    t_plan = time.perf_counter()
-    per_tile = predict_tiles(
-        plan, predictor, num_workers=num_workers, prefetch=prefetch, progress=progress
+    if resume and output is None:
+        raise ConfigError("resume=True keeps partial results next to the output: give output=")
+    plan = plan_scene(
+        scene,
+        predictor,
+        settings,
+        stats=stats,
+        output=output,
+        mask_raster=mask_raster,
+        **overrides,
     )
-    t_pred = time.perf_counter()
-    result = finish_scene(plan, per_tile)
+    t_plan = time.perf_counter()
+    store = _open_partial(plan, predictor, model_id) if resume else None
+    try:
+        kept = [] if store is None else store.load(plan.specs)
+        todo = None if store is None else [i for i in range(len(plan.specs)) if i not in store.done]
+        if store is not None and kept:
+            logger.info(
+                "%s: resuming from %s: %d of %d tiles already predicted",
+                plan.info.path,
+                store.path,
+                len(kept),
+                len(plan.specs),
+            )
+        if todo == []:
+            per_tile = kept
+            if progress is not None:
+                progress(len(plan.specs), len(plan.specs))
+        else:
+            offset = len(kept)
+
+            def shifted(done: int, _total: int) -> None:
+                if progress is not None:
+                    progress(offset + done, len(plan.specs))
+
+            if progress is not None and offset:
+                progress(offset, len(plan.specs))
+            per_tile = kept + predict_tiles(
+                plan,
+                predictor,
+                todo,
+                num_workers=num_workers,
+                prefetch=prefetch,
+                progress=shifted if progress is not None else None,
+                on_batch=None if store is None else store.add,
+            )
+        t_pred = time.perf_counter()
+        result = finish_scene(plan, per_tile)
+    except BaseException:
+        if store is not None and store.done:
+            store.close()  # kept for the next run
+        elif store is not None:
+            store.remove()  # nothing worth keeping
+        raise
+    if store is not None:
+        store.remove()
     t_end = time.perf_counter()
     logger.info(
         "%s: %d objects from %d tiles in %.1f s",
@@ -706,4 +946,43 @@ def run_scene(
         result,
         seconds=t_end - t0,
         timings={"setup": t_plan - t0, "predict": t_pred - t_plan, **result.timings},
+        resumed_tiles=len(kept),
+    )
+
+
+def model_identity(predictor: Predictor) -> str | None:
+    """A digest of the predictor's checkpoint metadata (``predictor.meta``), or ``None``."""
+    import hashlib
+    import json
+
+    meta = getattr(predictor, "meta", None)
+    to_dict = getattr(meta, "to_dict", None)
+    if not callable(to_dict):
+        return None
+    text = json.dumps(to_dict(), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _open_partial(plan: ScenePlan, predictor: Predictor, model_id: str | None) -> PartialResults:
+    """The plan's partial-results file, opened under its resume key."""
+    from geoseg.partial import PartialResults, partial_path, resume_key
+
+    assert plan.output is not None  # checked by run_scene
+    ident = model_id or model_identity(predictor)
+    if ident is None:
+        raise ConfigError(
+            f"{type(predictor).__name__} has no checkpoint metadata to tell its weights apart; "
+            "pass model_id= (e.g. the checkpoint's SHA-256) to resume, or resume=False"
+        )
+    key = resume_key(
+        settings_digest=plan.settings.digest(),
+        model_id=ident,
+        info=plan.info,
+        stats=plan.stats,
+        bands=plan.bands,
+        classes=plan.classes,
+        specs=plan.specs,
+    )
+    return PartialResults.open(
+        partial_path(plan.output), key, scene=plan.info.path, tiles_total=len(plan.specs)
     )

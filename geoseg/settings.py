@@ -42,6 +42,7 @@ from typing import Any, Protocol
 
 from geoseg.config import PresetConfig, check_class_scores, load_config
 from geoseg.errors import ConfigError
+from geoseg.extent import Extent
 
 __all__ = [
     "CUDA_BATCH_SIZE",
@@ -49,6 +50,7 @@ __all__ = [
     "DEFAULT_TILE_SIZE",
     "ModelFacts",
     "NormSource",
+    "OutputGeometry",
     "RunSettings",
     "resolve",
 ]
@@ -66,6 +68,14 @@ class NormSource(enum.StrEnum):
 
     SCENE = "scene"  #: this scene's own scene-wide percentiles (robust to other sensors)
     MODEL = "model"  #: the statistics saved with the model (imagery like its training data)
+
+
+class OutputGeometry(enum.StrEnum):
+    """What geometry each object is written with (its attributes are those of its outline)."""
+
+    MASK = "mask"  #: the object's outline: one Polygon (its largest part, holes kept)
+    BOX = "box"  #: the outline's axis-aligned pixel box, as a Polygon in the scene CRS
+    POINT = "point"  #: the point ``geoseg count`` places the object by (centroid in metres)
 
 
 class ModelFacts(Protocol):
@@ -118,7 +128,14 @@ class RunSettings:
         match_iou: see :func:`geoseg.stitch.stitch`.
         nms_iou: see :func:`geoseg.stitch.stitch`.
         contain_frac: see :func:`geoseg.stitch.stitch`.
-        class_agnostic: stitch across classes (the best-scoring class wins).
+        class_agnostic: stitch across classes: the same object outlined as two classes
+            becomes one object with the best-scoring class (see :func:`geoseg.stitch.stitch`).
+        classes: keep only objects of these classes (names of the model's classes; checked
+            against the model before any work); ``None``: all classes.
+        extent: predict only this area (:class:`geoseg.extent.Extent`: an AOI or a bbox):
+            tiles whose window meets it are read, objects whose centroid (in metres) lies in
+            it are kept, as ``geoseg count --aoi`` counts them; ``None``: the whole scene.
+        geometry: the geometry written per object (:class:`OutputGeometry`).
         simplify_tolerance: polygon simplification in scene-CRS units (0 = none).
         min_area_m2: polygons smaller than this many square metres are dropped.
         regularize: class names whose outlines get right-angle regularisation after
@@ -147,6 +164,9 @@ class RunSettings:
     nms_iou: float = 0.5
     contain_frac: float = 0.8
     class_agnostic: bool = False
+    classes: tuple[str, ...] | None = None
+    extent: Extent | None = None
+    geometry: OutputGeometry = OutputGeometry.MASK
     simplify_tolerance: float = 0.0
     min_area_m2: float = 0.0
     regularize: tuple[str, ...] = ()
@@ -186,6 +206,24 @@ class RunSettings:
                 raise ConfigError(f"bands are 1-based band numbers, got {list(self.bands)}")
             object.__setattr__(self, "bands", bands)
         object.__setattr__(self, "norm", NormSource(self.norm))
+        if self.classes is not None:
+            names = (self.classes,) if isinstance(self.classes, str) else self.classes
+            kept = tuple(dict.fromkeys(str(c).strip() for c in names))
+            if not kept or "" in kept:
+                raise ConfigError(f"classes must be non-empty class names, got {self.classes!r}")
+            object.__setattr__(self, "classes", kept)
+        if self.extent is not None and not isinstance(self.extent, Extent):
+            raise ConfigError(
+                f"extent must be a geoseg.extent.Extent (read_aoi(), bbox_extent()), got "
+                f"{type(self.extent).__name__}"
+            )
+        try:
+            object.__setattr__(self, "geometry", OutputGeometry(self.geometry))
+        except ValueError as err:
+            raise ConfigError(
+                f"geometry {self.geometry!r}: use one of "
+                f"{', '.join(g.value for g in OutputGeometry)}"
+            ) from err
         if not 0.0 <= self.min_score <= 1.0:
             raise ConfigError(f"min_score must be in [0, 1], got {self.min_score}")
         scores = check_class_scores(self.class_min_score, "class_min_score")
@@ -243,14 +281,18 @@ class RunSettings:
         data["norm"] = self.norm.value
         data["class_min_score"] = dict(self.class_min_score)
         data["regularize"] = list(self.regularize)
+        data["classes"] = None if self.classes is None else list(self.classes)
+        data["extent"] = None if self.extent is None else self.extent.to_dict()
+        data["geometry"] = self.geometry.value
         return data
 
     def digest(self) -> str:
         """SHA-256 of the canonical JSON of the settings that change results.
 
         ``batch_size``, ``device`` and ``preset`` are left out: they change speed or naming;
-        so are ``regularize``/``regularize_min_iou`` while no class is regularised (digests
-        of runs without regularisation stay what they were before it existed).
+        ``classes``, ``extent`` and ``geometry`` only when not set, and ``regularize``/
+        ``regularize_min_iou`` while no class is regularised (so that digests of runs without
+        them stay those of earlier versions).
         """
         data = self.to_dict()
         for key in ("batch_size", "device", "preset"):
@@ -258,6 +300,9 @@ class RunSettings:
         if not self.regularize:
             data.pop("regularize")
             data.pop("regularize_min_iou")
+        for key, default in _UNSET_IN_DIGEST.items():
+            if data[key] == default:
+                data.pop(key)
         text = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()
 
@@ -276,13 +321,27 @@ class RunSettings:
             gsd = f", GSD {self.gsd:g} m"
         else:
             gsd = ""
+        extra = ""
+        if self.classes is not None:
+            extra += f", classes {','.join(self.classes)}"
+        if self.class_agnostic:
+            extra += ", class-agnostic"
+        if self.extent is not None:
+            extra += f", extent {self.extent.source or 'area'}"
+        if self.geometry is not OutputGeometry.MASK:
+            extra += f", geometry {self.geometry.value}"
         return (
             f"tiles {self.tile_size} px, overlap {self.overlap} px{gsd}, {scores}, "
-            f"norm {self.norm.value}{preset}"
+            f"norm {self.norm.value}{extra}{preset}"
         )
 
 
 _FIELDS = frozenset(f.name for f in dataclasses.fields(RunSettings))
+_UNSET_IN_DIGEST: dict[str, Any] = {
+    "classes": None,
+    "extent": None,
+    "geometry": OutputGeometry.MASK.value,
+}
 
 
 def _check_names(values: Mapping[str, Any]) -> None:

@@ -13,7 +13,11 @@ fits an object another tile saw whole, not only by IoU.
 2. **Fragments within a tile.** A detection with ``>= contain_frac`` of its pixels inside a
    larger detection of the same tile (and class) is the model's own fragment of it: dropped
    (the larger one keeps its mask and class and takes the better score). This also applies
-   when the whole scene is one tile.
+   when the whole scene is one tile. With ``class_agnostic``, two detections of different
+   classes with a mask IoU ``>= nms_iou`` in one tile are one object outlined as two classes
+   (the model's per-class NMS keeps both): the lower-scored one goes; and a detection that
+   absorbs a better-scored one of another class takes its class with its score, so a merged
+   object always has its best-scoring class.
 3. **Fast path.** A detection whose mask box, grown by ``edge_margin`` px, meets no other
    tile's window cannot have a counterpart; it is kept as is (no pixel work at all).
 4. **Partial or whole.** A detection is a *partial view* when its mask comes within
@@ -50,12 +54,13 @@ fits an object another tile saw whole, not only by IoU.
    inside a larger one of its class is dropped (the larger takes the better score), and so is
    an unmatched partial view with ``>= nms_iou`` of its pixels inside a larger object.
 
-**What a merged object is made of.** Mask, box and class: those of the representative whole
-copy (class: the highest summed score among the whole copies; without ``class_agnostic`` all
-members share it), or the union of the views and the highest summed score's class for an
-object cut by every tile. Score: the scores of the whole copies and of the partial views
-absorbed into them (each partial view counts for the object it fits best), combined as
-:class:`ScoreMode` says (default: the best score).
+**What a merged object is made of.** Mask and box: those of the representative whole copy,
+or the union of the views for an object cut by every tile. Class: that of the best-scoring
+detection merged into it (whole copies and the partial views absorbed into them; without
+``class_agnostic`` all members share it), so the class always comes with the best score.
+Score: the scores of the whole copies and of the partial views absorbed into them (each
+partial view counts for the object it fits best), combined as :class:`ScoreMode` says
+(default: the best score).
 
 **Zero overlap is refused.** With ``overlap=0`` two different objects touching exactly on a tile
 seam give the tiles the same detections, to any stitcher, as one object cut by the seam (the
@@ -737,13 +742,18 @@ def _within_tile_fragments(
     *,
     contain_frac: float,
     class_aware: bool,
+    nms_iou: float = 1.0,
 ) -> BoolArray:
     """Flags of the model's own fragments: detections inside a larger one of their tile.
 
     A fragment has ``>= contain_frac`` of its pixels inside a larger detection of the same
     tile (and class, when ``class_aware``). Equal masks: the lower score (then the later
     index) goes. The detection that stays takes the better of the two scores (in place, in
-    ``flat.scores``). ``pairs``: the detections whose mask boxes meet (:func:`_box_pairs`).
+    ``flat.scores``) and, when not ``class_aware``, the label that came with it (in place, in
+    ``flat.labels``). Not ``class_aware``, two detections of different classes with a mask
+    IoU ``>= nms_iou`` are first one object seen as two classes: the lower-scored one goes
+    (the model's per-class NMS keeps such pairs). ``pairs``: the detections whose mask boxes
+    meet (:func:`_box_pairs`).
     """
     n = len(flat.tile)
     drop = np.zeros(n, dtype=np.bool_)
@@ -758,11 +768,26 @@ def _within_tile_fragments(
     areas = bank.areas()
     smaller = np.minimum(areas[a], areas[b])
     # a pair whose boxes share fewer pixels than the threshold cannot qualify
-    ok = _positive(r) & ((r[:, 2] - r[:, 0]) * (r[:, 3] - r[:, 1]) >= contain_frac * smaller)
+    least = contain_frac if class_aware else min(contain_frac, nms_iou)
+    ok = _positive(r) & ((r[:, 2] - r[:, 0]) * (r[:, 3] - r[:, 1]) >= least * smaller)
     a, b, r, smaller = a[ok], b[ok], r[ok], smaller[ok]
     if len(a) == 0:
         return drop
     inter = bank.intersections(a, b, r)
+    if not class_aware:
+        union = areas[a] + areas[b] - inter
+        dup = (flat.labels[a] != flat.labels[b]) & (inter >= nms_iou * np.maximum(union, 1))
+        dup &= smaller > 0
+        sa, sb = flat.scores[a], flat.scores[b]
+        a_low = (sa < sb) | ((sa == sb) & (a > b))
+        hi, lo = np.where(a_low, b, a)[dup], np.where(a_low, a, b)[dup]
+        for h, low in sorted(
+            zip(hi.tolist(), lo.tolist(), strict=True), key=lambda p: -flat.scores[p[0]]
+        ):
+            if not drop[h]:
+                drop[low] = True
+        alive = ~drop[a] & ~drop[b]
+        a, b, inter, smaller = a[alive], b[alive], inter[alive], smaller[alive]
     hit = (inter >= contain_frac * np.maximum(smaller, 1)) & (smaller > 0)
     a, b = a[hit], b[hit]
     # the smaller one goes; equal areas: the lower score, then the later index
@@ -771,9 +796,29 @@ def _within_tile_fragments(
         & ((flat.scores[a] < flat.scores[b]) | ((flat.scores[a] == flat.scores[b]) & (a > b)))
     )
     gone, stays = np.where(a_goes, a, b), np.where(a_goes, b, a)
+    if not class_aware:
+        _take_better_labels(flat.labels, flat.scores, stays, gone)
     np.maximum.at(flat.scores, stays, flat.scores[gone])
     drop[gone] = True
     return drop
+
+
+def _take_better_labels(
+    labels: IntArray, scores: FloatArray, stays: IntArray, gone: IntArray
+) -> None:
+    """Give each staying detection the label of the best-scoring detection merged into it.
+
+    In place, before the scores are combined: ``stays[i]`` absorbs ``gone[i]``; where the
+    best ``gone`` scores higher than the detection that stays, its label wins (class-agnostic
+    merging keeps the best-scoring class with the best score).
+    """
+    better = scores[gone] > scores[stays]
+    if not better.any():
+        return
+    st, gn = stays[better], gone[better]
+    order = np.argsort(scores[gn], kind="stable")  # ascending: the best is written last
+    for s_, g_ in zip(st[order].tolist(), gn[order].tolist(), strict=True):
+        labels[s_] = labels[g_]
 
 
 def _components(n: int, a: IntArray, b: IntArray) -> IntArray:
@@ -806,11 +851,14 @@ def _combine_scores(
     return np.asarray(np.where(c > 0, s / np.maximum(c, 1e-12), 0.0), dtype=np.float64)
 
 
-def _vote_labels(unit: IntArray, labels: IntArray, scores: FloatArray, n_units: int) -> IntArray:
-    """Per unit: the label with the highest summed member score."""
-    n_lab = int(labels.max()) + 1 if len(labels) else 1
-    tally = np.bincount(unit * n_lab + labels, weights=scores + 1e-9, minlength=n_units * n_lab)
-    return np.asarray(tally.reshape(n_units, n_lab).argmax(axis=1), dtype=np.int64)
+def _best_labels(unit: IntArray, labels: IntArray, scores: FloatArray, n_units: int) -> IntArray:
+    """Per unit: the label of its best-scoring member (ties: the first member)."""
+    out = np.zeros(n_units, dtype=np.int64)
+    order = np.lexsort((-scores, unit))
+    first = np.ones(len(order), dtype=np.bool_)
+    first[1:] = unit[order][1:] != unit[order][:-1]
+    out[unit[order][first]] = labels[order][first]
+    return out
 
 
 @dataclass(slots=True)
@@ -885,7 +933,12 @@ def _merge(
         n_units,
         score_mode,
     )
-    out_labels = _vote_labels(unit, labels, scores, n_units)
+    out_labels = _best_labels(
+        np.concatenate([unit, unit_of[into]]),
+        np.concatenate([labels, flat.labels[kidx[absorbed]]]),
+        np.concatenate([scores, flat.scores[kidx[absorbed]]]),
+        n_units,
+    )
     size = np.bincount(unit, minlength=n_units)
 
     # representative of complete units: owned by its tile's core, then margin, then score
@@ -974,12 +1027,15 @@ def _suppress(out: _Out, *, nms_iou: float, contain_frac: float, class_aware: bo
     keep[b[frag_b]] = False
 
     # any object mostly inside a larger one of its class is a leftover part of it; the larger
-    # keeps its mask and class and takes the better of the two scores
+    # keeps its mask and class and takes the better of the two scores (class-agnostic: and
+    # the class that came with the better score)
     sa, sb = out.scores[a], out.scores[b]
     a_goes = (aa < ab) | ((aa == ab) & ((sa < sb) | ((sa == sb) & (a > b))))
     small = np.where(a_goes, aa, ab)
     part = (inter >= contain_frac * np.maximum(small, 1)) & (small > 0)
     gone, stays = np.where(a_goes, a, b)[part], np.where(a_goes, b, a)[part]
+    if not class_aware:
+        _take_better_labels(out.labels, out.scores, stays, gone)
     np.maximum.at(out.scores, stays, out.scores[gone])
     keep[gone] = False
 
@@ -1028,9 +1084,12 @@ def stitch(
             pixels inside a larger one of its own tile (and class) is dropped before matching;
             a partial view inside a whole one from another tile is absorbed by it; an object
             of the overlap zones mostly inside a larger one is dropped after merging.
-        class_agnostic: match and suppress detections whatever their label (the merged
-            object takes the best-scoring member's label); ``False``: only detections of the
-            same label are matched and suppressed.
+        class_agnostic: match and suppress detections whatever their label: the same
+            object outlined as two classes becomes one object with the best-scoring class
+            (within a tile: two detections of different classes with a mask IoU
+            ``>= nms_iou`` are one object, the lower-scored one goes; a part absorbed by a
+            larger detection brings its class along with its better score); ``False``: only
+            detections of the same label are matched and suppressed.
         score_mode: how the scores of merged detections are combined.
         edge_margin: a detection whose mask has at most this many empty pixels between it
             and a cut edge of its window (not a scene edge) is a *partial* view; farther in,
@@ -1068,7 +1127,12 @@ def stitch(
     nonempty = bank.areas() > 0
     pairs = _box_pairs(flat.mb)
     inner = _within_tile_fragments(
-        flat, bank, pairs, contain_frac=contain_frac, class_aware=not class_agnostic
+        flat,
+        bank,
+        pairs,
+        contain_frac=contain_frac,
+        class_aware=not class_agnostic,
+        nms_iou=nms_iou,
     )
     if inner.any():
         logger.debug("stitch: dropped %d fragments inside a detection of their tile", inner.sum())

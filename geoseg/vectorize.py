@@ -9,8 +9,11 @@ costs small objects a lot of IoU). Holes are kept.
 
 Geometry decisions:
 
-* A mask whose pixels form several 4-connected parts (e.g. touching only at a corner) becomes a
-  ``MultiPolygon`` of all its parts, so no pixel is lost; a one-part mask a ``Polygon``.
+* One object, one ``Polygon``: a mask whose pixels form several 4-connected parts (speckles,
+  pixels touching only at a corner) keeps only its largest part
+  (:func:`geoseg.geometry.main_polygon`, applied right after tracing and again after
+  simplification), holes kept; attributes and ``min_area_m2`` are those of that part.
+  :func:`mask_to_geometry` itself still returns every part.
 * Invalid outlines (rare; e.g. after simplification) are repaired with
   :func:`shapely.make_valid` and only their polygonal parts are kept.
 * ``simplify_tolerance`` (scene CRS units, e.g. metres or degrees) simplifies with
@@ -47,19 +50,29 @@ direction, and ``min_area_m2`` is compared with the area in the geometry's own u
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
+from itertools import chain
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 from affine import Affine
 
-from geoseg.geometry import polygonal, rectangle_axes, to_metric
+from geoseg.geometry import main_polygon, main_polygons, polygonal, rectangle_axes, to_metric
 from geoseg.types import Detections
 
 if TYPE_CHECKING:
     import geopandas
 
-__all__ = ["COLUMNS", "PIXEL_COLUMNS", "mask_to_geometry", "shifted", "vectorize"]
+__all__ = [
+    "ATLAS_PIXELS",
+    "COLUMNS",
+    "PIXEL_COLUMNS",
+    "mask_to_geometry",
+    "shifted",
+    "trace_outlines",
+    "vectorize",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -121,6 +134,217 @@ def mask_to_geometry(mask: npt.NDArray[Any], transform: Affine) -> Any:
     return geom
 
 
+#: Pixels (padding included) of one atlas that :func:`trace_outlines` hands to GDAL at a time:
+#: bounds the working memory (4 bytes per pixel) whatever the number of objects.
+ATLAS_PIXELS = 1 << 22
+
+
+def _affine_shift(
+    transform: Affine, cols: npt.NDArray[np.int64], rows: npt.NDArray[np.int64]
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """Offsets ``(c, f)`` of :func:`shifted` ``(transform, col, row)`` for ``[N]`` origins.
+
+    The same floating-point operations as :func:`rasterio.windows.transform` and
+    :class:`affine.Affine` (so the outlines are bit-identical to one trace per mask).
+    """
+    a, b, c, d, e, f = (float(v) for v in transform[:6])
+    col = cols.astype(np.float64)
+    row = rows.astype(np.float64)
+    x = col * a + row * b + c
+    y = col * d + row * e + f
+    return (c + 0.0 * f) + (x - c), (0.0 * c + f) + (y - f)
+
+
+def _pack(
+    heights: npt.NDArray[np.int64], widths: npt.NDArray[np.int64]
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], int, int]:
+    """Shelf-pack boxes ``[N]`` into one atlas with a 1-pixel gap around each.
+
+    Returns:
+        ``(col, row, atlas_height, atlas_width)``: the atlas pixel of each box's top-left corner.
+    """
+    ph, pw = heights + 1, widths + 1
+    order = np.argsort(-ph, kind="stable")
+    max_w = int(pw.max())
+    run = max(max_w, int(np.sqrt(float((ph * pw).sum()))) + 1)
+    start = np.cumsum(pw[order]) - pw[order]
+    shelf = start // run
+    col_sorted = start - shelf * run
+    first = np.flatnonzero(np.r_[True, shelf[1:] != shelf[:-1]])
+    shelf_h = ph[order][first]  # sorted by height: a shelf's first box is its tallest
+    shelf_y = np.cumsum(shelf_h) - shelf_h
+    row_sorted = shelf_y[np.searchsorted(shelf[first], shelf)]
+    col = np.empty_like(col_sorted)
+    row = np.empty_like(row_sorted)
+    col[order], row[order] = col_sorted + 1, row_sorted + 1
+    return col, row, int(shelf_h.sum()) + 1, run + max_w + 1
+
+
+def _trace_chunk(
+    masks: Sequence[npt.NDArray[Any]], shapes_hw: npt.NDArray[np.int64]
+) -> tuple[
+    npt.NDArray[np.float64],
+    npt.NDArray[np.int64],
+    npt.NDArray[np.int64],
+    npt.NDArray[np.int64],
+]:
+    """Trace several masks with one :func:`rasterio.features.shapes` call.
+
+    The masks are packed into one label atlas (1-pixel gaps, so no two touch) traced with
+    4-connectivity; every polygon's coordinates are moved back to its own mask's pixel grid.
+
+    Args:
+        masks: ``[n]`` masks ``[h, w]`` (non-zero = object), none of them empty in size.
+        shapes_hw: int ``[n, 2]``, their ``(h, w)``.
+
+    Returns:
+        ``(xy, ring_of_point, polygon_of_ring, mask_of_polygon)``: vertex coordinates ``[P, 2]``
+        in each mask's own pixel grid (column, row of its corner), the ring of each vertex, the
+        polygon of each ring (a polygon's first ring is its exterior), the mask of each polygon.
+    """
+    from rasterio.features import shapes
+
+    h, w = shapes_hw[:, 0], shapes_hw[:, 1]
+    col, row, ah, aw = _pack(h, w)
+    atlas = np.zeros((ah, aw), dtype=np.int32)
+    # as mask_to_geometry reads a mask: its uint8 cast, non-zero = object
+    flat = np.concatenate([np.asarray(m).ravel() for m in masks]).astype(np.uint8) != 0
+    sizes = h * w
+    starts = np.cumsum(sizes) - sizes
+    pix = np.flatnonzero(flat)
+    owner = np.searchsorted(starts, pix, side="right") - 1
+    local = pix - starts[owner]
+    r, c = np.divmod(local, w[owner])
+    atlas[row[owner] + r, col[owner] + c] = owner.astype(np.int32) + 1
+    ring_len: list[int] = []
+    ring_poly: list[int] = []
+    poly_mask: list[int] = []
+    points: list[Any] = []
+    for geom, value in shapes(atlas, mask=atlas > 0, connectivity=4):
+        for ring in geom["coordinates"]:
+            ring_len.append(len(ring))
+            ring_poly.append(len(poly_mask))
+            points.extend(ring)
+        poly_mask.append(int(value) - 1)
+    n_pts = sum(ring_len)
+    xy = np.fromiter(chain.from_iterable(points), dtype=np.float64, count=2 * n_pts).reshape(
+        n_pts, 2
+    )
+    ring_of_point = np.repeat(np.arange(len(ring_len)), ring_len)
+    polygon_of_ring = np.asarray(ring_poly, dtype=np.int64)
+    mask_of_polygon = np.asarray(poly_mask, dtype=np.int64)
+    m = mask_of_polygon[polygon_of_ring[ring_of_point]]
+    xy[:, 0] -= col[m]
+    xy[:, 1] -= row[m]
+    return xy, ring_of_point, polygon_of_ring, mask_of_polygon
+
+
+def trace_outlines(
+    masks: Sequence[npt.NDArray[Any]],
+    origins: npt.NDArray[Any],
+    transform: Affine,
+    *,
+    atlas_pixels: int = ATLAS_PIXELS,
+) -> npt.NDArray[Any]:
+    """Pixel-edge outlines of many box-cropped masks, in a few GDAL calls.
+
+    The same geometries as :func:`mask_to_geometry` of each mask with ``shifted(transform,
+    *origins[k])`` (the same vertices, to the last bit; the ring start and part order may
+    differ), but the masks are traced together: packed into label atlases of about
+    ``atlas_pixels`` pixels each, one :func:`rasterio.features.shapes` call per atlas, the
+    affine applied to all vertices at once and the shapely geometries built from coordinate
+    arrays (:func:`shapely.linearrings`, :func:`shapely.polygons`).
+
+    Args:
+        masks: ``[N]`` masks, bool ``[h, w]`` each, cropped to their boxes.
+        origins: int ``[N, 2]``, the ``(col, row)`` of each mask's top-left pixel in the frame
+            of ``transform`` (scene pixels: the mask boxes' ``x1, y1``).
+        transform: affine from that pixel frame to the output frame (the scene CRS).
+        atlas_pixels: about how many pixels one atlas holds (working memory: 4 bytes each).
+
+    Returns:
+        Object ``[N]``: a ``Polygon`` (one 4-connected part) or ``MultiPolygon`` per mask,
+        holes kept, ``None`` for an empty mask.
+    """
+    import shapely
+
+    n = len(masks)
+    out = np.full(n, None, dtype=object)
+    if n == 0:
+        return out
+    hw = np.array([np.shape(m) for m in masks], dtype=np.int64).reshape(n, 2)
+    pad = (hw[:, 0] + 1) * (hw[:, 1] + 1)
+    chunk_of = (np.cumsum(pad) - pad) // max(int(atlas_pixels), 1)
+    bounds = np.flatnonzero(np.r_[True, chunk_of[1:] != chunk_of[:-1], True])
+    parts: list[tuple[Any, ...]] = []
+    for lo, hi in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
+        keep = np.flatnonzero(hw[lo:hi].min(axis=1) > 0) + lo
+        if len(keep) == 0:
+            continue
+        xy, ring_pt, poly_ring, mask_poly = _trace_chunk([masks[i] for i in keep], hw[keep])
+        parts.append((xy, ring_pt, poly_ring, keep[mask_poly]))
+    if not parts:
+        return out
+    # one array of vertices, rings, polygons for all chunks (indices offset per chunk)
+    xys, ring_pts, poly_rings, obj_polys = [], [], [], []
+    n_rings = n_polys = 0
+    for xy, ring_pt, poly_ring, obj_poly in parts:
+        xys.append(xy)
+        ring_pts.append(ring_pt + n_rings)
+        poly_rings.append(poly_ring + n_polys)
+        obj_polys.append(obj_poly)
+        n_rings += len(poly_ring)
+        n_polys += len(obj_poly)
+    xy = np.concatenate(xys)
+    ring_of_point = np.concatenate(ring_pts)
+    polygon_of_ring = np.concatenate(poly_rings)
+    object_of_polygon = np.concatenate(obj_polys)
+    if len(object_of_polygon) == 0:
+        return out
+    org = np.asarray(origins, dtype=np.int64).reshape(n, 2)
+    c0, f0 = _affine_shift(transform, org[:, 0], org[:, 1])
+    obj = object_of_polygon[polygon_of_ring[ring_of_point]]
+    a, b, _, d, e, _ = (float(v) for v in transform[:6])
+    a1, b1, d1, e1 = a + 0.0 * d, b + 0.0 * e, 0.0 * a + d, 0.0 * b + e
+    col, row = xy[:, 0], xy[:, 1]
+    world = np.empty_like(xy)
+    world[:, 0] = c0[obj] + col * a1 + row * b1
+    world[:, 1] = f0[obj] + col * d1 + row * e1
+    rings = shapely.linearrings(world, indices=ring_of_point)
+    polygons = shapely.polygons(rings, indices=polygon_of_ring)
+    out[:] = _one_geometry_per_object(polygons, object_of_polygon, n)
+    present = np.flatnonzero(out != None)  # noqa: E711 - object array: elementwise
+    bad = present[~shapely.is_valid(out[present])]
+    for i in bad.tolist():
+        out[i] = polygonal(out[i], repair=True)
+    return out
+
+
+def _one_geometry_per_object(
+    polygons: npt.NDArray[Any], object_of_polygon: npt.NDArray[np.int64], n: int
+) -> npt.NDArray[Any]:
+    """Group ``[P]`` polygons by their object.
+
+    Returns:
+        Object ``[n]``: a ``Polygon`` for a one-part object, a ``MultiPolygon`` for several
+        parts, ``None`` for none. (The one place that decides the geometry type per object.)
+    """
+    import shapely
+
+    out = np.full(n, None, dtype=object)
+    order = np.argsort(object_of_polygon, kind="stable")
+    objs = object_of_polygon[order]
+    counts = np.bincount(objs, minlength=n)
+    single = counts[objs] == 1
+    out[objs[single]] = polygons[order][single]
+    multi = ~single
+    if multi.any():
+        mobj = objs[multi]
+        uniq, grp = np.unique(mobj, return_inverse=True)
+        out[uniq] = shapely.multipolygons(polygons[order][multi], indices=grp)
+    return out
+
+
 def vectorize(
     detections: Detections,
     *,
@@ -159,22 +383,10 @@ def vectorize(
         raise ValueError(f"vectorize: simplify_tolerance must be >= 0, got {simplify_tolerance}")
     if min_area_m2 < 0:
         raise ValueError(f"vectorize: min_area_m2 must be >= 0, got {min_area_m2}")
-    geoms: list[Any] = []
-    keep: list[int] = []
-    for k in range(len(detections)):
-        x1, y1 = int(detections.mask_boxes[k, 0]), int(detections.mask_boxes[k, 1])
-        g = mask_to_geometry(detections.masks[k], shifted(transform, x1, y1))
-        if g is not None:
-            geoms.append(g)
-            keep.append(k)
-    idx = np.asarray(keep, dtype=np.int64)
-    garr = np.empty(len(geoms), dtype=object)
-    garr[:] = geoms
-    labels = detections.labels[idx]
-    names = [
-        detections.classes[int(lab)] if int(lab) < len(detections.classes) else str(int(lab))
-        for lab in labels
-    ]
+    traced = trace_outlines(detections.masks, detections.mask_boxes[:, :2], transform)
+    idx = np.flatnonzero(traced != None)  # noqa: E711 - object array: elementwise
+    garr = main_polygons(traced[idx])
+    names = _class_names(detections.labels[idx], detections.classes)
     nan = np.full(len(garr), np.nan)
     columns = COLUMNS
     if crs_wkt is None:
@@ -206,9 +418,9 @@ def vectorize(
         out_geoms = shapely.simplify(out_geoms, simplify_tolerance, preserve_topology=True)
         bad = ~shapely.is_valid(out_geoms)
         for i in np.flatnonzero(bad):
-            out_geoms[i] = polygonal(out_geoms[i], repair=True)
+            out_geoms[i] = main_polygon(out_geoms[i])
     data = {
-        "class": [names[i] for i in sel],
+        "class": names[sel],
         "score": detections.scores[idx][sel].astype(np.float64),
         "area_m2": np.asarray(area_m2, dtype=np.float64)[sel],
         "length_m": np.asarray(length_m, dtype=np.float64)[sel],
@@ -217,7 +429,7 @@ def vectorize(
         "scene": [scene] * len(sel),
     }
     gdf = geopandas.GeoDataFrame(
-        data, geometry=geopandas.GeoSeries(list(out_geoms), crs=crs_wkt), crs=crs_wkt
+        data, geometry=geopandas.GeoSeries(out_geoms, crs=crs_wkt), crs=crs_wkt
     )
     if columns is PIXEL_COLUMNS:
         gdf = gdf.rename(columns=dict(zip(COLUMNS, PIXEL_COLUMNS, strict=True)))
@@ -225,3 +437,18 @@ def vectorize(
     gdf.attrs["classes"] = tuple(detections.classes)
     logger.debug("vectorize: %d masks -> %d polygons", len(detections), len(gdf))
     return gdf
+
+
+def _class_names(labels: npt.NDArray[Any], classes: Sequence[str]) -> npt.NDArray[Any]:
+    """Class name per label, object ``[N]``.
+
+    ``classes[label]``, or the label as text when ``classes`` has no such entry.
+    """
+    lab = np.asarray(labels, dtype=np.int64)
+    table = np.empty(len(classes), dtype=object)
+    table[:] = list(classes)
+    out = np.empty(len(lab), dtype=object)
+    known = (lab >= 0) & (lab < len(classes))
+    out[known] = table[lab[known]]
+    out[~known] = [str(int(v)) for v in lab[~known]]
+    return out

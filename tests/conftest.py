@@ -78,3 +78,63 @@ def tiny_checkpoint_factory(tmp_path_factory, tiny_config):
         return save_checkpoint(tmp_path_factory.mktemp("ckpt") / name, net, meta)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A real S3-compatible server (moto's standalone server) in its own process.
+
+    Yields ``{"endpoint": URL, "env": {...}}``; the AWS variables (dummy credentials, the
+    endpoint for boto/s3fs and for GDAL's ``/vsis3/``) are set in this process for the
+    session, so that child processes (CLI runs, dask workers started later) inherit them.
+    """
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    pytest.importorskip("moto.server", reason="moto[server] is not installed (geoseg[dev])")
+    pytest.importorskip("s3fs", reason="s3fs is not installed (geoseg[cloud])")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    log = tmp_path_factory.mktemp("moto") / "server.log"
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+        )
+    endpoint = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=1).close()
+            break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError(f"moto server did not start: {log.read_text()}") from None
+            time.sleep(0.1)
+    env = {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": endpoint,  # boto3 / s3fs
+        "AWS_S3_ENDPOINT": f"127.0.0.1:{port}",  # GDAL /vsis3/
+        "AWS_HTTPS": "NO",
+        "AWS_VIRTUAL_HOSTING": "FALSE",
+    }
+    mp = pytest.MonkeyPatch()
+    for key, value in env.items():
+        mp.setenv(key, value)
+    try:
+        yield {"endpoint": endpoint, "env": env}
+    finally:
+        mp.undo()
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()

@@ -622,3 +622,32 @@ def test_lost_worker_is_survived(cluster, tiny_model, scenes, tmp_path):
         **TILE,
     )
     assert killed and rep.n_ok == len(GOOD) and rep.n_failed == 0
+
+
+def test_progress_reports_tiles_inside_big_scenes(cluster, tiny_model, scenes, tmp_path):
+    """Whole and split scenes report tiles done / total as workers predict them."""
+    lc, _ = cluster
+    big = write_scene(tmp_path / "big.tif", seed=9, width=460, height=350)  # 4 x 3 tiles
+    settings = resolve(read_meta(tiny_model), **TILE, batch_size=1)
+    for split, name in ((None, "whole"), (5, "split")):
+        progress = []
+        rep = run_batch(
+            [big],
+            model=tiny_model,
+            out_dir=tmp_path / name,
+            scheduler=lc.scheduler_address,
+            settings=settings,
+            split_tiles=split,
+            progress=progress.append,
+        )
+        assert rep.n_ok == 1, rep.records[0].error
+        seen = [p.scene_tiles["big"] for p in progress if "big" in p.scene_tiles]
+        assert seen, f"{name}: no tile progress"
+        assert {total for _, total in seen} == {12}
+        done = [d for d, _ in seen]
+        assert min(done) >= 1 and max(done) <= 12
+        assert any(d < 12 for d in done), f"{name}: no report before the scene's last tile"
+        if split is None:
+            assert max(done) == 12 and done == sorted(done)  # one task: counts only grow
+        assert "big" not in progress[-1].scene_tiles and progress[-1].done == 1
+        assert progress[-1].tiles == 12

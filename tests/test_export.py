@@ -13,6 +13,7 @@ from affine import Affine
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pyproj import CRS
+from scipy import ndimage
 
 from geoseg.coco import encode_rle_crop
 from geoseg.errors import ExportError
@@ -47,6 +48,8 @@ def objects():
         h, w = (int(v) for v in rng.integers(3, 14, 2))
         m = rng.random((h, w)) > 0.2
         m[h // 2, :] = True
+        parts, _ = ndimage.label(m)  # one object, one part (vectorize keeps the largest)
+        m = parts == 1 + np.argmax(np.bincount(parts.ravel())[1:])
         x1, y1 = int(rng.integers(0, W - w)), int(rng.integers(0, H - h))
         items.append((x1, y1, m))
     ring = np.ones((12, 12), bool)
@@ -109,7 +112,8 @@ def test_geojson_is_rfc7946_wgs84(tmp_path, objects):
     path = write_vectors(gdf, tmp_path / "out.geojson")
     doc = json.loads(path.read_text())
     assert "crs" not in doc  # RFC 7946 has no crs member: always WGS84
-    lon, lat = doc["features"][0]["geometry"]["coordinates"][0][0][0][:2]
+    assert {f["geometry"]["type"] for f in doc["features"]} == {"Polygon"}  # one object, one
+    lon, lat = doc["features"][0]["geometry"]["coordinates"][0][0][:2]
     assert 14 < lon < 16 and 35 < lat < 37  # UTM 33N, 4000 km north
     back = gpd.read_file(path)
     assert back.crs.to_epsg() == 4326

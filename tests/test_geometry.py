@@ -173,3 +173,73 @@ def test_evaluate_web_mercator_truth_is_compared_in_utm():
     truth = gpd.GeoDataFrame({"class": ["ship"]}, geometry=[rect], crs=3857)
     res = evaluate(truth, truth)
     assert res.overall.f1 == 1.0 and res.crs == "EPSG:32632"
+
+
+# ------------------------------------------------------------ one object, one Polygon
+
+
+def test_main_polygon_keeps_the_largest_part_with_its_holes():
+    from geoseg.geometry import main_polygon
+
+    ring = box(0, 0, 10, 10).difference(box(3, 3, 6, 6))
+    island = box(4, 4, 5, 5)  # inside the hole: another part
+    speckle = box(12, 0, 13, 1)
+    out = main_polygon(MultiPolygon([speckle, ring, island]))
+    assert out.geom_type == "Polygon" and out.equals(ring) and len(out.interiors) == 1
+    assert main_polygon(box(0, 0, 1, 1)).equals(box(0, 0, 1, 1))
+    assert main_polygon(None) is None and main_polygon(Point(0, 0)) is None
+    # two equal parts: the first; a collection: its polygonal part
+    two = MultiPolygon([box(0, 0, 1, 1), box(5, 5, 6, 6)])
+    assert main_polygon(two).equals(box(0, 0, 1, 1))
+    gc = GeometryCollection([LineString([(0, 0), (9, 9)]), box(0, 0, 2, 2), box(5, 5, 6, 6)])
+    assert main_polygon(gc).equals(box(0, 0, 2, 2))
+    bow = Polygon([(0, 0), (2, 2), (2, 0), (0, 2)])  # repaired into two triangles: one kept
+    out = main_polygon(bow)
+    assert out.geom_type == "Polygon" and out.is_valid and out.area == pytest.approx(1.0)
+
+
+def test_pixel_boxes_are_whole_pixels_in_the_frame_of_the_transform():
+    from affine import Affine
+
+    from geoseg.geometry import pixel_boxes
+
+    t = Affine(0.5, 0, 500_000, 0, -0.5, 4_000_000)
+    # an L-shaped outline over pixels cols 2-5, rows 3-8 (pixel-edge coordinates)
+    px = Polygon([(2, 3), (6, 3), (6, 5), (4, 5), (4, 9), (2, 9)])
+    geom = shapely.transform(px, lambda xy: np.array([t @ tuple(p) for p in xy]))
+    diamond = shapely.transform(
+        Polygon([(1.5, 0.5), (2.5, 1.5), (1.5, 2.5), (0.5, 1.5)]),
+        lambda xy: np.array([t @ tuple(p) for p in xy]),
+    )
+    out = pixel_boxes([geom, diamond, None], t)
+    x0, y1 = t @ (2, 3)
+    x1, y0 = t @ (6, 9)
+    assert out[0].equals(box(x0, y0, x1, y1))  # scene CRS, not pixels
+    x0, y1 = t @ (0, 0)  # widened to whole pixels
+    x1, y0 = t @ (3, 3)
+    assert out[1].equals(box(x0, y0, x1, y1))
+    assert out[2] is None
+    assert len(pixel_boxes([], t)) == 0
+
+
+def test_main_polygons_is_main_polygon_of_each():
+    """The vectorised main part equals the one-by-one rule on every kind of entry."""
+    import shapely
+
+    from geoseg.geometry import main_polygon, main_polygons
+
+    sq = shapely.box(0, 0, 4, 4)
+    small = shapely.box(10, 10, 11, 11)
+    holed = shapely.Polygon(sq.exterior.coords, [shapely.box(1, 1, 2, 2).exterior.coords])
+    twins = shapely.MultiPolygon([shapely.box(20, 0, 22, 2), shapely.box(30, 0, 32, 2)])
+    bowtie = shapely.Polygon([(0, 0), (2, 2), (2, 0), (0, 2)])  # invalid
+    geoms = np.array(
+        [sq, None, shapely.MultiPolygon([small, holed]), twins, bowtie, shapely.Point(0, 0)],
+        dtype=object,
+    )
+    got = main_polygons(geoms)
+    for g, want in zip(got, [main_polygon(g) for g in geoms], strict=True):
+        assert (g is None and want is None) or (g is not None and g.equals_exact(want, 0))
+    assert got[2].equals(holed) and len(got[2].interiors) == 1  # the big part, hole kept
+    assert got[3].equals(shapely.box(20, 0, 22, 2))  # tie: the first part
+    assert main_polygons(np.empty(0, dtype=object)).shape == (0,)

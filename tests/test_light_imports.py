@@ -28,12 +28,15 @@ LIGHT_MODULES = (
     "geoseg.errors",
     "geoseg.evaluate",
     "geoseg.export",
+    "geoseg.extent",
     "geoseg.importers",
+    "geoseg.partial",
     "geoseg.raster",
     "geoseg.regularize",
     "geoseg.review",
     "geoseg.samples",
     "geoseg.stitch",
+    "geoseg.storage",
     "geoseg.tiling",
     "geoseg.types",
     "geoseg.vectorize",
@@ -247,3 +250,60 @@ def test_every_extra_is_installed_here(extra):
     from geoseg._extras import missing_modules
 
     assert missing_modules(extra) == []
+
+
+def test_model_free_work_leaves_torch_unimported_where_it_is_installed(tmp_path):
+    # no import blocker here: torch *can* be imported, so a stray (or try/except-guarded)
+    # import anywhere on these paths would show up in sys.modules
+    script = textwrap.dedent(
+        """
+        import sys
+
+        import numpy as np
+        from affine import Affine
+        from click.testing import CliRunner
+
+        import geoseg
+        from geoseg.cli import cli
+        from geoseg.export import write_vectors
+        from geoseg.samples import sample_labels_path, sample_scene_path
+        from geoseg.stitch import stitch
+        from geoseg.tiling import make_grid
+        from geoseg.types import TileDetections
+        from geoseg.vectorize import vectorize
+
+        grid = make_grid(64, 32, tile_size=32, overlap=8)
+        box = np.array([[4, 4, 12, 10]], np.int32)
+        tds = [
+            TileDetections(
+                boxes=box.astype(np.float32), scores=np.array([0.9], np.float32),
+                labels=np.array([0], np.int64), mask_boxes=box,
+                masks=(np.ones((6, 8), bool),), classes=("ship",), tile=spec,
+            )
+            for spec in grid
+        ]
+        dets = stitch(tds, scene_width=64, scene_height=32)
+        gdf = vectorize(dets, transform=Affine(0.5, 0, 5e5, 0, -0.5, 4e6),
+                        crs_wkt="EPSG:32633")
+        write_vectors(gdf, "v.gpkg")
+
+        labels, scene = str(sample_labels_path()), str(sample_scene_path())
+        runner = CliRunner()
+        for args in (
+            ["count", labels],
+            ["evaluate", labels, labels],
+            ["map", labels, "--scene", scene, "-o", "m.html", "--max-size", "256"],
+        ):
+            r = runner.invoke(cli, args)
+            assert r.exit_code == 0, (args, r.output)
+        leaked = sorted(m for m in sys.modules if m.partition(".")[0] in ("torch", "torchvision"))
+        assert not leaked, leaked[:5]
+        print("OK")
+        """
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0 and proc.stdout.rstrip().endswith("OK"), (
+        f"exit {proc.returncode}\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}"
+    )

@@ -614,3 +614,63 @@ def test_empty_and_invalid_inputs():
         stitch([td], scene_width=224, scene_height=128, contain_frac=1.5)
     with pytest.raises(ValueError, match="edge_margin"):
         stitch([td], scene_width=224, scene_height=128, edge_margin=-1)
+
+
+# ------------------------------------------------- class-agnostic: one object, best class
+
+
+def test_class_agnostic_one_object_seen_as_two_classes_keeps_the_best_class():
+    """The same bus outlined as boat (0.9) and building (0.6) in one tile: neither mask holds
+    ``contain_frac`` of the other, so only the cross-class duplicate rule (mask IoU) joins
+    them; the model's per-class NMS would have kept both."""
+    spec = TileSpec(0, 0, 0, PixelWindow(0, 0, 128, 128), PixelWindow(0, 0, 128, 128))
+    ship = np.ones((10, 30), bool)  # 300 px at (20, 20)
+    other = np.ones((10, 30), bool)  # at (25, 21): 225 px shared, containment 0.75, IoU 0.6
+    objs = [(20, 20, ship), (25, 21, other)]
+    td = tile_dets(spec, objs, scores=[0.9, 0.6], labels=[0, 2])
+    assert len(stitch([td], scene_width=128, scene_height=128)) == 2  # class-aware: both
+    det = stitch([td], scene_width=128, scene_height=128, class_agnostic=True)
+    assert len(det) == 1
+    assert CLASSES[int(det.labels[0])] == CLASSES[0] and det.scores[0] == pytest.approx(0.9)
+    assert det.mask_boxes[0].tolist() == [20, 20, 50, 30]  # the best-scoring one, whole
+    # the same pair with the scores swapped keeps the other one
+    td = tile_dets(spec, objs, scores=[0.6, 0.9], labels=[0, 2])
+    det = stitch([td], scene_width=128, scene_height=128, class_agnostic=True)
+    assert [CLASSES[int(v)] for v in det.labels] == [CLASSES[2]]
+    assert det.mask_boxes[0].tolist() == [25, 21, 55, 31]
+    # below nms_iou they are two objects, even class-agnostic
+    det = stitch([td], scene_width=128, scene_height=128, class_agnostic=True, nms_iou=0.7)
+    assert len(det) == 2
+
+
+def test_class_agnostic_absorbed_part_brings_its_better_class():
+    """A part (fragment) scored higher than the larger detection that absorbs it: the merged
+    object has the part's class with its score, never a score of one class on another."""
+    spec = TileSpec(0, 0, 0, PixelWindow(0, 0, 128, 128), PixelWindow(0, 0, 128, 128))
+    bus = np.ones((10, 30), bool)
+    front = np.ones((10, 12), bool)  # wholly inside the bus, IoU 0.4 < nms_iou
+    td = tile_dets(spec, [(20, 20, bus), (20, 20, front)], scores=[0.6, 0.9], labels=[2, 1])
+    det = stitch([td], scene_width=128, scene_height=128, class_agnostic=True)
+    assert len(det) == 1
+    assert det.masks[0].sum() == bus.sum()
+    assert CLASSES[int(det.labels[0])] == CLASSES[1] and det.scores[0] == pytest.approx(0.9)
+    # a better-scored larger detection keeps its own class
+    td = tile_dets(spec, [(20, 20, bus), (20, 20, front)], scores=[0.95, 0.9], labels=[2, 1])
+    det = stitch([td], scene_width=128, scene_height=128, class_agnostic=True)
+    assert CLASSES[int(det.labels[0])] == CLASSES[2] and det.scores[0] == pytest.approx(0.95)
+
+
+def test_class_agnostic_across_tiles_keeps_one_object():
+    a, b = two_tiles()
+    # 2 px from tile b's cut edge: b's (better-scored) view is partial and is absorbed into
+    # tile a's whole copy; the merged object keeps the class that came with the best score
+    x1 = b.window.col_off + 2
+    m = np.ones((10, 10), bool)
+    tds = [
+        tile_dets(a, [(x1, 30, m)], scores=[0.55], labels=[2]),
+        tile_dets(b, [(x1, 30, m)], scores=[0.9], labels=[0]),
+    ]
+    assert len(stitch(tds, scene_width=224, scene_height=128)) == 2
+    det = stitch(tds, scene_width=224, scene_height=128, class_agnostic=True)
+    assert len(det) == 1
+    assert CLASSES[int(det.labels[0])] == CLASSES[0] and det.scores[0] == pytest.approx(0.9)

@@ -269,3 +269,67 @@ def test_tile_transform_matches_affine_composition():
         warnings.simplefilter("ignore")
         expected = t * Affine.translation(-5, 7)
     assert tile_transform(t, w).almost_equals(expected)
+
+
+# ------------------------------------------------------------ reused read buffers
+
+
+def _stripes(tmp_path, nodata=None):
+    rng = np.random.default_rng(5)
+    data = rng.integers(1, 250, (3, 96, 128)).astype(np.uint8)
+    data[:, :40, :40] = 0  # nodata in the first tile when nodata=0
+    return write_tif(tmp_path / "s.tif", data, nodata=nodata), data
+
+
+@pytest.mark.parametrize("nodata", [None, 0])
+def test_tiles_kept_by_the_consumer_are_never_overwritten(tmp_path, nodata):
+    path, data = _stripes(tmp_path, nodata)
+    stats = NormStats(bands=(1, 2, 3), low=(20.0, 30.0, 40.0), high=(200.0, 210.0, 220.0))
+    kept = list(iter_tiles(path, tile_size=32, overlap=8, stats=stats, skip_empty=False))
+    assert len({id(t.image) for t in kept}) == len(kept)
+    assert len({id(t.valid) for t in kept}) == len(kept)
+    for t in kept:
+        w = t.spec.window
+        raw = data[:, w.row_off : w.row_end, w.col_off : w.col_end]
+        want = stats.apply(raw)
+        valid = ~(raw == 0).all(axis=0) if nodata == 0 else np.ones(raw.shape[1:], bool)
+        want[:, ~valid] = 0.0
+        np.testing.assert_array_equal(t.image, want)
+        np.testing.assert_array_equal(t.valid, valid)
+
+
+def test_tiles_dropped_by_the_consumer_reuse_their_arrays(tmp_path):
+    path, _ = _stripes(tmp_path)
+    stats = NormStats(bands=(1, 2, 3), low=(20.0, 30.0, 40.0), high=(200.0, 210.0, 220.0))
+    ids, sums, n = set(), [], 0
+    for t in iter_tiles(path, tile_size=32, overlap=8, stats=stats):
+        ids.add(id(t.image))
+        sums.append(float(t.image.sum()))
+        n += 1
+    assert n == 20 and len(ids) <= 2  # a consumer that drops each tile gets the same arrays
+    # the values are those of fresh reads all the same
+    fresh = [
+        float(t.image.sum()) for t in list(iter_tiles(path, tile_size=32, overlap=8, stats=stats))
+    ]
+    assert sums == fresh
+
+
+def test_buffer_pool_hands_out_only_unreferenced_arrays():
+    from geoseg.raster import BufferPool
+
+    pool = BufferPool(size=2)
+    a = pool.get((2, 3), np.float32)
+    b = pool.get((2, 3), np.float32)
+    assert a is not b  # a is still held
+    view = a[0]
+    del a
+    c = pool.get((2, 3), np.float32)
+    assert c is not view.base  # a view keeps its array out of the pool
+    del view
+    assert pool.get((2, 3), np.float32) is not None
+    d = pool.get((4,), np.uint8)
+    assert d.shape == (4,) and d.dtype == np.uint8
+    del b, c
+    e = pool.get((2, 3), np.float32)
+    f = pool.get((2, 3), np.float32)
+    assert e is not f and {id(e), id(f)} <= {id(x) for x in pool._arrays}

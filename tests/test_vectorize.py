@@ -11,6 +11,7 @@ import shapely
 from affine import Affine
 from pyproj import CRS, Geod
 from rasterio.features import rasterize
+from scipy import ndimage
 
 from geoseg.types import Detections
 from geoseg.vectorize import COLUMNS, PIXEL_COLUMNS, mask_to_geometry, vectorize
@@ -77,7 +78,12 @@ def test_pixel_edge_outline_rasterises_back_exactly():
     shape = (60, 70)
     for row, (x1, y1, mask, _, _) in zip(gdf.itertuples(), items, strict=True):
         back = rasterize([row.geometry], out_shape=shape, transform=UTM_TRANSFORM)
-        assert (back == paste(mask, x1, y1, shape)).all()
+        # one object, one Polygon: the mask's largest 4-connected part, exactly
+        parts, _ = ndimage.label(mask)
+        main = parts == 1 + np.argmax(np.bincount(parts.ravel())[1:])
+        assert row.geometry.geom_type == "Polygon"
+        assert (back == paste(main, x1, y1, shape)).all()
+    assert ndimage.label(m)[1] > 1  # the ragged mask had several parts
     # holes kept
     ring_geom = gdf.geometry.iloc[1]
     assert ring_geom.geom_type == "Polygon" and len(ring_geom.interiors) == 1
@@ -225,3 +231,141 @@ def test_empty_inputs():
 def test_unknown_class_names_fall_back_to_label_text():
     d = dets([(0, 0, np.ones((3, 3), bool), 4, 0.9)], classes=())
     assert vectorize(d, transform=UTM_TRANSFORM, crs_wkt=UTM)["class"].iloc[0] == "4"
+
+
+# --------------------------------------------------------------------------------------------
+# the batched tracer against the per-mask trace it replaced
+
+
+def reference_vectorize(detections, *, transform, crs_wkt):
+    """geoseg 0.x's vectorize before the batched tracer: one GDAL trace per mask (main part)."""
+    from geoseg.geometry import main_polygon, rectangle_axes, to_metric
+    from geoseg.vectorize import shifted
+
+    geoms, keep = [], []
+    for k in range(len(detections)):
+        x1, y1 = int(detections.mask_boxes[k, 0]), int(detections.mask_boxes[k, 1])
+        g = main_polygon(mask_to_geometry(detections.masks[k], shifted(transform, x1, y1)))
+        if g is not None:
+            geoms.append(g)
+            keep.append(k)
+    garr = np.empty(len(geoms), dtype=object)
+    garr[:] = geoms
+    if crs_wkt is None:  # sizes in scene pixels
+        _, _, heading = rectangle_axes(garr, y_up=transform.e < 0)
+        inv = ~transform
+        pixels = shapely.transform(garr, lambda xy: np.column_stack(inv @ (xy[:, 0], xy[:, 1])))
+        length, width, _ = rectangle_axes(pixels, y_up=False)
+        return keep, garr, shapely.area(pixels), length, width, heading
+    metric, factor = to_metric(garr, crs_wkt)
+    length, width, heading = rectangle_axes(metric, y_up=True)
+    return keep, garr, shapely.area(metric) * factor**2, length * factor, width * factor, heading
+
+
+def awkward_masks(rng, n):
+    """Random masks with holes, diagonal contacts, one-pixel and empty masks, views."""
+    out = []
+    for k in range(n):
+        h, w = (int(v) for v in rng.integers(1, 24, 2))
+        kind = k % 8
+        if kind == 0:
+            m = np.zeros((h, w), bool)  # empty
+        elif kind == 1:
+            m = np.zeros((h, w), bool)
+            m[rng.integers(h), rng.integers(w)] = True  # one pixel anywhere in the box
+        elif kind == 2:
+            m = np.indices((h, w)).sum(axis=0) % 2 == 0  # checkerboard: diagonal contacts only
+        elif kind == 3:
+            m = np.ones((h + 4, w + 4), bool)  # a frame with a hole holding an island
+            m[2:-2, 2:-2] = False
+            m[h // 2 + 2, w // 2 + 2] = True
+        elif kind == 4:
+            big = rng.random((h + 6, w + 6)) < 0.7
+            m = big[3 : 3 + h, 2 : 2 + w]  # a non-contiguous view
+        elif kind == 5:
+            m = np.ones((h, w), bool)  # fills its box: touches every box edge
+        else:
+            m = rng.random((h, w)) < rng.uniform(0.3, 0.9)  # ragged: holes, diagonal parts
+        out.append(m)
+    return out
+
+
+TRANSFORMS = [
+    UTM_TRANSFORM,
+    Affine(0.3, 0.1, 123.456, -0.07, -0.31, -45.6),  # rotated and sheared
+    Affine.identity(),
+    Affine(1e-5, 0, 10.0, 0, -1e-5, 45.0),  # degrees
+]
+
+
+@pytest.mark.parametrize("transform", TRANSFORMS)
+@pytest.mark.parametrize("atlas_pixels", [300, 1 << 22])
+def test_trace_outlines_equals_the_per_mask_trace(transform, atlas_pixels):
+    from geoseg.vectorize import shifted, trace_outlines
+
+    rng = np.random.default_rng(7)
+    masks = awkward_masks(rng, 120)
+    origins = rng.integers(-100, 5000, (len(masks), 2))
+    got = trace_outlines(masks, origins, transform, atlas_pixels=atlas_pixels)
+    assert got.shape == (len(masks),)
+    types = set()
+    for k, m in enumerate(masks):
+        want = mask_to_geometry(m, shifted(transform, int(origins[k, 0]), int(origins[k, 1])))
+        if want is None:
+            assert got[k] is None, k
+            continue
+        # the same vertices to the last bit (ring start and part order aside)
+        assert shapely.normalize(got[k]).wkb == shapely.normalize(want).wkb, k
+        types.add(want.geom_type)
+    assert types == {"Polygon", "MultiPolygon"}
+
+
+def test_trace_outlines_empty_inputs():
+    from geoseg.vectorize import trace_outlines
+
+    assert trace_outlines((), np.zeros((0, 2), int), UTM_TRANSFORM).shape == (0,)
+    masks = (np.zeros((0, 3), bool), np.zeros((2, 2), bool))
+    assert list(trace_outlines(masks, np.zeros((2, 2), int), UTM_TRANSFORM)) == [None, None]
+
+
+@pytest.mark.parametrize(
+    ("crs_wkt", "transform"),
+    [
+        (UTM, UTM_TRANSFORM),
+        (CRS.from_epsg(4326).to_wkt(), Affine(5e-6, 0, 10.0, 0, -5e-6, 45.0)),
+        (None, Affine.identity()),
+    ],
+)
+def test_vectorize_matches_the_per_mask_implementation(crs_wkt, transform):
+    rng = np.random.default_rng(11)
+    masks = awkward_masks(rng, 160)
+    items = [
+        (int(x), int(y), m, int(lab), float(sc))
+        for m, x, y, lab, sc in zip(
+            masks,
+            rng.integers(0, 3000, len(masks)),
+            rng.integers(0, 3000, len(masks)),
+            rng.integers(0, 3, len(masks)),
+            rng.uniform(0.3, 1.0, len(masks)),
+            strict=True,
+        )
+    ]
+    d = dets(items)
+    gdf = vectorize(d, transform=transform, crs_wkt=crs_wkt)
+    keep, geoms, area, length, width, heading = reference_vectorize(
+        d, transform=transform, crs_wkt=crs_wkt
+    )
+    assert len(gdf) == len(keep) == sum(m.any() for m in masks)
+    got = shapely.normalize(np.asarray(gdf.geometry.values, dtype=object))
+    assert [g.wkb for g in got] == [g.wkb for g in shapely.normalize(geoms)]
+    assert gdf["class"].tolist() == [CLASSES[items[k][3]] for k in keep]
+    assert np.allclose(gdf.score, [items[k][4] for k in keep])
+    unit = "px" if crs_wkt is None else "m"
+    area_col = "area_px" if crs_wkt is None else "area_m2"
+    np.testing.assert_allclose(gdf[area_col], area, rtol=1e-9)
+    np.testing.assert_allclose(gdf[f"length_{unit}"], length, rtol=1e-9)
+    np.testing.assert_allclose(gdf[f"width_{unit}"], width, rtol=1e-9)
+    # a heading is an axis: 0 and 180 are the same (a square may come out either way round)
+    square = np.isclose(length, width, rtol=1e-9)
+    diff = np.abs((gdf.heading_deg.to_numpy() - heading + 90.0) % 180.0 - 90.0)
+    assert (diff[~square] < 1e-6).all()

@@ -30,23 +30,30 @@ Design points:
   config hash (:meth:`~geoseg.settings.RunSettings.digest` + the checkpoint's sidecar), and
   whose output (and quicklook, when one is asked for) still exists, is skipped; failed and
   missing scenes run. ``force=True`` redoes all of them.
+* **Processing extent** (``settings.extent``): one AOI or bbox for every scene (a scene it
+  misses gives an empty output), or, when the AOI file has a ``scene`` column, each scene's
+  own features (:meth:`geoseg.extent.Extent.for_scene`; every scene must have some).
 * **Quicklooks** are drawn by a function the caller passes (``geoseg batch --quicklook``
   passes one that calls :func:`geoseg.viz.quicklook`); this package does not import
   :mod:`geoseg.viz`.
 
 Paths must be readable by the workers: on a multi-machine cluster use a shared file system or
-GDAL URLs (``/vsicurl/``, ``/vsis3/``...).
+URLs GDAL reads (``s3://``, ``/vsicurl/``, ``/vsis3/``...) for the scenes, and an object-store
+output folder (``s3://bucket/run/``): outputs, the manifest, the summaries and the quicklooks
+are then uploaded whole, each once (:mod:`geoseg.storage`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import hashlib
 import logging
 import os
-import tempfile
+import queue
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -77,9 +84,10 @@ from geoseg.batch.tasks import (
     process_scene,
     worker_cache_info,
 )
-from geoseg.errors import CheckpointError, ConfigError, ExportError
+from geoseg.errors import CheckpointError, ConfigError
 from geoseg.io import check_no_overwrite
 from geoseg.settings import CUDA_BATCH_SIZE, NormSource, RunSettings, resolve
+from geoseg.storage import Target, as_target, check_folder_writable, join
 
 if TYPE_CHECKING:
     from geoseg.config import PresetConfig
@@ -114,8 +122,11 @@ class BatchProgress:
         tiles: tiles processed by finished scenes and finished chunks of split scenes.
         objects: objects found so far.
         counts: objects per class so far.
-        record: the record that triggered this update (``None`` for the initial call and for
-            chunk updates of split scenes).
+        record: the record that triggered this update (``None`` for the initial call, for
+            chunk updates of split scenes and for tile updates).
+        scene_tiles: scenes being predicted now -> ``(tiles done, tiles in the scene)``,
+            reported by the tasks tile batch by tile batch (several workers' chunks of a
+            split scene added up); a scene leaves it when its record arrives.
     """
 
     total: int
@@ -127,9 +138,11 @@ class BatchProgress:
     objects: int
     counts: Mapping[str, int]
     record: SceneRecord | None = None
+    scene_tiles: Mapping[str, tuple[int, int]] = field(default_factory=dict)
 
 
-#: ``progress(snapshot)``: called at the start and after each scene (and chunk).
+#: ``progress(snapshot)``: called at the start, after each scene (and chunk) and as tiles of
+#: the running scenes are predicted.
 ProgressCallback = Callable[[BatchProgress], None]
 
 
@@ -138,7 +151,7 @@ class BatchReport:
     """What :func:`run_batch` did.
 
     Attributes:
-        out_dir: the output folder.
+        out_dir: the output folder (a ``Path``, or a URL string for an object store).
         records: one record per input scene, in input order (for skipped scenes, the record
             kept from the earlier run).
         skipped: names of scenes skipped because they were already done.
@@ -152,12 +165,12 @@ class BatchReport:
         seconds: wall time of the whole run.
     """
 
-    out_dir: Path
+    out_dir: Target
     records: tuple[SceneRecord, ...]
     skipped: tuple[str, ...]
-    manifest: Path
-    summary_csv: Path
-    summary_parquet: Path
+    manifest: Target
+    summary_csv: Target
+    summary_parquet: Target
     model_sha256: str
     config_hash: str
     settings: RunSettings
@@ -193,6 +206,24 @@ class _Tally:
         self.total, self.skipped, self.callback = total, skipped, callback
         self.done = self.ok = self.failed = self.tiles = self.objects = 0
         self.counts: dict[str, int] = {}
+        self.parts: dict[str, dict[int, int]] = {}  # running scene -> part -> tiles done
+        self.scene_total: dict[str, int] = {}
+        self.finished: set[str] = set()
+
+    def scene_tiles(self) -> dict[str, tuple[int, int]]:
+        return {
+            name: (sum(parts.values()), self.scene_total[name])
+            for name, parts in self.parts.items()
+        }
+
+    def tile_event(self, msg: Mapping[str, Any]) -> None:
+        """A task's tile report (:func:`geoseg.batch.tasks.tile_reporter`)."""
+        name = str(msg["scene"])
+        if name in self.finished:
+            return  # a late report of a scene already recorded
+        self.parts.setdefault(name, {})[int(msg["part"])] = int(msg["done"])
+        self.scene_total[name] = int(msg["total"])
+        self.emit()
 
     def emit(self, record: SceneRecord | None = None) -> None:
         if self.callback is None:
@@ -208,6 +239,7 @@ class _Tally:
                 objects=self.objects,
                 counts=dict(self.counts),
                 record=record,
+                scene_tiles=self.scene_tiles(),
             )
         )
 
@@ -219,6 +251,9 @@ class _Tally:
             self.failed += 1
         self.tiles += record.n_tiles - tiles_counted  # chunks counted their grid tiles
         self.objects += record.n_objects
+        self.finished.add(record.scene)
+        self.parts.pop(record.scene, None)
+        self.scene_total.pop(record.scene, None)
         for k, v in record.counts.items():
             self.counts[k] = self.counts.get(k, 0) + int(v)
         self.emit(record)
@@ -260,7 +295,10 @@ def run_batch(
             readable by every worker.
         out_dir: output folder: ``<scene>.<ext>`` per scene, ``manifest.json`` (the latest
             record of every scene ever run into this folder), ``summary.csv`` and
-            ``summary.parquet`` (this call's scenes), and ``quicklooks/<scene>.png``.
+            ``summary.parquet`` (this call's scenes), and ``quicklooks/<scene>.png``. It may
+            be an object-store URL (``s3://bucket/run/``): every file is then written once,
+            complete (:mod:`geoseg.storage`), and resume reads the manifest from there, so
+            workers on several machines need no shared file system for their outputs.
         settings: the run settings (:func:`geoseg.settings.resolve`); ``None``: resolved from
             the checkpoint, ``preset`` and ``overrides``.
         preset: preset name, YAML path or :class:`~geoseg.config.PresetConfig` (only without
@@ -293,9 +331,10 @@ def run_batch(
         The report; failed scenes are in ``report.failed`` (the call does not raise for them).
 
     Raises:
-        ConfigError: no inputs, invalid arguments or settings (a score threshold for a class
-            the model lacks, ``norm="model"`` for a model without statistics...), or an
-            unreadable manifest in ``out_dir``.
+        ConfigError: no inputs, invalid arguments or settings (a score threshold or a kept
+            class the model lacks, ``norm="model"`` for a model without statistics, a
+            per-scene AOI without a feature for some scene...), or an unreadable manifest in
+            ``out_dir``.
         CheckpointError: the checkpoint is missing or unreadable.
         ExportError: ``out_dir`` cannot be written.
         InputOverwriteError: an output (a scene's vector file, the manifest, a summary) would
@@ -313,7 +352,7 @@ def run_batch(
             "quicklook must be a function (scene_path, gdf, png_path), e.g. geoseg.viz.quicklook"
         )
     from geoseg.checkpoint import checkpoint_paths, read_meta
-    from geoseg.pipeline import score_thresholds
+    from geoseg.pipeline import check_classes, score_thresholds
 
     fmt_value, ext = output_format(fmt)
     scenes = resolve_inputs(inputs, asset=asset)
@@ -332,23 +371,23 @@ def run_batch(
     else:
         settings = settings.replace(**{k: v for k, v in overrides.items() if v is not None})
     score_thresholds(meta.classes, settings.min_score, settings.class_min_score)
+    check_classes(meta.classes, settings.classes)
+    if settings.extent is not None:
+        settings.extent.check_scenes([s.name for s in scenes])
     if settings.norm is NormSource.MODEL and meta.norm_stats is None:
         raise ConfigError(
             f"{model}: the checkpoint has no normalisation statistics to normalise with; "
             "use the scene's own (norm='scene', --norm scene)"
         )
-    out = Path(out_dir).expanduser().resolve()
-    written = [("--out-dir", out / name) for name in (MANIFEST_NAME, SUMMARY_CSV, SUMMARY_PARQUET)]
-    written += [("--out-dir", out / f"{s.name}{ext}") for s in scenes]
+    out = as_target(out_dir)
+    if isinstance(out, Path):
+        out = out.expanduser().resolve()
+    written = [("--out-dir", join(out, n)) for n in (MANIFEST_NAME, SUMMARY_CSV, SUMMARY_PARQUET)]
+    written += [("--out-dir", join(out, f"{s.name}{ext}")) for s in scenes]
     if quicklook is not None:
-        written += [("--out-dir", out / "quicklooks" / f"{s.name}.png") for s in scenes]
+        written += [("--out-dir", join(out, "quicklooks", f"{s.name}.png")) for s in scenes]
     check_no_overwrite([*(("INPUTS", s.path) for s in scenes), ("--model", weights)], written)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=out, prefix=".geoseg-write-test-"):
-            pass
-    except OSError as err:
-        raise ExportError(f"{out}: the output folder cannot be written ({err})") from err
+    check_folder_writable(out)
     model_sha = file_sha256(weights)
     config_hash = hashlib.sha256((settings.digest() + file_sha256(sidecar)).encode()).hexdigest()
     job = Job(
@@ -361,7 +400,7 @@ def run_batch(
         quicklook=quicklook,
     )
     manifest = Manifest(
-        out / MANIFEST_NAME,
+        join(out, MANIFEST_NAME),
         {
             "model": str(weights),
             "model_sha256": model_sha,
@@ -420,8 +459,8 @@ def run_batch(
         records=records,
         skipped=tuple(skipped),
         manifest=manifest.path,
-        summary_csv=out / SUMMARY_CSV,
-        summary_parquet=out / SUMMARY_PARQUET,
+        summary_csv=join(out, SUMMARY_CSV),
+        summary_parquet=join(out, SUMMARY_PARQUET),
         model_sha256=model_sha,
         config_hash=config_hash,
         settings=settings,
@@ -436,6 +475,21 @@ def run_batch(
         report.seconds,
     )
     return report
+
+
+#: Seconds between two looks at the futures and tile reports while nothing is ready.
+_POLL_SECONDS = 0.05
+
+
+def _drain_tile_events(events: queue.SimpleQueue[Any], tally: _Tally) -> None:
+    """Pass the tile reports received so far (``(timestamp, msg)`` events) to the tally."""
+    while True:
+        try:
+            _, msg = events.get_nowait()
+        except queue.Empty:
+            return
+        with contextlib.suppress(KeyError, TypeError, ValueError):
+            tally.tile_event(msg)
 
 
 # future -> (role, scene, tiles): "scene" gives a record, "plan" a PlannedScene or a record,
@@ -460,8 +514,12 @@ def _submit_split(
     """
     # chunk lengths are multiples of the batch size, so batches match an unsplit run's
     multiple = job.settings.batch_size or CUDA_BATCH_SIZE  # (8 is a multiple of CPU's 1 too)
-    n_tiles = len(planned.plan.specs)
-    parts = chunk_indexes(n_tiles, max(2, 2 * n_workers), multiple=multiple)
+    grid = planned.plan.tile_indexes  # the whole grid, or the tiles meeting the extent
+    n_tiles = len(grid)
+    parts = [
+        tuple(grid[i] for i in part)
+        for part in chunk_indexes(n_tiles, max(2, 2 * n_workers), multiple=multiple)
+    ]
     logger.info("%s: spreading %d tiles over %d chunks", scene.path, n_tiles, len(parts))
     chunk_futs = [
         client.submit(
@@ -469,6 +527,8 @@ def _submit_split(
             job,
             planned,
             part,
+            scene,
+            i,
             key=f"geoseg-chunk-{scene.name}-{i}-{run_id}",
             pure=False,
             retries=retries,
@@ -515,6 +575,10 @@ def _run_tasks(
             on_dashboard(dashboard)
         n_workers_now = max(1, len(client.scheduler_info(n_workers=-1).get("workers", {})))
         run_id = hashlib.sha1(f"{time.time_ns()}-{os.getpid()}".encode()).hexdigest()[:8]
+        topic = f"geoseg-tiles-{run_id}"
+        job = dataclasses.replace(job, progress_topic=topic)
+        tile_events: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        client.subscribe_topic(topic, tile_events.put)  # called on the client's event loop
         roles: dict[Any, _Role] = {}
         for s in todo:
             if split_tiles is None:
@@ -538,30 +602,37 @@ def _run_tasks(
                     retries=retries,
                 )
                 roles[fut] = ("plan", s, 0)
-        queue = as_completed(list(roles))
+        pending = as_completed(list(roles))
         tiles_counted: dict[str, int] = {}
-        for done in queue.batches():
-            for fut in done:
-                role, scene, n_tiles = roles.pop(fut)
-                if role == "chunk":
-                    tiles_counted[scene.name] = tiles_counted.get(scene.name, 0) + n_tiles
-                    tally.add_tiles(n_tiles)
+        try:
+            while not pending.is_empty():
+                _drain_tile_events(tile_events, tally)
+                if not pending.has_ready():
+                    time.sleep(_POLL_SECONDS)
                     continue
-                try:
-                    value = fut.result()
-                except Exception as err:
-                    logger.warning("%s failed on the cluster: %s", scene.path, error_text(err))
-                    value = failed_record(scene, job, err)
-                if isinstance(value, PlannedScene):
-                    for new_fut, new_role in _submit_split(
-                        client, scene, job, value, n_workers_now, run_id, retries
-                    ):
-                        roles[new_fut] = new_role
-                        queue.add(new_fut)
-                    continue
-                manifest.add(value)
-                if value.status is SceneStatus.FAILED:
-                    logger.warning("%s failed: %s", scene.name, value.error)
-                tally.add(value, tiles_counted=tiles_counted.pop(scene.name, 0))
-            manifest.flush()  # once per batch of completed futures
+                for fut in pending.next_batch(block=False):
+                    role, scene, n_tiles = roles.pop(fut)
+                    if role == "chunk":
+                        tiles_counted[scene.name] = tiles_counted.get(scene.name, 0) + n_tiles
+                        tally.add_tiles(n_tiles)
+                        continue
+                    try:
+                        value = fut.result()
+                    except Exception as err:
+                        logger.warning("%s failed on the cluster: %s", scene.path, error_text(err))
+                        value = failed_record(scene, job, err)
+                    if isinstance(value, PlannedScene):
+                        for new_fut, new_role in _submit_split(
+                            client, scene, job, value, n_workers_now, run_id, retries
+                        ):
+                            roles[new_fut] = new_role
+                            pending.add(new_fut)
+                        continue
+                    manifest.add(value)
+                    if value.status is SceneStatus.FAILED:
+                        logger.warning("%s failed: %s", scene.name, value.error)
+                    tally.add(value, tiles_counted=tiles_counted.pop(scene.name, 0))
+                manifest.flush()  # once per batch of completed futures
+        finally:
+            client.unsubscribe_topic(topic)
         return dashboard

@@ -13,16 +13,18 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import enum
-import hashlib
 import json
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from geoseg.errors import ConfigError
 from geoseg.io import VectorFormat, atomic_write
+from geoseg.storage import Target, as_target, join, read_bytes, write_output
+from geoseg.storage import exists as target_exists
+from geoseg.storage import file_sha256 as target_sha256
+from geoseg.storage import size as target_size
 
 __all__ = [
     "FORMAT_ALIASES",
@@ -149,12 +151,8 @@ class SceneRecord:
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:
-    """SHA-256 (hex) of a file's bytes, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    """SHA-256 (hex) of a file's (or, for a URL, an object's) bytes, read in 1 MiB blocks."""
+    return target_sha256(as_target(path))
 
 
 def utc_now() -> str:
@@ -165,8 +163,11 @@ def utc_now() -> str:
 class Manifest:
     """``OUTDIR/manifest.json``: the latest record per scene name, rewritten atomically.
 
+    On an object store (``path`` a URL) each flush uploads the whole manifest as one new
+    object (:func:`geoseg.storage.write_output`).
+
     Attributes:
-        path: the manifest file.
+        path: the manifest file (a ``Path`` or a URL string).
         header: run-level fields written before the records (model, hashes, settings).
         records: scene name -> latest record (read from an existing manifest first).
 
@@ -174,14 +175,14 @@ class Manifest:
         ConfigError: ``path`` exists but is not a geoseg batch manifest.
     """
 
-    def __init__(self, path: Path, header: Mapping[str, Any]) -> None:
+    def __init__(self, path: Target, header: Mapping[str, Any]) -> None:
         self.path = path
         self.header = dict(header)
         self.records: dict[str, SceneRecord] = {}
         self._dirty = False
-        if path.exists():
+        if target_exists(path):
             try:
-                data = json.loads(path.read_text(encoding="utf-8"))
+                data = json.loads(read_bytes(path).decode("utf-8"))
                 if data.get("format") != _MANIFEST_FORMAT:
                     raise ValueError(f"format is {data.get('format')!r}")
                 for name, rec in dict(data.get("scenes", {})).items():
@@ -199,7 +200,7 @@ class Manifest:
 
     def flush(self) -> None:
         """Rewrite the file (atomically) if a record was added since the last flush."""
-        if not self._dirty and self.path.exists():
+        if not self._dirty and target_exists(self.path):
             return
         data = {
             "format": _MANIFEST_FORMAT,
@@ -209,11 +210,11 @@ class Manifest:
             "scenes": {name: r.to_dict() for name, r in sorted(self.records.items())},
         }
         text = json.dumps(data, indent=1, sort_keys=False) + "\n"
-        atomic_write(self.path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+        write_output(self.path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
         self._dirty = False
 
 
-def output_intact(record: SceneRecord, output: Path) -> bool:
+def output_intact(record: SceneRecord, output: Target) -> bool:
     """Whether ``output`` is still the file ``record`` wrote: same size and same SHA-256.
 
     A 0-byte, truncated, replaced or missing file fails; so does a record without a size and
@@ -223,9 +224,9 @@ def output_intact(record: SceneRecord, output: Path) -> bool:
     if not record.output_sha256 or record.output_bytes <= 0:
         return False
     try:
-        if output.stat().st_size != record.output_bytes:
+        if target_size(output) != record.output_bytes:
             return False
-        return file_sha256(output) == record.output_sha256
+        return target_sha256(output) == record.output_sha256
     except OSError:
         return False
 
@@ -234,10 +235,10 @@ def is_done(
     record: SceneRecord | None,
     *,
     path: str,
-    output: Path,
+    output: Target,
     model_sha256: str,
     config_hash: str,
-    quicklook: Path | None,
+    quicklook: Target | None,
 ) -> bool:
     """Whether a scene's manifest record lets it be skipped on resume.
 
@@ -258,8 +259,8 @@ def is_done(
             quicklook is None
             or (
                 record.quicklook == str(quicklook)
-                and quicklook.is_file()
-                and quicklook.stat().st_size > 0
+                and target_exists(quicklook)
+                and target_size(quicklook) > 0
             )
         )
     )
@@ -295,8 +296,11 @@ def summary_frame(records: Sequence[SceneRecord], classes: Sequence[str]) -> Any
     return pd.DataFrame(rows, columns=columns)
 
 
-def write_summary(out_dir: Path, records: Sequence[SceneRecord], classes: Sequence[str]) -> None:
-    """Write ``summary.csv`` and ``summary.parquet`` (see :func:`summary_frame`) atomically."""
+def write_summary(out_dir: Target, records: Sequence[SceneRecord], classes: Sequence[str]) -> None:
+    """Write ``summary.csv`` and ``summary.parquet`` (see :func:`summary_frame`) atomically.
+
+    ``out_dir`` may be an object-store URL: each table is then uploaded once, complete.
+    """
     frame = summary_frame(records, classes)
-    atomic_write(out_dir / SUMMARY_CSV, lambda tmp: frame.to_csv(tmp, index=False))
-    atomic_write(out_dir / SUMMARY_PARQUET, lambda tmp: frame.to_parquet(tmp, index=False))
+    write_output(join(out_dir, SUMMARY_CSV), lambda tmp: frame.to_csv(tmp, index=False))
+    write_output(join(out_dir, SUMMARY_PARQUET), lambda tmp: frame.to_parquet(tmp, index=False))

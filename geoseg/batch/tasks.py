@@ -37,6 +37,8 @@ from geoseg.batch.inputs import SceneInput
 from geoseg.batch.manifest import SceneRecord, SceneStatus, file_sha256, utc_now
 from geoseg.errors import CheckpointError, GeosegError
 from geoseg.settings import RunSettings
+from geoseg.storage import Target, as_target, join, write_output
+from geoseg.storage import size as target_size
 
 if TYPE_CHECKING:
     import geopandas as gpd
@@ -58,6 +60,7 @@ __all__ = [
     "predict_chunk",
     "predictor_for",
     "process_scene",
+    "tile_reporter",
     "worker_cache_info",
 ]
 
@@ -80,9 +83,11 @@ class Job:
         model_sha256: its SHA-256; a worker refuses a checkpoint that changed since.
         settings: the run settings (``settings.device`` is where each worker loads the model).
         config_hash: the manifest's config hash (settings digest + checkpoint sidecar).
-        out_dir: the output folder.
+        out_dir: the output folder (a local path or an object-store URL).
         ext: the per-scene output extension (``.gpkg``...).
         quicklook: the quicklook writer, or ``None`` for no quicklooks.
+        progress_topic: the dask event topic tasks report their tiles on
+            (:func:`tile_reporter`); ``None``: no per-tile reports.
     """
 
     model: str
@@ -92,16 +97,24 @@ class Job:
     out_dir: str
     ext: str
     quicklook: QuicklookWriter | None = None
+    progress_topic: str | None = None
 
-    def output_for(self, scene: SceneInput) -> Path:
-        """``OUTDIR/<scene>.<ext>``."""
-        return Path(self.out_dir) / f"{scene.name}{self.ext}"
+    def settings_for(self, scene: SceneInput) -> RunSettings:
+        """The settings of one scene: the run's, with its own area of a per-scene AOI."""
+        s = self.settings
+        if s.extent is None or not s.extent.by_scene:
+            return s
+        return s.replace(extent=s.extent.for_scene(scene.name))
 
-    def quicklook_for(self, scene: SceneInput) -> Path | None:
+    def output_for(self, scene: SceneInput) -> Target:
+        """``OUTDIR/<scene>.<ext>`` (a URL string when the output folder is one)."""
+        return join(as_target(self.out_dir), f"{scene.name}{self.ext}")
+
+    def quicklook_for(self, scene: SceneInput) -> Target | None:
         """``OUTDIR/quicklooks/<scene>.png`` when quicklooks are asked for, else ``None``."""
         if self.quicklook is None:
             return None
-        return Path(self.out_dir) / "quicklooks" / f"{scene.name}.png"
+        return join(as_target(self.out_dir), "quicklooks", f"{scene.name}.png")
 
 
 @dataclass(frozen=True, eq=False)
@@ -211,6 +224,52 @@ def predictor_for(job: Job) -> tuple[Predictor, bool]:
 
 
 # --------------------------------------------------------------------------------------------
+# per-tile progress
+
+#: Least seconds between two tile reports of one task (the last report is always sent).
+TILE_REPORT_INTERVAL = 0.2
+
+
+def tile_reporter(
+    job: Job, scene: SceneInput, part: int = -1, *, scene_total: int | None = None
+) -> Callable[[int, int], None] | None:
+    """A ``progress(done, total)`` callback that reports a task's tiles to the client.
+
+    Each call logs a dask event on ``job.progress_topic`` (at most one per
+    :data:`TILE_REPORT_INTERVAL` seconds, and always the last one) with the message ``{"scene":
+    name, "part": part, "done": done, "total": total}``: ``part`` is the chunk number of a
+    split scene (``-1``: the whole scene), ``done`` the tiles of that part predicted so far and
+    ``total`` the scene's tiles (``scene_total``, else the callback's own ``total``).
+    :func:`geoseg.batch.run_batch` turns them into
+    :attr:`~geoseg.batch.BatchProgress.scene_tiles`.
+
+    Returns:
+        ``None`` outside a dask worker or without a topic.
+    """
+    if job.progress_topic is None:
+        return None
+    try:
+        from distributed import get_worker
+
+        worker = get_worker()
+    except (ImportError, ValueError):
+        return None
+    topic = job.progress_topic
+    last = [-math.inf]
+
+    def report(done: int, total: int) -> None:
+        now = time.monotonic()
+        if done < total and now - last[0] < TILE_REPORT_INTERVAL:
+            return
+        last[0] = now
+        whole = int(total if scene_total is None else scene_total)
+        msg = {"scene": scene.name, "part": part, "done": int(done), "total": whole}
+        worker.log_event(topic, msg)
+
+    return report
+
+
+# --------------------------------------------------------------------------------------------
 # records
 
 
@@ -276,7 +335,7 @@ def _ok_record(
         path=scene.path,
         status=SceneStatus.OK,
         output=str(output),
-        output_bytes=output.stat().st_size,
+        output_bytes=target_size(output),
         output_sha256=file_sha256(output),
         quicklook=quicklook,
         counts={str(k): int(v) for k, v in result.counts.items()},
@@ -296,10 +355,14 @@ def _ok_record(
 def _write_quicklook(scene: SceneInput, job: Job, gdf: gpd.GeoDataFrame) -> str | None:
     """Call the job's quicklook writer for this scene, if any; return the PNG's path."""
     out = job.quicklook_for(scene)
-    if out is None or job.quicklook is None:
+    draw = job.quicklook
+    if out is None or draw is None:
         return None
-    out.parent.mkdir(parents=True, exist_ok=True)
-    job.quicklook(scene.path, gdf, out)
+    if isinstance(out, Path):
+        out.parent.mkdir(parents=True, exist_ok=True)
+        draw(scene.path, gdf, out)
+    else:  # drawn into a local file, uploaded once
+        write_output(out, lambda tmp: draw(scene.path, gdf, tmp))
     return str(out)
 
 
@@ -318,7 +381,13 @@ def process_scene(scene: SceneInput, job: Job) -> SceneRecord:
     loaded = False
     try:
         predictor, loaded = predictor_for(job)
-        result = run_scene(scene.path, predictor, job.settings, output=job.output_for(scene))
+        result = run_scene(
+            scene.path,
+            predictor,
+            job.settings_for(scene),
+            output=job.output_for(scene),
+            progress=tile_reporter(job, scene),
+        )
         ql = _write_quicklook(scene, job, result.gdf)
     except Exception as err:
         if not is_input_error(err):
@@ -356,10 +425,13 @@ def plan_split(scene: SceneInput, job: Job, split_tiles: int) -> PlannedScene | 
     loaded = False
     try:
         predictor, loaded = predictor_for(job)
-        plan = plan_scene(scene.path, predictor, job.settings, output=job.output_for(scene))
-        if len(plan.specs) >= split_tiles:
+        plan = plan_scene(
+            scene.path, predictor, job.settings_for(scene), output=job.output_for(scene)
+        )
+        if len(plan.tile_indexes) >= split_tiles:
             return PlannedScene(plan, time.perf_counter() - t0, loaded)
-        result = finish_scene(plan, predict_tiles(plan, predictor))
+        per_tile = predict_tiles(plan, predictor, progress=tile_reporter(job, scene))
+        result = finish_scene(plan, per_tile)
         ql = _write_quicklook(scene, job, result.gdf)
     except Exception as err:
         if not is_input_error(err):
@@ -382,17 +454,29 @@ def plan_split(scene: SceneInput, job: Job, split_tiles: int) -> PlannedScene | 
     )
 
 
-def predict_chunk(job: Job, planned: PlannedScene, indexes: Sequence[int]) -> ChunkResult:
+def predict_chunk(
+    job: Job,
+    planned: PlannedScene,
+    indexes: Sequence[int],
+    scene: SceneInput | None = None,
+    part: int = 0,
+) -> ChunkResult:
     """Task: read and predict the tiles ``indexes`` of a split scene.
 
     :func:`~geoseg.pipeline.predict_tiles` skips all-invalid tiles and drops detections below
-    their class's threshold here, so only kept detections (cropped masks) travel.
+    their class's threshold here, so only kept detections (cropped masks) travel. With
+    ``scene``, the chunk (number ``part``) reports its tiles as it goes (:func:`tile_reporter`).
     """
     from geoseg.pipeline import predict_tiles
 
     t0 = time.perf_counter()
     predictor, loaded = predictor_for(job)
-    per_tile = predict_tiles(planned.plan, predictor, indexes)
+    report = (
+        None
+        if scene is None
+        else tile_reporter(job, scene, part, scene_total=len(planned.plan.specs))
+    )
+    per_tile = predict_tiles(planned.plan, predictor, indexes, progress=report)
     return ChunkResult(
         detections=tuple(per_tile),
         n_tiles=len(per_tile),

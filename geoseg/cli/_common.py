@@ -25,10 +25,12 @@ __all__ = [
     "device_option",
     "echo",
     "error_line",
+    "extent_from_options",
     "fail_on_geoseg_error",
     "inputs_of",
     "is_quiet",
     "model_bands",
+    "output_options",
     "parse_bands",
     "parse_classes",
     "progress_disabled",
@@ -381,18 +383,26 @@ def resolve_cli_settings(
     regularize: str | None = None,
     regularize_min_iou: float | None = None,
     checkpoint: str | None = None,
+    classes: str | None = None,
+    class_agnostic: bool = False,
+    aoi: str | None = None,
+    bbox: str | None = None,
+    bbox_crs: str | None = None,
+    geometry: str | None = None,
 ) -> RunSettings:
     """The run settings of ``predict``/``batch`` from their options and the checkpoint.
 
     One call of :func:`geoseg.settings.resolve` (options > preset > checkpoint > defaults),
     after the checks that need only the checkpoint's sidecar, so that a mistake fails before
     any scene is read, the model loaded or a progress bar drawn: a ``--min-score CLASS=S``
-    for a class the model lacks (:func:`geoseg.config.check_class_names`). ``--bands 1`` for
-    a model of several bands is repeated (:func:`model_bands`).
+    or a ``--classes`` name for a class the model lacks
+    (:func:`geoseg.config.check_class_names`). ``--bands 1`` for a model of several bands is
+    repeated (:func:`model_bands`). ``--aoi`` is read here (:func:`extent_from_options`).
 
     Raises:
-        click.UsageError: ``--gsd`` together with ``--no-resample``.
-        ConfigError: a ``--min-score`` class that is not one of the model's.
+        click.UsageError: ``--gsd`` together with ``--no-resample``; ``--aoi`` with ``--bbox``.
+        ConfigError: a ``--min-score`` or ``--classes`` class that is not one of the model's.
+        LabelError: an unreadable AOI.
     """
     if gsd is not None and no_resample:
         raise click.UsageError("--gsd and --no-resample contradict each other; give one")
@@ -402,6 +412,9 @@ def resolve_cli_settings(
     global_score, class_scores = split_min_score(min_score)
     where = f"the classes of the checkpoint {checkpoint}" if checkpoint else "the model's classes"
     check_class_names(class_scores, meta.classes, option="--min-score", known_as=where)
+    kept = parse_classes(classes)
+    if kept is not None:
+        kept = check_class_names(kept, meta.classes, option="--classes", known_as=where)
     return resolve(
         meta,
         config,
@@ -417,4 +430,81 @@ def resolve_cli_settings(
         norm=norm,
         regularize=parse_classes(regularize),
         regularize_min_iou=regularize_min_iou,
+        classes=kept,
+        class_agnostic=True if class_agnostic else None,
+        extent=extent_from_options(aoi, bbox, bbox_crs),
+        geometry=geometry,
     )
+
+
+def output_options(func: F) -> F:
+    """What ``predict`` and ``batch`` keep and write: classes, extent, geometry.
+
+    Adds ``--classes``, ``--class-agnostic``, ``--aoi``, ``--bbox``, ``--bbox-crs`` and
+    ``--geometry``; their values feed :func:`resolve_cli_settings`.
+    """
+    from geoseg.settings import OutputGeometry
+
+    options = [
+        click.option(
+            "--classes",
+            metavar="A,B",
+            help="Keep only objects of these classes (the model's class names) [default: all].",
+        ),
+        click.option(
+            "--class-agnostic",
+            is_flag=True,
+            help="Merge across classes: one object outlined as two classes becomes one, with "
+            "the best-scoring class [default: the preset's, else class by class].",
+        ),
+        click.option(
+            "--aoi",
+            metavar="FILE",
+            help="Predict only inside these polygons (any vector file, any CRS): tiles that "
+            "meet them are read, objects whose centroid lies inside are kept (as geoseg count "
+            "--aoi counts them).",
+        ),
+        click.option(
+            "--bbox",
+            metavar="MINX,MINY,MAXX,MAXY",
+            help="Predict only inside this box, in the scene's CRS (or --bbox-crs); a "
+            "leading minus needs '=': --bbox=-9.2,38.6,-9.1,38.7.",
+        ),
+        click.option(
+            "--bbox-crs",
+            metavar="CRS",
+            help="CRS of --bbox, e.g. EPSG:4326 for lon/lat [default: each scene's CRS].",
+        ),
+        click.option(
+            "--geometry",
+            type=click.Choice([g.value for g in OutputGeometry]),
+            default=OutputGeometry.MASK.value,
+            show_default=True,
+            help="Write each object as its outline (one Polygon), its pixel box, or its "
+            "centroid point (the point geoseg count places it by).",
+        ),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def extent_from_options(aoi: str | None, bbox: str | None, bbox_crs: str | None) -> Any:
+    """The :class:`geoseg.extent.Extent` of ``--aoi`` / ``--bbox`` (``--bbox-crs``), or ``None``.
+
+    Raises:
+        click.UsageError: both ``--aoi`` and ``--bbox``, or ``--bbox-crs`` without ``--bbox``.
+        LabelError: an unreadable AOI file.
+        ConfigError: a malformed box or an unknown CRS.
+    """
+    from geoseg.extent import bbox_extent, parse_bbox, read_aoi
+
+    if aoi is not None and bbox is not None:
+        raise click.UsageError("--aoi and --bbox both set the processing extent; give one")
+    if bbox_crs is not None and bbox is None:
+        raise click.UsageError("--bbox-crs is the CRS of --bbox; give --bbox too")
+    if aoi is not None:
+        return read_aoi(aoi)
+    if bbox is not None:
+        return bbox_extent(parse_bbox(bbox), bbox_crs)
+    return None

@@ -16,12 +16,14 @@ from geoseg.cli._common import (
     echo,
     fail_on_geoseg_error,
     is_quiet,
+    output_options,
     progress_disabled,
     resolve_cli_settings,
     run_settings_options,
     set_interrupt_note,
 )
 from geoseg.settings import NormSource
+from geoseg.storage import Target, as_target
 
 if TYPE_CHECKING:
     import geopandas as gpd
@@ -62,7 +64,9 @@ def format_report(report: BatchReport) -> str:
         lines.append(f"FAILED {r.scene}: {r.error}")
     lines.append(f"settings: {report.settings.describe()}")
     lines.append(f"manifest: {report.manifest}")
-    lines.append(f"summary:  {report.summary_csv}, {report.summary_parquet.name}")
+    lines.append(
+        f"summary:  {report.summary_csv}, {str(report.summary_parquet).rsplit('/', 1)[-1]}"
+    )
     return "\n".join(lines)
 
 
@@ -80,8 +84,10 @@ def format_report(report: BatchReport) -> str:
     "--out-dir",
     "out_dir",
     required=True,
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Output folder: one vector file per scene, manifest.json, summary.csv/.parquet.",
+    metavar="OUTDIR",
+    callback=lambda ctx, param, value: as_target(value),
+    help="Output folder: one vector file per scene, manifest.json, summary.csv/.parquet; or "
+    "an object-store URL such as s3://bucket/run/ (each file uploaded once, complete).",
 )
 @click.option(
     "--scheduler",
@@ -105,6 +111,7 @@ def format_report(report: BatchReport) -> str:
 @click.option("--force", is_flag=True, help="Redo every scene, even those already done.")
 @click.option("--quicklook", is_flag=True, help="Also write OUTDIR/quicklooks/<scene>.png.")
 @run_settings_options
+@output_options
 @click.option(
     "--norm",
     type=click.Choice([s.value for s in NormSource]),
@@ -142,7 +149,7 @@ def format_report(report: BatchReport) -> str:
 def command(
     inputs: tuple[str, ...],
     model: str,
-    out_dir: Path,
+    out_dir: Target,
     scheduler: str | None,
     workers: int | None,
     fmt: str,
@@ -157,6 +164,12 @@ def command(
     no_resample: bool,
     regularize: str | None,
     regularize_min_iou: float | None,
+    classes: str | None,
+    class_agnostic: bool,
+    aoi: str | None,
+    bbox: str | None,
+    bbox_crs: str | None,
+    geometry: str,
     norm: str,
     batch_size: int | None,
     asset: str | None,
@@ -171,7 +184,9 @@ def command(
     skips the scenes already done with the same model and config; --force redoes them.
     Settings follow the same rule as geoseg predict: options > --config preset > the
     checkpoint's tile size and score thresholds > defaults; scenes are read at the model's
-    ground resolution unless --gsd or --no-resample says otherwise.
+    ground resolution unless --gsd or --no-resample says otherwise. --aoi/--bbox predict only
+    an area of each scene (an AOI with a "scene" column: each feature for the scene of that
+    name).
     Exits with status 1 when any scene failed (see OUTDIR/manifest.json).
     """
     from tqdm import tqdm
@@ -196,16 +211,27 @@ def command(
         regularize=regularize,
         regularize_min_iou=regularize_min_iou,
         checkpoint=model,
+        classes=classes,
+        class_agnostic=class_agnostic,
+        aoi=aoi,
+        bbox=bbox,
+        bbox_crs=bbox_crs,
+        geometry=geometry,
     )
     echo(describe_gsd(settings, meta.gsd), err=True)
+    if settings.extent is not None:
+        echo(settings.extent.describe(), err=True)
     shown = settings.bands or meta.bands
     writer = functools.partial(write_quicklook, bands=shown[:3] if len(shown) >= 3 else shown[:1])
     bar = tqdm(
         total=n_scenes, unit="scene", desc="batch", dynamic_ncols=True, disable=progress_disabled()
     )
 
+    started: list[bool] = []
+
     def progress(p: BatchProgress) -> None:
-        if p.record is None and p.done == 0:
+        if not started:  # the first call: scenes to run, scenes skipped
+            started.append(True)
             bar.reset(total=p.total)
             if p.skipped and not is_quiet():
                 tqdm.write(
@@ -215,9 +241,11 @@ def command(
             return
         bar.n = p.done
         top = sorted(p.counts.items(), key=lambda kv: -kv[1])[:4]
+        running = [f"{name} {d}/{t} tiles" for name, (d, t) in list(p.scene_tiles.items())[:3]]
         bar.set_postfix_str(
             f"ok={p.ok} failed={p.failed} tiles={p.tiles} objects={p.objects} "
-            + " ".join(f"{k}={v}" for k, v in top),
+            + " ".join(f"{k}={v}" for k, v in top)
+            + (f" | {', '.join(running)}" if running else ""),
             refresh=True,
         )
 

@@ -12,12 +12,14 @@ from geoseg.cli._common import (
     device_option,
     echo,
     fail_on_geoseg_error,
+    output_options,
     progress_disabled,
     resolve_cli_settings,
     run_settings_options,
     set_interrupt_note,
 )
 from geoseg.settings import NormSource
+from geoseg.storage import Target, as_target
 
 if TYPE_CHECKING:
     from geoseg.pipeline import SceneResult
@@ -26,8 +28,6 @@ if TYPE_CHECKING:
 
 __all__ = ["command", "format_summary", "load_for_scene", "predict_options"]
 
-F = TypeVar("F", bound=Callable[..., Any])
-
 
 def format_summary(result: SceneResult) -> str:
     """A short human summary: objects per class, tiles and speed."""
@@ -35,21 +35,28 @@ def format_summary(result: SceneResult) -> str:
     lines = [f"{name:<{width}}  {n:>7d}" for name, n in result.counts.items()]
     lines.append(f"{'total':<{width}}  {sum(result.counts.values()):>7d}")
     lines.append(
-        f"{result.n_tiles} tiles in {result.seconds:.1f} s "
+        f"{result.n_tiles} tiles"
+        + (f" ({result.resumed_tiles} from partial results)" if result.resumed_tiles else "")
+        + f" in {result.seconds:.1f} s "
         f"({result.megapixels_per_second:.2f} Mpx/s)"
         + (f"; wrote {result.output}" if result.output is not None else "")
     )
     return "\n".join(lines)
 
 
-def _check_png_path(path: Path) -> None:
+def _check_png_path(path: Target) -> None:
     """Fail early when the quicklook PNG cannot be written."""
     import os
 
-    if path.suffix.lower() != ".png":
+    from geoseg.storage import check_folder_writable
+
+    if not str(path).lower().endswith(".png"):
         raise click.BadParameter(
             f"{path}: the quicklook must be a .png file", param_hint="--quicklook"
         )
+    if isinstance(path, str):  # a URL: the bucket must exist
+        check_folder_writable(path.rsplit("/", 1)[0])
+        return
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir() or not os.access(folder, os.W_OK):
         raise click.BadParameter(
@@ -57,12 +64,18 @@ def _check_png_path(path: Path) -> None:
         )
 
 
-def _quicklook(scene: str, result: SceneResult, path: Path, bands: tuple[int, ...]) -> Path:
+def _quicklook(scene: str, result: SceneResult, path: Target, bands: tuple[int, ...]) -> Target:
     """Draw the result over the scene (RGB from the first three model bands, or grey)."""
+    from geoseg.storage import write_output
     from geoseg.viz import quicklook
 
     shown = bands[:3] if len(bands) >= 3 else bands[:1]
-    return quicklook(scene, result.gdf, path, bands=shown)
+    if isinstance(path, Path):
+        return quicklook(scene, result.gdf, path, bands=shown)
+    return write_output(path, lambda tmp: quicklook(scene, result.gdf, tmp, bands=shown))
+
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 def predict_options(func: F) -> F:
@@ -103,29 +116,32 @@ def load_for_scene(
     scene: str,
     model: str,
     *,
-    output: Path,
-    other_outputs: Sequence[tuple[str, Path | None]] = (),
+    output: Target,
+    other_outputs: Sequence[tuple[str, Target | None]] = (),
     options: Mapping[str, Any],
     adjust: Callable[[RunSettings, tuple[str, ...]], RunSettings] | None = None,
     check_outputs: Callable[[], None] | None = None,
+    interrupt_note: str | None = None,
 ) -> tuple[RunSettings, Predictor]:
     """Check a predict-like command's inputs cheaply, then resolve its settings and load the model.
 
     Everything that can fail on bad input fails before the model is loaded: an output over an
-    input, an unwritable output, a scene that is not a raster, a threshold or a
-    ``--regularize`` class the model lacks, a band count the model does not take, tiles too
-    large. Shared by ``geoseg predict`` and ``geoseg label``.
+    input, an unwritable output, a scene that is not a raster, a threshold, ``--classes`` or
+    ``--regularize`` class the model lacks, an area (``--aoi``/``--bbox``) off the scene, a
+    band count the model does not take, tiles too large. Shared by ``geoseg predict`` and
+    ``geoseg label``.
 
     Args:
         scene: the raster.
         model: the checkpoint.
-        output: the vector file the command writes (role ``-o``).
-        other_outputs: more ``(role, path)`` the command writes (``None`` paths ignored).
+        output: the vector file the command writes (role ``-o``; a path or a URL).
+        other_outputs: more ``(role, target)`` the command writes (``None`` ignored).
         options: the :func:`~geoseg.cli._common.resolve_cli_settings` keyword arguments.
         adjust: ``adjust(settings, classes)`` changes the resolved settings before the model
             is loaded with them (``geoseg label --candidates`` lowers the score thresholds).
         check_outputs: more checks of the command's outputs, run right after the output checks
-            (``predict``'s quicklook path).
+            (``predict``'s quicklook and id-raster paths).
+        interrupt_note: what Ctrl-C says was kept (default: nothing was written).
 
     Returns:
         ``(settings, predictor)``.
@@ -133,14 +149,15 @@ def load_for_scene(
     from geoseg.checkpoint import check_compatible, checkpoint_paths, read_meta
     from geoseg.errors import ConfigError
     from geoseg.export import check_scene_output, check_writable
+    from geoseg.extent import check_overlap
     from geoseg.io import check_no_overwrite
-    from geoseg.pipeline import scene_grid
+    from geoseg.pipeline import check_output_geometry, scene_grid
     from geoseg.predict import load_predictor
     from geoseg.raster import open_scene, validate_bands
 
     # Cheap checks first, so that bad input fails before the model is loaded.
     check_no_overwrite(
-        [("SCENE", scene), ("MODEL", checkpoint_paths(model)[0])],
+        [("SCENE", scene), ("MODEL", checkpoint_paths(model)[0]), ("--aoi", options.get("aoi"))],
         [("-o", output), *other_outputs],
     )
     check_writable(output)
@@ -150,6 +167,10 @@ def load_for_scene(
     check_scene_output(output, info)
     meta = read_meta(model)
     settings = resolve_cli_settings(meta, **options, checkpoint=model)
+    check_output_geometry(output, settings)
+    if settings.extent is not None:
+        check_overlap(settings.extent, info)
+        echo(settings.extent.describe(), err=True)
     if settings.regularize:
         from geoseg.regularize import regularize_classes
 
@@ -173,7 +194,8 @@ def load_for_scene(
         per_class = ", ".join(f"{k} {v:g}" for k, v in sorted(settings.class_min_score.items()))
         echo(f"score thresholds: {per_class}; other classes {settings.min_score:g}", err=True)
     set_interrupt_note(
-        f"nothing was written ({output} is written whole at the end, or not at all); run the "
+        interrupt_note
+        or f"nothing was written ({output} is written whole at the end, or not at all); run the "
         "same command again"
     )
     return settings, load_predictor(model, settings)
@@ -192,22 +214,46 @@ def load_for_scene(
     "-o",
     "--output",
     required=True,
-    type=click.Path(dir_okay=False, path_type=Path),
+    metavar="OUT",
+    callback=lambda ctx, param, value: as_target(value),
     help="Vector output; the format follows the extension: .gpkg .geojson .shp .parquet .fgb, "
-    "or .json for COCO.",
+    "or .json for COCO. A URL such as s3://bucket/run/out.gpkg is uploaded once, complete.",
+)
+@output_options
+@click.option(
+    "--mask-raster",
+    type=click.Path(dir_okay=False, path_type=Path),
+    metavar="TIF",
+    help="Also write the objects' instance ids (uint32, 0 = background, the output's id "
+    "column) as a Cloud-Optimized GeoTIFF on the scene's grid.",
 )
 @click.option(
     "--quicklook",
-    type=click.Path(dir_okay=False, path_type=Path),
     metavar="PNG",
-    help="Also write a quicklook PNG of the results over the scene.",
+    callback=lambda ctx, param, value: None if value is None else as_target(value),
+    help="Also write a quicklook PNG of the results over the scene (a path or a URL).",
+)
+@click.option(
+    "--no-resume",
+    is_flag=True,
+    help="Start over: ignore and do not keep OUT.partial, the per-tile results an interrupted "
+    "run leaves for the next run with the same scene, model and settings.",
 )
 @predict_options
 @fail_on_geoseg_error
 def command(
     scene: str,
     model: str,
-    output: Path,
+    output: Target,
+    classes: str | None,
+    class_agnostic: bool,
+    aoi: str | None,
+    bbox: str | None,
+    bbox_crs: str | None,
+    geometry: str,
+    mask_raster: Path | None,
+    quicklook: Target | None,
+    no_resume: bool,
     config: str | None,
     bands: str | None,
     min_score: tuple[float | tuple[str, float], ...],
@@ -217,7 +263,6 @@ def command(
     no_resample: bool,
     regularize: str | None,
     regularize_min_iou: float | None,
-    quicklook: Path | None,
     device: str,
     norm: str,
     batch_size: int | None,
@@ -229,19 +274,43 @@ def command(
     borders are merged; polygons are in the scene's CRS (GeoJSON: WGS84). A scene whose
     ground resolution differs from the model's by more than 10 % is read at the model's
     (each tile resampled while it is read, no copy on disk); --gsd sets another working
-    GSD, --no-resample reads the scene as it is. --regularize buildings gives building
-    outlines right angles.
+    GSD, --no-resample reads the scene as it is. --aoi/--bbox predict only an area;
+    --classes keeps some classes; each object is one Polygon (--geometry box/point for boxes
+    or centroids); --regularize buildings gives building outlines right angles.
+
+    Each batch of predicted tiles is kept in OUT.partial until OUT is written: after an
+    interrupt, the same command predicts only the missing tiles (--no-resume starts over).
     """
+    import hashlib
+
     from tqdm import tqdm
 
+    from geoseg.checkpoint import checkpoint_paths
+    from geoseg.export import check_id_raster_path
+    from geoseg.partial import partial_path
     from geoseg.pipeline import run_scene
 
+    def check_outputs() -> None:
+        if mask_raster is not None:
+            check_id_raster_path(mask_raster)
+        if quicklook is not None:
+            _check_png_path(quicklook)
+
+    resume = not no_resume
+    sidecar_file = partial_path(output)
+    note = None
+    if resume:
+        note = (
+            f"{output} was not written; the tiles predicted so far are kept in {sidecar_file}: "
+            "run the same command again to predict only the others (--no-resume starts over)"
+        )
     settings, predictor = load_for_scene(
         scene,
         model,
         output=output,
-        other_outputs=[("--quicklook", quicklook)],
-        check_outputs=None if quicklook is None else lambda: _check_png_path(quicklook),
+        other_outputs=[("--quicklook", quicklook), ("--mask-raster", mask_raster)],
+        check_outputs=check_outputs,
+        interrupt_note=note,
         options={
             "config": config,
             "bands": bands,
@@ -255,8 +324,21 @@ def command(
             "no_resample": no_resample,
             "regularize": regularize,
             "regularize_min_iou": regularize_min_iou,
+            "classes": classes,
+            "class_agnostic": class_agnostic,
+            "aoi": aoi,
+            "bbox": bbox,
+            "bbox_crs": bbox_crs,
+            "geometry": geometry,
         },
     )
+    if resume and sidecar_file.exists():
+        echo(
+            f"found partial results in {sidecar_file}: tiles predicted with the same scene, "
+            "model and settings are not predicted again (--no-resume starts over)",
+            err=True,
+        )
+    model_id = hashlib.sha256(checkpoint_paths(model)[1].read_bytes()).hexdigest()
 
     with tqdm(
         total=None, unit="tile", desc=Path(scene).name, leave=False, disable=progress_disabled()
@@ -267,9 +349,19 @@ def command(
             bar.update(done - bar.n)
 
         result = run_scene(
-            scene, predictor, settings, num_workers=workers, progress=progress, output=output
+            scene,
+            predictor,
+            settings,
+            num_workers=workers,
+            progress=progress,
+            output=output,
+            mask_raster=mask_raster,
+            resume=resume,
+            model_id=model_id,
         )
     echo(format_summary(result))
     if quicklook is not None:
         written = _quicklook(scene, result, quicklook, result.bands)
         echo(f"wrote {written}", err=True)
+    if result.mask_raster is not None:
+        echo(f"wrote {result.mask_raster}", err=True)
