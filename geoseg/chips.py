@@ -70,7 +70,7 @@ from geoseg.coco import (
     write_coco,
 )
 from geoseg.errors import ConfigError, ExportError, LabelError
-from geoseg.geometry import polygonal
+from geoseg.geometry import apply_affine, polygonal
 from geoseg.io import atomic_write, atomic_write_json, read_vectors
 from geoseg.raster import (
     compute_norm_stats,
@@ -166,6 +166,12 @@ class ChipSummary:
         n_slivers: clipped parts dropped by the sliver rule (or without any pixel).
         class_balance: per-class statistics, in class order.
         warnings: human-readable warnings (under-represented classes...).
+        n_not_reviewed: reviewed labels only: features whose status is not ``ok`` (never
+            truth).
+        n_chips_unreviewed: reviewed labels only: chips skipped because they reach outside the
+            reviewed area or touch a feature not reviewed.
+        review: reviewed labels only: :meth:`geoseg.review.Review.summary` (also in the
+            folder's ``"geoseg"`` block).
     """
 
     out_dir: str
@@ -183,6 +189,9 @@ class ChipSummary:
     n_slivers: int
     class_balance: tuple[ClassBalance, ...]
     warnings: tuple[str, ...]
+    n_not_reviewed: int = 0
+    n_chips_unreviewed: int = 0
+    review: Mapping[str, Any] | None = None
 
 
 # --------------------------------------------------------------------------- labels
@@ -304,16 +313,7 @@ def _load_labels(
         )
 
     # to scene pixels
-    inv = ~info.transform
-    geoms = shapely.transform(
-        np.asarray(keep_geoms, dtype=object),
-        lambda xy: np.column_stack(
-            (
-                inv.a * xy[:, 0] + inv.b * xy[:, 1] + inv.c,
-                inv.d * xy[:, 0] + inv.e * xy[:, 1] + inv.f,
-            )
-        ),
-    )
+    geoms = apply_affine(np.asarray(keep_geoms, dtype=object), ~info.transform)
     inside = shapely.intersects(geoms, box(0, 0, info.width, info.height))
     n_outside = int((~inside).sum())
     if not inside.any():
@@ -574,6 +574,89 @@ def _chip_layout(width: int, height: int) -> dict[str, Any]:
     return layout
 
 
+# ---------------------------------------------------------------------- reviews
+
+
+def _is_review(labels: Any, status_column: str) -> bool:
+    """Whether ``labels`` (a path or a GeoDataFrame) has a review status column."""
+    import geopandas as gpd
+
+    if isinstance(labels, gpd.GeoDataFrame):
+        return status_column in labels.columns
+    if not isinstance(labels, str | os.PathLike):
+        return False
+    import pyogrio
+
+    from geoseg.review import labels_layer
+
+    try:
+        fields = pyogrio.read_info(os.fspath(labels), layer=labels_layer(labels))["fields"]
+    except Exception:  # unreadable: read_vectors reports it with the file's name
+        return False
+    return status_column in {str(f) for f in fields}
+
+
+@dataclass(frozen=True, eq=False)
+class _ReviewFilter:
+    """Which chip windows a review allows: inside the reviewed area, no unreviewed feature.
+
+    Attributes:
+        area: the reviewed area in scene pixels.
+        todo: the features not reviewed, in scene pixels.
+        window: the bounding window of ``area`` (scene pixels, clipped to the scene).
+    """
+
+    area: BaseGeometry
+    todo: npt.NDArray[Any]
+    window: PixelWindow
+    scene_box: BaseGeometry
+
+    def __call__(self, w: PixelWindow) -> bool:
+        b = _window_box(w).intersection(self.scene_box)
+        if not self.area.contains(b):
+            return False
+        if not len(self.todo):
+            return True
+        # a todo feature that only touches the chip's edge has no pixel in it
+        hit = shapely.intersects(self.todo, b) & ~shapely.touches(self.todo, b)
+        return not bool(hit.any())
+
+
+def _review_filter(review: Any, info: SceneInfo) -> _ReviewFilter:
+    """The reviewed area and the unreviewed features of ``review`` in scene pixels."""
+    import geopandas as gpd
+
+    name = review.name
+    if (review.crs is None) != (info.crs_wkt is None):
+        raise LabelError(
+            f"{name}: the reviewed labels and the scene {info.path} must both have a CRS or both "
+            "have none"
+        )
+    area = gpd.GeoSeries([review.area], crs=review.crs)
+    todo = gpd.GeoSeries(list(review.todo.geometry.values), crs=review.crs)
+    if info.crs_wkt is not None:
+        from pyproj import CRS
+
+        scene_crs = CRS.from_wkt(info.crs_wkt)
+        area, todo = area.to_crs(scene_crs), todo.to_crs(scene_crs)
+    inv = ~info.transform
+    scene_box = box(0, 0, info.width, info.height)
+    area_px = polygonal(apply_affine(area.values[0], inv))
+    area_px = None if area_px is None else polygonal(area_px.intersection(scene_box))
+    if area_px is None or area_px.area < 1:
+        raise LabelError(
+            f"{name}: the reviewed area ({review.area_source}) does not cover a pixel of the "
+            f"scene {info.path}; check that labels and scene are the same place"
+        )
+    todo_px = np.asarray(apply_affine(np.asarray(todo.values, dtype=object), inv), dtype=object)
+    todo_px = todo_px[[g is not None and not g.is_empty for g in todo_px]]
+    x0, y0, x1, y1 = area_px.bounds
+    c0, r0 = math.floor(x0), math.floor(y0)
+    window = PixelWindow(c0, r0, math.ceil(x1) - c0, math.ceil(y1) - r0)
+    # half a pixel of slack: the area's vertices need not lie on pixel edges
+    return _ReviewFilter(area_px.buffer(0.5, join_style="mitre"), todo_px, window, scene_box)
+
+
 # ------------------------------------------------------------------------ main
 
 
@@ -600,11 +683,21 @@ def make_chips(
     scene_gsd: float | None = None,
     metadata: Mapping[str, Any] | None = None,
     target_gsd: float | None = None,
+    reviewed_area: Any = None,
+    status_column: str = "status",
 ) -> ChipSummary:
     """Cut training chips and COCO instance labels from a scene and vector labels.
 
     See the module docstring for the output layout and the rules (segmentation format, slivers,
     empty chips, label repair, class balance).
+
+    **Reviewed labels** (model-assisted labelling, :mod:`geoseg.review`): when ``labels`` has
+    a ``status_column`` (pre-labels from ``geoseg label`` edited in QGIS), only features whose
+    status is ``ok`` are labels; the others are never rasterised. Chips are cut only inside
+    the reviewed area (the file's ``reviewed_area`` layer, ``reviewed_area``, or the convex
+    hull of the ok features): the grid is laid over the area's bounding window (chips cropped
+    to it), and a chip is skipped when it reaches outside the area or touches a feature that
+    is not ok, so an unreviewed object is neither a label nor background.
 
     Args:
         scene: the raster (any path :func:`geoseg.raster.open_scene` accepts).
@@ -644,6 +737,10 @@ def make_chips(
             ``min_visible_pixels`` are then in chip pixels at ``target_gsd``; ``region``,
             ``chip_filter`` windows and the recorded ``window`` of each chip stay in scene
             pixels. ``None``: the scene's own GSD.
+        reviewed_area: the area a person reviewed (polygon vector file, GeoDataFrame or
+            shapely geometry in the labels' CRS); with it, labels without a status column
+            count as all reviewed. ``None``: see above.
+        status_column: the review status attribute.
 
     Returns:
         A :class:`ChipSummary` (also see ``class_balance.json``).
@@ -666,6 +763,36 @@ def make_chips(
     info = open_scene(scene)
     sel = validate_bands(info, bands if bands is not None or stats is None else stats.bands)
     norm = stats if stats is not None else compute_norm_stats(info, bands=sel)
+    review = None
+    review_filter: _ReviewFilter | None = None
+    if reviewed_area is not None or _is_review(labels, status_column):
+        from geoseg.review import read_review
+
+        review = read_review(
+            labels,
+            reviewed_area=reviewed_area,
+            status_column=status_column,
+            require_status=reviewed_area is None,
+        )
+        review_filter = _review_filter(review, info)
+        labels = review.truth
+        region = (
+            review_filter.window
+            if region is None
+            else _clip_region(info, region).intersection(review_filter.window)
+        )
+        if region.area == 0:
+            raise ConfigError(
+                f"{info.path}: the chip region and the reviewed area ({review.area_source}) "
+                "do not overlap"
+            )
+        logger.info(
+            "%s: %d reviewed labels, %d not reviewed; reviewed area: %s",
+            review.name,
+            len(review.truth),
+            len(review.todo),
+            review.area_source,
+        )
     lab = _load_labels(labels, info, class_column=class_column, classes=classes)
     out = Path(out_dir)
     _prepare_out_dir(out, overwrite=overwrite)
@@ -709,9 +836,14 @@ def make_chips(
     ann_objects: list[int] = []
     n_empty = 0
     n_slivers = 0
+    n_unreviewed = 0
     with rasterio.open(info.path) as ds:
         for done, (grid_row, grid_col, w) in enumerate(specs, start=1):
-            if chip_filter is not None and not chip_filter(w):
+            refused = chip_filter is not None and not chip_filter(w)
+            if not refused and review_filter is not None and not review_filter(w):
+                refused = True
+                n_unreviewed += 1
+            if refused:
                 if progress is not None:
                     progress(done, len(specs))
                 continue
@@ -829,6 +961,8 @@ def make_chips(
     if region is not None:
         r = _clip_region(info, region)
         geoseg_block["region"] = [r.col_off, r.row_off, r.width, r.height]
+    if review is not None:
+        geoseg_block["review"] = {**review.summary(), "chips_skipped": n_unreviewed}
     for key, value in (metadata or {}).items():
         geoseg_block[key] = value
     ann_path = out / ANNOTATIONS_FILE
@@ -869,6 +1003,9 @@ def make_chips(
         n_slivers=n_slivers,
         class_balance=balance,
         warnings=warns,
+        n_not_reviewed=0 if review is None else len(review.todo),
+        n_chips_unreviewed=n_unreviewed,
+        review=None if review is None else {**review.summary(), "chips_skipped": n_unreviewed},
     )
     logger.info(
         "%s: wrote %d chips (%d empty), %d annotations to %s",
@@ -1004,18 +1141,7 @@ def _val_polygon_px(val_area: str | os.PathLike[str] | Any, info: SceneInfo) -> 
                 "both have none (then the area is in the scene's own frame)"
             )
         union = shapely.union_all(np.asarray(gdf.geometry.values, dtype=object))
-        inv = ~info.transform
-        geom = polygonal(
-            shapely.transform(
-                union,
-                lambda xy: np.column_stack(
-                    (
-                        inv.a * xy[:, 0] + inv.b * xy[:, 1] + inv.c,
-                        inv.d * xy[:, 0] + inv.e * xy[:, 1] + inv.f,
-                    )
-                ),
-            )
-        )
+        geom = polygonal(apply_affine(union, ~info.transform))
     if geom is not None:
         geom = polygonal(geom.intersection(box(0, 0, info.width, info.height)))
     if geom is None or geom.area <= 0:
@@ -1026,13 +1152,7 @@ def _val_polygon_px(val_area: str | os.PathLike[str] | Any, info: SceneInfo) -> 
 def _write_val_area(path: Path, area_px: BaseGeometry, info: SceneInfo) -> None:
     import geopandas as gpd
 
-    t = info.transform
-    geom = shapely.transform(
-        area_px,
-        lambda xy: np.column_stack(
-            (t.a * xy[:, 0] + t.b * xy[:, 1] + t.c, t.d * xy[:, 0] + t.e * xy[:, 1] + t.f)
-        ),
-    )
+    geom = apply_affine(area_px, info.transform)
     gdf = gpd.GeoDataFrame({"part": ["val"]}, geometry=[geom], crs=info.crs_wkt)
 
     def write(tmp: Path) -> None:

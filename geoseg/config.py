@@ -260,14 +260,23 @@ class VectorizeConfig:
         simplify_tolerance: Douglas-Peucker tolerance in scene-CRS units (0 = exact
             pixel-edge outlines).
         min_area_m2: polygons smaller than this many square metres are dropped.
+        regularize: class names whose outlines get right-angle regularisation
+            (:mod:`geoseg.regularize`; e.g. ``[building]``); empty = none.
+        regularize_min_iou: IoU with the mask outline a regularised outline must reach to
+            replace it (else the mask outline is kept), in (0, 1].
     """
 
     simplify_tolerance: float = 0.0
     min_area_m2: float = 0.0
+    regularize: tuple[str, ...] = ()
+    regularize_min_iou: float = 0.8
 
     def __post_init__(self) -> None:
         _check(self.simplify_tolerance >= 0, "vectorize.simplify_tolerance must be >= 0")
         _check(self.min_area_m2 >= 0, "vectorize.min_area_m2 must be >= 0")
+        _check(
+            0.0 < self.regularize_min_iou <= 1.0, "vectorize.regularize_min_iou must be in (0, 1]"
+        )
 
 
 @dataclass(frozen=True, slots=True)

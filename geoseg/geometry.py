@@ -33,6 +33,7 @@ import numpy as np
 import numpy.typing as npt
 
 __all__ = [
+    "apply_affine",
     "is_metric_crs",
     "is_web_mercator",
     "local_metric_crs",
@@ -192,6 +193,21 @@ def polygonal_array(geoms: Sequence[Any] | npt.NDArray[Any], *, repair: bool = F
     out = np.empty(len(geoms), dtype=object)
     out[:] = [polygonal(g, repair=repair) for g in geoms]
     return out
+
+
+def apply_affine(geoms: Any, a: Any) -> Any:
+    """Apply the affine ``a`` (an :class:`affine.Affine`) to a geometry or an array of them.
+
+    E.g. ``apply_affine(g, ~transform)`` takes scene-CRS geometries to scene pixels.
+    """
+    import shapely
+
+    return shapely.transform(
+        geoms,
+        lambda xy: np.column_stack(
+            (a.a * xy[:, 0] + a.b * xy[:, 1] + a.c, a.d * xy[:, 0] + a.e * xy[:, 1] + a.f)
+        ),
+    )
 
 
 # --------------------------------------------------------------------------------------------

@@ -371,6 +371,10 @@ def plan_scene(
     classes = tuple(predictor.classes)
     score_thresholds(classes, s.min_score, s.class_min_score)  # validate before any work
     check_classes(classes, s.classes)
+    if s.regularize:
+        from geoseg.regularize import regularize_classes
+
+        regularize_classes(s.regularize, classes)
     info = scene if isinstance(scene, SceneInfo) else open_scene(scene)
     if out_path is not None:
         check_scene_output(out_path, info)
@@ -690,16 +694,42 @@ def stitch_tiles(
 def vectorize_scene(
     detections: Detections, info: SceneInfo, *, settings: RunSettings
 ) -> gpd.GeoDataFrame:
-    """Polygons in the scene CRS for a scene's stitched detections (``scene`` = file stem)."""
+    """Polygons in the scene CRS for a scene's stitched detections (``scene`` = file stem).
+
+    :func:`geoseg.vectorize.vectorize`, then, when ``settings.regularize`` names classes,
+    :func:`geoseg.regularize.regularize` on their outlines (right angles measured on the
+    ground: the pixel's ground aspect comes from :func:`geoseg.raster.ground_sample_distance_m`).
+    """
     from geoseg.vectorize import vectorize
 
-    return vectorize(
+    gdf = vectorize(
         detections,
         transform=info.transform,
         crs_wkt=info.crs_wkt,
         scene=Path(info.path).stem,
         simplify_tolerance=settings.simplify_tolerance,
         min_area_m2=settings.min_area_m2,
+    )
+    if not settings.regularize:
+        return gdf
+    from geoseg.raster import ground_sample_distance_m
+    from geoseg.regularize import regularize, regularize_classes
+
+    names = (
+        regularize_classes(settings.regularize, detections.classes)
+        if detections.classes
+        else settings.regularize
+    )
+    if info.crs_wkt is not None:
+        gx, gy = ground_sample_distance_m(info)
+    else:
+        gx, gy = abs(info.transform.a), abs(info.transform.e)
+    return regularize(
+        gdf,
+        classes=names,
+        transform=info.transform,
+        pixel_aspect=gx / gy,
+        min_iou=settings.regularize_min_iou,
     )
 
 

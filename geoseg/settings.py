@@ -138,6 +138,11 @@ class RunSettings:
         geometry: the geometry written per object (:class:`OutputGeometry`).
         simplify_tolerance: polygon simplification in scene-CRS units (0 = none).
         min_area_m2: polygons smaller than this many square metres are dropped.
+        regularize: class names whose outlines get right-angle regularisation after
+            vectorizing (:func:`geoseg.regularize.regularize`); empty: none. A plural of a
+            class name (``buildings``) stands for the class.
+        regularize_min_iou: IoU with the mask outline a regularised outline must reach to
+            replace it.
         batch_size: tiles per forward pass; ``None``: :data:`CUDA_BATCH_SIZE` on CUDA, 1
             elsewhere. Not part of the digest (it changes speed, results only at float
             rounding level).
@@ -164,6 +169,8 @@ class RunSettings:
     geometry: OutputGeometry = OutputGeometry.MASK
     simplify_tolerance: float = 0.0
     min_area_m2: float = 0.0
+    regularize: tuple[str, ...] = ()
+    regularize_min_iou: float = 0.8
     batch_size: int | None = None
     device: str = "auto"
     preset: str | None = None
@@ -228,6 +235,16 @@ class RunSettings:
                 raise ConfigError(f"{name} must be in (0, 1], got {getattr(self, name)}")
         if self.batch_size is not None and self.batch_size < 1:
             raise ConfigError(f"batch size must be >= 1, got {self.batch_size}")
+        if isinstance(self.regularize, str):
+            object.__setattr__(self, "regularize", (self.regularize,))
+        names = tuple(str(c).strip() for c in self.regularize)
+        if any(not n for n in names):
+            raise ConfigError(f"regularize: empty class name in {list(self.regularize)}")
+        object.__setattr__(self, "regularize", names)
+        if not 0.0 < self.regularize_min_iou <= 1.0:
+            raise ConfigError(
+                f"regularize_min_iou must be in (0, 1], got {self.regularize_min_iou}"
+            )
 
     def replace(self, **changes: Any) -> RunSettings:
         """A copy with some fields changed (validated again).
@@ -263,6 +280,7 @@ class RunSettings:
         data["bands"] = None if self.bands is None else list(self.bands)
         data["norm"] = self.norm.value
         data["class_min_score"] = dict(self.class_min_score)
+        data["regularize"] = list(self.regularize)
         data["classes"] = None if self.classes is None else list(self.classes)
         data["extent"] = None if self.extent is None else self.extent.to_dict()
         data["geometry"] = self.geometry.value
@@ -272,12 +290,16 @@ class RunSettings:
         """SHA-256 of the canonical JSON of the settings that change results.
 
         ``batch_size``, ``device`` and ``preset`` are left out: they change speed or naming;
-        ``classes``, ``extent`` and ``geometry`` only when not set (so that digests of runs
-        without them stay those of earlier versions).
+        ``classes``, ``extent`` and ``geometry`` only when not set, and ``regularize``/
+        ``regularize_min_iou`` while no class is regularised (so that digests of runs without
+        them stay those of earlier versions).
         """
         data = self.to_dict()
         for key in ("batch_size", "device", "preset"):
             data.pop(key)
+        if not self.regularize:
+            data.pop("regularize")
+            data.pop("regularize_min_iou")
         for key, default in _UNSET_IN_DIGEST.items():
             if data[key] == default:
                 data.pop(key)
@@ -289,6 +311,10 @@ class RunSettings:
         per_class = ", ".join(f"{k} {v:g}" for k, v in sorted(self.class_min_score.items()))
         scores = f"min score {self.min_score:g}" + (f" ({per_class})" if per_class else "")
         preset = f", preset {self.preset}" if self.preset else ""
+        if self.regularize:
+            preset += (
+                f", regularize {','.join(self.regularize)} (IoU >= {self.regularize_min_iou:g})"
+            )
         if not self.resample:
             gsd = ", no resampling"
         elif self.gsd is not None:
@@ -385,6 +411,8 @@ def resolve(
             class_agnostic=cfg.stitch.class_agnostic,
             simplify_tolerance=cfg.vectorize.simplify_tolerance,
             min_area_m2=cfg.vectorize.min_area_m2,
+            regularize=cfg.vectorize.regularize,
+            regularize_min_iou=cfg.vectorize.regularize_min_iou,
             preset=cfg.name,
         )
     done = {"tile_size", "overlap", "min_score", "class_min_score"}

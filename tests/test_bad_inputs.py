@@ -180,6 +180,9 @@ def world(tmp_path_factory, tiny_checkpoint_factory) -> World:
     p["lines"] = write_vectors(
         root / "lines.gpkg", [LineString([(500004, 3999996), (500010, 3999990)])]
     )
+    p["unreviewed"] = write_vectors(
+        root / "unreviewed.gpkg", boxes(), score=[0.6] * 3, status=["todo"] * 3, pred_id=[1, 2, 3]
+    )
     p["truth_nocrs"] = write_vectors(root / "truth_nocrs.gpkg", boxes(), crs=None)
     projected = root / "projected.geojson"  # UTM metres, no "crs" member: read as WGS84
     features = [
@@ -780,6 +783,36 @@ MISTAKES: dict[str, Mistake] = {
         lambda w: ["train", w["run_boats"], "--no-progress", "--max-steps", "1"],
         1,
         lambda w: [w["boat_chips"], "no instance", "ship"],
+    ),
+    # ---- model-assisted labelling, regularisation
+    "pre-labels not a GeoPackage": Mistake(
+        lambda w: ["label", w["scene"], "-m", w["model"], "-o", w.out / "pre.geojson"],
+        1,
+        lambda w: ["pre.geojson", ".gpkg"],
+    ),
+    "chips from pre-labels nobody reviewed": Mistake(
+        lambda w: ["chips", w["scene"], w["unreviewed"], "-o", w.out / "chips_unreviewed"],
+        1,
+        lambda w: [w["unreviewed"], "status = ok"],
+    ),
+    "review report of files that are not pre-labels": Mistake(
+        lambda w: ["review-report", w["truth"], w["unreviewed"]],
+        1,
+        lambda w: [w["truth"], "pred_id"],
+    ),
+    "regularize a class the model lacks": Mistake(
+        lambda w: [
+            *PREDICT,
+            w["scene"],
+            "-m",
+            w["model"],
+            "-o",
+            w.out / "o.gpkg",
+            "--regularize",
+            "buildings",
+        ],
+        1,
+        lambda w: [w["model"], "buildings", "ship, vehicle"],
     ),
 }
 

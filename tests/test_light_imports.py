@@ -32,6 +32,8 @@ LIGHT_MODULES = (
     "geoseg.importers",
     "geoseg.partial",
     "geoseg.raster",
+    "geoseg.regularize",
+    "geoseg.review",
     "geoseg.samples",
     "geoseg.stitch",
     "geoseg.storage",

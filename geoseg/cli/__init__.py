@@ -73,8 +73,16 @@ _COMMANDS: dict[str, tuple[str, str]] = {
         "geoseg.cli.import_",
         "Import COCO, DOTA, YOLO-OBB or vector labels as a chip folder.",
     ),
+    "label": (
+        "geoseg.cli.label",
+        "Pre-label a scene with a model: labels to review in QGIS, least certain first.",
+    ),
     "map": ("geoseg.cli.map", "Write an offline HTML map of results over their scene."),
     "predict": ("geoseg.cli.predict", "Find and outline the objects of one scene with a model."),
+    "review-report": (
+        "geoseg.cli.review_report",
+        "What a review of pre-labels changed, per class (and the model's score on it).",
+    ),
     "synth": ("geoseg.cli.synth", "Write a synthetic scene (GeoTIFF) with exact labels (.gpkg)."),
     "train": ("geoseg.cli.train", "Train or fine-tune a Mask R-CNN on training chips."),
 }
@@ -83,6 +91,7 @@ _COMMANDS: dict[str, tuple[str, str]] = {
 _NEEDS: dict[str, str] = {
     "batch": "batch",
     "calibrate": "ml",
+    "label": "ml",
     "map": "maps",
     "predict": "ml",
     "train": "ml",

@@ -237,9 +237,9 @@ def fail_on_geoseg_error(func: F) -> F:
 def run_settings_options(func: F) -> F:
     """The options that choose how a scene is predicted, shared by ``predict`` and ``batch``.
 
-    Adds ``--config``, ``--bands``, ``--min-score``, ``--tile-size``, ``--overlap``, ``--gsd``
-    and ``--no-resample``; their values feed :func:`resolve_cli_settings` (options > preset >
-    checkpoint > defaults).
+    Adds ``--config``, ``--bands``, ``--min-score``, ``--tile-size``, ``--overlap``, ``--gsd``,
+    ``--no-resample``, ``--regularize`` and ``--regularize-min-iou``; their values feed
+    :func:`resolve_cli_settings` (options > preset > checkpoint > defaults).
     """
     options = [
         click.option(
@@ -278,6 +278,21 @@ def run_settings_options(func: F) -> F:
             "--no-resample",
             is_flag=True,
             help="Read scenes at their own ground resolution, whatever the model's.",
+        ),
+        click.option(
+            "--regularize",
+            metavar="CLASSES",
+            help="Right-angle outlines for these classes, e.g. --regularize buildings (a "
+            "class name or its plural; comma-separated): a rotated rectangle or an "
+            "orthogonal polygon along the object's dominant direction, kept where its IoU "
+            "with the mask outline reaches --regularize-min-iou [default: the preset's].",
+        ),
+        click.option(
+            "--regularize-min-iou",
+            type=click.FloatRange(0.0, 1.0, min_open=True),
+            metavar="IOU",
+            help="IoU with the mask outline a regularised outline needs to replace it "
+            "[default: the preset's, else 0.8].",
         ),
     ]
     for option in reversed(options):
@@ -365,6 +380,8 @@ def resolve_cli_settings(
     norm: str,
     gsd: float | None = None,
     no_resample: bool = False,
+    regularize: str | None = None,
+    regularize_min_iou: float | None = None,
     checkpoint: str | None = None,
     classes: str | None = None,
     class_agnostic: bool = False,
@@ -411,6 +428,8 @@ def resolve_cli_settings(
         batch_size=batch_size,
         device=device,
         norm=norm,
+        regularize=parse_classes(regularize),
+        regularize_min_iou=regularize_min_iou,
         classes=kept,
         class_agnostic=True if class_agnostic else None,
         extent=extent_from_options(aoi, bbox, bbox_crs),

@@ -114,6 +114,13 @@ def parse_length(value: str, *, name: str) -> tuple[float, bool]:
     "10 % away is resampled window by window while it is read; --size and --overlap are then "
     "pixels at this GSD.",
 )
+@click.option(
+    "--reviewed-area",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Reviewed labels (pre-labels from `geoseg label` edited in QGIS): the area the "
+    "person reviewed, as polygons [default: LABELS' reviewed_area layer, else the convex hull "
+    "of its ok features]. Chips are cut only inside it.",
+)
 @click.option("--overwrite", is_flag=True, help="Replace chips already in the output directory.")
 @fail_on_geoseg_error
 def command(
@@ -135,6 +142,7 @@ def command(
     gap: str | None,
     scene_gsd: float | None,
     target_gsd: float | None,
+    reviewed_area: Path | None,
     overwrite: bool,
 ) -> None:
     """Cut SCENE into overlapping chips with the instance polygons of LABELS in COCO format.
@@ -161,7 +169,14 @@ def command(
         out_dir, split=val_fraction is not None or val_area is not None, role="--output"
     )
     check_no_overwrite(
-        [("SCENE", scene), ("LABELS", labels), ("--val-area", val_area)], outs, trees=trees
+        [
+            ("SCENE", scene),
+            ("LABELS", labels),
+            ("--val-area", val_area),
+            ("--reviewed-area", reviewed_area),
+        ],
+        outs,
+        trees=trees,
     )
     band_list = parse_bands(bands)
     class_list = parse_classes(classes)
@@ -215,6 +230,7 @@ def command(
             "target_gsd": target_gsd,
             "overwrite": overwrite,
             "progress": progress,
+            "reviewed_area": reviewed_area,
         }
         if split:
             result = make_split_chips(
@@ -244,6 +260,14 @@ def command(
             f"slivers dropped {summary.n_slivers}",
             err=True,
         )
+        if summary.review is not None:
+            echo(
+                f"reviewed labels: {summary.review['ok']} ok, {summary.n_not_reviewed} not "
+                f"reviewed (never labels); reviewed area: {summary.review['reviewed_area']}; "
+                f"{summary.n_chips_unreviewed} chips skipped (outside it or touching a todo "
+                "feature)",
+                err=True,
+            )
     if split:
         echo(
             f"validation area: {result.val_area_path} (gap {result.gap} px); in the training "

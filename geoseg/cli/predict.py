@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
@@ -22,8 +23,10 @@ from geoseg.storage import Target, as_target
 
 if TYPE_CHECKING:
     from geoseg.pipeline import SceneResult
+    from geoseg.predict import Predictor
+    from geoseg.settings import RunSettings
 
-__all__ = ["command", "format_summary"]
+__all__ = ["command", "format_summary", "load_for_scene", "predict_options"]
 
 
 def format_summary(result: SceneResult) -> str:
@@ -72,6 +75,132 @@ def _quicklook(scene: str, result: SceneResult, path: Target, bands: tuple[int, 
     return write_output(path, lambda tmp: quicklook(scene, result.gdf, tmp, bands=shown))
 
 
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def predict_options(func: F) -> F:
+    """How a model runs over one scene: shared by ``geoseg predict`` and ``geoseg label``.
+
+    :func:`~geoseg.cli._common.run_settings_options` plus ``--device``, ``--norm``,
+    ``--batch-size`` and ``--workers``.
+    """
+    options = [
+        device_option("Where the model runs (auto: CUDA, else MPS, else the CPU)."),
+        click.option(
+            "--norm",
+            type=click.Choice([s.value for s in NormSource]),
+            default=NormSource.SCENE.value,
+            show_default=True,
+            help="Normalise with this scene's statistics or the model's training statistics.",
+        ),
+        click.option(
+            "--batch-size",
+            type=click.IntRange(min=1),
+            help="Tiles per model call [default: 8 on CUDA, 1 elsewhere: batching only pays on "
+            "a GPU].",
+        ),
+        click.option(
+            "--workers",
+            type=click.IntRange(min=0),
+            default=0,
+            show_default=True,
+            help="Tile-reading processes (0: a reading thread).",
+        ),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return run_settings_options(func)
+
+
+def load_for_scene(
+    scene: str,
+    model: str,
+    *,
+    output: Target,
+    other_outputs: Sequence[tuple[str, Target | None]] = (),
+    options: Mapping[str, Any],
+    adjust: Callable[[RunSettings, tuple[str, ...]], RunSettings] | None = None,
+    check_outputs: Callable[[], None] | None = None,
+    interrupt_note: str | None = None,
+) -> tuple[RunSettings, Predictor]:
+    """Check a predict-like command's inputs cheaply, then resolve its settings and load the model.
+
+    Everything that can fail on bad input fails before the model is loaded: an output over an
+    input, an unwritable output, a scene that is not a raster, a threshold, ``--classes`` or
+    ``--regularize`` class the model lacks, an area (``--aoi``/``--bbox``) off the scene, a
+    band count the model does not take, tiles too large. Shared by ``geoseg predict`` and
+    ``geoseg label``.
+
+    Args:
+        scene: the raster.
+        model: the checkpoint.
+        output: the vector file the command writes (role ``-o``; a path or a URL).
+        other_outputs: more ``(role, target)`` the command writes (``None`` ignored).
+        options: the :func:`~geoseg.cli._common.resolve_cli_settings` keyword arguments.
+        adjust: ``adjust(settings, classes)`` changes the resolved settings before the model
+            is loaded with them (``geoseg label --candidates`` lowers the score thresholds).
+        check_outputs: more checks of the command's outputs, run right after the output checks
+            (``predict``'s quicklook and id-raster paths).
+        interrupt_note: what Ctrl-C says was kept (default: nothing was written).
+
+    Returns:
+        ``(settings, predictor)``.
+    """
+    from geoseg.checkpoint import check_compatible, checkpoint_paths, read_meta
+    from geoseg.errors import ConfigError
+    from geoseg.export import check_scene_output, check_writable
+    from geoseg.extent import check_overlap
+    from geoseg.io import check_no_overwrite
+    from geoseg.pipeline import check_output_geometry, scene_grid
+    from geoseg.predict import load_predictor
+    from geoseg.raster import open_scene, validate_bands
+
+    # Cheap checks first, so that bad input fails before the model is loaded.
+    check_no_overwrite(
+        [("SCENE", scene), ("MODEL", checkpoint_paths(model)[0]), ("--aoi", options.get("aoi"))],
+        [("-o", output), *other_outputs],
+    )
+    check_writable(output)
+    if check_outputs is not None:
+        check_outputs()
+    info = open_scene(scene)
+    check_scene_output(output, info)
+    meta = read_meta(model)
+    settings = resolve_cli_settings(meta, **options, checkpoint=model)
+    check_output_geometry(output, settings)
+    if settings.extent is not None:
+        check_overlap(settings.extent, info)
+        echo(settings.extent.describe(), err=True)
+    if settings.regularize:
+        from geoseg.regularize import regularize_classes
+
+        try:
+            regularize_classes(settings.regularize, meta.classes)
+        except ConfigError as err:
+            raise ConfigError(f"{model}: {err}") from err
+    if adjust is not None:
+        settings = adjust(settings, tuple(meta.classes))
+    sel = validate_bands(info, settings.bands or meta.bands)
+    check_compatible(meta, band_count=len(sel), checkpoint=model, scene=scene)
+    if settings.norm is NormSource.MODEL and meta.norm_stats is None:
+        raise click.BadParameter(
+            f"{model}: the checkpoint has no normalisation statistics; use --norm scene",
+            param_hint="--norm",
+        )
+    # the same decision plan_scene makes; fails early on no CRS or tiles too large
+    grid = scene_grid(info, settings, model_gsd=meta.gsd, n_bands=len(sel))
+    echo(grid.describe(), err=True)
+    if settings.class_min_score:
+        per_class = ", ".join(f"{k} {v:g}" for k, v in sorted(settings.class_min_score.items()))
+        echo(f"score thresholds: {per_class}; other classes {settings.min_score:g}", err=True)
+    set_interrupt_note(
+        interrupt_note
+        or f"nothing was written ({output} is written whole at the end, or not at all); run the "
+        "same command again"
+    )
+    return settings, load_predictor(model, settings)
+
+
 @click.command("predict")
 @click.argument("scene", metavar="SCENE")
 @click.option(
@@ -90,7 +219,6 @@ def _quicklook(scene: str, result: SceneResult, path: Target, bands: tuple[int, 
     help="Vector output; the format follows the extension: .gpkg .geojson .shp .parquet .fgb, "
     "or .json for COCO. A URL such as s3://bucket/run/out.gpkg is uploaded once, complete.",
 )
-@run_settings_options
 @output_options
 @click.option(
     "--mask-raster",
@@ -105,44 +233,18 @@ def _quicklook(scene: str, result: SceneResult, path: Target, bands: tuple[int, 
     callback=lambda ctx, param, value: None if value is None else as_target(value),
     help="Also write a quicklook PNG of the results over the scene (a path or a URL).",
 )
-@device_option("Where the model runs (auto: CUDA, else MPS, else the CPU).")
-@click.option(
-    "--norm",
-    type=click.Choice([s.value for s in NormSource]),
-    default=NormSource.SCENE.value,
-    show_default=True,
-    help="Normalise with this scene's statistics or the model's training statistics.",
-)
-@click.option(
-    "--batch-size",
-    type=click.IntRange(min=1),
-    help="Tiles per model call [default: 8 on CUDA, 1 elsewhere: batching only pays on a GPU].",
-)
-@click.option(
-    "--workers",
-    type=click.IntRange(min=0),
-    default=0,
-    show_default=True,
-    help="Tile-reading processes (0: a reading thread).",
-)
 @click.option(
     "--no-resume",
     is_flag=True,
     help="Start over: ignore and do not keep OUT.partial, the per-tile results an interrupted "
     "run leaves for the next run with the same scene, model and settings.",
 )
+@predict_options
 @fail_on_geoseg_error
 def command(
     scene: str,
     model: str,
     output: Target,
-    config: str | None,
-    bands: str | None,
-    min_score: tuple[float | tuple[str, float], ...],
-    tile_size: int | None,
-    overlap: int | None,
-    gsd: float | None,
-    no_resample: bool,
     classes: str | None,
     class_agnostic: bool,
     aoi: str | None,
@@ -151,11 +253,20 @@ def command(
     geometry: str,
     mask_raster: Path | None,
     quicklook: Target | None,
+    no_resume: bool,
+    config: str | None,
+    bands: str | None,
+    min_score: tuple[float | tuple[str, float], ...],
+    tile_size: int | None,
+    overlap: int | None,
+    gsd: float | None,
+    no_resample: bool,
+    regularize: str | None,
+    regularize_min_iou: float | None,
     device: str,
     norm: str,
     batch_size: int | None,
     workers: int,
-    no_resume: bool,
 ) -> None:
     """Find and outline the objects of SCENE with MODEL; write polygons to OUT.
 
@@ -165,7 +276,7 @@ def command(
     (each tile resampled while it is read, no copy on disk); --gsd sets another working
     GSD, --no-resample reads the scene as it is. --aoi/--bbox predict only an area;
     --classes keeps some classes; each object is one Polygon (--geometry box/point for boxes
-    or centroids).
+    or centroids); --regularize buildings gives building outlines right angles.
 
     Each batch of predicted tiles is kept in OUT.partial until OUT is written: after an
     interrupt, the same command predicts only the missing tiles (--no-resume starts over).
@@ -174,84 +285,59 @@ def command(
 
     from tqdm import tqdm
 
-    from geoseg.checkpoint import check_compatible, checkpoint_paths, read_meta
-    from geoseg.export import check_id_raster_path, check_scene_output, check_writable
-    from geoseg.extent import check_overlap
-    from geoseg.io import check_no_overwrite
+    from geoseg.checkpoint import checkpoint_paths
+    from geoseg.export import check_id_raster_path
     from geoseg.partial import partial_path
-    from geoseg.pipeline import check_output_geometry, run_scene, scene_grid
-    from geoseg.predict import load_predictor
-    from geoseg.raster import open_scene, validate_bands
+    from geoseg.pipeline import run_scene
 
-    # Cheap checks first, so that bad input fails before the model is loaded.
-    check_no_overwrite(
-        [("SCENE", scene), ("MODEL", checkpoint_paths(model)[0]), ("--aoi", aoi)],
-        [("-o", output), ("--quicklook", quicklook), ("--mask-raster", mask_raster)],
-    )
-    check_writable(output)
-    if mask_raster is not None:
-        check_id_raster_path(mask_raster)
-    if quicklook is not None:
-        _check_png_path(quicklook)
-    info = open_scene(scene)
-    check_scene_output(output, info)
-    meta = read_meta(model)
-    settings = resolve_cli_settings(
-        meta,
-        config=config,
-        bands=bands,
-        min_score=min_score,
-        tile_size=tile_size,
-        overlap=overlap,
-        batch_size=batch_size,
-        device=device,
-        norm=norm,
-        gsd=gsd,
-        no_resample=no_resample,
-        checkpoint=model,
-        classes=classes,
-        class_agnostic=class_agnostic,
-        aoi=aoi,
-        bbox=bbox,
-        bbox_crs=bbox_crs,
-        geometry=geometry,
-    )
-    check_output_geometry(output, settings)
-    if settings.extent is not None:
-        check_overlap(settings.extent, info)
-        echo(settings.extent.describe(), err=True)
-    sel = validate_bands(info, settings.bands or meta.bands)
-    check_compatible(meta, band_count=len(sel), checkpoint=model, scene=scene)
-    if settings.norm is NormSource.MODEL and meta.norm_stats is None:
-        raise click.BadParameter(
-            f"{model}: the checkpoint has no normalisation statistics; use --norm scene",
-            param_hint="--norm",
-        )
-    # the same decision plan_scene makes; fails early on no CRS or tiles too large
-    grid = scene_grid(info, settings, model_gsd=meta.gsd, n_bands=len(sel))
-    echo(grid.describe(), err=True)
-    if settings.class_min_score:
-        per_class = ", ".join(f"{k} {v:g}" for k, v in sorted(settings.class_min_score.items()))
-        echo(f"score thresholds: {per_class}; other classes {settings.min_score:g}", err=True)
+    def check_outputs() -> None:
+        if mask_raster is not None:
+            check_id_raster_path(mask_raster)
+        if quicklook is not None:
+            _check_png_path(quicklook)
+
     resume = not no_resume
     sidecar_file = partial_path(output)
+    note = None
     if resume:
-        if sidecar_file.exists():
-            echo(
-                f"found partial results in {sidecar_file}: tiles predicted with the same scene, "
-                "model and settings are not predicted again (--no-resume starts over)",
-                err=True,
-            )
-        set_interrupt_note(
+        note = (
             f"{output} was not written; the tiles predicted so far are kept in {sidecar_file}: "
             "run the same command again to predict only the others (--no-resume starts over)"
         )
-    else:
-        set_interrupt_note(
-            f"nothing was written ({output} is written whole at the end, or not at all); run the "
-            "same command again"
+    settings, predictor = load_for_scene(
+        scene,
+        model,
+        output=output,
+        other_outputs=[("--quicklook", quicklook), ("--mask-raster", mask_raster)],
+        check_outputs=check_outputs,
+        interrupt_note=note,
+        options={
+            "config": config,
+            "bands": bands,
+            "min_score": min_score,
+            "tile_size": tile_size,
+            "overlap": overlap,
+            "batch_size": batch_size,
+            "device": device,
+            "norm": norm,
+            "gsd": gsd,
+            "no_resample": no_resample,
+            "regularize": regularize,
+            "regularize_min_iou": regularize_min_iou,
+            "classes": classes,
+            "class_agnostic": class_agnostic,
+            "aoi": aoi,
+            "bbox": bbox,
+            "bbox_crs": bbox_crs,
+            "geometry": geometry,
+        },
+    )
+    if resume and sidecar_file.exists():
+        echo(
+            f"found partial results in {sidecar_file}: tiles predicted with the same scene, "
+            "model and settings are not predicted again (--no-resume starts over)",
+            err=True,
         )
-    predictor = load_predictor(model, settings)
     model_id = hashlib.sha256(checkpoint_paths(model)[1].read_bytes()).hexdigest()
 
     with tqdm(
