@@ -57,6 +57,9 @@ __all__ = [
 DEFAULT_TILE_SIZE = 512
 #: Score threshold when neither an option, a preset nor the checkpoint gives one.
 DEFAULT_MIN_SCORE = 0.5
+#: Engines that can run a Mask R-CNN checkpoint (:class:`geoseg.predict.Backend`).
+BACKENDS = ("torch", "onnx")
+
 #: Tiles per forward pass on CUDA; 1 on the CPU (batching there costs memory and gains nothing).
 CUDA_BATCH_SIZE = 8
 
@@ -126,6 +129,11 @@ class RunSettings:
             rounding level).
         device: where a model loaded with these settings runs (``auto``, ``cpu``,
             ``cuda[:N]``, ``mps``). Not part of the digest.
+        backend: what runs the model's convolutions: ``torch`` (the reference) or ``onnx``
+            (ONNX Runtime, CPU only; see :mod:`geoseg.models.runtime`). Not part of the
+            digest (results agree at float rounding level).
+        prescreen: skip the RoI heads of a tile whose best RPN objectness is below this
+            (``None``: off); it can lose objects, so it is part of the digest.
         preset: name of the preset the settings came from (informative, not in the digest).
     """
 
@@ -146,6 +154,8 @@ class RunSettings:
     min_area_m2: float = 0.0
     batch_size: int | None = None
     device: str = "auto"
+    backend: str = "torch"
+    prescreen: float | None = None
     preset: str | None = None
 
     def __post_init__(self) -> None:
@@ -190,6 +200,14 @@ class RunSettings:
                 raise ConfigError(f"{name} must be in (0, 1], got {getattr(self, name)}")
         if self.batch_size is not None and self.batch_size < 1:
             raise ConfigError(f"batch size must be >= 1, got {self.batch_size}")
+        backend = str(self.backend).lower()
+        if backend not in BACKENDS:
+            raise ConfigError(f"unknown backend {self.backend!r}; use one of {list(BACKENDS)}")
+        object.__setattr__(self, "backend", backend)
+        if self.prescreen is not None:
+            if not 0.0 <= float(self.prescreen) < 1.0:
+                raise ConfigError(f"prescreen must be in [0, 1), got {self.prescreen}")
+            object.__setattr__(self, "prescreen", float(self.prescreen))
 
     def replace(self, **changes: Any) -> RunSettings:
         """A copy with some fields changed (validated again).
@@ -230,11 +248,14 @@ class RunSettings:
     def digest(self) -> str:
         """SHA-256 of the canonical JSON of the settings that change results.
 
-        ``batch_size``, ``device`` and ``preset`` are left out: they change speed or naming.
+        ``batch_size``, ``device``, ``backend`` and ``preset`` are left out: they change speed
+        or naming. ``prescreen`` counts only when it is set (older digests stay valid).
         """
         data = self.to_dict()
-        for key in ("batch_size", "device", "preset"):
+        for key in ("batch_size", "device", "backend", "preset"):
             data.pop(key)
+        if data["prescreen"] is None:
+            data.pop("prescreen")
         text = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()
 

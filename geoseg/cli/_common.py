@@ -254,6 +254,8 @@ def resolve_cli_settings(
     norm: str,
     gsd: float | None = None,
     no_resample: bool = False,
+    backend: str | None = None,
+    prescreen: float | None = None,
 ) -> RunSettings:
     """The run settings of ``predict``/``batch`` from their options and the checkpoint.
 
@@ -280,4 +282,6 @@ def resolve_cli_settings(
         batch_size=batch_size,
         device=device,
         norm=norm,
+        backend=backend,
+        prescreen=prescreen,
     )

@@ -14,7 +14,7 @@ from geoseg.cli._common import (
     set_interrupt_note,
 )
 from geoseg.predict import Device
-from geoseg.settings import NormSource
+from geoseg.settings import BACKENDS, NormSource
 
 if TYPE_CHECKING:
     from geoseg.pipeline import SceneResult
@@ -90,6 +90,20 @@ def _quicklook(scene: str, result: SceneResult, path: Path, bands: tuple[int, ..
     help="Where the model runs.",
 )
 @click.option(
+    "--backend",
+    type=click.Choice(list(BACKENDS)),
+    default="torch",
+    show_default=True,
+    help="What runs the model: torch, or onnx (ONNX Runtime, CPU only; exported at load).",
+)
+@click.option(
+    "--prescreen",
+    type=click.FloatRange(0.0, 1.0, max_open=True),
+    metavar="P",
+    help="Skip the detection heads of tiles whose best RPN objectness is below P "
+    "(faster on sparse scenes; may lose objects).",
+)
+@click.option(
     "--norm",
     type=click.Choice([s.value for s in NormSource]),
     default=NormSource.SCENE.value,
@@ -122,6 +136,8 @@ def command(
     no_resample: bool,
     quicklook: Path | None,
     device: str,
+    backend: str,
+    prescreen: float | None,
     norm: str,
     batch_size: int | None,
     workers: int,
@@ -167,6 +183,8 @@ def command(
         norm=norm,
         gsd=gsd,
         no_resample=no_resample,
+        backend=backend,
+        prescreen=prescreen,
     )
     try:  # a threshold for a class the model lacks fails here, not after loading it
         score_thresholds(meta.classes, settings.min_score, settings.class_min_score)
