@@ -1,6 +1,6 @@
 """geoseg.models.runtime: staged Mask R-CNN inference with the torch and onnx engines, the
 proposal cap, per-class thresholds before the mask head, the empty-tile pre-screen; the
-``backend``/``prescreen`` settings and ``geoseg predict --backend``; ``bench_gpu.py --device cpu``."""
+``backend``/``prescreen`` settings, ``geoseg predict --backend``; ``bench_gpu.py --device cpu``."""
 
 from __future__ import annotations
 
@@ -80,9 +80,7 @@ def test_torch_engine_is_the_model_forward(tiny_model):
     with torch.inference_mode():
         ref = tiny_model(images)
         image_list, _ = tiny_model.transform(images, None)
-        engine = make_engine(
-            tiny_model, "torch", device=torch.device("cpu"), channels_last=True
-        )
+        engine = make_engine(tiny_model, "torch", device=torch.device("cpu"), channels_last=True)
         ours = detect(
             tiny_model,
             engine,
@@ -223,8 +221,10 @@ def test_cli_predict_backend_onnx(tmp_path, tiny_checkpoint_factory):
     assert len(outs["onnx"]) == len(outs["torch"])
     r = CliRunner().invoke(
         cli,
-        ["predict", str(scene.raster_path), "-m", str(ckpt), "-o", str(tmp_path / "x.gpkg")]
-        + ["--backend", "tensorrt"],
+        [
+            *("predict", str(scene.raster_path), "-m", str(ckpt)),
+            *("-o", str(tmp_path / "x.gpkg"), "--backend", "tensorrt"),
+        ],
     )
     assert r.exit_code != 0 and "tensorrt" in r.output
 
@@ -240,7 +240,7 @@ def test_onnx_demo_model_same_detections(demo_model, tmp_path):
     from geoseg.synth import generate_scene
 
     scene = generate_scene(tmp_path / "m.tif", size=256, seed=11, layout="marina")
-    model, meta = load_checkpoint(demo_model)
+    model, _ = load_checkpoint(demo_model)
     ref = predictor(model, min_score=0.3)
     plan = plan_scene(scene.raster_path, ref)
     ds = TileDataset(plan.info, tile_size=256, overlap=64, bands=plan.bands, stats=plan.stats)
@@ -255,8 +255,10 @@ def test_onnx_demo_model_same_detections(demo_model, tmp_path):
 def test_bench_gpu_cpu_smoke():
     """benchmarks/bench_gpu.py runs on the CPU and prints its JSON."""
     r = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "bench_gpu.py"), "--device", "cpu"]
-        + ["--size", "320", "--batches", "1", "2", "--seconds", "0.5"],
+        [
+            *(sys.executable, str(REPO / "benchmarks" / "bench_gpu.py"), "--device", "cpu"),
+            *("--size", "320", "--batches", "1", "2", "--seconds", "0.5"),
+        ],
         capture_output=True,
         text=True,
         timeout=600,

@@ -230,7 +230,7 @@ def _session(
         torch.onnx.export(
             module,
             (example,),
-            buf,
+            buf,  # type: ignore[arg-type]  # a file object works with the TorchScript exporter
             input_names=["x"],
             output_names=outputs,
             dynamic_axes=dynamic,
