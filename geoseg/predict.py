@@ -76,7 +76,6 @@ if TYPE_CHECKING:
     from geoseg.settings import RunSettings
 
 __all__ = [
-    "DEFAULT_MAX_PROPOSALS",
     "Backend",
     "Device",
     "MaskRCNNPredictor",
@@ -89,10 +88,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-#: RPN proposals kept per tile at inference (torchvision's default is 1000): enough for the
-#: few hundred objects of a dense 256-512 px tile; see BENCHMARKS.md ("Model speed").
-DEFAULT_MAX_PROPOSALS = 300
 
 #: Largest number of float32 elements allocated at once when pasting a group of masks.
 _PASTE_BUDGET = 4_000_000
@@ -414,7 +409,7 @@ class MaskRCNNPredictor:
         score_thresholds: Mapping[str, float] | None = None,
         meta: Any = None,
         backend: str = "torch",
-        max_proposals: int | None = DEFAULT_MAX_PROPOSALS,
+        max_proposals: int | None = None,
         class_min_scores: Mapping[str, float] | None = None,
         prescreen: float | None = None,
     ) -> None:
@@ -439,8 +434,10 @@ class MaskRCNNPredictor:
             meta: checkpoint metadata to keep with the predictor.
             backend: ``"torch"`` (the reference) or ``"onnx"`` (ONNX Runtime on the CPU for
                 the backbone and the heads; :mod:`geoseg.models.runtime`).
-            max_proposals: RPN proposals per tile after NMS (``None``: the model's own
-                ``rpn_post_nms_top_n_test``); see :data:`DEFAULT_MAX_PROPOSALS`.
+            max_proposals: at most this many RPN proposals per tile after NMS (``None``: the
+                model's own ``rpn_post_nms_top_n_test``). Fewer is faster but loses objects
+                in dense tiles (300 instead of the demo model's 1,000 cost 0.03 F1 on a
+                held-out scene; BENCHMARKS.md, "Model speed").
             class_min_scores: per-class score thresholds (class -> score) applied before the
                 mask head; classes not named keep ``min_score``. The pipeline applies the same
                 thresholds later, so this only saves mask-head work.
