@@ -82,7 +82,8 @@ class Engine:
     """Runs the three convolutional parts of a Mask R-CNN (PyTorch reference implementation).
 
     Attributes:
-        names: the feature map names of the backbone (``"0"``, ``"1"``... ``"pool"``).
+        names: the backbone's feature map names (``"0"``, ``"1"``... ``"pool"``; the ONNX
+            engine only, which needs them to name its outputs).
     """
 
     backend = Backend.TORCH
@@ -94,16 +95,17 @@ class Engine:
         rh = model.roi_heads
         self._box = _Head(rh.box_head, rh.box_predictor).eval()
         self._mask = _Head(rh.mask_head, rh.mask_predictor).eval()
-        with torch.inference_mode():
-            probe = torch.zeros(1, _in_channels(model), 64, 64, device=_device(model))
-            out = model.backbone(probe)
-        self.names: tuple[str, ...] = ("0",) if isinstance(out, Tensor) else tuple(out.keys())
+        self.names: tuple[str, ...] = ()
 
     def dense(self, x: Tensor) -> tuple[dict[str, Tensor], list[Tensor], list[Tensor]]:
         """``(features by name, objectness per level, box deltas per level)`` for ``x``."""
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        return self._split(list(self._dense(x)))
+        features = self.model.backbone(x)
+        if isinstance(features, Tensor):
+            features = {"0": features}
+        logits, deltas = self.model.rpn.head(list(features.values()))
+        return features, logits, deltas
 
     def _split(self, out: list[Tensor]) -> tuple[dict[str, Tensor], list[Tensor], list[Tensor]]:
         n = len(self.names)
@@ -151,6 +153,10 @@ class OnnxEngine(Engine):
         feat = int(model.backbone.out_channels)
         box_size = _roi_size(model.roi_heads.box_roi_pool)
         mask_size = _roi_size(model.roi_heads.mask_roi_pool)
+        with torch.inference_mode():
+            probe = torch.zeros(1, c, 64, 64, device=_device(model))
+            out = model.backbone(probe)
+        self.names = ("0",) if isinstance(out, Tensor) else tuple(out.keys())
         n = len(self.names)
         dense_out = [f"f{i}" for i in range(n)] + [f"o{i}" for i in range(n)]
         dense_out += [f"d{i}" for i in range(n)]
@@ -326,7 +332,11 @@ def detect(
     det_boxes, det_scores, det_labels = rh.postprocess_detections(cls, box_reg, props, sizes)
     if class_min_scores is not None:
         for j in range(len(todo)):
-            keep = det_scores[j] >= class_min_scores[det_labels[j]]
+            # labels beyond the table (a class-count mismatch) are kept for the caller to report
+            idx = det_labels[j].clamp(max=len(class_min_scores) - 1)
+            keep = (det_scores[j] >= class_min_scores[idx]) | (
+                det_labels[j] >= len(class_min_scores)
+            )
             det_boxes[j], det_scores[j], det_labels[j] = (
                 det_boxes[j][keep],
                 det_scores[j][keep],
