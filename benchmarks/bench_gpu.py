@@ -72,7 +72,7 @@ def model_only(predictor, tiles, batch: int, seconds: float) -> dict:
         "batch": batch,
         "tiles": done,
         "seconds": round(elapsed, 2),
-        "mpx_per_s": round(n_px / 1e6 / elapsed, 2),
+        "mpx_per_s": round(n_px / 1e6 / elapsed, 4),
         "peak_device_mb": _peak_mb(device),
     }
 
@@ -99,7 +99,7 @@ def end_to_end(model_path, scene, size: int, device_name: str, batch: int, worke
         "tiles": result.n_tiles,
         "objects": len(result.gdf),
         "seconds": round(elapsed, 2),
-        "mpx_per_s": round(px / 1e6 / elapsed, 2),
+        "mpx_per_s": round(px / 1e6 / elapsed, 4),
         "timings": {k: round(v, 2) for k, v in result.timings.items()},
         "peak_device_mb": _peak_mb(device),
     }
