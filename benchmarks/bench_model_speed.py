@@ -8,8 +8,8 @@ configurations within each repeat; F1 at IoU 0.5 against the synthetic truth
 * ``today``: the predictor as it was before the speed work: PyTorch, contiguous memory
   format, the checkpoint's 1,000 RPN proposals, masks for every detection above the lowest
   class threshold;
-* ``torch``: the current defaults (channels-last, 300 proposals, per-class thresholds applied
-  before the mask head);
+* ``torch``: the current defaults (channels-last, the checkpoint's proposals, per-class
+  thresholds applied before the mask head);
 * ``onnx``: the same with ``backend="onnx"`` (ONNX Runtime);
 * ``torch+screen`` / ``onnx+screen``: with the empty-tile pre-screen at ``--screen``.
 
