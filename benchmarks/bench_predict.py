@@ -428,7 +428,13 @@ def method_geoseg(args):
 
     model, classes, bands, _ = load_model(args.model, min_score=args.min_score)
     pred = MaskRCNNPredictor(
-        model, classes=classes, device="cpu", min_score=args.min_score, bands=bands
+        model,
+        classes=classes,
+        device="cpu",
+        min_score=args.min_score,
+        bands=bands,
+        backend=args.backend,
+        prescreen=args.prescreen,
     )
     t0 = time.perf_counter()
     r = run_scene(
@@ -574,6 +580,8 @@ def child_main(argv):
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--backend", default="torch")
+    p.add_argument("--prescreen", type=float, default=None)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     c0 = time.process_time()
@@ -610,9 +618,10 @@ def run_child(argv):
 
 def run_speed(args):
     OUT.mkdir(parents=True, exist_ok=True)
-    scene = make_scene(
-        OUT / f"speed_{args.layout}_{args.size}_{args.seed}.tif", args.size, args.seed, args.layout
-    )
+    name = f"speed_{args.layout}_{args.size}_{args.seed}"
+    if args.density != 1.0:
+        name += f"_d{args.density:g}"
+    scene = make_scene(OUT / f"{name}.tif", args.size, args.seed, args.layout, args.density)
     common = [
         "--scene", str(scene.raster_path),
         "--labels", str(scene.labels_path),
@@ -625,7 +634,13 @@ def run_speed(args):
         common += ["--model", args.model]
     res = {
         "experiment": "speed",
-        "scene": {"size": args.size, "seed": args.seed, "layout": args.layout},
+        "scene": {
+            "size": args.size,
+            "seed": args.seed,
+            "layout": args.layout,
+            "density": args.density,
+        },
+        "load_start": os.getloadavg(),
         "model": args.model or "random efficientnet_lite0 FPN-128 Mask R-CNN, 100 dets/tile",
         "tile": args.tile,
         "overlap": args.overlap,
@@ -634,7 +649,11 @@ def run_speed(args):
     }
     for m in args.methods:
         extra = (
-            ["--batch-size", str(args.batch_size), "--workers", str(args.workers)]
+            [
+                *("--batch-size", str(args.batch_size), "--workers", str(args.workers)),
+                *("--backend", args.backend),
+                *(("--prescreen", str(args.prescreen)) if args.prescreen is not None else ()),
+            ]
             if m == "geoseg"
             else []
         )
@@ -642,6 +661,8 @@ def run_speed(args):
     g, s = res.get("geoseg", {}), res.get("sahi", {})
     if "seconds" in g and "seconds" in s:
         res["speedup_vs_sahi"] = round(s["seconds"] / g["seconds"], 2)
+        res["cpu_speedup_vs_sahi"] = round(s["process_cpu_s"] / g["process_cpu_s"], 2)
+    res["load_end"] = os.getloadavg()
     print(json.dumps(res))
 
 
@@ -859,6 +880,9 @@ def main():
     s.add_argument("--workers", type=int, default=0)
     s.add_argument("--threads", type=int, default=2)
     s.add_argument("--methods", nargs="+", default=["geoseg", "sahi", "plain"])
+    s.add_argument("--density", type=float, default=1.0, help="geoseg.synth object density")
+    s.add_argument("--backend", default="torch", help="geoseg's backend: torch or onnx")
+    s.add_argument("--prescreen", type=float, default=None, help="geoseg's pre-screen")
     mm = sub.add_parser("memory")
     mm.add_argument("--sizes", type=int, nargs="+", default=[4096, 16384])
     mm.add_argument("--tile", type=int, default=512)

@@ -76,6 +76,7 @@ if TYPE_CHECKING:
     from geoseg.settings import RunSettings
 
 __all__ = [
+    "Backend",
     "Device",
     "MaskRCNNPredictor",
     "Predictor",
@@ -189,6 +190,17 @@ class Device(StrEnum):
     CUDA = "cuda"
     MPS = "mps"
     CPU = "cpu"
+
+
+class Backend(StrEnum):
+    """Which engine runs the Mask R-CNN's convolutions (:mod:`geoseg.models.runtime`).
+
+    ``TORCH`` is the reference; ``ONNX`` exports the backbone and heads to ONNX Runtime when
+    the predictor is built (CPU only; the ``onnxruntime`` package of the ``ml`` extra).
+    """
+
+    TORCH = "torch"
+    ONNX = "onnx"
 
 
 def pick_device(requested: Device | str | None = None) -> torch.device:
@@ -396,6 +408,10 @@ class MaskRCNNPredictor:
         gsd: float | None = None,
         score_thresholds: Mapping[str, float] | None = None,
         meta: Any = None,
+        backend: str = "torch",
+        max_proposals: int | None = None,
+        class_min_scores: Mapping[str, float] | None = None,
+        prescreen: float | None = None,
     ) -> None:
         """Wrap ``model``.
 
@@ -404,7 +420,8 @@ class MaskRCNNPredictor:
             classes: class names; the model has ``len(classes) + 1`` outputs (background 0).
             device: where to run; ``None`` picks CUDA, then MPS, then CPU.
             amp: on CUDA, run under bfloat16 autocast (ignored elsewhere).
-            channels_last: on CUDA, use the channels-last memory format for the backbone.
+            channels_last: use the channels-last memory format for the convolutions (CUDA
+                and CPU; the torch backend).
             min_score: the model's own score threshold (``roi_heads.score_thresh``).
             mask_threshold: mask probability at or above which a pixel is inside.
             min_valid_fraction: drop a detection when less than this fraction of its mask
@@ -415,6 +432,17 @@ class MaskRCNNPredictor:
             gsd: ground sample distance of the training imagery, metres.
             score_thresholds: recommended per-class score thresholds.
             meta: checkpoint metadata to keep with the predictor.
+            backend: ``"torch"`` (the reference) or ``"onnx"`` (ONNX Runtime on the CPU for
+                the backbone and the heads; :mod:`geoseg.models.runtime`).
+            max_proposals: at most this many RPN proposals per tile after NMS (``None``: the
+                model's own ``rpn_post_nms_top_n_test``). Fewer is faster but loses objects
+                in dense tiles (300 instead of the demo model's 1,000 cost 0.03 F1 on a
+                held-out scene; BENCHMARKS.md, "Model speed").
+            class_min_scores: per-class score thresholds (class -> score) applied before the
+                mask head; classes not named keep ``min_score``. The pipeline applies the same
+                thresholds later, so this only saves mask-head work.
+            prescreen: skip the RoI heads of a tile whose best RPN objectness probability is
+                below this (``None``: off).
         """
         import torch
 
@@ -427,7 +455,13 @@ class MaskRCNNPredictor:
             device if isinstance(device, torch.device) else pick_device(device)
         )
         self.amp = bool(amp) and self.device.type == "cuda"
-        self.channels_last = bool(channels_last) and self.device.type == "cuda"
+        self.channels_last = bool(channels_last) and str(backend) == Backend.TORCH
+        if max_proposals is not None and max_proposals < 1:
+            raise ValueError(f"max_proposals must be >= 1, got {max_proposals}")
+        if prescreen is not None and not 0.0 <= prescreen < 1.0:
+            raise ValueError(f"prescreen must be in [0, 1), got {prescreen}")
+        self.max_proposals = max_proposals
+        self.prescreen = prescreen
         self.mask_threshold = float(mask_threshold)
         self.min_valid_fraction = float(min_valid_fraction)
         self.bands = None if bands is None else tuple(int(b) for b in bands)
@@ -443,6 +477,20 @@ class MaskRCNNPredictor:
         if model.roi_heads.mask_predictor is None:
             raise ValueError("MaskRCNNPredictor needs a model with a mask head (roi_heads.mask_*)")
         self.model = model
+        per_class = dict(class_min_scores or {})
+        unknown = sorted(set(per_class) - set(self.classes))
+        if unknown:
+            raise ValueError(f"class_min_scores names unknown classes {unknown}")
+        self._class_min = torch.tensor(
+            [0.0, *(max(float(min_score), per_class.get(c, 0.0)) for c in self.classes)],
+            device=self.device,
+        )
+        from geoseg.models.runtime import make_engine
+
+        self.engine = make_engine(
+            model, backend, device=self.device, channels_last=self.channels_last
+        )
+        self.backend = self.engine.backend
 
     @classmethod
     def from_checkpoint(
@@ -453,6 +501,7 @@ class MaskRCNNPredictor:
         amp: bool = True,
         min_score: float = 0.05,
         mask_threshold: float | None = None,
+        **options: Any,
     ) -> MaskRCNNPredictor:
         """Load a geoseg checkpoint (safetensors + JSON sidecar) with :mod:`geoseg.checkpoint`.
 
@@ -464,6 +513,8 @@ class MaskRCNNPredictor:
                 run settings' per-class thresholds).
             mask_threshold: mask probability threshold; ``None``: the checkpoint's
                 ``model.mask_threshold``.
+            **options: ``backend``, ``max_proposals``, ``class_min_scores``, ``prescreen``,
+                ``channels_last`` (see :meth:`__init__`).
 
         Returns:
             The predictor, with ``classes``, ``bands``, ``norm_stats``, ``tile_size``, ``gsd``
@@ -490,6 +541,7 @@ class MaskRCNNPredictor:
             gsd=meta.gsd,
             score_thresholds=meta.score_thresholds,
             meta=meta,
+            **options,
         )
 
     @property
@@ -536,23 +588,30 @@ class MaskRCNNPredictor:
         import torch
         from torchvision.models.detection.transform import resize_boxes
 
+        from geoseg.models.runtime import detect
+
         model = self.model
-        images = [
-            torch.from_numpy(np.ascontiguousarray(t.image)).to(self.device, non_blocking=True)
-            for t in tiles
-        ]
+        shapes = {t.image.shape for t in tiles}
+        if self.device.type == "cuda" and len(shapes) == 1:
+            # one pinned host batch, one asynchronous copy
+            host = torch.from_numpy(np.stack([t.image for t in tiles])).pin_memory()
+            images = list(host.to(self.device, non_blocking=True).unbind(0))
+        else:
+            images = [
+                torch.from_numpy(np.ascontiguousarray(t.image)).to(self.device, non_blocking=True)
+                for t in tiles
+            ]
         original_sizes = [(int(im.shape[-2]), int(im.shape[-1])) for im in images]
         with self._autocast():
             image_list, _ = model.transform(images, None)
-            if self.channels_last:
-                image_list.tensors = image_list.tensors.contiguous(
-                    memory_format=torch.channels_last
-                )
-            features = model.backbone(image_list.tensors)
-            if isinstance(features, torch.Tensor):
-                features = {"0": features}
-            proposals, _ = model.rpn(image_list, features, None)
-            detections, _ = model.roi_heads(features, proposals, image_list.image_sizes, None)
+            detections = detect(
+                model,
+                self.engine,
+                image_list,
+                max_proposals=self.max_proposals,
+                class_min_scores=self._class_min,
+                prescreen=self.prescreen,
+            )
         out: list[TileDetections] = []
         for tile, det, size, orig in zip(
             tiles, detections, image_list.image_sizes, original_sizes, strict=True
@@ -585,7 +644,8 @@ class MaskRCNNPredictor:
     def __repr__(self) -> str:
         return (
             f"MaskRCNNPredictor(classes={self.classes}, device={self.device}, amp={self.amp}, "
-            f"channels_last={self.channels_last})"
+            f"channels_last={self.channels_last}, backend={self.backend.value}, "
+            f"max_proposals={self.max_proposals}, prescreen={self.prescreen})"
         )
 
 
@@ -594,8 +654,10 @@ def load_predictor(
 ) -> MaskRCNNPredictor:
     """Load a checkpoint as a predictor ready for ``settings``.
 
-    The model runs on ``settings.device`` and reports detections down to the lowest score
-    threshold of the settings (so no detection the filter would keep is cut by the model).
+    The model runs on ``settings.device`` with ``settings.backend`` and reports detections
+    down to the lowest score threshold of the settings (so no detection the filter would keep
+    is cut by the model); masks are computed only for detections above their own class's
+    threshold, the ones the pipeline keeps.
 
     Args:
         path: the checkpoint (``NAME.safetensors`` with its ``NAME.json`` sidecar).
@@ -613,6 +675,16 @@ def load_predictor(
         device = pick_device(settings.device)
     except ValueError as err:
         raise ConfigError(str(err)) from err
+    from geoseg.checkpoint import read_meta
+
+    classes = read_meta(path).classes
+    per_class = {c: settings.class_min_score.get(c, settings.min_score) for c in classes}
     return MaskRCNNPredictor.from_checkpoint(
-        path, device=device, amp=amp, min_score=settings.lowest_score()
+        path,
+        device=device,
+        amp=amp,
+        min_score=settings.lowest_score(),
+        backend=settings.backend,
+        class_min_scores=per_class,
+        prescreen=settings.prescreen,
     )

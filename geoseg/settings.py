@@ -59,6 +59,9 @@ __all__ = [
 DEFAULT_TILE_SIZE = 512
 #: Score threshold when neither an option, a preset nor the checkpoint gives one.
 DEFAULT_MIN_SCORE = 0.5
+#: Engines that can run a Mask R-CNN checkpoint (:class:`geoseg.predict.Backend`).
+BACKENDS = ("torch", "onnx")
+
 #: Tiles per forward pass on CUDA; 1 on the CPU (batching there costs memory and gains nothing).
 CUDA_BATCH_SIZE = 8
 
@@ -148,6 +151,11 @@ class RunSettings:
             rounding level).
         device: where a model loaded with these settings runs (``auto``, ``cpu``,
             ``cuda[:N]``, ``mps``). Not part of the digest.
+        backend: what runs the model's convolutions: ``torch`` (the reference) or ``onnx``
+            (ONNX Runtime, CPU only; see :mod:`geoseg.models.runtime`). Not part of the
+            digest (results agree at float rounding level).
+        prescreen: skip the RoI heads of a tile whose best RPN objectness is below this
+            (``None``: off); it can lose objects, so it is part of the digest.
         preset: name of the preset the settings came from (informative, not in the digest).
     """
 
@@ -173,6 +181,8 @@ class RunSettings:
     regularize_min_iou: float = 0.8
     batch_size: int | None = None
     device: str = "auto"
+    backend: str = "torch"
+    prescreen: float | None = None
     preset: str | None = None
 
     def __post_init__(self) -> None:
@@ -245,6 +255,14 @@ class RunSettings:
             raise ConfigError(
                 f"regularize_min_iou must be in (0, 1], got {self.regularize_min_iou}"
             )
+        backend = str(self.backend).lower()
+        if backend not in BACKENDS:
+            raise ConfigError(f"unknown backend {self.backend!r}; use one of {list(BACKENDS)}")
+        object.__setattr__(self, "backend", backend)
+        if self.prescreen is not None:
+            if not 0.0 <= float(self.prescreen) < 1.0:
+                raise ConfigError(f"prescreen must be in [0, 1), got {self.prescreen}")
+            object.__setattr__(self, "prescreen", float(self.prescreen))
 
     def replace(self, **changes: Any) -> RunSettings:
         """A copy with some fields changed (validated again).
@@ -289,13 +307,13 @@ class RunSettings:
     def digest(self) -> str:
         """SHA-256 of the canonical JSON of the settings that change results.
 
-        ``batch_size``, ``device`` and ``preset`` are left out: they change speed or naming;
-        ``classes``, ``extent`` and ``geometry`` only when not set, and ``regularize``/
-        ``regularize_min_iou`` while no class is regularised (so that digests of runs without
-        them stay those of earlier versions).
+        ``batch_size``, ``device``, ``backend`` and ``preset`` are left out: they change speed
+        or naming; ``classes``, ``extent``, ``geometry`` and ``prescreen`` only when set, and
+        ``regularize``/``regularize_min_iou`` while no class is regularised (so that digests of
+        runs without them stay those of earlier versions).
         """
         data = self.to_dict()
-        for key in ("batch_size", "device", "preset"):
+        for key in ("batch_size", "device", "backend", "preset"):
             data.pop(key)
         if not self.regularize:
             data.pop("regularize")
@@ -303,6 +321,8 @@ class RunSettings:
         for key, default in _UNSET_IN_DIGEST.items():
             if data[key] == default:
                 data.pop(key)
+        if data["prescreen"] is None:
+            data.pop("prescreen")
         text = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()
 

@@ -389,6 +389,8 @@ def resolve_cli_settings(
     bbox: str | None = None,
     bbox_crs: str | None = None,
     geometry: str | None = None,
+    backend: str | None = None,
+    prescreen: float | None = None,
 ) -> RunSettings:
     """The run settings of ``predict``/``batch`` from their options and the checkpoint.
 
@@ -434,6 +436,8 @@ def resolve_cli_settings(
         class_agnostic=True if class_agnostic else None,
         extent=extent_from_options(aoi, bbox, bbox_crs),
         geometry=geometry,
+        backend=backend,
+        prescreen=prescreen,
     )
 
 

@@ -22,7 +22,7 @@ from geoseg.cli._common import (
     run_settings_options,
     set_interrupt_note,
 )
-from geoseg.settings import NormSource
+from geoseg.settings import BACKENDS, NormSource
 from geoseg.storage import Target, as_target
 
 if TYPE_CHECKING:
@@ -145,6 +145,13 @@ def format_report(report: BatchReport) -> str:
 @device_option(
     "Where the model runs on each worker (auto: its pinned GPU, else MPS, else the CPU)."
 )
+@click.option(
+    "--backend",
+    type=click.Choice(list(BACKENDS)),
+    default="torch",
+    show_default=True,
+    help="What runs the model on each worker: torch, or onnx (ONNX Runtime, CPU only).",
+)
 @fail_on_geoseg_error
 def command(
     inputs: tuple[str, ...],
@@ -176,6 +183,7 @@ def command(
     split_tiles: int | None,
     retries: int,
     device: str,
+    backend: str,
 ) -> None:
     """Find and outline the objects of many scenes with MODEL, one dask task per scene.
 
@@ -205,6 +213,7 @@ def command(
         overlap=overlap,
         batch_size=batch_size,
         device=device,
+        backend=backend,
         norm=norm,
         gsd=gsd,
         no_resample=no_resample,

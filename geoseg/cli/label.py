@@ -56,6 +56,8 @@ def command(
     regularize: str | None,
     regularize_min_iou: float | None,
     device: str,
+    backend: str,
+    prescreen: float | None,
     norm: str,
     batch_size: int | None,
     workers: int,
@@ -113,6 +115,8 @@ def command(
             "no_resample": no_resample,
             "regularize": regularize,
             "regularize_min_iou": regularize_min_iou,
+            "backend": backend,
+            "prescreen": prescreen,
         },
         adjust=adjust,
     )
