@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -46,21 +46,8 @@ def command(
     model: str,
     output: Path,
     candidates: float | None,
-    config: str | None,
-    bands: str | None,
-    min_score: tuple[float | tuple[str, float], ...],
-    tile_size: int | None,
-    overlap: int | None,
-    gsd: float | None,
-    no_resample: bool,
-    regularize: str | None,
-    regularize_min_iou: float | None,
-    device: str,
-    backend: str,
-    prescreen: float | None,
-    norm: str,
-    batch_size: int | None,
     workers: int,
+    **options: Any,
 ) -> None:
     """Pre-label SCENE with MODEL: predictions as editable labels to review in QGIS.
 
@@ -102,22 +89,7 @@ def command(
         model,
         output=output,
         other_outputs=[("-o (style)", qml_path(output))],
-        options={
-            "config": config,
-            "bands": bands,
-            "min_score": min_score,
-            "tile_size": tile_size,
-            "overlap": overlap,
-            "batch_size": batch_size,
-            "device": device,
-            "norm": norm,
-            "gsd": gsd,
-            "no_resample": no_resample,
-            "regularize": regularize,
-            "regularize_min_iou": regularize_min_iou,
-            "backend": backend,
-            "prescreen": prescreen,
-        },
+        options=options,
         adjust=adjust,
     )
     with tqdm(
