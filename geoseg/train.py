@@ -487,6 +487,9 @@ class TrainResult:
         best_row: the history row of the best checkpoint.
         score_thresholds: the per-class thresholds stored with the best checkpoint (empty when
             not calibrated).
+        thresholds_from: where ``score_thresholds`` come from: ``"validation chips"``,
+            ``"parent checkpoint"`` (a fine-tune without calibration keeps its parent's) or
+            ``""`` (none).
         stopped_early: whether early stopping ended the run; stop_reason says why.
         n_val_chips: validation chips (0 without validation).
         metrics_file, steps_file: ``metrics.csv`` (per validation), ``steps.csv`` (per step).
@@ -509,6 +512,7 @@ class TrainResult:
     best_epoch: int | None = None
     best_row: Mapping[str, Any] = field(default_factory=dict)
     score_thresholds: Mapping[str, float] = field(default_factory=dict)
+    thresholds_from: str = ""
     stopped_early: bool = False
     stop_reason: str = ""
     n_val_chips: int = 0
@@ -555,7 +559,12 @@ class TrainResult:
             )
         ckpt = self.best_checkpoint or self.last_checkpoint
         lines.append(f"  checkpoint {ckpt}")
-        if self.score_thresholds:
+        if self.score_thresholds and self.thresholds_from == _FROM_PARENT:
+            lines.append(
+                "             score thresholds kept from the checkpoint fine-tuned from (not "
+                "recalibrated; `geoseg predict` uses them; `geoseg calibrate` redoes them)"
+            )
+        elif self.score_thresholds:
             lines.append(
                 "             score thresholds calibrated on the validation chips; "
                 "`geoseg predict` uses them"
@@ -569,6 +578,34 @@ class TrainResult:
         if files:
             lines.append(f"  logs       {', '.join(files)}")
         return "\n".join(lines)
+
+
+_FROM_VALIDATION = "validation chips"
+_FROM_PARENT = "parent checkpoint"
+
+
+def _inherited_thresholds(
+    init_checkpoint: Path | None, classes: Sequence[str], *, calibrating: bool
+) -> dict[str, float]:
+    """The parent's calibrated score thresholds a fine-tune keeps when it does not calibrate.
+
+    A fine-tune without calibration (no validation chips, or ``calibrate`` off) would
+    otherwise write checkpoints without thresholds, so ``geoseg predict`` would fall back to
+    :data:`~geoseg.settings.DEFAULT_MIN_SCORE` for every class the parent had calibrated.
+    Returns class -> threshold for the classes in both ``classes`` and the parent's
+    ``score_thresholds`` (empty when calibrating, or when not fine-tuning).
+    """
+    if init_checkpoint is None or calibrating:
+        return {}
+    parent = read_meta(init_checkpoint).score_thresholds
+    kept = {c: float(parent[c]) for c in classes if c in parent}
+    if kept:
+        logger.info(
+            "no calibration in this run: keeping the score thresholds of %s for %s",
+            init_checkpoint,
+            ", ".join(f"{c} {t:g}" for c, t in kept.items()),
+        )
+    return kept
 
 
 def _num(value: Any) -> str:
@@ -909,7 +946,8 @@ def train(
     improvement. Checkpoints written after a validation carry its calibrated thresholds in
     their sidecar (``score_thresholds``), so ``geoseg predict`` uses them; thresholds are
     chosen on validation chips (chip level), which ``geoseg calibrate`` can redo on a whole
-    labelled scene.
+    labelled scene. A fine-tune that does not calibrate (no validation chips, or
+    ``calibrate`` off) keeps ``init_checkpoint``'s thresholds for the classes both share.
 
     Args:
         config: the run (see :class:`~geoseg.config.TrainConfig`).
@@ -969,6 +1007,9 @@ def train(
     if monitor != config.monitor:
         logger.info("no validation chips: monitoring train_loss instead of %s", config.monitor)
     model, model_config, provenance = _build_for_training(config, classes, train_ds.band_count)
+    inherited = _inherited_thresholds(
+        config.init_checkpoint, classes, calibrating=val_ds is not None and config.calibrate
+    )
     model.to(device)
     model.train()
 
@@ -1022,8 +1063,8 @@ def train(
         "best_step": None,
         "best_epoch": None,
         "best_row": {},
-        "best_thresholds": {},
-        "thresholds": {},
+        "best_thresholds": dict(inherited),
+        "thresholds": dict(inherited),
         "bad_evals": 0,
         "stopped": "",
         "elapsed": 0.0,
@@ -1074,13 +1115,18 @@ def train(
 
     def meta(metrics: Mapping[str, Any], thresholds: Mapping[str, float]) -> ModelMeta:
         record = dict(metrics)
-        if thresholds and val_ds is not None:
+        if thresholds and not inherited and val_ds is not None:
             record["calibration"] = {
-                "source": "validation chips",
+                "source": _FROM_VALIDATION,
                 "n_chips": len(val_ds),
                 "iou_threshold": 0.5,
                 "floor": DEFAULT_FLOOR,
                 "step": step,
+            }
+        elif thresholds and inherited:
+            record["calibration"] = {
+                "source": _FROM_PARENT,
+                "checkpoint": str(config.init_checkpoint),
             }
         return ModelMeta(
             classes=classes,
@@ -1127,7 +1173,7 @@ def train(
             "lr": float(optimizer.param_groups[0]["lr"]),
             "seconds": round(elapsed(), 1),
         }
-        thresholds: dict[str, float] = {}
+        thresholds: dict[str, float] = dict(inherited)
         if val_ds is not None:
             metrics, thresholds = _validate(
                 model,
@@ -1138,6 +1184,7 @@ def train(
                 calibrate=config.calibrate,
             )
             row.update(metrics)
+            thresholds = thresholds or dict(inherited)
             track["thresholds"] = thresholds
             if progress is not None:
                 progress(TrainProgress(step, total_steps, epoch, phase="validate", metrics=metrics))
@@ -1276,6 +1323,9 @@ def train(
         best_epoch=track["best_epoch"],
         best_row=dict(track["best_row"]),
         score_thresholds=dict(track["best_thresholds"]),
+        thresholds_from=(
+            "" if not track["best_thresholds"] else _FROM_PARENT if inherited else _FROM_VALIDATION
+        ),
         stopped_early=bool(track["stopped"]),
         stop_reason=str(track["stopped"]),
         n_val_chips=0 if val_ds is None else len(val_ds),

@@ -631,3 +631,61 @@ def test_fine_tune_refuses_shape_changing_settings(
     ckpt = tiny_checkpoint_factory("ft3")
     with pytest.raises(ConfigError, match=named):
         _build_for_training(_fine_tune_config(tmp_path, ckpt, **change), ("ship",), 3)
+
+
+def test_fine_tune_without_validation_keeps_the_parents_thresholds(
+    tmp_path, tiny_checkpoint_factory
+):
+    from geoseg.checkpoint import read_meta
+    from geoseg.settings import resolve
+
+    ckpt = tiny_checkpoint_factory(
+        "thr", classes=("ship", "vehicle"), score_thresholds={"ship": 0.35, "vehicle": 0.62}
+    )
+    chips = make_chip_folder(tmp_path / "c", n=2)  # one step per epoch
+    cfg = _config(
+        tmp_path,
+        chips,
+        classes=("vehicle", "building"),  # "ship" dropped, "building" new
+        init_checkpoint=ckpt,
+        model={},
+        max_steps=2,
+    )
+    result = train(cfg)
+    assert result.steps == 2 and result.n_val_chips == 0
+    for path in (result.last_checkpoint, result.best_checkpoint):
+        meta = read_meta(path)
+        assert dict(meta.score_thresholds) == {"vehicle": 0.62}
+        source = {"source": "parent checkpoint", "checkpoint": str(ckpt)}
+        assert meta.metrics["calibration"] == source
+        assert resolve(meta).class_min_score == {"vehicle": 0.62}
+    assert dict(result.score_thresholds) == {"vehicle": 0.62}
+    assert result.thresholds_from == "parent checkpoint"
+    assert "kept from the checkpoint fine-tuned from" in result.summary()
+
+
+def test_fine_tune_with_validation_recalibrates(tmp_path, tiny_checkpoint_factory, monkeypatch):
+    import geoseg.train
+    from geoseg.checkpoint import read_meta
+
+    ckpt = tiny_checkpoint_factory("thr2", score_thresholds={"ship": 0.35, "vehicle": 0.62})
+    chips = make_chip_folder(tmp_path / "c", n=2)
+
+    def fake_validate(model, dataset, model_config, **kw):
+        return {"segm_ap": 0.1, "f1": 0.5, "f1_tuned": 0.6}, {"ship": 0.8}
+
+    monkeypatch.setattr(geoseg.train, "_validate", fake_validate)
+    cfg = _config(
+        tmp_path,
+        chips,
+        init_checkpoint=ckpt,
+        model={},
+        max_steps=1,
+        val_chips=(chips,),
+        validate=True,
+    )
+    result = train(cfg)
+    meta = read_meta(result.last_checkpoint)
+    assert dict(meta.score_thresholds) == {"ship": 0.8}  # recalibrated, "vehicle" not kept
+    assert meta.metrics["calibration"]["source"] == "validation chips"
+    assert result.thresholds_from == "validation chips"
