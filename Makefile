@@ -13,11 +13,11 @@ PYTEST_ARGS ?=
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -c "import torch, torchvision" 2>/dev/null || $(BIN)/python -m pip install -q $(TORCH_SPEC)
-	$(BIN)/python -m pip install -q -e '.[all,dev,notebooks]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[all,dev,notebooks]'
 	touch $(STAMP)
 
 demo: $(STAMP)
