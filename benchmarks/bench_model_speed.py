@@ -7,7 +7,10 @@ configurations within each repeat; F1 at IoU 0.5 against the synthetic truth
 
 * ``today``: the predictor as it was before the speed work: PyTorch, contiguous memory
   format, the checkpoint's 1,000 RPN proposals, masks for every detection above the lowest
-  class threshold;
+  class threshold, torchvision's single-threaded RoIAlign and RPN NMS; with
+  ``--today-checkpoint`` on another model (the demo model as it was before issue 15);
+* ``default``: what ``geoseg predict`` does (``load_predictor`` with the checkpoint's settings:
+  the ``auto`` backend, threaded RoIAlign/NMS);
 * ``torch``: the current defaults (channels-last, the checkpoint's proposals, per-class
   thresholds applied before the mask head);
 * ``onnx``: the same with ``backend="onnx"`` (ONNX Runtime);
@@ -29,10 +32,14 @@ import time
 from pathlib import Path
 
 OUT = Path(__file__).resolve().parent / "out"
+_Today: type = object  # the "today" predictor class, made in main() (torch imported late)
 
 
-def make_predictor(model, meta, name: str, settings, screen: float):
-    from geoseg.predict import MaskRCNNPredictor
+def make_predictor(model, meta, name: str, settings, screen: float, path=None):
+    from geoseg.predict import MaskRCNNPredictor, load_predictor
+
+    if name == "default":
+        return load_predictor(path, settings)
 
     classes = tuple(meta.classes)
     common = {
@@ -48,6 +55,7 @@ def make_predictor(model, meta, name: str, settings, screen: float):
     }
     if name == "today":
         opts = {"channels_last": False, "max_proposals": None}
+        return _Today(copy.deepcopy(model), **common, **opts)
     else:
         backend = name.split("+")[0]
         per_class = {c: settings.class_min_score.get(c, settings.min_score) for c in classes}
@@ -55,6 +63,28 @@ def make_predictor(model, meta, name: str, settings, screen: float):
         if name.endswith("+screen"):
             opts["prescreen"] = screen
     return MaskRCNNPredictor(copy.deepcopy(model), **common, **opts)
+
+
+class _TodayMixin:
+    """The RoI pooling and RPN NMS on one thread, as torchvision runs them."""
+
+    def _forward(self, tiles):
+        import functools
+
+        import geoseg.models.runtime as rt
+
+        orig = rt.detect
+        rt.detect = functools.partial(orig, parallel=False)
+        try:
+            return super()._forward(tiles)  # type: ignore[misc]
+        finally:
+            rt.detect = orig
+
+
+def _today_class():
+    from geoseg.predict import MaskRCNNPredictor
+
+    return type("TodayPredictor", (_TodayMixin, MaskRCNNPredictor), {})
 
 
 def main() -> None:
@@ -77,37 +107,51 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--screen", type=float, default=0.5, help="pre-screen objectness threshold")
+    p.add_argument("--checkpoint", type=Path, help="model under test (default: the bundled one)")
+    p.add_argument("--today-checkpoint", type=Path, help="model of the 'today' configuration")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    model, meta = load_checkpoint(demo_model_path())
+    global _Today
+    _Today = _today_class()
+    path = args.checkpoint or demo_model_path()
+    model, meta = load_checkpoint(path)
+    today = load_checkpoint(args.today_checkpoint) if args.today_checkpoint else (model, meta)
     scenes = []
     for spec in args.scene or ["mixed:1536:900"]:
         layout, size, seed, *dens = spec.split(":")
         density = float(dens[0]) if dens else 1.0
-        path = OUT / f"model_speed_{layout}_{size}_{seed}_{density:g}.tif"
+        tif = OUT / f"model_speed_{layout}_{size}_{seed}_{density:g}.tif"
         OUT.mkdir(parents=True, exist_ok=True)
-        if not path.exists():
-            generate_scene(path, size=int(size), seed=int(seed), layout=layout, density=density)
-        scenes.append((spec, path, int(size)))
+        if not tif.exists():
+            generate_scene(tif, size=int(size), seed=int(seed), layout=layout, density=density)
+        scenes.append((spec, tif, int(size)))
     predictors = {}
     for name in args.configs:
         t0 = time.perf_counter()
-        settings = resolve(meta)
-        predictors[name] = make_predictor(model, meta, name, settings, args.screen)
+        m, mt = today if name == "today" else (model, meta)
+        settings = resolve(mt)
+        predictors[name] = make_predictor(m, mt, name, settings, args.screen, path)
         predictors[name].build_s = round(time.perf_counter() - t0, 2)  # type: ignore[attr-defined]
-    res: dict = {"load_start": os.getloadavg(), "threads": args.threads, "scenes": {}}
-    for spec, path, size in scenes:
+    res: dict = {
+        "load_start": os.getloadavg(),
+        "threads": args.threads,
+        "checkpoint": str(path),
+        "today_checkpoint": str(args.today_checkpoint or path),
+        "scenes": {},
+    }
+    for spec, scene_path, size in scenes:
         rows: dict = {n: {"wall_s": [], "cpu_s": []} for n in args.configs}
         for rep in range(args.repeats):
             for name in args.configs:
                 c0, t0 = time.process_time(), time.perf_counter()
-                r = run_scene(path, predictors[name])
+                r = run_scene(scene_path, predictors[name])
                 rows[name]["wall_s"].append(round(time.perf_counter() - t0, 2))
                 rows[name]["cpu_s"].append(round(time.process_time() - c0, 2))
                 print(spec, name, rep, rows[name]["wall_s"][-1], rows[name]["cpu_s"][-1],
                       os.getloadavg()[0], file=sys.stderr, flush=True)  # fmt: skip
                 if rep == 0:
-                    o = evaluate(r.gdf, path.with_suffix(".gpkg"), iou_threshold=0.5).overall
+                    truth = scene_path.with_suffix(".gpkg")
+                    o = evaluate(r.gdf, truth, iou_threshold=0.5).overall
                     print(spec, name, "f1", round(o.f1, 4), file=sys.stderr, flush=True)
                     rows[name].update(
                         f1=round(o.f1, 4),

@@ -269,3 +269,52 @@ def test_bench_gpu_cpu_smoke():
     assert [m["batch"] for m in res["model_only"]] == [1, 2]
     assert all(m["mpx_per_s"] > 0 for m in res["model_only"] + res["end_to_end"])
     assert res["end_to_end"][0]["tiles"] > 0
+
+
+def _random_boxes(n, size, seed):
+    g = torch.Generator().manual_seed(seed)
+    xy = torch.rand(n, 2, generator=g) * (size - 40)
+    wh = 1 + torch.rand(n, 2, generator=g) * 120
+    return torch.cat([xy, (xy + wh).clamp(max=size)], dim=1)
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+def test_threaded_roi_pool_is_torchvision_pool(threads):
+    """RoIs split over threads pool to the very values of torchvision's MultiScaleRoIAlign."""
+    from collections import OrderedDict
+
+    from torchvision.ops import MultiScaleRoIAlign
+
+    from geoseg.models.runtime import roi_pool
+
+    g = torch.Generator().manual_seed(1)
+    feats = OrderedDict(
+        (str(i), torch.randn(2, 8, 128 >> i, 128 >> i, generator=g)) for i in range(4)
+    )
+    sizes = [(512, 512), (512, 480)]
+    boxes = [_random_boxes(300, 480, 2), _random_boxes(57, 480, 3)]
+    ref = MultiScaleRoIAlign(["0", "1", "2", "3"], 7, 2)(feats, boxes, sizes)
+    ours = roi_pool(
+        MultiScaleRoIAlign(["0", "1", "2", "3"], 7, 2), feats, boxes, sizes, threads=threads
+    )
+    assert ours.shape == (357, 8, 7, 7)
+    assert torch.equal(ours, ref)
+
+
+@pytest.mark.parametrize("n_boxes", [150, 3000])  # one batched NMS / one NMS per level
+def test_threaded_filter_proposals_is_torchvision(tiny_model, n_boxes):
+    """The RPN's proposal filter with threaded per-level NMS keeps exactly torchvision's boxes."""
+    from geoseg.models.runtime import filter_proposals
+
+    rpn = tiny_model.rpn
+    per_level = [n_boxes // 2, n_boxes // 3, n_boxes - n_boxes // 2 - n_boxes // 3]
+    g = torch.Generator().manual_seed(4)
+    proposals = torch.stack([_random_boxes(n_boxes, 256, 5), _random_boxes(n_boxes, 256, 6)])
+    objectness = torch.randn(2 * n_boxes, 1, generator=g)
+    shapes = [(256, 256), (256, 240)]
+    ref_boxes, ref_scores = rpn.filter_proposals(proposals, objectness, shapes, per_level)
+    boxes, scores = filter_proposals(rpn, proposals, objectness, shapes, per_level, threads=2)
+    assert sum(len(b) for b in ref_boxes) > 0
+    for b, s, rb, rs in zip(boxes, scores, ref_boxes, ref_scores, strict=True):
+        assert torch.equal(b, rb)
+        assert torch.equal(s, rs)

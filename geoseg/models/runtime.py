@@ -27,7 +27,11 @@ from __future__ import annotations
 
 import io
 import logging
-from typing import TYPE_CHECKING, Any
+import math
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -38,10 +42,196 @@ from geoseg.predict import Backend
 if TYPE_CHECKING:
     from torchvision.models.detection import MaskRCNN
     from torchvision.models.detection.image_list import ImageList
+    from torchvision.models.detection.rpn import RegionProposalNetwork
+    from torchvision.ops import MultiScaleRoIAlign
 
-__all__ = ["Engine", "OnnxEngine", "TorchEngine", "detect", "make_engine"]
+__all__ = [
+    "Engine",
+    "OnnxEngine",
+    "TorchEngine",
+    "detect",
+    "filter_proposals",
+    "make_engine",
+    "roi_pool",
+]
 
 logger = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+_R = TypeVar("_R")
+_EXECUTOR: ThreadPoolExecutor | None = None
+_EXECUTOR_LOCK = threading.Lock()
+
+
+def _map(fn: Callable[[_T], _R], items: Sequence[_T], threads: int) -> list[_R]:
+    """``[fn(x) for x in items]`` on up to ``threads`` threads (shared pool, order kept).
+
+    For torch CPU kernels that run on one thread (torchvision's ``roi_align`` and ``nms``):
+    they release the GIL, so Python threads run them side by side.
+    """
+    global _EXECUTOR
+    if threads < 2 or len(items) < 2:
+        return [fn(x) for x in items]
+    with _EXECUTOR_LOCK:
+        if _EXECUTOR is None or _EXECUTOR._max_workers < threads:
+            if _EXECUTOR is not None:
+                _EXECUTOR.shutdown(wait=False)
+            _EXECUTOR = ThreadPoolExecutor(threads, thread_name_prefix="geoseg-roi")
+        ex = _EXECUTOR
+    return list(ex.map(fn, items))
+
+
+def roi_pool(
+    pooler: MultiScaleRoIAlign,
+    features: dict[str, Tensor],
+    boxes: list[Tensor],
+    image_sizes: list[tuple[int, int]],
+    *,
+    threads: int = 1,
+) -> Tensor:
+    """``pooler(features, boxes, image_sizes)``, the RoIs split over ``threads`` CPU threads.
+
+    torchvision's CPU ``roi_align`` runs on one thread; each RoI's output depends on that RoI
+    alone, so splitting the RoIs of each pyramid level into chunks gives the same values.
+
+    Args:
+        pooler: the model's ``MultiScaleRoIAlign`` (box or mask RoI pool).
+        features: feature maps by name, ``[B, F, H_l, W_l]`` (model pixels / stride).
+        boxes: per image, ``[N_i, 4]`` boxes in model-input pixels (x1, y1, x2, y2).
+        image_sizes: per image, ``(height, width)`` in model-input pixels.
+        threads: CPU threads (1, a CUDA device or few RoIs: the pooler itself).
+
+    Returns:
+        float ``[sum N_i, F, S, S]`` pooled features, images in order.
+    """
+    from torchvision.ops import poolers as tvp
+    from torchvision.ops import roi_align
+
+    n = sum(int(b.shape[0]) for b in boxes)
+    first = next(iter(features.values()))
+    if threads < 2 or n < 32 or first.device.type != "cpu":
+        out: Tensor = pooler(features, boxes, image_sizes)
+        return out
+    x = tvp._filter_input(features, pooler.featmap_names)
+    if pooler.scales is None or pooler.map_levels is None:
+        pooler.scales, pooler.map_levels = tvp._setup_scales(
+            x, image_sizes, pooler.canonical_scale, pooler.canonical_level
+        )
+    scales = pooler.scales
+    rois = tvp._convert_to_roi_format(boxes)
+    levels = torch.zeros(n, dtype=torch.int64) if len(x) == 1 else pooler.map_levels(boxes)
+    size = tuple(pooler.output_size)
+    result = torch.zeros((n, int(x[0].shape[1]), *size), dtype=x[0].dtype)
+    chunk = math.ceil(n / threads)
+    tasks = []
+    for level, (feature, scale) in enumerate(zip(x, scales, strict=True)):
+        idx = torch.where(levels == level)[0]
+        tasks += [(feature, scale, part) for part in idx.split(chunk) if part.numel()]
+
+    def run(task: tuple[Tensor, float, Tensor]) -> tuple[Tensor, Tensor]:
+        feature, scale, part = task
+        pooled = roi_align(
+            feature,
+            rois[part],
+            output_size=size,
+            spatial_scale=scale,
+            sampling_ratio=pooler.sampling_ratio,
+        )
+        return part, pooled
+
+    for part, pooled in _map(run, tasks, threads):
+        result[part] = pooled.to(result.dtype)
+    return result
+
+
+def _nms_per_level(
+    boxes: Tensor, scores: Tensor, levels: Tensor, iou: float
+) -> list[tuple[Tensor, Tensor, Tensor, float]]:
+    """The per-level NMS jobs of :func:`torchvision.ops.batched_nms` (its CPU ``vanilla`` path)."""
+    return [
+        (idx, boxes[idx], scores[idx], iou)
+        for idx in (torch.where(levels == lv)[0] for lv in torch.unique(levels))
+    ]
+
+
+def filter_proposals(
+    rpn: RegionProposalNetwork,
+    proposals: Tensor,
+    objectness: Tensor,
+    image_shapes: list[tuple[int, int]],
+    num_anchors_per_level: list[int],
+    *,
+    threads: int = 1,
+) -> tuple[list[Tensor], list[Tensor]]:
+    """``rpn.filter_proposals`` with the per-level NMS of all images run on ``threads`` threads.
+
+    Same steps and results as torchvision's (per-level top-n, clip, small and low-score boxes
+    dropped, NMS per level, post-NMS top-n); only the NMS calls, each on one thread in
+    torchvision, run side by side.
+
+    Args:
+        rpn: the model's RPN (its ``pre/post_nms_top_n``, ``nms_thresh``, ``score_thresh``,
+            ``min_size`` apply).
+        proposals: float ``[B, A, 4]`` decoded boxes, model-input pixels.
+        objectness: ``[B * A, 1]`` or ``[B, A]`` objectness logits.
+        image_shapes: per image ``(height, width)``.
+        num_anchors_per_level: anchors per image in each pyramid level.
+        threads: CPU threads for the NMS calls (1 or a CUDA device: torchvision's own).
+
+    Returns:
+        Per image, ``[N, 4]`` boxes and ``[N]`` objectness probabilities, best first.
+    """
+    from torchvision.ops import boxes as box_ops
+
+    if threads < 2 or proposals.device.type != "cpu":
+        out: tuple[list[Tensor], list[Tensor]] = rpn.filter_proposals(
+            proposals, objectness, image_shapes, num_anchors_per_level
+        )
+        return out
+    num_images = proposals.shape[0]
+    objectness = objectness.detach().reshape(num_images, -1)
+    levels = torch.cat(
+        [torch.full((n,), i, dtype=torch.int64) for i, n in enumerate(num_anchors_per_level)]
+    )
+    levels = levels.reshape(1, -1).expand_as(objectness)
+    top_n_idx = rpn._get_top_n_idx(objectness, num_anchors_per_level)
+    batch_idx = torch.arange(num_images)[:, None]
+    objectness = objectness[batch_idx, top_n_idx]
+    levels = levels[batch_idx, top_n_idx]
+    proposals = proposals[batch_idx, top_n_idx]
+    prob = torch.sigmoid(objectness)
+    kept: list[tuple[Tensor, Tensor, Tensor]] = []
+    jobs: list[tuple[int, tuple[Tensor, Tensor, Tensor, float]]] = []
+    for i, (boxes, scores, lvl, shape) in enumerate(
+        zip(proposals, prob, levels, image_shapes, strict=True)
+    ):
+        boxes = box_ops.clip_boxes_to_image(boxes, shape)
+        keep = box_ops.remove_small_boxes(boxes, rpn.min_size)
+        boxes, scores, lvl = boxes[keep], scores[keep], lvl[keep]
+        keep = torch.where(scores >= rpn.score_thresh)[0]
+        boxes, scores, lvl = boxes[keep], scores[keep], lvl[keep]
+        kept.append((boxes, scores, lvl))
+        if boxes.numel() > 4000:  # torchvision's CPU switch to one NMS per level
+            jobs += [(i, job) for job in _nms_per_level(boxes, scores, lvl, rpn.nms_thresh)]
+
+    def run(item: tuple[int, tuple[Tensor, Tensor, Tensor, float]]) -> tuple[int, Tensor]:
+        i, (idx, b, s, iou) = item
+        return i, idx[box_ops.nms(b, s, iou)]
+
+    masks = [torch.zeros_like(s, dtype=torch.bool) for _, s, _ in kept]
+    for i, keep_idx in _map(run, jobs, threads):
+        masks[i][keep_idx] = True
+    final_boxes, final_scores = [], []
+    for i, (boxes, scores, lvl) in enumerate(kept):
+        if boxes.numel() > 4000:
+            keep = torch.where(masks[i])[0]
+            keep = keep[scores[keep].sort(descending=True)[1]]
+        else:
+            keep = box_ops.batched_nms(boxes, scores, lvl, rpn.nms_thresh)
+        keep = keep[: rpn.post_nms_top_n()]
+        final_boxes.append(boxes[keep])
+        final_scores.append(scores[keep])
+    return final_boxes, final_scores
 
 
 class _Dense(nn.Module):
@@ -277,6 +467,7 @@ def detect(
     max_proposals: int | None,
     class_min_scores: Tensor | None,
     prescreen: float | None,
+    parallel: bool = True,
 ) -> list[dict[str, Tensor]]:
     """Mask R-CNN inference on a batch, stage by stage (see the module docstring).
 
@@ -292,6 +483,8 @@ def detect(
             that pass the model's own ``score_thresh``.
         prescreen: skip the RoI heads of an image whose best RPN objectness probability is
             below this (``None``: never).
+        parallel: on the CPU, run the RPN's per-level NMS and the RoI pooling (single-threaded
+            kernels in torchvision) on ``torch.get_num_threads()`` threads (same results).
 
     Returns:
         Per image: ``boxes`` float ``[N, 4]`` (model pixels), ``scores`` ``[N]``, ``labels``
@@ -313,8 +506,11 @@ def detect(
         post = min(saved[1]["testing"], int(max_proposals))
         rpn._post_nms_top_n["testing"] = post
         rpn._pre_nms_top_n["testing"] = min(saved[0]["testing"], 2 * post)
+    threads = torch.get_num_threads() if parallel else 1
     try:
-        boxes, scores = rpn.filter_proposals(proposals, obj, images.image_sizes, per_level)
+        boxes, scores = filter_proposals(
+            rpn, proposals, obj, images.image_sizes, per_level, threads=threads
+        )
     finally:
         rpn._pre_nms_top_n, rpn._post_nms_top_n = saved
     empty = [
@@ -327,7 +523,7 @@ def detect(
     feats = features if len(todo) == n_img else {k: v[todo] for k, v in features.items()}
     sizes = [images.image_sizes[i] for i in todo]
     props = [boxes[i] for i in todo]
-    pooled = rh.box_roi_pool(feats, props, sizes)
+    pooled = roi_pool(rh.box_roi_pool, feats, props, sizes, threads=threads)
     cls, box_reg = engine.box_head(pooled)
     det_boxes, det_scores, det_labels = rh.postprocess_detections(cls, box_reg, props, sizes)
     if class_min_scores is not None:
@@ -343,7 +539,8 @@ def detect(
                 det_labels[j][keep],
             )
     if sum(int(b.shape[0]) for b in det_boxes):
-        mask_logits = engine.mask_head(rh.mask_roi_pool(feats, det_boxes, sizes))
+        pooled = roi_pool(rh.mask_roi_pool, feats, det_boxes, sizes, threads=threads)
+        mask_logits = engine.mask_head(pooled)
         probs = maskrcnn_inference(mask_logits, det_labels)
     else:
         probs = [_no_masks(features) for _ in det_boxes]
