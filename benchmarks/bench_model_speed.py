@@ -14,7 +14,10 @@ configurations within each repeat; F1 at IoU 0.5 against the synthetic truth
 * ``torch``: the current defaults (channels-last, the checkpoint's proposals, per-class
   thresholds applied before the mask head);
 * ``onnx``: the same with ``backend="onnx"`` (ONNX Runtime);
-* ``torch+screen`` / ``onnx+screen``: with the empty-tile pre-screen at ``--screen``.
+* ``torch+screen`` / ``onnx+screen``: with the empty-tile pre-screen at ``--screen``;
+* ``NAME@today``: configuration ``NAME`` on the ``--today-checkpoint`` model (e.g.
+  ``default@today``: today's code on the previous model, to tell the engine's gain from the
+  model's).
 
 Prints one JSON object; e.g.
 
@@ -128,9 +131,12 @@ def main() -> None:
     predictors = {}
     for name in args.configs:
         t0 = time.perf_counter()
-        m, mt = today if name == "today" else (model, meta)
+        on_today = name == "today" or name.endswith("@today")
+        m, mt = today if on_today else (model, meta)
         settings = resolve(mt)
-        predictors[name] = make_predictor(m, mt, name, settings, args.screen, path)
+        ckpt = (args.today_checkpoint or path) if on_today else path
+        kind = name.removesuffix("@today")
+        predictors[name] = make_predictor(m, mt, kind, settings, args.screen, ckpt)
         predictors[name].build_s = round(time.perf_counter() - t0, 2)  # type: ignore[attr-defined]
     res: dict = {
         "load_start": os.getloadavg(),
