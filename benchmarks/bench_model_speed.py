@@ -57,7 +57,7 @@ def make_predictor(model, meta, name: str, settings, screen: float, path=None):
         "score_thresholds": meta.score_thresholds,
     }
     if name == "today":
-        opts = {"channels_last": False, "max_proposals": None}
+        opts = {"backend": "torch", "channels_last": False, "max_proposals": None}
         return _Today(copy.deepcopy(model), **common, **opts)
     else:
         backend = name.split("+")[0]

@@ -85,6 +85,7 @@ __all__ = [
     "load_predictor",
     "paste_masks_in_boxes",
     "pick_device",
+    "resolve_backend",
 ]
 
 logger = logging.getLogger(__name__)
@@ -196,11 +197,57 @@ class Backend(StrEnum):
     """Which engine runs the Mask R-CNN's convolutions (:mod:`geoseg.models.runtime`).
 
     ``TORCH`` is the reference; ``ONNX`` exports the backbone and heads to ONNX Runtime when
-    the predictor is built (CPU only; the ``onnxruntime`` package of the ``ml`` extra).
+    the predictor is built (CPU only; the ``onnxruntime`` package of the ``ml`` extra; the
+    exported graphs are cached on disk, :mod:`geoseg.models.onnx_cache`). ``AUTO`` (the
+    default) is ``ONNX`` on the CPU when ``onnxruntime`` imports, else ``TORCH``
+    (:func:`resolve_backend`).
     """
 
+    AUTO = "auto"
     TORCH = "torch"
     ONNX = "onnx"
+
+
+def _onnxruntime_imports() -> bool:
+    try:
+        import onnxruntime  # noqa: F401
+    except (ImportError, OSError) as err:
+        logger.debug("onnxruntime does not import: %s", err)
+        return False
+    return True
+
+
+def resolve_backend(requested: Backend | str | None, device: torch.device | str) -> Backend:
+    """The engine that runs a model on ``device`` for a backend request.
+
+    ``auto`` (or ``None``) is ``onnx`` when ``device`` is the CPU and ``onnxruntime`` imports
+    (faster there: BENCHMARKS.md, "Model speed"), else ``torch``; the choice is logged (INFO).
+    ``torch`` and ``onnx`` are returned as they are (``onnx`` off the CPU is refused later, by
+    :func:`geoseg.models.runtime.make_engine`).
+
+    Raises:
+        ConfigError: an unknown backend name.
+    """
+    import torch
+
+    text = Backend.AUTO.value if requested is None else str(requested).lower()
+    try:
+        kind = Backend(text)
+    except ValueError as err:
+        raise ConfigError(
+            f"unknown backend {requested!r}; use one of {[b.value for b in Backend]}"
+        ) from err
+    if kind is not Backend.AUTO:
+        return kind
+    device_type = torch.device(device).type
+    if device_type != "cpu":
+        kind, why = Backend.TORCH, f"the device is {device_type}"
+    elif not _onnxruntime_imports():
+        kind, why = Backend.TORCH, "onnxruntime is not installed"
+    else:
+        kind, why = Backend.ONNX, "CPU, onnxruntime available"
+    logger.info("backend auto: %s (%s)", kind.value, why)
+    return kind
 
 
 def pick_device(requested: Device | str | None = None) -> torch.device:
@@ -408,7 +455,7 @@ class MaskRCNNPredictor:
         gsd: float | None = None,
         score_thresholds: Mapping[str, float] | None = None,
         meta: Any = None,
-        backend: str = "torch",
+        backend: Backend | str = Backend.AUTO,
         max_proposals: int | None = None,
         class_min_scores: Mapping[str, float] | None = None,
         prescreen: float | None = None,
@@ -432,8 +479,10 @@ class MaskRCNNPredictor:
             gsd: ground sample distance of the training imagery, metres.
             score_thresholds: recommended per-class score thresholds.
             meta: checkpoint metadata to keep with the predictor.
-            backend: ``"torch"`` (the reference) or ``"onnx"`` (ONNX Runtime on the CPU for
-                the backbone and the heads; :mod:`geoseg.models.runtime`).
+            backend: ``"torch"`` (the reference), ``"onnx"`` (ONNX Runtime on the CPU for
+                the backbone and the heads; :mod:`geoseg.models.runtime`) or ``"auto"`` (onnx
+                on the CPU when onnxruntime is installed, else torch: :func:`resolve_backend`).
+                ``predictor.backend`` is the engine chosen.
             max_proposals: at most this many RPN proposals per tile after NMS (``None``: the
                 model's own ``rpn_post_nms_top_n_test``). Fewer is faster but loses objects
                 in dense tiles (300 instead of the demo model's 1,000 cost 0.03 F1 on a
@@ -455,7 +504,8 @@ class MaskRCNNPredictor:
             device if isinstance(device, torch.device) else pick_device(device)
         )
         self.amp = bool(amp) and self.device.type == "cuda"
-        self.channels_last = bool(channels_last) and str(backend) == Backend.TORCH
+        kind = resolve_backend(backend, self.device)
+        self.channels_last = bool(channels_last) and kind is Backend.TORCH
         if max_proposals is not None and max_proposals < 1:
             raise ValueError(f"max_proposals must be >= 1, got {max_proposals}")
         if prescreen is not None and not 0.0 <= prescreen < 1.0:
@@ -487,10 +537,8 @@ class MaskRCNNPredictor:
         )
         from geoseg.models.runtime import make_engine
 
-        self.engine = make_engine(
-            model, backend, device=self.device, channels_last=self.channels_last
-        )
-        self.backend = self.engine.backend
+        self.engine = make_engine(model, kind, device=self.device, channels_last=self.channels_last)
+        self.backend: Backend = self.engine.backend
 
     @classmethod
     def from_checkpoint(

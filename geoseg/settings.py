@@ -60,7 +60,7 @@ DEFAULT_TILE_SIZE = 512
 #: Score threshold when neither an option, a preset nor the checkpoint gives one.
 DEFAULT_MIN_SCORE = 0.5
 #: Engines that can run a Mask R-CNN checkpoint (:class:`geoseg.predict.Backend`).
-BACKENDS = ("torch", "onnx")
+BACKENDS = ("auto", "torch", "onnx")
 
 #: Tiles per forward pass on CUDA; 1 on the CPU (batching there costs memory and gains nothing).
 CUDA_BATCH_SIZE = 8
@@ -151,9 +151,11 @@ class RunSettings:
             rounding level).
         device: where a model loaded with these settings runs (``auto``, ``cpu``,
             ``cuda[:N]``, ``mps``). Not part of the digest.
-        backend: what runs the model's convolutions: ``torch`` (the reference) or ``onnx``
-            (ONNX Runtime, CPU only; see :mod:`geoseg.models.runtime`). Not part of the
-            digest (results agree at float rounding level).
+        backend: what runs the model's convolutions: ``torch`` (the reference), ``onnx``
+            (ONNX Runtime, CPU only; see :mod:`geoseg.models.runtime`) or ``auto`` (onnx on
+            the CPU when onnxruntime is installed, else torch;
+            :func:`geoseg.predict.resolve_backend`). Not part of the digest (results agree at
+            float rounding level).
         prescreen: skip the RoI heads of a tile whose best RPN objectness is below this
             (``None``: off); it can lose objects, so it is part of the digest.
         preset: name of the preset the settings came from (informative, not in the digest).
@@ -181,7 +183,7 @@ class RunSettings:
     regularize_min_iou: float = 0.8
     batch_size: int | None = None
     device: str = "auto"
-    backend: str = "torch"
+    backend: str = "auto"
     prescreen: float | None = None
     preset: str | None = None
 

@@ -19,6 +19,16 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _onnx_cache_dir(tmp_path_factory):
+    """One ONNX export cache for the whole session (``GEOSEG_CACHE_DIR``, also seen by the
+    subprocesses tests start): nothing is written to ``~/.cache``, and the predictors the suite
+    builds with the ``onnx``/``auto`` backend export each set of weights once."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("GEOSEG_CACHE_DIR", str(tmp_path_factory.mktemp("geoseg-cache")))
+        yield
+
+
 @pytest.fixture(scope="session")
 def demo_model() -> Path:
     """The bundled demo checkpoint (EfficientNet-Lite0 Mask R-CNN on synthetic scenes)."""

@@ -168,7 +168,7 @@ def no_full_tile_paste(monkeypatch):
 
 
 def test_maskrcnn_predictor_is_a_predictor():
-    p = MaskRCNNPredictor(tiny_maskrcnn(), classes=CLASSES, device="cpu")
+    p = MaskRCNNPredictor(tiny_maskrcnn(), classes=CLASSES, device="cpu", backend="torch")
     assert isinstance(p, Predictor)
     assert p.classes == CLASSES
     # channels-last pays on the CPU too (BENCHMARKS.md, "Model speed"); AMP only on CUDA

@@ -181,6 +181,7 @@ def test_prescreen_skips_the_heads_of_unpromising_tiles(tiny_model, monkeypatch)
 def test_settings_backend_and_prescreen():
     s = RunSettings(backend="ONNX", prescreen=0.3)
     assert s.backend == "onnx" and s.prescreen == 0.3
+    assert RunSettings().backend == "auto"
     assert RunSettings().digest() == RunSettings(backend="onnx").digest()
     assert RunSettings().digest() != RunSettings(prescreen=0.3).digest()
     with pytest.raises(ConfigError, match="backend"):

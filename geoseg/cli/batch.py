@@ -148,9 +148,10 @@ def format_report(report: BatchReport) -> str:
 @click.option(
     "--backend",
     type=click.Choice(list(BACKENDS)),
-    default="torch",
+    default="auto",
     show_default=True,
-    help="What runs the model on each worker: torch, or onnx (ONNX Runtime, CPU only).",
+    help="What runs the model on each worker: torch, onnx (ONNX Runtime, CPU only), or auto "
+    "(onnx on a CPU worker when onnxruntime is installed, else torch).",
 )
 @fail_on_geoseg_error
 def command(

@@ -89,10 +89,12 @@ def predict_options(func: F) -> F:
         click.option(
             "--backend",
             type=click.Choice(list(BACKENDS)),
-            default="torch",
+            default="auto",
             show_default=True,
-            help="What runs the model: torch, or onnx (ONNX Runtime, CPU only; exported at load; "
-            "about 1.5-2.5x faster on CPU, see README Speed).",
+            help="What runs the model: torch, onnx (ONNX Runtime, CPU only; exported at the "
+            "first load, then cached in $GEOSEG_CACHE_DIR or ~/.cache/geoseg; faster on CPU, "
+            "see README Speed), or auto (onnx on the CPU when onnxruntime is installed, "
+            "else torch).",
         ),
         click.option(
             "--prescreen",

@@ -16,8 +16,9 @@ keep is skipped:
    ``[K, classes + 1, 2M, 2M]`` mask logits.
 
 The ONNX engine exports the three convolutional parts (dense, box head, mask head) with
-``torch.onnx.export`` when the predictor is built (a few seconds, in memory, nothing written
-to disk) and runs them with ONNX Runtime's CPU provider (``onnxruntime``, the ``ml`` extra);
+``torch.onnx.export`` when the predictor is built (a few seconds; the graphs are cached on disk
+by :mod:`geoseg.models.onnx_cache`, so a second load of the same weights skips the export) and
+runs them with ONNX Runtime's CPU provider (``onnxruntime``, the ``ml`` extra);
 everything else stays in PyTorch, so both engines share the same proposal, NMS and
 post-processing code. An optional empty-tile pre-screen (``prescreen``) skips stages 3-5 for
 a tile whose best RPN objectness is below a threshold.
@@ -37,7 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from geoseg.errors import ConfigError
-from geoseg.predict import Backend
+from geoseg.predict import Backend, resolve_backend
 
 if TYPE_CHECKING:
     from torchvision.models.detection import MaskRCNN
@@ -408,6 +409,14 @@ def _roi_size(pool: Any) -> int:
     return int(size[0] if isinstance(size, tuple | list) else size)
 
 
+#: Version of the ONNX export done by :func:`_session` (the wrapper modules, input and output
+#: names, exporter options): part of the export cache's key (:mod:`geoseg.models.onnx_cache`),
+#: so bump it whenever the export changes in a way the key does not see.
+ONNX_EXPORT_VERSION = 1
+#: ONNX opset of the export.
+ONNX_OPSET = 17
+
+
 def _session(
     ort: Any,
     opts: Any,
@@ -416,24 +425,46 @@ def _session(
     outputs: list[str],
     dynamic: dict[str, dict[int, str]],
 ) -> Any:
-    """Export ``module`` (CPU, float32) to ONNX in memory; an ORT session on it."""
+    """An ORT session on ``module`` (CPU, float32) exported to ONNX.
+
+    The graph comes from the export cache when it holds one for these weights and this export
+    (:func:`geoseg.models.onnx_cache.cached_graph`), else it is exported in memory and cached.
+    """
     import warnings
 
-    buf = io.BytesIO()
+    from geoseg.models.onnx_cache import cached_graph
+
     dynamic = {**dynamic, **{name: {0: "n"} for name in outputs}}
-    with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            module,
-            (example,),
-            buf,  # type: ignore[arg-type]  # a file object works with the TorchScript exporter
-            input_names=["x"],
-            output_names=outputs,
-            dynamic_axes=dynamic,
-            opset_version=17,
-            dynamo=False,
-        )
-    return ort.InferenceSession(buf.getvalue(), opts, providers=["CPUExecutionProvider"])
+
+    def export() -> bytes:
+        buf = io.BytesIO()
+        with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                module,
+                (example,),
+                buf,  # type: ignore[arg-type]  # a file object works with the TorchScript exporter
+                input_names=["x"],
+                output_names=outputs,
+                dynamic_axes=dynamic,
+                opset_version=ONNX_OPSET,
+                dynamo=False,
+            )
+        return buf.getvalue()
+
+    def load(graph: bytes) -> Any:
+        return ort.InferenceSession(graph, opts, providers=["CPUExecutionProvider"])
+
+    return cached_graph(
+        module,
+        example,
+        export=export,
+        load=load,
+        opset=ONNX_OPSET,
+        version=ONNX_EXPORT_VERSION,
+        extra={"inputs": ["x"], "outputs": outputs, "dynamic": dynamic},
+        label=f"{type(module).__name__} ({outputs[0]}..{outputs[-1]})",
+    )
 
 
 def make_engine(
@@ -441,15 +472,12 @@ def make_engine(
 ) -> Engine:
     """The engine for ``backend`` (``onnx`` runs on the CPU only).
 
+    ``auto`` is resolved by :func:`geoseg.predict.resolve_backend`.
+
     Raises:
         ConfigError: an unknown backend, or ``onnx`` with a non-CPU device.
     """
-    try:
-        kind = Backend(str(backend).lower())
-    except ValueError as err:
-        raise ConfigError(
-            f"unknown backend {backend!r}; use one of {[b.value for b in Backend]}"
-        ) from err
+    kind = resolve_backend(backend, device)
     if kind is Backend.ONNX:
         if device.type != "cpu":
             raise ConfigError(
