@@ -320,7 +320,8 @@ class TorchEngine(Engine):
 class OnnxEngine(Engine):
     """ONNX Runtime (CPU provider) for the dense part and both RoI heads.
 
-    Exported from the model in memory when built; input sizes and RoI counts are dynamic.
+    Exported when built (or read from the disk cache, :mod:`geoseg.models.onnx_cache`); input
+    sizes and RoI counts are dynamic.
     ``threads`` intra-op threads (default: ``torch.get_num_threads()``), spinning off so that
     idle ORT threads do not take cores from PyTorch's stages in between.
     """
