@@ -49,6 +49,93 @@ DEMO_MODEL = {
 }
 
 
+def prune_checkpoint(source: Path, dest: Path, width: int) -> Path:
+    """A narrower copy of ``source``: FPN, RPN head and mask head cut to ``width`` channels.
+
+    The channels kept are those the next layer weighs most (L1 norm of the consuming weights):
+    the FPN's lateral channels by the 3x3 output convolutions of every level, its output
+    channels by the RPN convolution, the box head's first layer and the mask head's first
+    convolution together, and so on down the RPN and mask heads. The backbone and the box
+    head's later layers are copied whole. A start for fine-tuning (the cut model alone finds
+    little), much closer to the source than a fresh initialisation.
+    """
+    from geoseg.checkpoint import ModelMeta, load_checkpoint, save_checkpoint
+    from geoseg.config import ModelConfig, config_from_dict, config_to_dict
+    from geoseg.models import build_model
+
+    old, meta = load_checkpoint(source)
+    sd = old.state_dict()
+
+    def l1(w: torch.Tensor, dim: int) -> torch.Tensor:
+        return w.abs().sum([d for d in range(w.dim()) if d != dim])
+
+    def top(score: torch.Tensor) -> torch.Tensor:
+        return torch.sort(torch.topk(score, width).indices).values
+
+    def share(w: torch.Tensor) -> torch.Tensor:
+        return w / w.sum()
+
+    levels = sorted(
+        {k.split(".")[3] for k in sd if k.startswith("backbone.fpn.inner_blocks.")}, key=int
+    )
+    head = int(sd["roi_heads.box_head.fc6.weight"].shape[0])
+    fc6 = sd["roi_heads.box_head.fc6.weight"].view(head, -1, 7, 7)
+    lateral = top(sum(l1(sd[f"backbone.fpn.layer_blocks.{i}.0.weight"], 1) for i in levels))
+    out = top(
+        share(l1(sd["rpn.head.conv.0.0.weight"], 1))
+        + share(l1(fc6, 1))
+        + share(l1(sd["roi_heads.mask_head.0.0.weight"], 1))
+    )
+    rpn = top(
+        share(l1(sd["rpn.head.cls_logits.weight"], 1))
+        + share(l1(sd["rpn.head.bbox_pred.weight"], 1))
+    )
+    mask = [top(l1(sd[f"roi_heads.mask_head.{j + 1}.0.weight"], 1)) for j in range(3)]
+    mask.append(top(l1(sd["roi_heads.mask_predictor.conv5_mask.weight"], 0)))
+    up = top(l1(sd["roi_heads.mask_predictor.mask_fcn_logits.weight"], 1))
+    new = {}
+    for k, v in sd.items():
+        if k.startswith("backbone.fpn.inner_blocks."):
+            new[k] = v[lateral]
+        elif k.startswith("backbone.fpn.layer_blocks."):
+            new[k] = v[out][:, lateral] if v.dim() == 4 else v[out]
+        elif k == "rpn.head.conv.0.0.weight":
+            new[k] = v[rpn][:, out]
+        elif k == "rpn.head.conv.0.0.bias":
+            new[k] = v[rpn]
+        elif k in ("rpn.head.cls_logits.weight", "rpn.head.bbox_pred.weight"):
+            new[k] = v[:, rpn]
+        elif k == "roi_heads.box_head.fc6.weight":
+            new[k] = fc6[:, out].reshape(head, -1)
+        elif k.startswith("roi_heads.mask_head."):
+            j = int(k.split(".")[2])
+            cols = out if j == 0 else mask[j - 1]
+            new[k] = v[mask[j]][:, cols] if v.dim() == 4 else v[mask[j]]
+        elif k == "roi_heads.mask_predictor.conv5_mask.weight":
+            new[k] = v[mask[3]][:, up]
+        elif k == "roi_heads.mask_predictor.conv5_mask.bias":
+            new[k] = v[up]
+        elif k == "roi_heads.mask_predictor.mask_fcn_logits.weight":
+            new[k] = v[:, up]
+        else:
+            new[k] = v
+    narrow = {"fpn_out_channels": width, "mask_head_channels": width}
+    cfg = config_from_dict(ModelConfig, {**dict(meta.config), **narrow, "trainable_layers": 1})
+    model = build_model(cfg, num_classes=len(meta.classes), in_channels=meta.in_channels)
+    model.load_state_dict(new, strict=True)
+    pruned = ModelMeta(
+        classes=meta.classes,
+        bands=meta.bands,
+        norm_stats=meta.norm_stats,
+        tile_size=meta.tile_size,
+        gsd=meta.gsd,
+        config=config_to_dict(cfg),
+        trained_on={"pruned_from": str(source), "width": width},
+        score_thresholds=meta.score_thresholds,
+    )
+    return save_checkpoint(dest, model, pruned)
+
+
 def make_data(
     work: Path, *, n_scenes: int, size: int, chip: int, overlap: int
 ) -> tuple[list[Path], list[Path]]:
@@ -415,6 +502,16 @@ def main() -> None:
         default=1.0,
         help="model input scale (2.0: cars 9 x 4 px become 18 x 8; anchors scale with it)",
     )
+    ap.add_argument(
+        "--narrow",
+        type=int,
+        help="FPN, RPN and mask head width in channels (the demo model's fourth stage: 64)",
+    )
+    ap.add_argument(
+        "--prune-from",
+        type=Path,
+        help="with --narrow: start from this checkpoint with its channels cut to --narrow",
+    )
     ap.add_argument("--train-seconds", type=float, help="with --skip-train: measured duration")
     ap.add_argument("--eval-only", action="store_true")
     ap.add_argument(
@@ -438,6 +535,15 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(2)
     logging.basicConfig(level=logging.WARNING)
+    if args.narrow:
+        DEMO_MODEL.update(
+            fpn_out_channels=args.narrow, mask_head_channels=args.narrow, trainable_layers=1
+        )
+        if args.prune_from and not args.skip_train and not args.eval_only:
+            args.work.mkdir(parents=True, exist_ok=True)
+            args.init_checkpoint = prune_checkpoint(
+                args.prune_from, args.work / "pruned_init", args.narrow
+            )
     report: dict = {"hardware": "2-core CPU, no GPU", "torch_threads": 2}
     if not args.eval_only:
         t0 = time.monotonic()
