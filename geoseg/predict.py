@@ -398,6 +398,11 @@ def _raw_batchable(tiles: Sequence[Tile]) -> bool:
 #: Float32 batch arrays of :func:`_input_images` (a :class:`geoseg.raster.BufferPool`).
 _BATCHES: Any = None
 
+#: Raw dtypes moved to a GPU as they are and stretched there (torch converts them fully;
+#: uint16 has only "limited" CUDA support in torch and is normalised on the host until a GPU
+#: run confirms its conversion, see :func:`_stretch_in_torch`).
+_ON_GPU = frozenset(np.dtype(d) for d in ("uint8", "int8", "int16", "float16", "float32"))
+
 
 def _stretch_in_torch(tiles: Sequence[Tile], device: torch.device) -> torch.Tensor:
     """The batch, float32 ``[B, C, h, w]`` on ``device``, normalised there (the GPU's way).
@@ -430,37 +435,40 @@ def _input_images(tiles: Sequence[Tile], device: torch.device) -> list[torch.Ten
     statistics (``tile.norm``); they are normalised here, into the model's batch, with the
     values of ``tile.image`` bit for bit, and ``tile.image`` is never made:
 
-    * on a GPU, the raw pixels of the batch travel as one pinned ``[B, C, h, w]`` tensor (4x
-      fewer bytes than float32 for uint8) and are stretched there in place in float32 with
-      the constants and operation order of :meth:`NormStats.stretch` (subtract, multiply,
-      clamp; invalid pixels 0);
-    * elsewhere, each tile is stretched with numpy straight into its slice of one float32
+    * on a GPU, the raw pixels of the batch (8-bit, int16, float16/32) travel as one pinned
+      ``[B, C, h, w]`` tensor (4x fewer bytes than float32 for uint8) and are stretched there
+      in place in float32 with the constants and operation order of
+      :meth:`NormStats.stretch` (subtract, multiply, clamp; invalid pixels 0);
+    * otherwise each tile is stretched with numpy straight into its slice of one float32
       ``[B, C, h, w]`` batch array, reused from batch to batch (:meth:`Tile.normalise_into`):
-      no per-tile image array, and the passes stay in the CPU cache. torch's in-place ops
+      no per-tile image array, and the passes stay in the CPU cache; on a GPU that batch is
+      pinned and moved in one copy. torch's in-place ops
       measured slower on a CPU, and far slower on two threads of a loaded machine
       (BENCHMARKS.md, "Normalising in the model's batch (issue 15)").
 
-    Tiles of different shapes, tiles built from a normalised image and 32-bit or float64
-    sources on a GPU use ``tile.image``.
+    Batches of tiles of different shapes, or whose first tile was built from a normalised
+    image, use ``tile.image``.
     """
     import torch
 
     first = tiles[0]
     if first.raw is not None and len({t.image_shape for t in tiles}) == 1:
-        if device.type != "cuda":
-            from geoseg.raster import BufferPool
-
-            global _BATCHES
-            if _BATCHES is None:
-                _BATCHES = BufferPool(size=2)
-            # a batch array whose pages are mapped already (a fresh one faults ~1.5 ms per
-            # 512 px tile in); reused once the model has dropped the previous batch
-            slices = _BATCHES.get((len(tiles), *first.image_shape), np.float32)
-            for i, t in enumerate(tiles):
-                t.normalise_into(slices[i])
-            return list(torch.from_numpy(slices).to(device).unbind(0))
-        if _raw_batchable(tiles):
+        if device.type == "cuda" and _raw_batchable(tiles) and first.raw.dtype in _ON_GPU:
             return list(_stretch_in_torch(tiles, device).unbind(0))
+        from geoseg.raster import BufferPool
+
+        global _BATCHES
+        if _BATCHES is None:
+            _BATCHES = BufferPool(size=2)
+        # a batch array whose pages are mapped already (a fresh one faults ~1.5 ms per
+        # 512 px tile in); reused once the model has dropped the previous batch
+        slices = _BATCHES.get((len(tiles), *first.image_shape), np.float32)
+        for i, t in enumerate(tiles):
+            t.normalise_into(slices[i])
+        batch = torch.from_numpy(slices)
+        if device.type == "cuda":  # one pinned host batch, one asynchronous copy
+            batch = batch.pin_memory()
+        return list(batch.to(device, non_blocking=True).unbind(0))
     shapes = {t.image_shape for t in tiles}
     if device.type == "cuda" and len(shapes) == 1:
         # one pinned host batch, one asynchronous copy
