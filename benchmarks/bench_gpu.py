@@ -62,7 +62,7 @@ def model_only(predictor, tiles, batch: int, seconds: float) -> dict:
         for i in range(0, len(tiles) - batch + 1, batch):
             chunk = tiles[i : i + batch]
             predictor.predict_tiles(chunk)
-            n_px += sum(t.image.shape[1] * t.image.shape[2] for t in chunk)
+            n_px += sum(t.image_shape[1] * t.image_shape[2] for t in chunk)
             done += len(chunk)
         _sync(device)
         elapsed = time.perf_counter() - t0

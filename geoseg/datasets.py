@@ -2,10 +2,12 @@
 
 :class:`TileDataset` is a :class:`torch.utils.data.IterableDataset` of
 :class:`~geoseg.types.Tile` values over the grid of :func:`geoseg.tiling.make_grid`;
-:func:`tile_loader` wraps it in a ``DataLoader`` whose batches are ``list[Tile]`` (images float32
-``[C, h, w]`` in [0, 1], valid masks bool ``[h, w]``, transforms from the image's pixels to the
-scene CRS; ``h, w`` the window's size in scene pixels, or ``out_size`` when a scene is read at a
-model's GSD). Each worker opens its own GDAL handle (handles never cross a fork) and reads its
+:func:`tile_loader` wraps it in a ``DataLoader`` whose batches are ``list[Tile]`` (raw pixels
+``[C, h, w]`` in the scene's dtype with their statistics, ``image`` float32 ``[C, h, w]`` in
+[0, 1] computed from them on first access, valid masks bool ``[h, w]``, transforms from the
+image's pixels to the scene CRS; ``h, w`` the window's size in scene pixels, or ``out_size``
+when a scene is read at a model's GSD). Workers send the raw pixels (a quarter of the float32
+bytes for uint8). Each worker opens its own GDAL handle (handles never cross a fork) and reads its
 share of the grid window by window with :func:`geoseg.tiling.read_tiles`; tiles whose pixels
 are all invalid are skipped by default. Images are normalised with one scene-wide
 :class:`~geoseg.types.NormStats`, settled once in the main process.

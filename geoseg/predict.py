@@ -27,7 +27,9 @@ must return a ``TileDetections`` with:
   return its box filled with True as the mask;
 * ``tile``: ``tiles[i].spec``.
 
-``tile.image`` is float32 ``[C, h, w]`` already normalised to [0, 1] with scene-wide statistics;
+``tile.image`` is float32 ``[C, h, w]`` normalised to [0, 1] with scene-wide statistics
+(computed on first access from ``tile.raw``, the pixels as read, and ``tile.norm``, for tiles
+from :func:`geoseg.tiling.iter_tiles`; a predictor that batches may normalise ``raw`` itself);
 ``tile.valid`` (bool ``[h, w]``) is False on padding and nodata, where a predictor should not
 report objects. For example, a detectron2 model would be wrapped as::
 
@@ -419,6 +421,111 @@ def _drop_invalid(
     return type(dets)(**fields)[keep]
 
 
+def _raw_batchable(tiles: Sequence[Tile]) -> bool:
+    """Whether the tiles' raw pixels make one batch normalised exactly as ``tile.image`` is.
+
+    All raw, one shape, dtype and :class:`NormStats`, and a dtype that numpy stretches in
+    float32 (up to 16-bit integers, float16/32), as the GPU does.
+    """
+    first = tiles[0]
+    if first.raw is None or first.norm is None:
+        return False
+    shape, dtype, norm = first.raw.shape, first.raw.dtype, first.norm
+    if np.result_type(dtype, np.float32) != np.float32:
+        return False
+    return all(
+        t.raw is not None
+        and t.raw.shape == shape
+        and t.raw.dtype == dtype
+        and (t.norm is norm or t.norm == norm)
+        for t in tiles[1:]
+    )
+
+
+#: Float32 batch arrays of :func:`_input_images` (a :class:`geoseg.raster.BufferPool`).
+_BATCHES: Any = None
+
+#: Raw dtypes moved to a GPU as they are and stretched there (torch converts them fully;
+#: uint16 has only "limited" CUDA support in torch and is normalised on the host until a GPU
+#: run confirms its conversion, see :func:`_stretch_in_torch`).
+_ON_GPU = frozenset(np.dtype(d) for d in ("uint8", "int8", "int16", "float16", "float32"))
+
+
+def _stretch_in_torch(tiles: Sequence[Tile], device: torch.device) -> torch.Tensor:
+    """The batch, float32 ``[B, C, h, w]`` on ``device``, normalised there (the GPU's way).
+
+    The raw pixels of ``tiles`` (which :func:`_raw_batchable` accepts) are moved as they are
+    and stretched in place, with the constants and operation order of
+    :meth:`NormStats.stretch`; invalid pixels 0.
+    """
+    import torch
+
+    norm = tiles[0].norm
+    assert norm is not None
+    raws = [t.raw for t in tiles if t.raw is not None]
+    low, scale = (torch.from_numpy(a).to(device)[:, None, None] for a in norm.coefficients())
+    host = torch.from_numpy(np.stack(raws))
+    if device.type == "cuda":  # one pinned host batch, one asynchronous copy
+        host = host.pin_memory()
+    batch = host.to(device, non_blocking=True).to(torch.float32)
+    batch.sub_(low).mul_(scale).clamp_(0.0, 1.0)
+    for i, t in enumerate(tiles):
+        if not t.valid.all():
+            batch[i].masked_fill_(torch.from_numpy(~t.valid).to(device), 0.0)
+    return batch
+
+
+def _input_images(tiles: Sequence[Tile], device: torch.device) -> list[torch.Tensor]:
+    """The model's input: one float32 ``[C, h, w]`` tensor in [0, 1] per tile, on ``device``.
+
+    Tiles read by :func:`geoseg.tiling.iter_tiles` carry raw pixels (``tile.raw``) and their
+    statistics (``tile.norm``); they are normalised here, into the model's batch, with the
+    values of ``tile.image`` bit for bit, and ``tile.image`` is never made:
+
+    * on a GPU, the raw pixels of the batch (8-bit, int16, float16/32) travel as one pinned
+      ``[B, C, h, w]`` tensor (4x fewer bytes than float32 for uint8) and are stretched there
+      in place in float32 with the constants and operation order of
+      :meth:`NormStats.stretch` (subtract, multiply, clamp; invalid pixels 0);
+    * otherwise each tile is stretched with numpy straight into its slice of one float32
+      ``[B, C, h, w]`` batch array, reused from batch to batch (:meth:`Tile.normalise_into`):
+      no per-tile image array, and the passes stay in the CPU cache; on a GPU that batch is
+      pinned and moved in one copy. torch's in-place ops
+      measured slower on a CPU, and far slower on two threads of a loaded machine
+      (BENCHMARKS.md, "Normalising in the model's batch (issue 15)").
+
+    Batches of tiles of different shapes, or whose first tile was built from a normalised
+    image, use ``tile.image``.
+    """
+    import torch
+
+    first = tiles[0]
+    if first.raw is not None and len({t.image_shape for t in tiles}) == 1:
+        if device.type == "cuda" and _raw_batchable(tiles) and first.raw.dtype in _ON_GPU:
+            return list(_stretch_in_torch(tiles, device).unbind(0))
+        from geoseg.raster import BufferPool
+
+        global _BATCHES
+        if _BATCHES is None:
+            _BATCHES = BufferPool(size=2)
+        # a batch array whose pages are mapped already (a fresh one faults ~1.5 ms per
+        # 512 px tile in); reused once the model has dropped the previous batch
+        slices = _BATCHES.get((len(tiles), *first.image_shape), np.float32)
+        for i, t in enumerate(tiles):
+            t.normalise_into(slices[i])
+        batch = torch.from_numpy(slices)
+        if device.type == "cuda":  # one pinned host batch, one asynchronous copy
+            batch = batch.pin_memory()
+        return list(batch.to(device, non_blocking=True).unbind(0))
+    shapes = {t.image_shape for t in tiles}
+    if device.type == "cuda" and len(shapes) == 1:
+        # one pinned host batch, one asynchronous copy
+        host = torch.from_numpy(np.stack([t.image for t in tiles])).pin_memory()
+        return list(host.to(device, non_blocking=True).unbind(0))
+    return [
+        torch.from_numpy(np.ascontiguousarray(t.image)).to(device, non_blocking=True) for t in tiles
+    ]
+
+
 class MaskRCNNPredictor:
     """A torchvision Mask R-CNN behind the :class:`Predictor` protocol.
 
@@ -633,22 +740,12 @@ class MaskRCNNPredictor:
 
     def _forward(self, tiles: Sequence[Tile]) -> list[TileDetections]:
         """Transform, backbone, RPN and ROI heads; masks pasted per box (no full-tile paste)."""
-        import torch
         from torchvision.models.detection.transform import resize_boxes
 
         from geoseg.models.runtime import detect
 
         model = self.model
-        shapes = {t.image.shape for t in tiles}
-        if self.device.type == "cuda" and len(shapes) == 1:
-            # one pinned host batch, one asynchronous copy
-            host = torch.from_numpy(np.stack([t.image for t in tiles])).pin_memory()
-            images = list(host.to(self.device, non_blocking=True).unbind(0))
-        else:
-            images = [
-                torch.from_numpy(np.ascontiguousarray(t.image)).to(self.device, non_blocking=True)
-                for t in tiles
-            ]
+        images = _input_images(tiles, self.device)
         original_sizes = [(int(im.shape[-2]), int(im.shape[-1])) for im in images]
         with self._autocast():
             image_list, _ = model.transform(images, None)

@@ -347,19 +347,8 @@ def _uses_mask_band(ds: Any, bands: Sequence[int]) -> bool:
 
 
 def _stretch(data: npt.NDArray[Any], stats: NormStats, out: npt.NDArray[np.float32]) -> None:
-    """``out[:] = stats.apply(data)`` without intermediate copies (same float32 arithmetic).
-
-    Band by band with scalar operands (numpy's fastest loops): three in-place passes.
-    """
-    lo = np.asarray(stats.low, dtype=np.float32)
-    hi = np.asarray(stats.high, dtype=np.float32)
-    scale = np.float32(1.0) / np.maximum(hi - lo, np.float32(1e-6))
-    zero, one = np.float32(0.0), np.float32(1.0)
-    for k in range(data.shape[0]):
-        o = out[k]
-        np.subtract(data[k], lo[k], out=o, casting="unsafe")
-        np.multiply(o, scale[k], out=o)
-        np.clip(o, zero, one, out=o)
+    """``out[:] = stats.apply(data)`` without intermediate copies (:meth:`NormStats.stretch`)."""
+    stats.stretch(data, out)
 
 
 def gsd_scale(
@@ -583,8 +572,12 @@ def read_window_raw(
     fill: float | None = None,
     out_shape: tuple[int, int] | None = None,
     resampling: Resampling | None = None,
+    pool: BufferPool | None = None,
 ) -> tuple[npt.NDArray[Any], npt.NDArray[np.bool_]]:
-    """Read one window of an open dataset in its own dtype, boundless (for training chips).
+    """Read one window of an open dataset in its own dtype, boundless.
+
+    What training chips are cut from, and what :func:`geoseg.tiling.read_tiles` puts in a
+    :class:`~geoseg.types.Tile` (``raw``, normalised later, e.g. in the model's batch).
 
     Args:
         dataset: an open :class:`rasterio.DatasetReader`.
@@ -595,6 +588,9 @@ def read_window_raw(
         out_shape: ``(h, w)`` to resample the window to (see :func:`read_window`); ``None``:
             the window's own size.
         resampling: GDAL resampling of the pixels; ``None``: :func:`resampling_for`.
+        pool: read into (and return) buffers of this :class:`BufferPool` when the window lies
+            inside the scene, reused once the caller has dropped earlier results (a padded
+            window gets fresh arrays); ``None``: fresh arrays.
 
     Returns:
         ``(data, valid)``: data ``[C, h, w]`` (the window's size, or ``out_shape``) in the
@@ -609,12 +605,18 @@ def read_window_raw(
     if fill is None:
         fill = 0.0 if nd is None else nd
     dtype = np.dtype(dataset.dtypes[sel[0] - 1])
-    (h, w), read = _read_placed(dataset, window, sel, nd, out_shape, resampling)
+    (h, w), read = _read_placed(dataset, window, sel, nd, out_shape, resampling, pool)
     if read is None:
         return np.full((len(sel), h, w), fill, dtype=dtype), np.zeros((h, w), dtype=np.bool_)
     ys, xs, data, mask_valid = read
     if (ys.start, ys.stop, xs.start, xs.stop) == (0, h, 0, w):
-        return data, (np.ones((h, w), np.bool_) if mask_valid is None else mask_valid)
+        if mask_valid is not None:
+            return data, mask_valid
+        if pool is None:
+            return data, np.ones((h, w), np.bool_)
+        valid_all = pool.get((h, w), np.bool_)
+        valid_all.fill(True)
+        return data, valid_all
     out = np.full((len(sel), h, w), fill, dtype=dtype)
     valid = np.zeros((h, w), dtype=np.bool_)
     out[:, ys, xs] = data

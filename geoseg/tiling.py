@@ -15,9 +15,12 @@ pixels of its window before stitching.
 The I/O half reads those cells as :class:`~geoseg.types.Tile` values in the calling process:
 :func:`iter_tiles` (row-major), or :func:`prepare_scene` + :func:`read_tiles` for any subset of
 the grid. Tiles whose pixels are all invalid (nodata, masked or padding) are skipped by default.
-Images are float32 ``[C, h, w]`` in [0, 1] (the window's size, or ``out_size``), normalised with
-one scene-wide :class:`~geoseg.types.NormStats`: the scene's own percentiles unless a saved one
-is passed in.
+A tile holds its pixels as read (``raw``: ``[C, h, w]`` in the scene's dtype, the window's size
+or ``out_size``) with the scene-wide :class:`~geoseg.types.NormStats` that normalises them
+(``norm``): the scene's own percentiles unless a saved one is passed in. ``tile.image``, float32
+``[C, h, w]`` in [0, 1], is computed from them on first access; a model that normalises its own
+batch (:class:`geoseg.predict.MaskRCNNPredictor`) never asks for it, so reading does no float
+work.
 
 This module imports neither torch nor any other ``ml`` extra; the torch ``IterableDataset`` /
 ``DataLoader`` over the same grid (one GDAL handle per worker) is in :mod:`geoseg.datasets`.
@@ -49,7 +52,7 @@ from geoseg.raster import (
     ground_sample_distance_m,
     gsd_scale,
     open_scene,
-    read_window,
+    read_window_raw,
     validate_bands,
 )
 from geoseg.types import NormStats, PixelWindow, SceneInfo, Tile, TileDetections, TileSpec
@@ -598,14 +601,16 @@ def read_tiles(
     try:
         with gdal_env(num_threads=num_threads, cache_mb=cache_mb), rasterio.open(info.path) as ds:
             shape = None if out_size is None else (out_size, out_size)
-            pool = BufferPool()  # a consumer that drops its tiles gets the same arrays back
+            # a consumer that drops its tiles gets the same arrays back: raw pixels and valid
+            # masks from one pool, the images normalised on demand from another
+            pool, images = BufferPool(), BufferPool()
             for spec in specs:
-                image, valid = read_window(
+                raw, valid = read_window_raw(
                     ds,
                     spec.window,
                     bands=bands,
-                    stats=stats,
                     nodata=info.nodata,
+                    fill=0,
                     out_shape=shape,
                     pool=pool,
                 )
@@ -613,11 +618,14 @@ def read_tiles(
                     skipped += 1
                     continue
                 yield Tile(
-                    spec=spec,
-                    image=image,
-                    valid=valid,
-                    transform=tile_transform(info.transform, spec.window, shape),
-                    crs_wkt=info.crs_wkt,
+                    spec,
+                    None,
+                    valid,
+                    tile_transform(info.transform, spec.window, shape),
+                    info.crs_wkt,
+                    raw=raw,
+                    norm=stats,
+                    alloc=images.get,
                 )
     except RasterioError as err:
         raise RasterReadError(f"{info.path}: cannot be read: {err}") from err
@@ -674,9 +682,12 @@ def iter_tiles(
             :func:`plan_working_grid` gives the window size that reads a scene at a GSD.
 
     Returns:
-        An iterator of tiles: image float32 ``[C, h, w]`` in [0, 1] and valid bool ``[h, w]``
-        (``h, w`` the window's size, or ``out_size``), ``transform`` from the image's pixels
-        to the scene CRS; ``spec`` windows and cores in scene pixels.
+        An iterator of tiles: ``raw`` ``[C, h, w]`` in the scene's dtype with ``norm`` (the
+        statistics), ``image`` float32 ``[C, h, w]`` in [0, 1] computed from them on first
+        access, and valid bool ``[h, w]`` (``h, w`` the window's size, or ``out_size``),
+        ``transform`` from the image's pixels to the scene CRS; ``spec`` windows and cores in
+        scene pixels. A consumer that drops each tile (or batch) before the next gets the
+        same few arrays back (:class:`geoseg.raster.BufferPool`).
 
     Raises:
         ConfigError: invalid tile size / overlap.

@@ -15,7 +15,7 @@ pixel-edge coordinates (a box around pixel (3, 4) alone is ``(3, 4, 4, 5)``).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Self
 
@@ -25,6 +25,7 @@ from affine import Affine
 
 __all__ = [
     "Detections",
+    "ImageAllocator",
     "NormStats",
     "PixelWindow",
     "SceneInfo",
@@ -138,6 +139,40 @@ class NormStats:
         np.clip(out, 0.0, 1.0, out=out)
         return out
 
+    def coefficients(self) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+        """The stretch's float32 constants ``(low, scale)``, each ``[C]``.
+
+        A pixel ``x`` of band ``k`` stretches to ``clip((x - low[k]) * scale[k], 0, 1)``, with
+        ``scale = 1 / max(high - low, 1e-6)``: the constants of :meth:`stretch`; a model that
+        normalises its own batch (e.g. :class:`geoseg.predict.MaskRCNNPredictor`, in torch)
+        uses them to get the same values.
+        """
+        lo = np.asarray(self.low, dtype=np.float32)
+        hi = np.asarray(self.high, dtype=np.float32)
+        scale = np.float32(1.0) / np.maximum(hi - lo, np.float32(1e-6))
+        return lo, scale.astype(np.float32, copy=False)
+
+    def stretch(
+        self, data: npt.NDArray[Any], out: npt.NDArray[np.float32] | None = None
+    ) -> npt.NDArray[np.float32]:
+        """Stretch raw pixels ``[C, H, W]`` to float32 in [0, 1], into ``out`` if given.
+
+        Band by band with scalar operands, three in-place passes (subtract, multiply, clip):
+        the values of :meth:`apply` for sources of up to 16 bits and float32 (bit for bit),
+        with no intermediate array. For wider integers and float64 the subtraction runs in
+        float64 (numpy's promotion) before the result is stored as float32.
+        """
+        if out is None:
+            out = np.empty(data.shape, dtype=np.float32)
+        lo, scale = self.coefficients()
+        zero, one = np.float32(0.0), np.float32(1.0)
+        for k in range(data.shape[0]):
+            o = out[k]
+            np.subtract(data[k], lo[k], out=o, casting="unsafe")
+            np.multiply(o, scale[k], out=o)
+            np.clip(o, zero, one, out=o)
+        return out
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable form (used in checkpoint sidecars)."""
         return {
@@ -204,9 +239,21 @@ class SceneInfo:
         return (abs(self.transform.a), abs(self.transform.e))
 
 
-@dataclass(frozen=True, eq=False)
+#: Allocates the array a :class:`Tile` normalises into: ``alloc(shape, dtype) -> array``
+#: (e.g. :meth:`geoseg.raster.BufferPool.get`).
+ImageAllocator = Callable[[tuple[int, ...], Any], npt.NDArray[Any]]
+
+
+@dataclass(frozen=True, eq=False, init=False)
 class Tile:
     """A tile's pixels with their georeference.
+
+    A tile holds its pixels either as read (``raw``, with the normalisation ``norm`` still to
+    apply: what :func:`geoseg.tiling.iter_tiles` hands out, so that a model can normalise a
+    whole batch at once in its own framework) or already normalised (``image``, e.g. a tile
+    built by hand as ``Tile(spec, image, valid, transform, crs_wkt)``). Either way
+    :attr:`image` gives the normalised pixels; for a raw tile it is computed on first access
+    and kept (the tile is immutable from the outside).
 
     Attributes:
         spec: the grid cell (window and core in scene pixels).
@@ -214,18 +261,133 @@ class Tile:
             :class:`NormStats`; ``h, w`` equal the window's height/width, or the model's tile
             size when the window was resampled to the working GSD while read (then the
             image's pixels are *working pixels*, not scene pixels). Padding and nodata pixels
-            are 0.
+            are 0. For a raw tile: ``norm.stretch(raw)`` with the invalid pixels set to 0,
+            computed on first access.
         valid: bool ``[h, w]``, True where the pixel is inside the scene and not nodata.
         transform: affine from the image's pixels (*tile pixels*, or working pixels when
             resampled) to the scene CRS.
         crs_wkt: WKT of the scene CRS (``None`` if the scene has none).
+        raw: the pixels as read, ``[C, h, w]`` in the source dtype (e.g. uint8, uint16), the
+            same pixel grid as ``image``; nodata pixels keep their value and padding is 0
+            (``valid`` tells them apart). ``None`` for a tile built from a normalised image.
+        norm: the scene-wide statistics that turn ``raw`` into ``image`` (``None`` with
+            ``raw``).
     """
 
     spec: TileSpec
-    image: npt.NDArray[np.float32]
     valid: npt.NDArray[np.bool_]
     transform: Affine
     crs_wkt: str | None
+    raw: npt.NDArray[Any] | None = field(default=None, repr=False)
+    norm: NormStats | None = None
+    # the normalised image when given or computed (``dataclasses.replace`` carries it over)
+    _image: npt.NDArray[np.float32] | None = field(default=None, repr=False)
+
+    def __init__(
+        self,
+        spec: TileSpec,
+        image: npt.NDArray[np.float32] | None = None,
+        valid: npt.NDArray[np.bool_] | None = None,
+        transform: Affine | None = None,
+        crs_wkt: str | None = None,
+        *,
+        raw: npt.NDArray[Any] | None = None,
+        norm: NormStats | None = None,
+        alloc: ImageAllocator | None = None,
+        _image: npt.NDArray[np.float32] | None = None,
+    ) -> None:
+        """Build a tile from a normalised ``image``, or from ``raw`` pixels and ``norm``.
+
+        Args:
+            spec: the grid cell.
+            image: the normalised image, or ``None`` when ``raw`` and ``norm`` are given.
+            valid: bool ``[h, w]``, True on pixels inside the scene and not nodata.
+            transform: affine from the image's pixels to the scene CRS.
+            crs_wkt: WKT of the scene CRS, or ``None``.
+            raw: pixels as read (see the attributes).
+            norm: the statistics to normalise ``raw`` with.
+            alloc: where the image computed from ``raw`` is allocated (``None``: a fresh
+                array); not pickled.
+            _image: ``image`` under its field name, for :func:`dataclasses.replace`; ignored
+                when ``raw`` is given (the image is then computed again from the new fields).
+
+        Raises:
+            TypeError: ``valid`` or ``transform`` missing (they default to ``None`` only so that
+                ``image`` may be left out, as :func:`dataclasses.replace` does).
+            ValueError: neither ``image`` nor ``raw`` with ``norm``, or ``raw`` not
+                ``[len(norm.bands), h, w]`` with ``valid`` ``[h, w]``.
+        """
+        if valid is None or transform is None:
+            raise TypeError("Tile needs valid (bool [h, w]) and transform (an Affine)")
+        if image is None and raw is None:
+            image = _image
+        if image is None:
+            if raw is None or norm is None:
+                raise ValueError("Tile needs a normalised image, or raw pixels and their norm")
+            if raw.ndim != 3 or raw.shape[0] != len(norm.bands) or raw.shape[1:] != valid.shape:
+                raise ValueError(
+                    f"Tile: raw pixels {raw.shape} do not match {len(norm.bands)} bands and the "
+                    f"valid mask {valid.shape}"
+                )
+        setattr_ = object.__setattr__
+        setattr_(self, "spec", spec)
+        setattr_(self, "valid", valid)
+        setattr_(self, "transform", transform)
+        setattr_(self, "crs_wkt", crs_wkt)
+        setattr_(self, "raw", raw)
+        setattr_(self, "norm", norm)
+        setattr_(self, "_image", image)
+        setattr_(self, "_alloc", alloc)
+
+    @property
+    def image(self) -> npt.NDArray[np.float32]:
+        """float32 ``[C, h, w]`` in [0, 1], 0 on padding and nodata (see the class)."""
+        image: npt.NDArray[np.float32] | None = self.__dict__["_image"]
+        if image is None:
+            image = self._normalise()
+            object.__setattr__(self, "_image", image)
+        return image
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """``(C, h, w)`` of :attr:`image`, without computing it."""
+        src = self.__dict__["_image"]
+        if src is None:
+            src = self.raw
+        c, h, w = src.shape
+        return int(c), int(h), int(w)
+
+    @property
+    def has_image(self) -> bool:
+        """Whether :attr:`image` is already there (given, or computed and kept)."""
+        return self.__dict__["_image"] is not None
+
+    def normalise_into(self, out: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        """Write the values of :attr:`image` into ``out``, float32 ``[C, h, w]``; return it.
+
+        E.g. into one slice of a model's batch, without keeping an image on the tile. From
+        ``raw`` when the tile has it (:meth:`NormStats.stretch`, invalid pixels 0), else
+        a copy of ``image``.
+        """
+        raw, norm = self.raw, self.norm
+        if raw is None or norm is None:
+            out[...] = self.image
+            return out
+        norm.stretch(raw, out)
+        if not self.valid.all():
+            out[:, ~self.valid] = 0.0
+        return out
+
+    def _normalise(self) -> npt.NDArray[np.float32]:
+        alloc: ImageAllocator | None = self.__dict__["_alloc"]
+        shape = self.image_shape
+        out = np.empty(shape, np.float32) if alloc is None else alloc(shape, np.float32)
+        return self.normalise_into(out)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_alloc"] = None  # a buffer pool stays in the process that made it
+        return state
 
 
 def _as_index(item: int | slice | Sequence[int] | npt.NDArray[Any], n: int) -> npt.NDArray[np.intp]:

@@ -443,3 +443,83 @@ def test_cli_per_class_min_score_errors(tmp_path, tiny_checkpoint):
     assert r.exit_code == 2 and "CLASS=SCORE" in r.output
     r = invoke([*base, "--min-score", "1.5"])
     assert r.exit_code == 2 and "[0, 1]" in r.output
+
+
+# ------------------------------------------------------------ the batch normalised in torch
+
+
+def _raw_tiles(dtype, n=3, size=32, seed=0):
+    from geoseg.types import NormStats
+
+    rng = np.random.default_rng(seed)
+    norm = NormStats((1, 2, 3), (20.0, 35.5, 3.0), (230.0, 200.0, 1900.0), source_dtype=dtype)
+    top = 250 if dtype in ("uint8", "int8") else 2000
+    tiles = []
+    for k, s in enumerate(make_grid(size * n, size, tile_size=size, overlap=0)):
+        raw = rng.integers(0, top, (3, size, size)).astype(dtype)
+        valid = np.ones((size, size), bool)
+        if k == 1:  # nodata / padding on a part of one tile
+            valid[:, size // 2 :] = False
+            if np.dtype(dtype).kind == "f":
+                raw[:, :, size // 2 :] = np.nan
+        tiles.append(
+            Tile(s, None, valid, Affine.identity(), None, raw=raw, norm=norm)  # as iter_tiles
+        )
+    return tiles
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "uint16", "int16", "float32", "int32", "float64"])
+def test_model_batch_from_raw_pixels_equals_tile_image(dtype):
+    """The float32 tensors the model gets from raw tiles equal ``tile.image`` bit for bit:
+    normalised into the batch on the CPU, and stretched in torch as on a GPU."""
+    from geoseg.predict import _input_images
+
+    tiles = _raw_tiles(dtype)
+    got = _input_images(tiles, torch.device("cpu"))
+    assert not any(t.has_image for t in tiles)  # normalised into the batch, no image kept
+    for x, t in zip(got, tiles, strict=True):
+        assert x.dtype == torch.float32 and tuple(x.shape) == t.image_shape
+        assert torch.equal(x, torch.from_numpy(t.image))
+    # the GPU's way (raw pixels moved, stretched in torch), run here on the CPU: same bits
+    from geoseg.predict import _raw_batchable, _stretch_in_torch
+
+    if _raw_batchable(tiles):
+        on_device = _stretch_in_torch(tiles, torch.device("cpu"))
+        for x, t in zip(on_device, tiles, strict=True):
+            assert torch.equal(x, torch.from_numpy(t.image))
+    else:
+        assert np.result_type(dtype, np.float32) != np.float32  # 32-bit: the numpy image
+    # tiles with only a normalised image (built by hand) take the image path, same values
+    by_hand = [Tile(t.spec, t.image.copy(), t.valid, t.transform, None) for t in tiles]
+    for x, y in zip(got, _input_images(by_hand, torch.device("cpu")), strict=True):
+        assert torch.equal(x, y)
+
+
+def test_demo_model_same_detections_from_raw_tiles_and_from_images(demo_model):
+    """On the bundled marina, tiles as ``iter_tiles`` reads them (raw, normalised in the
+    model's batch) give exactly the detections of the same tiles built from their images."""
+    from geoseg.samples import sample_scene_path
+    from geoseg.tiling import iter_tiles
+
+    p = MaskRCNNPredictor.from_checkpoint(demo_model, device="cpu")
+    tiles = list(
+        iter_tiles(
+            sample_scene_path("marina"),
+            tile_size=256,
+            overlap=32,
+            bands=p.bands,
+            stats=p.norm_stats,
+        )
+    )[1:3]
+    raw = p.predict_tiles(tiles)
+    assert not any(t.has_image for t in tiles)  # the predictor never asked for the image
+    images = [Tile(t.spec, t.image.copy(), t.valid, t.transform, t.crs_wkt) for t in tiles]
+    ref = p.predict_tiles(images)
+    assert sum(len(d) for d in ref) > 0
+    for a, b in zip(raw, ref, strict=True):
+        assert len(a) == len(b)
+        np.testing.assert_array_equal(a.boxes, b.boxes)
+        np.testing.assert_array_equal(a.scores, b.scores)
+        np.testing.assert_array_equal(a.labels, b.labels)
+        np.testing.assert_array_equal(a.mask_boxes, b.mask_boxes)
+        assert all(np.array_equal(m, n) for m, n in zip(a.masks, b.masks, strict=True))

@@ -286,6 +286,7 @@ def test_tiles_kept_by_the_consumer_are_never_overwritten(tmp_path, nodata):
     path, data = _stripes(tmp_path, nodata)
     stats = NormStats(bands=(1, 2, 3), low=(20.0, 30.0, 40.0), high=(200.0, 210.0, 220.0))
     kept = list(iter_tiles(path, tile_size=32, overlap=8, stats=stats, skip_empty=False))
+    assert len({id(t.raw) for t in kept}) == len(kept)  # raw buffers held by a tile stay its own
     assert len({id(t.image) for t in kept}) == len(kept)
     assert len({id(t.valid) for t in kept}) == len(kept)
     for t in kept:
@@ -333,3 +334,56 @@ def test_buffer_pool_hands_out_only_unreferenced_arrays():
     e = pool.get((2, 3), np.float32)
     f = pool.get((2, 3), np.float32)
     assert e is not f and {id(e), id(f)} <= {id(x) for x in pool._arrays}
+
+
+# ------------------------------------------------------------ raw pixels, normalised on demand
+
+
+@pytest.mark.parametrize(
+    ("dtype", "nodata", "out_size"),
+    [
+        ("uint16", None, None),
+        ("uint8", 0, None),
+        ("float32", float("nan"), None),
+        ("uint16", 0, 48),
+    ],
+)
+def test_tiles_hold_raw_pixels_and_image_equals_the_eager_read(tmp_path, dtype, nodata, out_size):
+    """``tile.raw`` is the window as read; ``tile.image`` equals what ``read_window`` (the
+    eager stretch) gives for the same window, bit for bit, padding and nodata included."""
+    from geoseg.raster import read_window
+
+    rng = np.random.default_rng(11)
+    data = rng.integers(1, 2000 if dtype != "uint8" else 250, (3, 90, 110)).astype(dtype)
+    if nodata is not None:
+        data[:, :30, :25] = nodata  # a nodata corner
+        data[1, 50:60, 50:60] = nodata  # one band only: still valid
+    path = write_tif(tmp_path / f"{dtype}.tif", data, nodata=nodata)
+    stats = compute_norm_stats(path)
+    tiles = list(iter_tiles(path, tile_size=64, overlap=8, stats=stats, out_size=out_size))
+    assert not any(t.has_image for t in tiles)  # reading did no float work
+    with rasterio.open(path) as ds:
+        for t in tiles:
+            w = t.spec.window
+            size = (64, 64) if out_size is None else (out_size, out_size)
+            assert t.raw is not None and t.raw.dtype == np.dtype(dtype)
+            assert t.raw.shape == (3, *size) and t.norm == stats
+            if out_size is None:
+                inside = data[:, w.row_off : w.row_end, w.col_off : w.col_end]
+                np.testing.assert_array_equal(
+                    t.raw[:, : inside.shape[1], : inside.shape[2]], inside
+                )
+            want, valid = read_window(
+                ds, w, bands=stats.bands, stats=stats, out_shape=None if out_size is None else size
+            )
+            np.testing.assert_array_equal(t.valid, valid)
+            assert np.array_equal(t.image, want)  # bit for bit, NaN nodata now 0
+
+
+def test_padded_tile_raw_is_zero_outside_the_scene(tmp_path):
+    data = np.random.default_rng(2).integers(1, 255, (3, 40, 50), dtype=np.uint8)
+    path = write_tif(tmp_path / "small.tif", data)
+    (tile,) = list(iter_tiles(path, tile_size=64, overlap=8))
+    assert tile.raw is not None and tile.raw.shape == (3, 64, 64)
+    np.testing.assert_array_equal(tile.raw[:, :40, :50], data)
+    assert not tile.raw[:, 40:, :].any() and not tile.raw[:, :, 50:].any()

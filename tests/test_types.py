@@ -76,3 +76,88 @@ def test_norm_stats_stretch_and_round_trip():
     assert NormStats.from_dict(s.to_dict()) == s
     with pytest.raises(ValueError):
         NormStats(bands=(1,), low=(0.0, 1.0), high=(1.0,))
+
+
+# ------------------------------------------------------------ tiles normalised on demand
+
+
+def _raw_tile(dtype="uint16", alloc=None):
+    from affine import Affine
+
+    from geoseg.types import Tile
+
+    rng = np.random.default_rng(7)
+    raw = rng.integers(0, 3000, (3, 16, 20)).astype(dtype)
+    valid = np.ones((16, 20), bool)
+    valid[:4, :] = False  # nodata rows
+    raw[:, :4, :] = 0
+    norm = NormStats((1, 2, 3), (100.0, 50.0, 0.0), (2500.0, 2900.0, 1800.0), source_dtype=dtype)
+    spec = TileSpec(0, 0, 0, PixelWindow(0, 0, 20, 16), PixelWindow(0, 0, 20, 16))
+    tile = Tile(spec, None, valid, Affine.identity(), None, raw=raw, norm=norm, alloc=alloc)
+    return tile, raw, valid, norm
+
+
+def test_raw_tile_normalises_on_first_access_once_and_as_apply():
+    tile, raw, valid, norm = _raw_tile()
+    assert not tile.has_image and tile.image_shape == (3, 16, 20)
+    assert not tile.has_image  # the shape did not compute the image
+    image = tile.image
+    want = norm.apply(raw)
+    want[:, ~valid] = 0.0
+    assert image.dtype == np.float32 and np.array_equal(image, want)
+    assert tile.has_image and tile.image is image  # kept, not recomputed
+    assert tile.raw is raw and tile.norm is norm
+
+
+def test_raw_tile_is_frozen_and_pickles_without_its_allocator():
+    import dataclasses
+    import pickle
+
+    from geoseg.raster import BufferPool
+
+    pool = BufferPool()
+    tile, raw, _, _ = _raw_tile(alloc=pool.get)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        tile.image = np.zeros((3, 16, 20), np.float32)  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        tile.raw = raw  # type: ignore[misc]
+    clone = pickle.loads(pickle.dumps(tile))
+    assert not clone.has_image and clone.__dict__["_alloc"] is None
+    assert np.array_equal(clone.raw, raw) and np.array_equal(clone.image, tile.image)
+    assert any(buf is tile.image for buf in pool._arrays)  # allocated in the pool
+
+
+def test_tile_needs_an_image_or_matching_raw_pixels():
+    from affine import Affine
+
+    from geoseg.types import Tile
+
+    spec = TileSpec(0, 0, 0, PixelWindow(0, 0, 4, 4), PixelWindow(0, 0, 4, 4))
+    valid = np.ones((4, 4), bool)
+    norm = NormStats((1,), (0.0,), (1.0,))
+    with pytest.raises(ValueError, match="raw pixels and their norm"):
+        Tile(spec, None, valid, Affine.identity(), None)
+    with pytest.raises(ValueError, match="do not match"):
+        Tile(spec, None, valid, Affine.identity(), None, raw=np.zeros((2, 4, 4)), norm=norm)
+    with pytest.raises(TypeError, match="valid"):
+        Tile(spec, None, raw=np.zeros((1, 4, 4)), norm=norm)
+    image = np.full((1, 4, 4), 0.5, np.float32)
+    t = Tile(spec, image, valid, Affine.identity(), None)  # today's form: a normalised image
+    assert t.image is image and t.raw is None and t.norm is None and t.image_shape == (1, 4, 4)
+
+
+def test_replace_keeps_an_image_tile_and_renormalises_a_raw_tile():
+    import dataclasses
+
+    tile, raw, valid, _ = _raw_tile()
+    assert tile.image is not None
+    fewer = valid.copy()
+    fewer[:, :5] = False
+    moved = dataclasses.replace(tile, valid=fewer)
+    assert moved.raw is raw and not moved.has_image  # computed again, with the new mask
+    assert (moved.image[:, :, :5] == 0).all() and np.array_equal(
+        moved.image[:, 4:, 5:], tile.image[:, 4:, 5:]
+    )
+    image_only = type(tile)(tile.spec, tile.image.copy(), valid, tile.transform, None)
+    again = dataclasses.replace(image_only, crs_wkt="x")
+    assert again.image is image_only.image and again.crs_wkt == "x" and again.raw is None
