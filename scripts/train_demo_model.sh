@@ -5,12 +5,7 @@
 #   1. 800 AdamW steps from the ImageNet EfficientNet-Lite0 backbone, chips at their own size;
 #   2. 700 more steps from stage 1's last checkpoint (a fresh warm-up + cosine cycle);
 #   3. 900 steps from stage 2 with the input upsampled 2x (anchors doubled with it), so a
-#      9 x 4 px car covers 4 x 2 cells of the stride-4 feature map instead of 2 x 1
-#      (stopped after step 700 for time; the weights of that step were the demo model until
-#      issue 15);
-#   4. the FPN, RPN head and mask head cut from 128 to 64 channels (the channels the next
-#      layer weighs most), then 450 steps of fine-tuning with only the backbone's last
-#      stage trainable: about 2.6x fewer multiply-adds per tile (issue 15).
+#      9 x 4 px car covers 4 x 2 cells of the stride-4 feature map instead of 2 x 1.
 # The last stage publishes its last checkpoint (float16), tunes per-class score thresholds on
 # a separate synthetic scene and writes the model card with held-out scores.
 set -euo pipefail
@@ -28,11 +23,5 @@ rm -rf "$WORK/run_stage2"
 mv "$WORK/run" "$WORK/run_stage2"
 cp "$WORK/run_stage2/last.safetensors" "$WORK/stage2.safetensors"
 cp "$WORK/run_stage2/last.json" "$WORK/stage2.json"
-"${PY[@]}" "${COMMON[@]}" --steps 900 --seed 2 --upsample 2.0 \
+exec "${PY[@]}" "${COMMON[@]}" --steps 900 --seed 2 --upsample 2.0 \
   --init-checkpoint "$WORK/stage2.safetensors" "$@"
-rm -rf "$WORK/run_stage3"
-mv "$WORK/run" "$WORK/run_stage3"
-cp "$WORK/run_stage3/last.safetensors" "$WORK/stage3.safetensors"
-cp "$WORK/run_stage3/last.json" "$WORK/stage3.json"
-exec "${PY[@]}" "${COMMON[@]}" --steps 450 --seed 4 --upsample 2.0 --narrow 64 \
-  --prune-from "$WORK/stage3.safetensors" "$@"

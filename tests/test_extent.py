@@ -103,15 +103,15 @@ def scene(tmp_path_factory):
 
 @pytest.fixture
 def reads(monkeypatch):
-    """Record every window read from the scene (tiles are read with tiling.read_window)."""
+    """Record every window read from the scene (tiles are read with tiling.read_window_raw)."""
     seen = []
-    real = geoseg.tiling.read_window
+    real = geoseg.tiling.read_window_raw
 
     def spy(ds, window, **kw):
         seen.append(_key(window))
         return real(ds, window, **kw)
 
-    monkeypatch.setattr(geoseg.tiling, "read_window", spy)
+    monkeypatch.setattr(geoseg.tiling, "read_window_raw", spy)
     return seen
 
 

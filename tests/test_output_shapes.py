@@ -102,7 +102,7 @@ def test_classes_keep_only_those_classes(scene, tmp_path):
 
 def test_unknown_class_fails_before_any_tile_is_read(scene, tmp_path, monkeypatch):
     reads = []
-    monkeypatch.setattr(geoseg.tiling, "read_window", lambda *a, **k: reads.append(a))
+    monkeypatch.setattr(geoseg.tiling, "read_window_raw", lambda *a, **k: reads.append(a))
     pred = predictor()
     with pytest.raises(ConfigError, match=r"unknown class 'boat'.*ship, vehicle"):
         run_scene(scene, pred, output=tmp_path / "o.gpkg", classes=("ship", "boat"))
