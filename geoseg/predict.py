@@ -499,7 +499,8 @@ def _input_images(tiles: Sequence[Tile], device: torch.device) -> list[torch.Ten
     import torch
 
     first = tiles[0]
-    if first.raw is not None and len({t.image_shape for t in tiles}) == 1:
+    shapes = {t.image_shape for t in tiles}
+    if first.raw is not None and len(shapes) == 1:
         if device.type == "cuda" and _raw_batchable(tiles) and first.raw.dtype in _ON_GPU:
             return list(_stretch_in_torch(tiles, device).unbind(0))
         from geoseg.raster import BufferPool
@@ -516,7 +517,6 @@ def _input_images(tiles: Sequence[Tile], device: torch.device) -> list[torch.Ten
         if device.type == "cuda":  # one pinned host batch, one asynchronous copy
             batch = batch.pin_memory()
         return list(batch.to(device, non_blocking=True).unbind(0))
-    shapes = {t.image_shape for t in tiles}
     if device.type == "cuda" and len(shapes) == 1:
         # one pinned host batch, one asynchronous copy
         host = torch.from_numpy(np.stack([t.image for t in tiles])).pin_memory()

@@ -61,6 +61,7 @@ logger = logging.getLogger(__name__)
 _T = TypeVar("_T")
 _R = TypeVar("_R")
 _EXECUTOR: ThreadPoolExecutor | None = None
+_EXECUTOR_THREADS = 0
 _EXECUTOR_LOCK = threading.Lock()
 
 
@@ -70,14 +71,15 @@ def _map(fn: Callable[[_T], _R], items: Sequence[_T], threads: int) -> list[_R]:
     For torch CPU kernels that run on one thread (torchvision's ``roi_align`` and ``nms``):
     they release the GIL, so Python threads run them side by side.
     """
-    global _EXECUTOR
+    global _EXECUTOR, _EXECUTOR_THREADS
     if threads < 2 or len(items) < 2:
         return [fn(x) for x in items]
     with _EXECUTOR_LOCK:
-        if _EXECUTOR is None or _EXECUTOR._max_workers < threads:
+        if _EXECUTOR is None or threads > _EXECUTOR_THREADS:
             if _EXECUTOR is not None:
                 _EXECUTOR.shutdown(wait=False)
             _EXECUTOR = ThreadPoolExecutor(threads, thread_name_prefix="geoseg-roi")
+            _EXECUTOR_THREADS = threads
         ex = _EXECUTOR
     return list(ex.map(fn, items))
 
